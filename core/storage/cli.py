@@ -1,0 +1,7 @@
+"""`chant` subcommands of core.storage (filled in by its issue)."""
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    pass

@@ -1,0 +1,121 @@
+"""Torch-free value types shared by the engine, the queue, storage and the bot.
+
+These are the contract between the parts of chant: the bot builds a :class:`GenerationRequest`
+(through ``core`` services), the queue stores and batches it, the engine turns it into a
+:class:`GenerationResult`, and progress flows back as :class:`Progress` events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Mode(StrEnum):
+    TXT2IMG = "txt2img"
+    IMG2IMG = "img2img"
+    INPAINT = "inpaint"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything the engine needs for one job (``count`` images, seeds ``seed .. seed+count-1``)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 20
+    cfg_scale: float = 7.0
+    sampler: str = "Euler a"  # an A1111 sampler name, e.g. "DPM++ 2M"
+    schedule_type: str = "Automatic"  # A1111 "Schedule type": Automatic, Karras, Exponential, ...
+    seed: int = -1  # -1 = random; the engine reports the seed it used
+    subseed: int = -1  # A1111 "Variation seed"
+    subseed_strength: float = 0.0  # A1111 "Variation strength"
+    width: int = 512
+    height: int = 512
+    count: int = 1  # images in this job (A1111 "batch size")
+    model: str | None = None  # configured model name (or a path, from the operator's CLI only)
+    vae: str | None = None
+    clip_skip: int | None = None  # None = the model's configured default (A1111 numbering, 1 = last)
+    rng: str | None = None  # gpu | cpu | nv; None = engine default
+    eta: float | None = None
+    eta_noise_seed_delta: int | None = None  # None = engine default (ENSD)
+    mode: Mode = Mode.TXT2IMG
+    init_image: bytes | None = None  # PNG bytes for img2img / inpaint
+    mask_image: bytes | None = None
+    denoising_strength: float = 0.75
+    resize_mode: int = 0  # A1111: 0 just resize, 1 crop and resize, 2 resize and fill
+    mask_blur: int = 4
+    inpainting_fill: int = 1  # A1111: 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = False  # "masked only"
+    inpaint_full_res_padding: int = 32
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"  # Latent | Lanczos
+    hr_second_pass_steps: int = 0
+    hr_denoising_strength: float = 0.7
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+
+    def replace(self, **changes: Any) -> GenerationRequest:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (image bytes are left out; storage keeps them separately)."""
+        data = dataclasses.asdict(self)
+        data["mode"] = str(self.mode)
+        data.pop("init_image")
+        data.pop("mask_image")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **images: bytes | None) -> GenerationRequest:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "mode" in kwargs:
+            kwargs["mode"] = Mode(kwargs["mode"])
+        kwargs.update(images)
+        return cls(**kwargs)
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Jobs with equal keys may share one denoising loop (see the GPU throughput work)."""
+        return (self.model, self.vae, self.width, self.height, self.sampler, self.schedule_type,
+                self.steps, self.mode, self.enable_hr, self.clip_skip, self.rng)
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # sampler steps done (1-based after the first step)
+    total: int
+    preview_png: bytes | None = None  # a cheap latent -> RGB approximation, every few steps
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    png: bytes  # PNG with A1111's "parameters" text chunk
+    seed: int
+    subseed: int
+    infotext: str
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    images: tuple[GeneratedImage, ...]
+    model_name: str
+    model_hash: str  # A1111 short hash: first 10 hex digits of the file's sha256
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+class GenerationCancelled(Exception):
+    """Raised by the engine when the job's cancel flag was set between steps."""
+
+
+class GenerationError(Exception):
+    """A job failed for a reason the user can act on; ``str(exc)`` is safe to show them."""
+
+
+class OutOfMemory(GenerationError):
+    """The device ran out of memory; memory was freed and the worker can go on."""
