@@ -1,0 +1,37 @@
+"""The service layer the bot calls: :class:`ChantService` and its value types and events."""
+
+from core.services.service import ChantService
+from core.services.types import (
+    Actor,
+    ImagineOptions,
+    JobCancelled,
+    JobDone,
+    JobEvent,
+    JobFailed,
+    JobProgress,
+    JobQueued,
+    JobStarted,
+    JobView,
+    PresetView,
+    QuotaView,
+    Receipt,
+    UserError,
+)
+
+__all__ = [
+    "Actor",
+    "ChantService",
+    "ImagineOptions",
+    "JobCancelled",
+    "JobDone",
+    "JobEvent",
+    "JobFailed",
+    "JobProgress",
+    "JobQueued",
+    "JobStarted",
+    "JobView",
+    "PresetView",
+    "QuotaView",
+    "Receipt",
+    "UserError",
+]

@@ -1,0 +1,155 @@
+"""Value types of the service layer: what the bot sends in and what it renders.
+
+The bot builds an :class:`Actor` and :class:`ImagineOptions` from an interaction, calls
+:class:`core.services.ChantService`, and turns :class:`Receipt`, :class:`JobView` and the job events
+into Discord messages. A :class:`UserError` is always safe to show to the user as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from core.types import GeneratedImage, GenerationRequest
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is asking (built by the bot from the interaction)."""
+
+    user_id: int
+    guild_id: int | None  # None in DMs
+    channel_id: int
+    role_ids: tuple[int, ...] = ()
+    manage_guild: bool = False  # the member's Manage Guild permission
+    display_name: str = ""
+
+
+class UserError(Exception):
+    """A refusal the user can act on; ``str(exc)`` is a complete, friendly, specific message.
+
+    ``code`` names the kind ("limit.steps", "quota", "queue.user_limit", "prompt", "banned_word",
+    "permission", "not_found", ...), ``column`` points into the prompt for prompt errors and
+    ``retry_after_s`` says when a quota or queue limit frees up.
+    """
+
+    def __init__(
+        self, code: str, message: str, *, column: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.column = column
+        self.retry_after_s = retry_after_s
+
+    def __repr__(self) -> str:
+        return f"UserError({self.code!r}, {str(self)!r})"
+
+
+@dataclass(frozen=True)
+class ImagineOptions:
+    """Options of one /imagine; None means guild/preset/default."""
+
+    prompt: str
+    negative: str | None = None
+    preset: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    sampler: str | None = None
+    seed: int | None = None
+    count: int | None = None
+    model: str | None = None
+    clip_skip: int | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    job_id: int
+    position: int  # 1 = next to run (0 = running)
+    eta_s: float | None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """One stored job, for /history, /show, ℹ️ and captions."""
+
+    id: int
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    state: str  # queued | running | done | failed | cancelled
+    request: GenerationRequest
+    seeds: tuple[int, ...]
+    model_hash: str | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    parent_id: int | None
+    kind: str  # imagine | reroll | variation | show
+    status_message_id: int | None
+    result_message_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class QuotaView:
+    """The actor's usage against the quota rule that applies to them (limit None = unlimited)."""
+
+    used_images: int
+    limit_images: int | None
+    used_gpu_seconds: float
+    limit_gpu_seconds: float | None
+    period: str  # hour | day
+    resets_at: datetime | None
+    source: str = "default"  # default | guild | role | user: which rule applies
+
+
+@dataclass(frozen=True)
+class PresetView:
+    name: str
+    scope: str  # user | guild
+    options: ImagineOptions
+
+
+# Events the bot renders (async iterator from ChantService.events()).
+
+
+@dataclass(frozen=True)
+class JobQueued:
+    job_id: int
+    position: int
+    eta_s: float | None
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job_id: int
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    job_id: int
+    step: int
+    total: int
+    eta_s: float | None
+    preview_png: bytes | None
+
+
+@dataclass(frozen=True)
+class JobDone:
+    job: JobView
+    images: tuple[GeneratedImage, ...]
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    job: JobView
+    reason: str  # safe to show
+
+
+@dataclass(frozen=True)
+class JobCancelled:
+    job: JobView
+
+
+JobEvent = JobQueued | JobStarted | JobProgress | JobDone | JobFailed | JobCancelled
