@@ -51,6 +51,7 @@ class ModelSettings:
     vae: str | None = None
     kind: str = "auto"  # auto | sd1 | sd2 | sdxl (single files are detected when "auto")
     clip_skip: int = 1
+    config: str | None = None  # weight-free diffusers config folder for a single file (default: shipped skeleton)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,106 @@
+"""Config + tokenizer "skeletons" that let single-file checkpoints load with no network.
+
+The package ships weight-free diffusers config folders for SD1.5 and SDXL (``skeletons/``). The
+CLIP tokenizer files (``vocab.json`` / ``merges.txt``) are generated once from the BPE vocabulary
+that ``core.prompt`` ships (OpenAI's MIT-licensed ``bpe_simple_vocab_16e6.txt.gz``) into a cache
+folder, so the package does not carry the vocabulary twice. torch-free.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+PACKAGE_SKELETONS = Path(__file__).with_name("skeletons")
+BPE_PATH = Path(__file__).resolve().parents[1] / "prompt" / "data" / "bpe_simple_vocab_16e6.txt.gz"
+KINDS = {"sd1": "sd15", "sdxl": "sdxl"}
+_VERSION = "1"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable character table (as in OpenAI's simple_tokenizer)."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+@functools.cache
+def bpe_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """HF-format ``vocab.json`` contents and merge lines, built from the shipped BPE file."""
+    with gzip.open(BPE_PATH) as f:
+        lines = f.read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars]
+    vocab += ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(vocab)}, merges
+
+
+def write_tokenizer(folder: Path, *, pad_token: str = "<|endoftext|>") -> None:
+    """Write a complete HF ``CLIPTokenizer`` folder (vocab, merges and configs) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = bpe_vocab_and_merges()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": pad_token,
+    }
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
+    config = {
+        **special,
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": 77,
+        "do_lower_case": True,
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
+        "add_prefix_space": False,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("CHANT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "chant"
+    )
+    return Path(base)
+
+
+def skeleton_dir(kind: str) -> Path:
+    """A complete config + tokenizer folder for ``kind`` ("sd1" | "sdxl"), created on first use."""
+    if kind not in KINDS:
+        raise ValueError(f"no config skeleton for model kind {kind!r} (have: {', '.join(sorted(KINDS))})")
+    target = cache_dir() / "skeletons" / f"{KINDS[kind]}-v{_VERSION}"
+    if (target / "model_index.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        shutil.copytree(PACKAGE_SKELETONS / KINDS[kind], tmp, dirs_exist_ok=True)
+        for name in ("tokenizer", "tokenizer_2"):
+            if (tmp / name).exists():
+                pad = json.loads((tmp / name / "special_tokens_map.json").read_text())["pad_token"]
+                write_tokenizer(tmp / name, pad_token=pad)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process made it first
+            if not (target / "model_index.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
