@@ -1,0 +1,346 @@
+"""Initial and per-step noise with AUTOMATIC1111's seed semantics.
+
+A1111 draws the noise of image ``i`` of a job from ``seed + i`` with shape ``(C, H/8, W/8)``, from one of
+three sources:
+
+- ``"gpu"``: a ``torch.Generator`` on the CUDA device (A1111's default). On a machine without CUDA
+  (or on MPS) A1111 falls back to the CPU generator, and so do we.
+- ``"cpu"``: a CPU ``torch.Generator``; the same numbers on every machine.
+- ``"nv"``: NVIDIA's CUDA ``torch.randn`` stream computed with numpy on any device (:class:`NVPhilox`),
+  so a CPU-only operator gets the noise an A1111 user with the default GPU source gets.
+
+:class:`ImageRNG` is the per-job object: ``first()`` gives the initial latent noise (variation seed slerp
+included), ``next()`` the noise an ancestral/SDE sampler draws during sampling. :func:`scheduler_noise`
+routes a diffusers scheduler's step noise to ``ImageRNG.next()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+SOURCES = ("gpu", "cpu", "nv")
+_MAX_SEED = 2**64 - 1
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    seed = int(seed)
+    if not 0 <= seed <= _MAX_SEED:
+        raise ValueError(f"seed {seed} is outside 0..2**64-1")
+    return seed
+
+
+def _check_source(source: str) -> str:
+    if source not in SOURCES:
+        raise ValueError(f"unknown RNG source {source!r}; use one of: {', '.join(SOURCES)}")
+    return source
+
+
+# -- NVIDIA's CUDA torch.randn stream ------------------------------------------------------------------
+#
+# Written from the published algorithms:
+# - Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11) as curand
+#   implements it: 128-bit counter (x, y, z, w), 64-bit key (seed low/high word), 10 rounds, key bumped
+#   by the Weyl constants between rounds.
+# - curand_init(seed, subsequence, offset): the subsequence is added to the counter's high 64 bits (z, w),
+#   offset / 4 to its low 64 bits (x, y); torch only uses offsets that are multiples of 4.
+# - curand_normal4: one Philox call gives (x, y, z, w); Box-Muller turns (x, y) into (s*sin v, s*cos v) and
+#   (z, w) into the next two, with u = x * 2^-32 + 2^-33 and v = y * 2pi*2^-32 + pi*2^-32 in float32.
+# - torch's CUDA normal kernel (distribution_elementwise_grid_stride_kernel): blocks of 256 threads, a grid
+#   of min(ceil(n/256), SMs * maxThreadsPerSM/256) blocks; thread t is curand_init(seed, t, offset) and
+#   writes element t + stride*j from component j of its k-th normal4 call (t + stride*(4k + j)); the
+#   generator's offset then advances by 4 per call each thread made.
+#
+# Bit-exactness: CUDA computes sin/cos with the __sincosf hardware approximation (absolute error about
+# 2^-21.4), which has no published bit-level description. We compute sin/cos exactly, so values agree with
+# an NVIDIA GPU to about 3e-6 absolute (a few float32 ulps), not bit for bit; tests check that tolerance.
+
+_PHILOX_M0 = np.uint64(0xD2511F53)
+_PHILOX_M1 = np.uint64(0xCD9E8D57)
+_PHILOX_W0 = 0x9E3779B9
+_PHILOX_W1 = 0xBB67AE85
+_U32 = 0xFFFFFFFF
+_SHIFT32 = np.uint64(32)
+_TWO_POW32_INV = np.float32(2.0**-32)
+_TWO_POW32_INV_2PI = np.float32(_TWO_POW32_INV * np.float32(6.2831855))
+# H100 SXM: 132 SMs x 2048 threads per SM = 1056 blocks of 256 threads.
+H100_MAX_BLOCKS = 132 * 2048 // 256
+_BLOCK = 256
+
+
+def philox4x32_10(
+    ctr: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], key: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Philox4x32-10 of uint32 counter words ``ctr`` under the 64-bit key ``(low, high)``."""
+    c0, c1, c2, c3 = ctr
+    k0, k1 = key
+    for rnd in range(10):
+        p0 = c0.astype(np.uint64) * _PHILOX_M0
+        p1 = c2.astype(np.uint64) * _PHILOX_M1
+        c0, c1, c2, c3 = (
+            (p1 >> _SHIFT32).astype(np.uint32) ^ c1 ^ np.uint32(k0),
+            p1.astype(np.uint32),
+            (p0 >> _SHIFT32).astype(np.uint32) ^ c3 ^ np.uint32(k1),
+            p0.astype(np.uint32),
+        )
+        if rnd < 9:
+            k0 = (k0 + _PHILOX_W0) & _U32
+            k1 = (k1 + _PHILOX_W1) & _U32
+    return c0, c1, c2, c3
+
+
+def _box_muller(x: np.ndarray, y: np.ndarray, want_cos: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """curand's float32 Box-Muller: (s*sin v, s*cos v); sin/cos exact (see the module note)."""
+    u = x.astype(np.float32) * _TWO_POW32_INV + _TWO_POW32_INV / np.float32(2)
+    # nvcc contracts y*c + c/2 into one fused multiply-add: one rounding.
+    v = (
+        y.astype(np.float32).astype(np.float64) * np.float64(_TWO_POW32_INV_2PI)
+        + np.float64(_TWO_POW32_INV_2PI / np.float32(2))
+    ).astype(np.float32)
+    log_u = np.log(u.astype(np.float64)).astype(np.float32)
+    s = np.sqrt(np.float32(-2.0) * log_u)
+    v64 = v.astype(np.float64)
+    sin = s * np.sin(v64).astype(np.float32)
+    cos = s * np.cos(v64).astype(np.float32) if want_cos else None
+    return sin, cos
+
+
+class NVPhilox:
+    """``torch.Generator("cuda").manual_seed(seed)`` followed by float32 ``torch.randn`` calls, on any device.
+
+    ``max_blocks`` is the GPU's resident block limit (SMs * maxThreadsPerSM / 256); it only matters for
+    draws of more than 256 * max_blocks values (over 270k on an H100; a 2048x2048 image's latent is 262k).
+    """
+
+    def __init__(self, seed: int, *, max_blocks: int = H100_MAX_BLOCKS) -> None:
+        self.seed = _check_seed(seed)
+        self.max_blocks = max_blocks
+        self.offset = 0  # in Philox counter increments (torch's philox offset / 4)
+
+    def randn(self, shape: Sequence[int]) -> np.ndarray:
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise ValueError(f"negative dimension in shape {shape}")
+        n = int(np.prod(shape, dtype=np.int64))
+        if n == 0:
+            return np.zeros(shape, dtype=np.float32)
+        stride = min((n + _BLOCK - 1) // _BLOCK, self.max_blocks) * _BLOCK
+        calls = (n - 1) // (stride * 4) + 1
+        threads = min(stride, n)
+        key = (self.seed & _U32, self.seed >> 32)
+
+        # Counter of thread t, call k: (offset + k) in the low 64 bits, subsequence t in the high 64 bits.
+        low = np.uint64(self.offset) + np.arange(calls, dtype=np.uint64)[:, None]
+        low = np.broadcast_to(low, (calls, threads))
+        c0 = (low & np.uint64(_U32)).astype(np.uint32)
+        c1 = (low >> _SHIFT32).astype(np.uint32)
+        c2 = np.broadcast_to(np.arange(threads, dtype=np.uint32), (calls, threads))
+        c3 = np.zeros((calls, threads), dtype=np.uint32)
+        x, y, z, w = philox4x32_10((c0, c1, c2, c3), key)
+        self.offset += calls
+
+        if n <= stride:  # one value per thread: component 0 of the first call
+            out, _ = _box_muller(x[0], y[0], want_cos=False)
+            return out.reshape(shape)
+        # Element t + stride*(4k + j) is component j of call k of thread t (threads == stride here).
+        s0, s1 = _box_muller(x, y, want_cos=True)
+        s2, s3 = _box_muller(z, w, want_cos=True)
+        out = np.stack([s0, s1, s2, s3], axis=1).reshape(-1)[:n]
+        return out.reshape(shape)
+
+
+# -- sources -----------------------------------------------------------------------------------------
+
+
+def _device(device: str | torch.device) -> torch.device:
+    return device if isinstance(device, torch.device) else torch.device(device)
+
+
+class _Generator:
+    """One per-image generator of a source; ``randn(shape)`` continues its stream."""
+
+    def __init__(self, seed: int, source: str, device: torch.device) -> None:
+        self.device = device
+        self._nv: NVPhilox | None = None
+        self._torch: torch.Generator | None = None
+        if source == "nv":
+            self._nv = NVPhilox(seed)
+            return
+        gen_device = device if source == "gpu" and device.type == "cuda" else torch.device("cpu")
+        self._torch = torch.Generator(gen_device).manual_seed(seed)
+
+    def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        if self._nv is not None:
+            return torch.from_numpy(self._nv.randn(shape)).to(self.device)
+        assert self._torch is not None
+        out = torch.randn(tuple(shape), generator=self._torch, device=self._torch.device, dtype=torch.float32)
+        return out.to(self.device)
+
+
+def create_generator(seed: int, source: str = "gpu", device: str | torch.device = "cpu") -> _Generator:
+    """A generator of ``source`` seeded with ``seed`` whose draws land on ``device``."""
+    return _Generator(_check_seed(seed), _check_source(source), _device(device))
+
+
+def randn(
+    seed: int, shape: Sequence[int], source: str = "gpu", device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Float32 noise of ``shape`` as A1111's ``randn(seed, shape)`` gives it for ``source``."""
+    return create_generator(seed, source, device).randn(shape)
+
+
+def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """A1111's variation-seed slerp: ``val`` 0 gives ``low``, 1 gives ``high``.
+
+    Like A1111, vectors are normalised along dim 1 and nearly parallel inputs fall back to A1111's linear
+    mix ``low * val + high * (1 - val)`` (kept as A1111 writes it; the inputs are then nearly equal).
+    """
+    low_norm = low / torch.norm(low, dim=1, keepdim=True)
+    high_norm = high / torch.norm(high, dim=1, keepdim=True)
+    dot = (low_norm * high_norm).sum(1)
+    if dot.mean() > 0.9995:
+        return low * val + high * (1 - val)
+    omega = torch.acos(dot)
+    so = torch.sin(omega)
+    return (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (torch.sin(val * omega) / so).unsqueeze(
+        1
+    ) * high
+
+
+class ImageRNG:
+    """Per-image noise for one job, as A1111's ``rng.ImageRNG``.
+
+    ``shape`` is one image's latent shape ``(C, H/8, W/8)``; ``seeds[i]`` seeds image i. ``first()`` returns
+    the stacked initial noise (slerped towards ``subseeds[i]``'s noise by ``subseed_strength``); then, if
+    ``eta_noise_seed_delta`` is non-zero, each image's generator is re-seeded with ``seed + ENSD``.
+    ``next()`` draws one more sample per image from those generators (the sampler's step noise). As in
+    A1111, the first ``next()`` before any ``first()`` returns ``first()``. Unlike A1111, calling
+    ``first()`` directly also counts as that first draw, so a following ``next()`` gives step noise.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        seeds: Sequence[int],
+        subseeds: Sequence[int] | None = None,
+        subseed_strength: float = 0.0,
+        source: str = "gpu",
+        device: str | torch.device = "cpu",
+        eta_noise_seed_delta: int = 0,
+    ) -> None:
+        self.shape = tuple(int(d) for d in shape)
+        if not seeds:
+            raise ValueError("ImageRNG needs at least one seed")
+        self.seeds = [_check_seed(s) for s in seeds]
+        self.subseeds = None if subseeds is None else [_check_seed(s) for s in subseeds]
+        if not 0.0 <= float(subseed_strength) <= 1.0:
+            raise ValueError(f"variation strength must be within 0..1, got {subseed_strength}")
+        self.subseed_strength = float(subseed_strength)
+        self.source = _check_source(source)
+        self.device = _device(device)
+        self.eta_noise_seed_delta = int(eta_noise_seed_delta or 0)
+        self.generators = [_Generator(s, self.source, self.device) for s in self.seeds]
+        self.is_first = True
+
+    def first(self) -> torch.Tensor:
+        self.is_first = False
+        xs = []
+        for i, generator in enumerate(self.generators):
+            noise = generator.randn(self.shape)
+            if self.subseeds is not None and self.subseed_strength != 0:
+                subseed = self.subseeds[i] if i < len(self.subseeds) else 0
+                subnoise = randn(subseed, self.shape, self.source, self.device)
+                noise = slerp(self.subseed_strength, noise, subnoise)
+            xs.append(noise)
+        if self.eta_noise_seed_delta:
+            self.generators = [
+                _Generator(_check_seed(s + self.eta_noise_seed_delta), self.source, self.device)
+                for s in self.seeds
+            ]
+        return torch.stack(xs)
+
+    def next(self) -> torch.Tensor:
+        if self.is_first:
+            return self.first()
+        return torch.stack([g.randn(self.shape) for g in self.generators])
+
+
+# -- routing a diffusers scheduler's step noise -------------------------------------------------------
+
+_local = threading.local()
+_patch_lock = threading.Lock()
+_patched: dict[str, tuple[Callable[..., Any], int]] = {}  # module name -> (original randn_tensor, users)
+
+
+def _active() -> list[tuple[str, ImageRNG]]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+def _make_dispatch(module_name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    def randn_tensor(shape: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        stack = _active()
+        if not stack or stack[-1][0] != module_name:
+            return original(shape, *args, **kwargs)
+        noise = stack[-1][1].next()
+        if tuple(noise.shape) != tuple(shape):
+            raise ValueError(
+                f"scheduler asked for step noise of shape {tuple(shape)}, the image RNG draws {tuple(noise.shape)}"
+            )
+        device = kwargs.get("device")
+        dtype = kwargs.get("dtype")
+        return noise.to(device=device if device is not None else noise.device, dtype=dtype or noise.dtype)
+
+    randn_tensor.__wrapped__ = original  # type: ignore[attr-defined]
+    return randn_tensor
+
+
+@contextlib.contextmanager
+def scheduler_noise(scheduler: Any, image_rng: ImageRNG) -> Iterator[None]:
+    """Inside the block, ``scheduler``'s step noise comes from ``image_rng.next()``.
+
+    diffusers' ancestral/SDE schedulers (Euler a, DPM2 a, DPM++ 2M SDE, DDIM with eta, LCM, ...) draw step
+    noise with ``randn_tensor`` imported into their own module. We replace that one module-level name
+    (``sys.modules[type(scheduler).__module__].randn_tensor``) for the duration of the block; other modules
+    and other schedulers are untouched, and the original is restored when the last user leaves. The
+    replacement dispatches per thread, so a concurrent loop in another thread keeps its own noise.
+    DPM++ SDE (``DPMSolverSDEScheduler``) draws from a Brownian tree instead: seed it with
+    ``noise_sampler_seed`` (see ``core.engine.samplers.scheduler_kwargs``); this context changes nothing there.
+    """
+    module_name = type(scheduler).__module__
+    module = sys.modules[module_name]
+    with _patch_lock:
+        if module_name in _patched:
+            original, users = _patched[module_name]
+            _patched[module_name] = (original, users + 1)
+        else:
+            original = getattr(module, "randn_tensor", None)
+            if original is None:
+                _patched[module_name] = (None, 1)  # type: ignore[assignment]
+            else:
+                _patched[module_name] = (original, 1)
+                module.randn_tensor = _make_dispatch(module_name, original)
+    stack = _active()
+    stack.append((module_name, image_rng))
+    try:
+        yield
+    finally:
+        stack.pop()
+        with _patch_lock:
+            original, users = _patched[module_name]
+            if users > 1:
+                _patched[module_name] = (original, users - 1)
+            else:
+                del _patched[module_name]
+                if original is not None:
+                    module.randn_tensor = original
