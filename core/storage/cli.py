@@ -1,7 +1,169 @@
-"""`chant` subcommands of core.storage (filled in by its issue)."""
+"""``chant db …``: migrations, drift check, backup and image retention.
+
+* ``chant db upgrade [REV]`` / ``chant db downgrade REV`` / ``chant db current``
+* ``chant db check``: ``alembic check`` (do the models match the migrations?). By default on a
+  temporary SQLite database migrated to head, so it needs no database; ``--database`` checks the
+  configured one. Exit status 1 on drift.
+* ``chant db backup PATH``: a consistent copy of the SQLite database, safe while the bot runs.
+* ``chant db prune-images [--days N]``: drop image bytes older than the retention (parameters stay).
+
+Every command takes ``--url`` to override ``[database] url``.
+"""
+
+from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+from datetime import timedelta
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # chatty at INFO
+    p = sub.add_parser("db", help="database: migrations, drift check, backup")
+    dbsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+
+    def add(name: str, func, help: str) -> argparse.ArgumentParser:
+        q = dbsub.add_parser(name, help=help)
+        q.add_argument("--url", help="database URL (default: [database] url from the settings)")
+        q.set_defaults(func=func)
+        return q
+
+    add("upgrade", _upgrade, "migrate to a revision (default: head)").add_argument(
+        "revision", nargs="?", default="head"
+    )
+    add("downgrade", _downgrade, "migrate down to REV (e.g. base, or a revision id)").add_argument("revision")
+    add("current", _current, "print the database's revision")
+    q = add("check", _check, "fail if the models and the migrations differ (alembic check)")
+    q.add_argument(
+        "--database", action="store_true", help="check the configured database instead of a temporary one"
+    )
+    add("backup", _backup, "consistent copy of the SQLite database (safe while chant runs)").add_argument(
+        "path"
+    )
+    q = add("prune-images", _prune, "drop stored image bytes older than the retention; parameters stay")
+    q.add_argument("--days", type=int, help="retention in days (default: [database] image_retention_days)")
+
+
+def _url(args: argparse.Namespace, settings) -> str:
+    return args.url or settings.database.url
+
+
+def _fail(message: str) -> int:
+    print(f"chant db: {message}", file=sys.stderr)
+    return 2
+
+
+async def _with_engine(url: str, fn):
+    from core.storage.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        return await fn(engine)
+    finally:
+        await engine.dispose()
+
+
+def _upgrade(args: argparse.Namespace, settings) -> int:
+    from core.storage import migrate
+
+    try:
+        asyncio.run(_with_engine(_url(args, settings), lambda e: migrate.upgrade(e, args.revision)))
+        print(f"database at {asyncio.run(_with_engine(_url(args, settings), migrate.current_revision))}")
+    except ValueError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _downgrade(args: argparse.Namespace, settings) -> int:
+    from core.storage import migrate
+
+    try:
+        asyncio.run(_with_engine(_url(args, settings), lambda e: migrate.downgrade(e, args.revision)))
+        print(f"database at {asyncio.run(_with_engine(_url(args, settings), migrate.current_revision))}")
+    except ValueError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _current(args: argparse.Namespace, settings) -> int:
+    from core.storage import migrate
+
+    try:
+        print(asyncio.run(_with_engine(_url(args, settings), migrate.current_revision)) or "base (empty)")
+    except ValueError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _check(args: argparse.Namespace, settings) -> int:
+    from core.storage import migrate
+
+    async def on(url: str, upgrade_first: bool) -> str | None:
+        async def run(engine):
+            if upgrade_first:
+                await migrate.upgrade(engine)
+            return await migrate.check(engine)
+
+        return await _with_engine(url, run)
+
+    try:
+        if args.database:
+            drift = asyncio.run(on(_url(args, settings), False))
+        else:
+            with tempfile.TemporaryDirectory(prefix="chant-db-check-") as tmp:
+                drift = asyncio.run(on(f"sqlite+aiosqlite:///{Path(tmp) / 'check.db'}", True))
+    except ValueError as exc:
+        return _fail(str(exc))
+    if drift:
+        print(
+            f"chant db check: models and migrations differ; add a revision in migrations/versions:\n{drift}",
+            file=sys.stderr,
+        )
+        return 1
+    print("models and migrations agree")
+    return 0
+
+
+def _backup(args: argparse.Namespace, settings) -> int:
+    from core.storage.backup import backup_sqlite
+    from core.storage.db import sqlite_path
+
+    try:
+        path = sqlite_path(_url(args, settings))
+        if path is None:
+            return _fail("backup copies SQLite databases; for PostgreSQL use pg_dump")
+        info = backup_sqlite(path, args.path)
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(f"backed up {path} to {info.path} ({info.bytes} bytes)")
+    return 0
+
+
+def _prune(args: argparse.Namespace, settings) -> int:
+    from core.storage.db import Database
+    from core.storage.models import utcnow
+    from core.storage.repositories import JobRepo
+
+    days = settings.database.image_retention_days if args.days is None else args.days
+    if days <= 0:
+        print("image retention is off (0 days): nothing pruned")
+        return 0
+
+    async def run() -> int:
+        db = Database(_url(args, settings))
+        try:
+            async with db.transaction(write=True) as session:
+                return await JobRepo(session).prune_images(utcnow() - timedelta(days=days))
+        finally:
+            await db.dispose()
+
+    try:
+        count = asyncio.run(run())
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(f"pruned the bytes of {count} images older than {days} days")
+    return 0
