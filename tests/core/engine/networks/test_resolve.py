@@ -1,0 +1,129 @@
+"""Names resolve inside their configured folders only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from core.engine.networks import list_networks, resolve_network_file
+
+
+@pytest.fixture
+def lora_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "Lora"
+    (root / "styles").mkdir(parents=True)
+    for rel in ("detail.safetensors", "styles/Watercolor.safetensors", "styles/ink.safetensors", "notes.txt"):
+        (root / rel).write_bytes(b"x")
+    return root
+
+
+def test_by_stem_anywhere_below_the_folder(lora_dir: Path) -> None:
+    assert resolve_network_file("detail", [lora_dir]) == (lora_dir / "detail.safetensors").resolve()
+    assert resolve_network_file("ink", [lora_dir]) == (lora_dir / "styles/ink.safetensors").resolve()
+
+
+def test_by_relative_path_without_extension(lora_dir: Path) -> None:
+    assert resolve_network_file("styles/ink", [lora_dir]).name == "ink.safetensors"
+    assert resolve_network_file("styles\\ink", [lora_dir]).name == "ink.safetensors"
+
+
+def test_exact_case_first_then_any_case(lora_dir: Path) -> None:
+    (lora_dir / "watercolor.safetensors").write_bytes(b"y")
+    assert resolve_network_file("watercolor", [lora_dir]) == (lora_dir / "watercolor.safetensors").resolve()
+    assert (
+        resolve_network_file("Watercolor", [lora_dir])
+        == (lora_dir / "styles/Watercolor.safetensors").resolve()
+    )
+    assert resolve_network_file("DETAIL", [lora_dir]).name == "detail.safetensors"
+
+
+def test_unknown_name_lists_the_closest(lora_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown LoRA 'detial'; closest: detail"):
+        resolve_network_file("detial", [lora_dir], what="LoRA")
+
+
+def test_unknown_name_in_empty_folders_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"no \.safetensors files in"):
+        resolve_network_file("x", [tmp_path / "missing"])
+
+
+def test_other_extensions_are_not_found(lora_dir: Path) -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        resolve_network_file("notes", [lora_dir])
+
+
+def test_same_stem_in_two_subfolders_is_ambiguous(lora_dir: Path) -> None:
+    (lora_dir / "more").mkdir()
+    (lora_dir / "more/ink.safetensors").write_bytes(b"z")
+    with pytest.raises(ValueError, match=r"ambiguous; write one of: more/ink, styles/ink"):
+        resolve_network_file("ink", [lora_dir])
+    assert resolve_network_file("more/ink", [lora_dir]).parent.name == "more"
+    assert "more/ink" in list_networks([lora_dir]) and "styles/ink" in list_networks([lora_dir])
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("../../etc/passwd", "leaves the LoRA folder"),
+        ("styles/../../secret", "leaves the LoRA folder"),
+        ("..\\..\\secret", "leaves the LoRA folder"),
+        ("/etc/passwd", "absolute path"),
+        ("\\\\server\\share\\x", "absolute path"),
+        ("C:\\Windows\\x", "absolute path"),
+        ("c:x", "absolute path"),
+        ("a\x00b", "NUL"),
+        ("", "empty"),
+    ],
+)
+def test_escaping_names_are_refused(lora_dir: Path, name: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        resolve_network_file(name, [lora_dir], what="LoRA")
+
+
+def test_a_real_file_outside_is_unreachable_even_by_its_stem(tmp_path: Path, lora_dir: Path) -> None:
+    (tmp_path / "outside.safetensors").write_bytes(b"secret")
+    with pytest.raises(ValueError, match="unknown"):
+        resolve_network_file("outside", [lora_dir])
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_symlink_leaving_the_folder_is_refused_and_not_listed(tmp_path: Path, lora_dir: Path) -> None:
+    secret = tmp_path / "secret.safetensors"
+    secret.write_bytes(b"secret")
+    (lora_dir / "escape.safetensors").symlink_to(secret)
+    with pytest.raises(ValueError, match="link to a file outside the LoRA folder"):
+        resolve_network_file("escape", [lora_dir], what="LoRA")
+    assert "escape" not in list_networks([lora_dir])
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_symlinked_directory_is_not_followed(tmp_path: Path, lora_dir: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "hidden.safetensors").write_bytes(b"secret")
+    (lora_dir / "linked").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError, match="unknown"):
+        resolve_network_file("hidden", [lora_dir])
+    with pytest.raises(ValueError):
+        resolve_network_file("linked/hidden", [lora_dir])
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_symlink_inside_the_folder_is_fine(lora_dir: Path) -> None:
+    (lora_dir / "alias.safetensors").symlink_to(lora_dir / "detail.safetensors")
+    assert resolve_network_file("alias", [lora_dir]) == (lora_dir / "detail.safetensors").resolve()
+
+
+def test_several_folders_in_order(tmp_path: Path, lora_dir: Path) -> None:
+    second = tmp_path / "more_loras"
+    second.mkdir()
+    (second / "extra.safetensors").write_bytes(b"x")
+    assert resolve_network_file("extra", [lora_dir, second]).parent == second.resolve()
+    assert list_networks([lora_dir, second]) == ["detail", "extra", "ink", "Watercolor"]
+
+
+def test_list_networks_for_autocomplete(lora_dir: Path) -> None:
+    assert list_networks([lora_dir]) == ["detail", "ink", "Watercolor"]
+    assert list_networks([lora_dir], (".txt",)) == ["notes"]
