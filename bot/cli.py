@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 def _register_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the Discord bot (and, by default, the in-process GPU worker)")
-    p.add_argument("--no-worker", action="store_true", help="bot only: GPU workers run elsewhere (`chant worker`)")
+    p.add_argument(
+        "--no-worker", action="store_true", help="bot only: GPU workers run elsewhere (`chant worker`)"
+    )
     p.set_defaults(func=_run)
 
 

@@ -1,0 +1,357 @@
+"""The one event consumer: renders ``service.events()`` into status edits and result posts.
+
+* Status messages (queue position, then progress bar + ETA + optional preview) are edited through the
+  channel endpoint at most once every ``settings.discord.progress_edit_interval_s`` per job (a
+  trailing edit always shows the latest state).
+* Results are posted with the bot's channel permissions (``channel.send``), not the interaction
+  token, so a queue wait longer than 15 minutes still delivers. Each result gets 🔁 and is recorded
+  with ``service.record_result_messages`` (which makes it rerollable after restarts).
+* On start, results finished while the bot was down (``service.unposted_results()``) are posted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import discord
+
+from bot import render
+from core.services import (
+    JobCancelled,
+    JobDone,
+    JobEvent,
+    JobFailed,
+    JobProgress,
+    JobQueued,
+    JobStarted,
+    JobView,
+)
+from core.types import GeneratedImage
+
+log = logging.getLogger(__name__)
+
+REROLL = "🔁"
+DELETE = "❌"
+INFO = "ℹ️"
+INFO_EMOJIS = ("ℹ️", "ℹ")  # with and without the variation selector
+
+
+@dataclass
+class Tracked:
+    job_id: int
+    channel_id: int
+    guild_id: int | None
+    status_message_id: int | None
+    reply_to: int | None = None  # a reroll answers the original result message
+    prompt: str = ""
+    last_edit: float = -1e9
+    pending: tuple[str, bytes | None] | None = None
+    flusher: asyncio.Task[None] | None = None
+    edits: int = 0
+    finished: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+_MODEL_RE = re.compile(r"(?:^|, )Model: ([^,]+)")
+
+
+def model_name(job: JobView, images: tuple[GeneratedImage, ...] = ()) -> str | None:
+    if job.request.model:
+        return job.request.model
+    for image in images:
+        m = _MODEL_RE.search(image.infotext.splitlines()[-1] if image.infotext else "")
+        if m:
+            return m.group(1)
+    return None
+
+
+def result_caption(job: JobView, images: tuple[GeneratedImage, ...] = (), note: str | None = None) -> str:
+    req = job.request
+    seeds = job.seeds or tuple(i.seed for i in images)
+    return render.caption(
+        prompt=req.prompt,
+        seeds=seeds,
+        sampler=req.sampler,
+        steps=req.steps,
+        cfg=req.cfg_scale,
+        model=model_name(job, images),
+        job_id=job.id,
+        width=req.width,
+        height=req.height,
+        user_mention=f"<@{job.user_id}>",
+        note=note,
+    )
+
+
+class Delivery:
+    def __init__(self, bot: discord.Client, service: Any, settings: Any) -> None:
+        self.bot = bot
+        self.service = service
+        self.interval = float(settings.discord.progress_edit_interval_s)
+        self.previews = bool(settings.discord.previews)
+        self.tracked: dict[int, Tracked] = {}
+        self.upload_limits: dict[int | None, int] = {}
+        self._posted: set[int] = set()
+        self._finished_early: dict[int, JobEvent] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.ready = asyncio.Event()  # set once subscribed and the backlog is posted
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="chant-delivery")
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._task, *self._tasks] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        events = self.service.events()
+        first = asyncio.ensure_future(anext(events))  # subscribe before reading the backlog
+        await asyncio.sleep(0)
+        try:
+            await self.post_backlog()
+        except Exception:
+            log.exception("could not post the results finished while the bot was away")
+        self.ready.set()
+        pending: asyncio.Future[JobEvent] | None = first
+        while True:
+            try:
+                event = await pending if pending is not None else await anext(events)
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the job event stream failed; resubscribing in 1s")
+                await asyncio.sleep(1)
+                events = self.service.events()
+                pending = None
+                continue
+            pending = None
+            try:
+                self.handle(event)
+            except Exception:
+                log.exception("could not render event %r", event)
+
+    async def post_backlog(self) -> None:
+        for job in await self.service.unposted_results():
+            if job.state == "done":
+                images = await self.service.job_images(job.id)
+                await self._deliver_done(job, images)
+            elif job.state in ("failed", "cancelled"):
+                await self._deliver_failed(job, job.error or job.state)
+
+    # -- tracking ----------------------------------------------------------------------------------
+    def remember_upload_limit(self, guild_id: int | None, limit: int | None) -> None:
+        if limit:
+            self.upload_limits[guild_id] = int(limit)
+
+    def upload_limit(self, guild_id: int | None) -> int:
+        if guild_id in self.upload_limits:
+            return self.upload_limits[guild_id]
+        guild = self.bot.get_guild(guild_id) if guild_id else None
+        return guild.filesize_limit if guild is not None else render.DEFAULT_UPLOAD_LIMIT
+
+    def track(
+        self,
+        job_id: int,
+        channel_id: int,
+        guild_id: int | None,
+        status_message_id: int | None,
+        *,
+        reply_to: int | None = None,
+        prompt: str = "",
+    ) -> Tracked:
+        tracked = self.tracked.get(job_id)
+        if tracked is None:
+            tracked = self.tracked[job_id] = Tracked(
+                job_id, channel_id, guild_id, status_message_id, reply_to, prompt
+            )
+        else:
+            tracked.status_message_id = status_message_id or tracked.status_message_id
+            tracked.reply_to = reply_to or tracked.reply_to
+        early = self._finished_early.pop(job_id, None)
+        if early is not None:  # the job finished before the submitter got its receipt back
+            self.handle(early)
+        return tracked
+
+    # -- events --------------------------------------------------------------------------------------
+    def handle(self, event: JobEvent) -> None:
+        if isinstance(event, JobQueued):
+            t = self.tracked.get(event.job_id)
+            if t is not None and not t.finished:
+                self._update_status(t, render.queued_text(event.position, event.eta_s, job_id=event.job_id))
+        elif isinstance(event, JobStarted):
+            t = self.tracked.get(event.job_id)
+            if t is not None and not t.finished:
+                self._update_status(t, render.queued_text(0, None, job_id=event.job_id))
+        elif isinstance(event, JobProgress):
+            t = self.tracked.get(event.job_id)
+            if t is not None and not t.finished and event.total > 0:
+                step = min(max(event.step, 0), event.total)
+                text = render.progress_text(
+                    step, event.total, event.eta_s, job_id=event.job_id, prompt=t.prompt
+                )
+                self._update_status(t, text, event.preview_png if self.previews else None)
+        elif isinstance(event, JobDone):
+            self._finish(event.job.id)
+            self._spawn(self._deliver_done(event.job, event.images))
+        elif isinstance(event, JobFailed):
+            self._finish(event.job.id)
+            self._spawn(self._deliver_failed(event.job, event.reason))
+        elif isinstance(event, JobCancelled):
+            self._finish(event.job.id)
+            self._spawn(self._deliver_failed(event.job, "cancelled"))
+
+    def _finish(self, job_id: int) -> None:
+        t = self.tracked.get(job_id)
+        if t is not None:
+            t.finished = True
+            t.pending = None
+            if t.flusher is not None and not t.flusher.done():
+                t.flusher.cancel()
+
+    def _update_status(self, t: Tracked, content: str, preview: bytes | None = None) -> None:
+        t.pending = (content, preview)
+        if t.status_message_id is not None and (t.flusher is None or t.flusher.done()):
+            t.flusher = asyncio.create_task(self._flush(t))
+
+    async def _flush(self, t: Tracked) -> None:
+        loop = asyncio.get_running_loop()
+        while t.pending is not None and not t.finished:
+            wait = t.last_edit + self.interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            content, preview = t.pending
+            t.pending = None
+            t.last_edit = loop.time()
+            t.edits += 1
+            await self._edit_status(t, content, preview)
+
+    async def _edit_status(self, t: Tracked, content: str, preview: bytes | None) -> None:
+        if t.status_message_id is None:
+            return
+        message = self.bot.get_partial_messageable(t.channel_id, guild_id=t.guild_id).get_partial_message(
+            t.status_message_id
+        )
+        try:
+            if preview:
+                fitted = render.fit_to_limit(preview, self.upload_limit(t.guild_id), stem="preview")
+                await message.edit(
+                    content=content,
+                    attachments=[discord.File(io.BytesIO(fitted.data), filename=fitted.filename)],
+                )
+            else:
+                await message.edit(content=content)
+        except discord.HTTPException as exc:
+            log.warning("could not edit the status of job %s: %s", t.job_id, exc)
+
+    # -- results -------------------------------------------------------------------------------------
+    async def _deliver_done(self, job: JobView, images: tuple[GeneratedImage, ...]) -> None:
+        t = self.tracked.get(job.id)
+        if t is None and job.id not in self._posted and job.status_message_id is None and job.kind != "show":
+            # Not ours yet (the submitter is still between submit and track): wait for track().
+            self._finished_early[job.id] = JobDone(job, images)
+            self._spawn(self._post_untracked_later(job.id))
+            return
+        async with t.lock if t is not None else contextlib.nullcontext():
+            if job.id in self._posted:
+                return
+            self._posted.add(job.id)
+            try:
+                await self.post_images(job, images, reply_to=t.reply_to if t else None)
+            except Exception:
+                self._posted.discard(job.id)
+                log.exception("could not post the result of job %s", job.id)
+                return
+            await self._delete_status(t, job)
+
+    async def _post_untracked_later(self, job_id: int, delay: float = 5.0) -> None:
+        await asyncio.sleep(delay)
+        early = self._finished_early.pop(job_id, None)
+        if early is not None:  # nobody tracked it (e.g. another bot process submitted it): post anyway
+            self.tracked.setdefault(job_id, Tracked(job_id, early.job.channel_id, early.job.guild_id, None))
+            self.handle(early)
+
+    async def post_images(
+        self,
+        job: JobView,
+        images: tuple[GeneratedImage, ...],
+        *,
+        reply_to: int | None = None,
+        note: str | None = None,
+        record: bool = True,
+    ) -> discord.Message:
+        if not images:
+            raise ValueError(f"job {job.id} has no images to post")
+        limit = self.upload_limit(job.guild_id)
+        files = []
+        resized = False
+        for n, image in enumerate(images):
+            fitted = render.fit_to_limit(image.png, limit, stem=f"chant-{job.id}-{n}-{image.seed}")
+            resized |= fitted.resized
+            files.append(discord.File(io.BytesIO(fitted.data), filename=fitted.filename))
+        if resized:
+            note = ((note + " · ") if note else "") + "re-encoded to fit this server's upload limit"
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        reference = (
+            discord.MessageReference(message_id=reply_to, channel_id=job.channel_id, fail_if_not_exists=False)
+            if reply_to
+            else None
+        )
+        message = await channel.send(
+            result_caption(job, images, note),
+            files=files,
+            reference=reference,
+            allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+        )
+        if record:
+            await self.service.record_result_messages(job.id, [message.id])
+        with contextlib.suppress(discord.HTTPException):
+            await message.add_reaction(REROLL)
+        return message
+
+    async def _delete_status(self, t: Tracked | None, job: JobView) -> None:
+        message_id = (t.status_message_id if t else None) or job.status_message_id
+        if message_id is None:
+            return
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        with contextlib.suppress(discord.HTTPException):
+            await channel.get_partial_message(message_id).delete()
+
+    async def _deliver_failed(self, job: JobView, reason: str) -> None:
+        t = self.tracked.get(job.id)
+        async with t.lock if t is not None else contextlib.nullcontext():
+            if job.id in self._posted:
+                return
+            self._posted.add(job.id)
+            what = "was cancelled" if reason == "cancelled" else f"failed: {reason}"
+            text = render.truncate(f"<@{job.user_id}> job #{job.id} {what}", render.MESSAGE_LIMIT)
+            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+            message_id = (t.status_message_id if t else None) or job.status_message_id
+            try:
+                if message_id is not None:
+                    message = await channel.get_partial_message(message_id).edit(content=text, attachments=[])
+                else:
+                    message = await channel.send(text)
+                await self.service.record_result_messages(job.id, [message.id])
+            except Exception:
+                self._posted.discard(job.id)
+                log.exception("could not report the end of job %s", job.id)

@@ -1,0 +1,190 @@
+"""/admin …: quotas, limits, default model, guild presets, banned words, channels, reroll policy,
+admin roles and stats. Discord's default permission (Manage Guild) only hides the commands; every
+call is checked again in core (``service.is_admin``), so opening the permissions grants nothing."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.actors import actor_from_interaction
+from bot.exts.presets import PresetName, describe_options
+from bot.options import Cfg, ClipSkip, Count, Model, Sampler, Size, Steps
+from bot.render import truncate
+from core.services import Actor, ImagineOptions, UserError
+
+_ID_RE = re.compile(r"\d{5,20}")
+
+
+def parse_channel_ids(text: str) -> list[int]:
+    """``<#123> 456`` → [123, 456]; ``all`` → [] (every channel)."""
+    if text.strip().lower() in ("all", "*", "any"):
+        return []
+    ids = [int(m) for m in _ID_RE.findall(text)]
+    if not ids:
+        raise UserError(
+            "channels", "Give channels as mentions or ids (e.g. `#art #bots`), or `all` for every channel."
+        )
+    return ids
+
+
+def parse_words(text: str | None) -> list[str]:
+    return [w.strip() for w in (text or "").split(",") if w.strip()]
+
+
+@app_commands.default_permissions(manage_guild=True)
+@app_commands.guild_only()
+class AdminCog(commands.GroupCog, group_name="admin", group_description="Server settings for chant (admins)"):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        self.service = bot.service  # type: ignore[attr-defined]
+        super().__init__()
+
+    async def _admin(self, interaction: discord.Interaction) -> Actor:
+        await interaction.response.defer(ephemeral=True)
+        actor = actor_from_interaction(interaction)
+        if not await self.service.is_admin(actor):
+            raise UserError(
+                "permission", "Only server admins (Manage Server, or a chant admin role) can do this."
+            )
+        return actor
+
+    async def _done(self, interaction: discord.Interaction, text: str) -> None:
+        await interaction.followup.send(truncate(text, 2000), ephemeral=True)
+
+    @app_commands.command(
+        name="quota", description="Set an image/GPU-time quota for the server, a role or a user"
+    )
+    async def quota(
+        self,
+        interaction: discord.Interaction,
+        scope: Literal["guild", "role", "user"],
+        period: Literal["hour", "day"],
+        images: app_commands.Range[int, 0, 100_000] | None = None,
+        gpu_seconds: app_commands.Range[float, 0, 10_000_000] | None = None,
+        role: discord.Role | None = None,
+        user: discord.User | None = None,
+    ) -> None:
+        actor = await self._admin(interaction)
+        target = {"guild": None, "role": role.id if role else None, "user": user.id if user else None}[scope]
+        if scope != "guild" and target is None:
+            raise UserError("quota", f"scope {scope} needs the `{scope}` option.")
+        await self.service.admin_set_quota(
+            actor, scope=scope, target_id=target, images=images, gpu_seconds=gpu_seconds, period=period
+        )
+        await self._done(
+            interaction, f"Quota set for {scope}: images={images}, gpu_seconds={gpu_seconds} per {period}."
+        )
+
+    @app_commands.command(name="limit", description="Set a server limit")
+    async def limit(
+        self,
+        interaction: discord.Interaction,
+        name: Literal["max_steps", "max_pixels", "max_images", "max_queued_per_user"],
+        value: app_commands.Range[int, 0, 100_000_000],
+    ) -> None:
+        actor = await self._admin(interaction)
+        await self.service.admin_set_limit(actor, name, value)
+        await self._done(interaction, f"{name} is now {value}.")
+
+    @app_commands.command(name="model", description="Set the server's default model")
+    async def model(self, interaction: discord.Interaction, name: Model) -> None:
+        actor = await self._admin(interaction)
+        await self.service.admin_set_default_model(actor, name)
+        await self._done(interaction, f"Default model is now **{name}**.")
+
+    @app_commands.command(name="preset-save", description="Save a server preset everyone can use")
+    async def preset_save(
+        self,
+        interaction: discord.Interaction,
+        name: PresetName,
+        prompt: str | None = None,
+        negative: str | None = None,
+        size: Size | None = None,
+        steps: Steps | None = None,
+        cfg: Cfg | None = None,
+        sampler: Sampler | None = None,
+        count: Count | None = None,
+        model: Model | None = None,
+        clip_skip: ClipSkip | None = None,
+    ) -> None:
+        actor = await self._admin(interaction)
+        width, height = size if size else (None, None)
+        options = ImagineOptions(
+            prompt=prompt or "",
+            negative=negative,
+            width=width,
+            height=height,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            count=count,
+            model=model,
+            clip_skip=clip_skip,
+        )
+        await self.service.save_preset(actor, name, options, guild=True)
+        await self._done(interaction, f"Server preset **{name}** saved: {describe_options(options)}.")
+
+    @app_commands.command(name="preset-delete", description="Delete a server preset")
+    async def preset_delete(self, interaction: discord.Interaction, name: PresetName) -> None:
+        actor = await self._admin(interaction)
+        await self.service.delete_preset(actor, name, guild=True)
+        await self._done(interaction, f"Server preset **{name}** deleted.")
+
+    @app_commands.command(name="banned-words", description="Add or remove banned words (comma-separated)")
+    async def banned_words(
+        self, interaction: discord.Interaction, add: str | None = None, remove: str | None = None
+    ) -> None:
+        actor = await self._admin(interaction)
+        words = await self.service.admin_banned_words(actor, add=parse_words(add), remove=parse_words(remove))
+        await self._done(interaction, "Banned words: " + (", ".join(f"`{w}`" for w in words) or "(none)"))
+
+    @app_commands.command(
+        name="channels", description="Channels where chant answers (`all` for every channel)"
+    )
+    async def channels(self, interaction: discord.Interaction, channels: str) -> None:
+        actor = await self._admin(interaction)
+        ids = parse_channel_ids(channels)
+        await self.service.admin_set_channels(actor, ids)
+        await self._done(
+            interaction, "chant now answers in " + (" ".join(f"<#{i}>" for i in ids) or "every channel")
+        )
+
+    @app_commands.command(name="reroll-policy", description="Who may 🔁 a result")
+    async def reroll_policy(
+        self, interaction: discord.Interaction, policy: Literal["everyone", "owner"]
+    ) -> None:
+        actor = await self._admin(interaction)
+        await self.service.admin_set_reroll_policy(actor, policy)
+        await self._done(interaction, f"Reroll policy: {policy}.")
+
+    @app_commands.command(name="role", description="Add or remove a chant admin role")
+    async def role(
+        self, interaction: discord.Interaction, action: Literal["add", "remove"], role: discord.Role
+    ) -> None:
+        actor = await self._admin(interaction)
+        if action == "add":
+            await self.service.admin_add_admin_role(actor, role.id)
+        else:
+            await self.service.admin_remove_admin_role(actor, role.id)
+        await self._done(
+            interaction,
+            f"{role.mention} {'is now' if action == 'add' else 'is no longer'} a chant admin role.",
+        )
+
+    @app_commands.command(name="stats", description="Usage statistics for this server")
+    async def stats(self, interaction: discord.Interaction) -> None:
+        actor = await self._admin(interaction)
+        stats = await self.service.admin_stats(actor)
+        lines = [
+            f"{k}: **{v:g}**" if isinstance(v, float) else f"{k}: **{v}**" for k, v in sorted(stats.items())
+        ]
+        await self._done(interaction, "\n".join(lines) or "No statistics yet.")
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(AdminCog(bot))

@@ -1,0 +1,11 @@
+"""/imagine and the result reactions (🔁 reroll, ❌ delete, ℹ️ parameters)."""
+
+from __future__ import annotations
+
+from discord.ext import commands
+
+from bot.exts.imagine._cog import ImagineCog
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(ImagineCog(bot))

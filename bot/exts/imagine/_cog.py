@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import render
+from bot.actors import actor_from_interaction, actor_from_reaction
+from bot.delivery import DELETE, INFO_EMOJIS, REROLL
+from bot.errors import new_error_id, user_error_text
+from bot.options import Cfg, ClipSkip, Count, Model, Sampler, Seed, Size, Steps, preset_autocomplete
+from core.services import Actor, ImagineOptions, UserError
+
+log = logging.getLogger(__name__)
+
+
+def refuse_dm_if_configured(bot: commands.Bot, guild_id: int | None) -> None:
+    if guild_id is None and bot.settings.discord.dm_mode == "refuse":  # type: ignore[attr-defined]
+        raise UserError(
+            "dm", "/imagine does not work in direct messages on this bot; use it in a server channel."
+        )
+
+
+class ImagineCog(commands.Cog):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        self.service = bot.service  # type: ignore[attr-defined]
+        self.delivery = bot.delivery  # type: ignore[attr-defined]
+
+    @app_commands.command(name="imagine", description="Generate images from an A1111-style prompt")
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    @app_commands.describe(
+        prompt="the prompt, A1111 syntax: (emphasis:1.2), [from:to:when], AND, BREAK, <lora:name:0.8>",
+        negative="negative prompt",
+        preset="one of your or the server's presets (options you give here win)",
+        size="width x height (choices stay within this server's pixel limit)",
+        steps="sampling steps",
+        cfg="CFG scale",
+        sampler="A1111 sampler name",
+        seed="seed (-1 = random)",
+        count="number of images",
+        model="configured model name",
+        clip_skip="CLIP skip, A1111 numbering (1 = last layer)",
+    )
+    @app_commands.autocomplete(preset=preset_autocomplete)
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 6000],
+        negative: app_commands.Range[str, 0, 6000] | None = None,
+        preset: str | None = None,
+        size: Size | None = None,
+        steps: Steps | None = None,
+        cfg: Cfg | None = None,
+        sampler: Sampler | None = None,
+        seed: Seed | None = None,
+        count: Count | None = None,
+        model: Model | None = None,
+        clip_skip: ClipSkip | None = None,
+    ) -> None:
+        # 1. Acknowledge at once: everything after this may take as long as it needs.
+        await interaction.response.defer(thinking=True)
+        interaction.extras["public_defer"] = True
+        self.delivery.remember_upload_limit(
+            interaction.guild_id, getattr(interaction, "filesize_limit", None)
+        )
+        refuse_dm_if_configured(self.bot, interaction.guild_id)
+        # 2. Translate and submit; core validates limits, banned words, the prompt and the quota.
+        width, height = size if size else (None, None)
+        options = ImagineOptions(
+            prompt=prompt,
+            negative=negative,
+            preset=preset,
+            width=width,
+            height=height,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            seed=seed,
+            count=count,
+            model=model,
+            clip_skip=clip_skip,
+        )
+        receipt = await self.service.submit_imagine(actor_from_interaction(interaction), options)
+        # 3. The status message: queue position now, progress later (edited by the delivery task).
+        message = await interaction.edit_original_response(
+            content=render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id)
+        )
+        channel_id = interaction.channel_id or 0
+        await self.service.record_status_message(receipt.job_id, channel_id, message.id)
+        self.delivery.track(receipt.job_id, channel_id, interaction.guild_id, message.id, prompt=prompt)
+
+    # -- reactions on results (raw events: also messages from before a restart) ----------------------
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        if self.bot.user is not None and payload.user_id == self.bot.user.id:
+            return
+        name = payload.emoji.name if payload.emoji.id is None else None
+        if name not in (REROLL, DELETE, *INFO_EMOJIS):
+            return
+        actor = actor_from_reaction(payload)
+        try:
+            job = await self.service.job_for_message(payload.message_id)
+            if job is None:
+                return  # not a chant result: ignore reactions on other messages
+            if name == REROLL:
+                await self._reroll(actor, payload)
+            elif name == DELETE:
+                await self._delete(actor, payload)
+            else:
+                await self._info(actor, job)
+        except UserError as exc:
+            await self._dm(payload.user_id, user_error_text(exc))
+        except Exception:
+            error_id = new_error_id()
+            log.exception("error %s handling %s on message %s", error_id, name, payload.message_id)
+            await self._dm(payload.user_id, f"Something went wrong on our side (error id `{error_id}`).")
+
+    async def _reroll(self, actor: Actor, payload: discord.RawReactionActionEvent) -> None:
+        receipt = await self.service.reroll(actor, payload.message_id)
+        channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
+        reference = discord.MessageReference(
+            message_id=payload.message_id, channel_id=payload.channel_id, fail_if_not_exists=False
+        )
+        status = await channel.send(
+            f"<@{actor.user_id}> 🔁 "
+            + render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id),
+            reference=reference,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        await self.service.record_status_message(receipt.job_id, payload.channel_id, status.id)
+        self.delivery.track(
+            receipt.job_id, payload.channel_id, payload.guild_id, status.id, reply_to=payload.message_id
+        )
+
+    async def _delete(self, actor: Actor, payload: discord.RawReactionActionEvent) -> None:
+        job = await self.service.delete_result(actor, payload.message_id)
+        channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
+        for message_id in {payload.message_id, *job.result_message_ids}:
+            with contextlib.suppress(discord.NotFound):
+                await channel.get_partial_message(message_id).delete()
+
+    async def _info(self, actor: Actor, job) -> None:
+        images = await self.service.job_images(job.id)
+        for image in images[:4]:
+            await self._dm(actor.user_id, render.parameters_text(image.infotext, job_id=job.id))
+
+    async def _dm(self, user_id: int, text: str) -> None:
+        try:
+            channel = await self.bot.create_dm(discord.Object(id=user_id))
+            await channel.send(text)
+        except discord.HTTPException as exc:
+            log.info("could not DM user %s: %s", user_id, exc)

@@ -1,0 +1,696 @@
+"""A loopback fake of Discord (REST v10 + gateway) for the paths chant's bot uses.
+
+Runs inside the test's event loop on 127.0.0.1. The bot under test is pointed at it through
+``DISCORD_API_BASE`` / ``DISCORD_GATEWAY_URL`` (or the settings of the same names). The fake:
+
+* records every REST call (:class:`Call`: method, path, query, json, files) so tests assert on them,
+* serves the gateway: HELLO, IDENTIFY -> READY + GUILD_CREATE, HEARTBEAT -> ACK, RESUME -> replay of
+  the events the client missed + RESUMED,
+* injects INTERACTION_CREATE and MESSAGE_REACTION_ADD events, can drop the gateway connection,
+* answers one chosen request with a 429 and ``retry_after`` (the client must retry after the delay).
+
+Only what discord.py 2.7 needs is implemented; unknown routes answer 404 and are recorded too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+BOT_USER_ID = 900_000_000_000_000_001
+APPLICATION_ID = BOT_USER_ID
+MANAGE_GUILD = 1 << 5
+ALL_PERMISSIONS = (1 << 41) - 1
+
+
+@dataclass
+class Call:
+    """One REST request the bot made."""
+
+    method: str
+    path: str  # without the /api/v10 prefix, e.g. /channels/1/messages
+    query: dict[str, str]
+    json: Any
+    files: list[tuple[str, bytes]]
+    headers: dict[str, str]
+    at: float  # time.monotonic() when it arrived
+    status: int = 200
+    response: Any = None  # the JSON the fake answered (e.g. the created message)
+
+
+@dataclass
+class FakeGuild:
+    id: int
+    name: str = "guild"
+    admin_role_id: int | None = None  # a role carrying Manage Guild
+    channel_ids: tuple[int, ...] = ()
+    attachment_size_limit: int = 10 * 1024 * 1024
+
+
+@dataclass
+class _Failure:
+    method: str
+    pattern: re.Pattern[str]
+    retry_after: float
+    remaining: int = 1
+
+
+@dataclass
+class _Session:
+    id: str
+    seq: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)  # every dispatch, with "s"
+    ws: web.WebSocketResponse | None = None
+    delivered: int = 0  # highest seq written to a live socket
+
+
+def _snowflakes():
+    # Discord snowflakes encode a timestamp; any increasing 64-bit number works for discord.py.
+    start = (int(time.time() * 1000) - 1420070400000) << 22
+    return itertools.count(start)
+
+
+class FakeDiscord:
+    def __init__(self, guilds: list[FakeGuild] | None = None) -> None:
+        self.guilds = {g.id: g for g in (guilds or [])}
+        self.calls: list[Call] = []
+        self.identifies: list[dict[str, Any]] = []
+        self.resumes: list[dict[str, Any]] = []
+        self.tokens_seen: set[str] = set()
+        self.messages: dict[int, dict[str, Any]] = {}  # message id -> payload as stored
+        self.interaction_sent_at: dict[int, float] = {}  # interaction id -> monotonic time dispatched
+        self.interaction_acked_at: dict[int, float] = {}
+        self._ids = _snowflakes()
+        self._failures: list[_Failure] = []
+        self._session: _Session | None = None
+        self._pending: list[tuple[str, dict[str, Any]]] = []  # dispatched while no session existed
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> FakeDiscord:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def close(self) -> None:
+        if self._session and self._session.ws is not None:
+            await self._session.ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    def env(self) -> dict[str, str]:
+        return {"DISCORD_API_BASE": self.api_base, "DISCORD_GATEWAY_URL": self.gateway_url}
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    # -- waiting -----------------------------------------------------------------------------------
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_until(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+        async def _wait() -> Any:
+            async with self._changed:
+                while True:
+                    result = predicate()
+                    if result:
+                        return result
+                    await self._changed.wait()
+
+        try:
+            return await asyncio.wait_for(_wait(), timeout)
+        except TimeoutError:
+            calls = "\n".join(f"  {c.method} {c.path} {c.status}" for c in self.calls[-30:])
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or predicate}; last calls:\n{calls}"
+            ) from None
+
+    def find(self, method: str, pattern: str, where: Callable[[Call], bool] | None = None) -> list[Call]:
+        rx = re.compile(pattern)
+        return [
+            c
+            for c in self.calls
+            if c.method == method and rx.fullmatch(c.path) and (where is None or where(c))
+        ]
+
+    async def wait_call(
+        self,
+        method: str,
+        pattern: str,
+        where: Callable[[Call], bool] | None = None,
+        *,
+        count: int = 1,
+        timeout: float = 10.0,
+    ) -> list[Call]:
+        return await self.wait_until(
+            lambda: (found := self.find(method, pattern, where)) and len(found) >= count and found,
+            timeout,
+            f"{count} x {method} {pattern}",
+        )
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        await self.wait_until(
+            lambda: (
+                self._session is not None and self._session.ws is not None and self._session.delivered >= 1
+            ),
+            timeout,
+            "the bot to identify",
+        )
+
+    # -- failure injection -------------------------------------------------------------------------
+    def fail_once_with_429(self, method: str, pattern: str, retry_after: float) -> None:
+        self._failures.append(_Failure(method, re.compile(pattern), retry_after))
+
+    async def drop_gateway(self) -> None:
+        """Close the socket abnormally (code 4000): the client must RESUME the same session."""
+        if self._session and self._session.ws is not None:
+            ws, self._session.ws = self._session.ws, None
+            await ws.close(code=4000, message=b"fake drop")
+
+    # -- gateway events ----------------------------------------------------------------------------
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        session = self._session
+        if session is None:
+            self._pending.append((event, data))
+            return
+        session.seq += 1
+        payload = {"op": 0, "t": event, "s": session.seq, "d": data}
+        session.events.append(payload)
+        if session.ws is not None:
+            await self._send(session, payload)
+
+    async def _send(self, session: _Session, payload: dict[str, Any]) -> None:
+        assert session.ws is not None
+        if payload["t"] == "INTERACTION_CREATE":
+            self.interaction_sent_at[int(payload["d"]["id"])] = time.monotonic()
+        try:
+            await session.ws.send_str(json.dumps(payload))
+        except ConnectionError:
+            session.ws = None
+            return
+        session.delivered = max(session.delivered, payload.get("s") or 0)
+        await self._notify()
+
+    def _user(self, user_id: int, name: str | None = None, bot: bool = False) -> dict[str, Any]:
+        return {
+            "id": str(user_id),
+            "username": name or f"user{user_id % 10000}",
+            "discriminator": "0",
+            "global_name": None,
+            "avatar": None,
+            "bot": bot,
+        }
+
+    def _member(self, guild_id: int, user_id: int, roles: tuple[int, ...]) -> dict[str, Any]:
+        return {
+            "user": self._user(user_id),
+            "roles": [str(r) for r in roles],
+            "joined_at": "2024-01-01T00:00:00+00:00",
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "nick": None,
+            "avatar": None,
+        }
+
+    def _guild_payload(self, guild: FakeGuild) -> dict[str, Any]:
+        roles = [
+            {
+                "id": str(guild.id),
+                "name": "@everyone",
+                "permissions": str(1 << 11 | 1 << 6 | 1 << 31),
+                "position": 0,
+                "color": 0,
+                "hoist": False,
+                "managed": False,
+                "mentionable": False,
+                "flags": 0,
+            }
+        ]
+        if guild.admin_role_id:
+            roles.append(
+                {
+                    "id": str(guild.admin_role_id),
+                    "name": "admins",
+                    "permissions": str(MANAGE_GUILD),
+                    "position": 1,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": False,
+                    "flags": 0,
+                }
+            )
+        channels = [
+            {
+                "id": str(c),
+                "type": 0,
+                "name": f"chan{i}",
+                "position": i,
+                "guild_id": str(guild.id),
+                "permission_overwrites": [],
+                "nsfw": False,
+                "parent_id": None,
+            }
+            for i, c in enumerate(guild.channel_ids)
+        ]
+        return {
+            "id": str(guild.id),
+            "name": guild.name,
+            "owner_id": "1",
+            "roles": roles,
+            "channels": channels,
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "members": [],
+            "threads": [],
+            "member_count": 10,
+            "large": False,
+            "unavailable": False,
+            "premium_tier": 0,
+            "joined_at": "2024-01-01T00:00:00+00:00",
+            "preferred_locale": "en-US",
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "mfa_level": 0,
+            "nsfw_level": 0,
+            "system_channel_flags": 0,
+            "voice_states": [],
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+        }
+
+    async def interaction(
+        self,
+        name: str,
+        options: list[dict[str, Any]] | None = None,
+        *,
+        guild_id: int | None,
+        channel_id: int,
+        user_id: int,
+        roles: tuple[int, ...] = (),
+        permissions: int = 0,
+        type: int = 2,
+        subcommand: str | None = None,
+    ) -> tuple[int, str]:
+        """Send INTERACTION_CREATE for an application command; returns (interaction id, token)."""
+        iid = self.new_id()
+        token = f"itoken-{iid}"
+        opts = options or []
+        if subcommand:
+            opts = [{"type": 1, "name": subcommand, "options": opts}]
+        data: dict[str, Any] = {
+            "id": str(iid),
+            "application_id": str(APPLICATION_ID),
+            "type": type,
+            "token": token,
+            "version": 1,
+            "data": {"id": str(abs(hash(name)) % 10**18), "name": name, "type": 1, "options": opts},
+            "channel_id": str(channel_id),
+            "locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(guild_id or user_id)},
+            "app_permissions": str(ALL_PERMISSIONS),
+            "attachment_size_limit": (
+                self.guilds[guild_id].attachment_size_limit if guild_id in self.guilds else 10 * 1024 * 1024
+            ),
+        }
+        if guild_id is not None:
+            member = self._member(guild_id, user_id, roles)
+            member["permissions"] = str(permissions)
+            data.update(
+                guild_id=str(guild_id),
+                member=member,
+                guild_locale="en-US",
+                context=0,
+                channel={
+                    "id": str(channel_id),
+                    "type": 0,
+                    "guild_id": str(guild_id),
+                    "name": "chan",
+                    "position": 0,
+                    "permission_overwrites": [],
+                    "nsfw": False,
+                    "parent_id": None,
+                },
+            )
+        else:
+            data.update(
+                user=self._user(user_id),
+                context=1,
+                channel={"id": str(channel_id), "type": 1, "recipients": [self._user(user_id)]},
+            )
+        await self.dispatch("INTERACTION_CREATE", data)
+        return iid, token
+
+    async def react(
+        self,
+        message_id: int,
+        emoji: str,
+        *,
+        user_id: int,
+        channel_id: int,
+        guild_id: int | None,
+        roles: tuple[int, ...] = (),
+    ) -> None:
+        data: dict[str, Any] = {
+            "user_id": str(user_id),
+            "channel_id": str(channel_id),
+            "message_id": str(message_id),
+            "emoji": {"id": None, "name": emoji},
+            "type": 0,
+            "burst": False,
+            "burst_colors": [],
+            "message_author_id": str(BOT_USER_ID),
+        }
+        if guild_id is not None:
+            data["guild_id"] = str(guild_id)
+            data["member"] = self._member(guild_id, user_id, roles)
+        await self.dispatch("MESSAGE_REACTION_ADD", data)
+
+    # -- gateway socket ----------------------------------------------------------------------------
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}))
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                break
+            payload = json.loads(msg.data)
+            op = payload.get("op")
+            if op == 1:
+                await ws.send_str(json.dumps({"op": 11, "d": None, "s": None, "t": None}))
+            elif op == 2:
+                await self._identify(ws, payload["d"])
+            elif op == 6:
+                await self._resume(ws, payload["d"])
+        if self._session is not None and self._session.ws is ws:
+            self._session.ws = None
+        await self._notify()
+        return ws
+
+    async def _identify(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
+        self.tokens_seen.add(data.get("token", ""))
+        self.identifies.append({k: v for k, v in data.items() if k != "token"})
+        old = self._session
+        if old is not None and old.ws is not None and old.ws is not ws:
+            await old.ws.close()
+        self._session = session = _Session(id=f"session-{self.new_id()}", ws=ws)
+        shard = data.get("shard") or [0, 1]
+        await self.dispatch(
+            "READY",
+            {
+                "v": 10,
+                "user": self._user(BOT_USER_ID, "chant", bot=True),
+                "session_id": session.id,
+                "resume_gateway_url": self.gateway_url,
+                "shard": shard,
+                "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
+                "application": {"id": str(APPLICATION_ID), "flags": 0},
+                "private_channels": [],
+                "relationships": [],
+            },
+        )
+        for guild in self.guilds.values():
+            await self.dispatch("GUILD_CREATE", self._guild_payload(guild))
+        pending, self._pending = self._pending, []
+        for event, payload in pending:
+            await self.dispatch(event, payload)
+
+    async def _resume(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
+        self.tokens_seen.add(data.get("token", ""))
+        self.resumes.append({k: v for k, v in data.items() if k != "token"})
+        session = self._session
+        if session is None or data.get("session_id") != session.id:
+            await ws.send_str(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
+            return
+        session.ws = ws
+        last = int(data.get("seq") or 0)
+        for payload in session.events:
+            if payload["s"] > last:
+                await self._send(session, payload)
+        await self.dispatch("RESUMED", {})
+
+    # -- REST -------------------------------------------------------------------------------------
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        body: Any = None
+        files: list[tuple[str, bytes]] = []
+        if request.content_type == "multipart/form-data":
+            reader = await request.multipart()
+            async for part in reader:
+                data = await part.read()  # type: ignore[union-attr]
+                if part.name == "payload_json":  # type: ignore[union-attr]
+                    body = json.loads(data)
+                else:
+                    files.append((part.filename or "", bytes(data)))  # type: ignore[union-attr]
+        elif request.can_read_body:
+            raw = await request.read()
+            body = json.loads(raw) if raw else None
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bot "):
+            self.tokens_seen.add(auth[4:])
+        call = Call(
+            request.method,
+            path,
+            dict(request.query),
+            body,
+            files,
+            {k: v for k, v in request.headers.items() if k.lower() != "authorization"},
+            time.monotonic(),
+        )
+        self.calls.append(call)
+        for failure in self._failures:
+            if failure.remaining and failure.method == request.method and failure.pattern.fullmatch(path):
+                failure.remaining -= 1
+                call.status = 429
+                await self._notify()
+                return self._json(
+                    {
+                        "message": "You are being rate limited.",
+                        "retry_after": failure.retry_after,
+                        "global": False,
+                    },
+                    status=429,
+                    headers={"Via": "1.1 google", "Retry-After": str(failure.retry_after)},
+                )
+        try:
+            status, result = self._route(request.method, path, body, files)
+        finally:
+            await self._notify()
+        call.status = status
+        call.response = result
+        if status == 204:
+            return web.Response(status=204)
+        return self._json(result, status=status)
+
+    @staticmethod
+    def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+        # discord.py parses JSON only when the Content-Type is exactly application/json.
+        return web.Response(
+            status=status,
+            body=json.dumps(data).encode(),
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
+
+    def _message(
+        self,
+        channel_id: int,
+        body: dict[str, Any] | None,
+        files: list[tuple[str, bytes]],
+        message_id: int | None = None,
+    ) -> dict[str, Any]:
+        body = body or {}
+        mid = message_id or self.new_id()
+        attachments = [
+            {
+                "id": str(self.new_id()),
+                "filename": name,
+                "size": len(data),
+                "url": f"http://127.0.0.1:{self.port}/attachments/{mid}/{name}",
+                "proxy_url": f"http://127.0.0.1:{self.port}/attachments/{mid}/{name}",
+            }
+            for name, data in files
+        ]
+        ref = body.get("message_reference")
+        message = {
+            "id": str(mid),
+            "channel_id": str(channel_id),
+            "author": self._user(BOT_USER_ID, "chant", bot=True),
+            "content": body.get("content") or "",
+            "timestamp": "2024-01-01T00:00:00+00:00",
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": attachments,
+            "embeds": body.get("embeds") or [],
+            "pinned": False,
+            "type": 19 if ref else 0,
+            "flags": body.get("flags") or 0,
+            "components": [],
+        }
+        if ref:
+            message["message_reference"] = ref
+        return message
+
+    def _route(self, method: str, path: str, body: Any, files: list[tuple[str, bytes]]) -> tuple[int, Any]:
+        parts = path.strip("/").split("/")
+        if method == "GET" and path == "/users/@me":
+            return 200, self._user(BOT_USER_ID, "chant", bot=True)
+        if method == "GET" and path == "/oauth2/applications/@me":
+            return 200, {
+                "id": str(APPLICATION_ID),
+                "name": "chant",
+                "description": "",
+                "icon": None,
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "verify_key": "00",
+                "owner": self._user(1, "owner"),
+                "team": None,
+                "flags": 0,
+                "interactions_endpoint_url": None,
+            }
+        if method == "GET" and path in ("/gateway/bot", "/gateway"):
+            return 200, {
+                "url": self.gateway_url,
+                "shards": 1,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 999,
+                    "reset_after": 0,
+                    "max_concurrency": 1,
+                },
+            }
+        if method == "PUT" and parts[0] == "applications" and parts[-1] == "commands":
+            guild_id = parts[3] if len(parts) > 3 else None
+            out = []
+            for cmd in body or []:
+                out.append(
+                    {
+                        **cmd,
+                        "id": str(self.new_id()),
+                        "application_id": str(APPLICATION_ID),
+                        "version": "1",
+                        "guild_id": guild_id,
+                        "default_member_permissions": cmd.get("default_member_permissions"),
+                        "type": cmd.get("type", 1),
+                    }
+                )
+            return 200, out
+        if method == "POST" and parts[0] == "interactions" and parts[-1] == "callback":
+            iid = int(parts[1])
+            self.interaction_acked_at.setdefault(iid, time.monotonic())
+            kind = (body or {}).get("type")
+            flags = ((body or {}).get("data") or {}).get("flags") or 0
+            return 200, {
+                "interaction": {
+                    "id": str(iid),
+                    "type": 2,
+                    "response_message_loading": kind == 5,
+                    "response_message_ephemeral": bool(flags & 64),
+                }
+            }
+        if parts[0] == "webhooks":
+            # /webhooks/{app}/{token}[/messages/{id|@original}]
+            if method == "POST" and len(parts) == 3:
+                msg = self._message(0, body, files)
+                self.messages[int(msg["id"])] = msg
+                return 200, msg
+            if method == "PATCH" and len(parts) == 5:
+                msg = self._message(0, body, files)
+                if parts[4] != "@original":
+                    msg["id"] = parts[4]
+                return 200, msg
+            if method == "DELETE":
+                return 204, None
+            if method == "GET" and len(parts) == 5:
+                return 200, self._message(0, {}, [])
+        if parts[0] == "channels" and len(parts) >= 3 and parts[2] == "messages":
+            channel_id = int(parts[1])
+            if method == "POST" and len(parts) == 3:
+                msg = self._message(channel_id, body, files)
+                self.messages[int(msg["id"])] = msg
+                return 200, msg
+            if len(parts) == 4:
+                mid = int(parts[3])
+                if method == "PATCH":
+                    msg = self._message(channel_id, body, files, message_id=mid)
+                    self.messages[mid] = msg
+                    return 200, msg
+                if method == "DELETE":
+                    self.messages.pop(mid, None)
+                    return 204, None
+                if method == "GET":
+                    return (
+                        (200, self.messages[mid])
+                        if mid in self.messages
+                        else (404, {"message": "Unknown Message", "code": 10008})
+                    )
+            if len(parts) >= 6 and parts[4] == "reactions" and method in ("PUT", "DELETE"):
+                return 204, None
+        if method == "POST" and path == "/users/@me/channels":
+            recipient = int(body["recipient_id"])
+            return 200, {
+                "id": str(recipient + 1),
+                "type": 1,
+                "recipients": [self._user(recipient)],
+                "last_message_id": None,
+            }
+        return 404, {"message": f"fake discord: no route {method} {path}", "code": 0}
+
+    # -- helpers for tests -------------------------------------------------------------------------
+    def ack_latencies(self) -> dict[int, float]:
+        return {
+            i: self.interaction_acked_at[i] - t
+            for i, t in self.interaction_sent_at.items()
+            if i in self.interaction_acked_at
+        }
+
+    def channel_posts(self, channel_id: int | None = None) -> list[Call]:
+        return [
+            c
+            for c in self.find("POST", r"/channels/\d+/messages")
+            if channel_id is None or c.path == f"/channels/{channel_id}/messages"
+        ]
+
+
+async def _serve_forever(port: int = 0) -> None:  # pragma: no cover - manual debugging aid
+    fake = await FakeDiscord([FakeGuild(1, channel_ids=(11,))]).start()
+    print("api", fake.api_base, "gateway", fake.gateway_url)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    asyncio.run(_serve_forever())
