@@ -1,0 +1,260 @@
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+
+from core.storage.db import Database
+from core.storage.models import utcnow
+from core.storage.repositories import JobRepo, Repositories
+from core.types import GeneratedImage, GenerationRequest, Mode
+
+HARD_TEXTS = [
+    "a cat, (masterpiece:1.2), [dog:cat:0.5] <lora:x:0.8> AND b :1.1",
+    "'; DROP TABLE jobs; -- \" OR 1=1 /* */ %s %% ? :name $1 \\x00",
+    "猫 😺 emoji ZWJ 👩‍👩‍👧 RTL עברית العربية combining é e\u0301 \u200b\ufeff",
+    "line one\nline two\r\n\ttabbed",
+    "x" * 20_000,
+]
+
+
+def _request(**changes) -> GenerationRequest:
+    base = GenerationRequest(
+        prompt="a cat", negative_prompt="blurry", seed=1234, steps=20, count=2, model="sd15"
+    )
+    return base.replace(**changes)
+
+
+async def _add(session, user_id=10, guild_id=1, **changes):
+    return await JobRepo(session).add(
+        user_id=user_id, channel_id=5, guild_id=guild_id, request=_request(**changes)
+    )
+
+
+@pytest.mark.parametrize("prompt", HARD_TEXTS, ids=["a1111", "sql", "unicode", "newlines", "20k"])
+async def test_any_prompt_round_trips_exactly(db: Database, prompt: str) -> None:
+    async with db.transaction(write=True) as s:
+        job = await _add(s, prompt=prompt, negative_prompt=prompt[::-1])
+        job_id = job.id
+    async with db.transaction() as s:
+        repo = JobRepo(s)
+        stored = await repo.request(await repo.get(job_id))
+    assert stored.prompt == prompt
+    assert stored.negative_prompt == prompt[::-1]
+    assert stored == _request(prompt=prompt, negative_prompt=prompt[::-1])
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("x" * 20_001, "prompt is 20001 characters long; the limit is 20000"),
+        ("nul \x00 byte", "prompt contains a control character (U+0000) at position 5"),
+        ("bell \x07", "prompt contains a control character (U+0007)"),
+        ("lone \ud800 surrogate", "prompt is not valid Unicode"),
+    ],
+)
+async def test_bad_prompts_are_refused_clearly(db: Database, prompt: str, message: str) -> None:
+    async with db.transaction(write=True) as s:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            await _add(s, prompt=prompt)
+        assert await JobRepo(s).count_for_user(10) == 0
+
+
+async def test_full_request_with_input_images_round_trips(db: Database) -> None:
+    request = _request(
+        mode=Mode.INPAINT,
+        init_image=b"\x89PNG init",
+        mask_image=b"\x89PNG mask",
+        subseed=99,
+        subseed_strength=0.3,
+        clip_skip=2,
+        enable_hr=True,
+        hr_prompt="hires",
+    )
+    async with db.transaction(write=True) as s:
+        job = await JobRepo(s).add(
+            user_id=10, channel_id=5, guild_id=None, request=request, model_hash="abcdef0123"
+        )
+        job_id = job.id
+    async with db.transaction() as s:
+        repo = JobRepo(s)
+        job = await repo.get(job_id)
+        assert await repo.request(job) == request
+        assert (job.guild_id, job.channel_id, job.user_id, job.state, job.kind) == (
+            None,
+            5,
+            10,
+            "queued",
+            "imagine",
+        )
+        assert (job.model, job.model_hash, job.seed, job.count, job.width, job.steps) == (
+            "sd15",
+            "abcdef0123",
+            1234,
+            2,
+            512,
+            20,
+        )
+        assert job.cost == 512 * 512 * 20 * 2
+        assert job.created_at.tzinfo is not None and abs(job.created_at - utcnow()) < timedelta(minutes=1)
+
+
+async def test_result_message_finds_its_job_and_images_keep_seeds(db: Database) -> None:
+    async with db.transaction(write=True) as s:
+        repo = JobRepo(s)
+        job = await _add(s)
+        other = await _add(s)
+        await repo.set_status_message(job.id, 5, 900)
+        await repo.add_images(
+            job.id, [GeneratedImage(b"png0", 1234, 7, "info 0"), GeneratedImage(b"png1", 1235, 7, "info 1")]
+        )
+        await repo.add_result_messages(job.id, 5, [901, 902])
+        await repo.add_result_messages(other.id, 5, [903])
+        assert job.status_message_id == 900
+    async with db.transaction() as s:
+        repo = JobRepo(s)
+        for message_id in (900, 901, 902):
+            assert (await repo.by_message(message_id)).id == job.id
+        assert (await repo.by_message(903)).id == other.id
+        assert await repo.by_message(904) is None
+        assert await repo.result_message_ids(job.id) == [901, 902]
+        assert await repo.seeds(job.id) == [1234, 1235]
+        images = await repo.images(job.id)
+        assert [(i.position, i.png, i.infotext, i.size_bytes) for i in images] == [
+            (0, b"png0", "info 0", 4),
+            (1, b"png1", "info 1", 4),
+        ]
+        assert await repo.forget_messages([902]) == 1
+        assert await repo.by_message(902) is None
+
+
+async def test_prune_drops_bytes_but_keeps_parameters_and_seeds(db: Database) -> None:
+    old = utcnow() - timedelta(days=40)
+    async with db.transaction(write=True) as s:
+        repo = JobRepo(s)
+        job = await _add(s)
+        new = await _add(s)
+        for img in await repo.add_images(job.id, [GeneratedImage(b"old", 1, 0, "i")]):
+            img.created_at = old
+        await repo.add_images(new.id, [GeneratedImage(b"new", 2, 0, "i")])
+    async with db.transaction(write=True) as s:
+        assert await JobRepo(s).prune_images(utcnow() - timedelta(days=30)) == 1
+    async with db.transaction() as s:
+        repo = JobRepo(s)
+        (pruned,) = await repo.images(job.id)
+        assert (pruned.png, pruned.seed, pruned.infotext, pruned.pruned_at is not None) == (
+            None,
+            1,
+            "i",
+            True,
+        )
+        assert (await repo.images(new.id))[0].png == b"new"
+        assert (await repo.request(await repo.get(job.id))).prompt == "a cat"
+
+
+async def test_history_is_newest_first_paged_and_counted(db: Database) -> None:
+    async with db.transaction(write=True) as s:
+        ids = [(await _add(s, user_id=10, guild_id=1 + i % 2, prompt=f"p{i}")).id for i in range(7)]
+        await _add(s, user_id=11)
+    async with db.transaction() as s:
+        repo = JobRepo(s)
+        assert [j.id for j in await repo.history(10, limit=3)] == ids[::-1][:3]
+        assert [j.id for j in await repo.history(10, limit=3, offset=6)] == [ids[0]]
+        assert await repo.count_for_user(10) == 7
+        assert await repo.count_for_user(10, guild_id=2) == 3
+        assert [j.id for j in await repo.history(10, guild_id=2)] == [ids[5], ids[3], ids[1]]
+        assert (await repo.last_for_user(10)).id == ids[-1]
+
+
+async def test_claim_is_compare_and_set_and_lease_rules(db: Database) -> None:
+    now = utcnow()
+    async with db.transaction(write=True) as s:
+        job_id = (await _add(s)).id
+    async with db.transaction(write=True) as s:
+        repo = JobRepo(s)
+        assert await repo.claim(job_id, "w1", now + timedelta(seconds=60), now=now)
+        assert not await repo.claim(job_id, "w2", now + timedelta(seconds=60))
+        job = await repo.get(job_id)
+        assert (job.state, job.lease_owner, job.attempts, job.started_at is not None) == (
+            "running",
+            "w1",
+            1,
+            True,
+        )
+        assert not await repo.renew_lease(job_id, "w2", now + timedelta(seconds=120))
+        assert await repo.renew_lease(job_id, "w1", now + timedelta(seconds=120))
+        assert not await repo.finish(job_id, "done", owner="w2")
+        assert job.state == "running"
+    # The lease expires: back to the queue once, then failed with a reason.
+    async with db.transaction(write=True) as s:
+        repo = JobRepo(s)
+        assert (await repo.recover_expired(now=now + timedelta(seconds=60))).requeued == []
+        rec = await repo.recover_expired(now=now + timedelta(seconds=121), max_attempts=2)
+        assert (rec.requeued, rec.failed) == ([job_id], [])
+        assert [j.id for j in await repo.queued()] == [job_id]
+        assert await repo.claim(job_id, "w2", now + timedelta(seconds=10), now=now)
+        rec = await repo.recover_expired(now=now + timedelta(seconds=11), max_attempts=2)
+        assert (rec.requeued, rec.failed) == ([], [job_id])
+        job = await repo.get(job_id)
+        assert job.state == "failed" and "2 times" in job.error and job.attempts == 2
+
+
+async def test_finish_cancel_and_worker_restart_recovery(db: Database) -> None:
+    now = utcnow()
+    async with db.transaction(write=True) as s:
+        repo = JobRepo(s)
+        a, b, c = (await _add(s)).id, (await _add(s)).id, (await _add(s)).id
+        assert await repo.claim(a, "w1", now + timedelta(hours=1))
+        assert await repo.claim(b, "w1", now + timedelta(hours=1))
+        assert await repo.finish(a, "done", owner="w1", gpu_seconds=2.5, model_hash="0123456789")
+        assert not await repo.finish(a, "failed")  # finished jobs stay finished
+        assert await repo.cancel(c)
+        assert await repo.count_active(user_id=10) == 1
+        rec = await repo.recover_expired(owner="w1")  # w1 restarted: its running jobs go back
+        assert rec.requeued == [b]
+        assert [(j.id, j.state) for j in [await repo.get(i) for i in (a, b, c)]] == [
+            (a, "done"),
+            (b, "queued"),
+            (c, "cancelled"),
+        ]
+        with pytest.raises(ValueError, match="finishes as one of"):
+            await repo.finish(b, "queued")
+        stats = await repo.stats(guild_id=1)
+        assert (stats["jobs"], stats["jobs_done"], stats["images"], stats["gpu_seconds"]) == (3, 1, 2, 2.5)
+
+
+async def test_mark_posted_is_exactly_once_and_unposted_lists_finished(db: Database) -> None:
+    async with db.transaction(write=True) as s:
+        repo = JobRepo(s)
+        done, failed, queued = (await _add(s)).id, (await _add(s)).id, (await _add(s)).id
+        await repo.finish(done, "done")
+        await repo.finish(failed, "failed", error="out of memory: try a smaller size")
+    async with db.transaction() as s:
+        assert [j.id for j in await JobRepo(s).unposted()] == [done, failed]
+    async with db.transaction(write=True) as s:
+        assert await JobRepo(s).mark_posted(done)
+    async with db.transaction(write=True) as s:
+        assert not await JobRepo(s).mark_posted(done)
+        assert [j.id for j in await JobRepo(s).unposted()] == [failed]
+        assert queued not in [j.id for j in await JobRepo(s).unposted()]
+
+
+async def test_lock_queued_returns_requested_order_and_skips_claimed(db: Database) -> None:
+    async with db.transaction(write=True) as s:
+        repo = JobRepo(s)
+        ids = [(await _add(s)).id for _ in range(4)]
+        await repo.claim(ids[1], "w", utcnow())
+        assert [j.id for j in await repo.lock_queued([ids[3], ids[1], ids[0]])] == [ids[3], ids[0]]
+
+
+async def test_parent_and_kind(db: Database) -> None:
+    async with db.transaction(write=True) as s:
+        repo = Repositories(s).jobs
+        parent = await _add(s)
+        child = await repo.add(
+            user_id=11, channel_id=5, guild_id=1, request=_request(seed=5), kind="reroll", parent_id=parent.id
+        )
+        assert [j.id for j in await repo.children(parent.id)] == [child.id]
+        with pytest.raises(ValueError, match="job kind"):
+            await repo.add(user_id=11, channel_id=5, guild_id=1, request=_request(), kind="bogus")
