@@ -285,6 +285,16 @@ class FairScheduler:
             g.version += 1  # its heap entry is now stale
         return job
 
+    def add_running(self, job: QueuedJob, started: float) -> None:
+        """Record a job that is already running (e.g. when rebuilding from the jobs table)."""
+        if job.job_id in self:
+            raise ValueError(f"job {job.job_id} is already queued or running")
+        g = self._guild(job.queue_key)
+        g.active += 1
+        ukey = (job.queue_key, job.user_id)
+        self._user_active[ukey] = self._user_active.get(ukey, 0) + 1
+        self._running[job.job_id] = (job, started)
+
     def requeue(self, job_id: int) -> QueuedJob:
         """Put a running job back at the front of its user's FIFO (e.g. a lost lease)."""
         job, _ = self._running.pop(job_id)

@@ -1,0 +1,108 @@
+"""The one place where chant's real or fake parts are chosen and wired together.
+
+Entry points (``chant run``, ``chant worker``, tests) call these builders with Settings; nothing
+else decides between the real diffusers engine and the torch-free fake, or between SQLite and
+PostgreSQL behaviour. ``CHANT_FAKE_ENGINE=1`` (delay per step in ``CHANT_FAKE_ENGINE_DELAY``
+seconds) selects :class:`core.queue.fake_engine.FakeEngine`, for tests and demos without a model.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+
+from core.config import Settings
+from core.queue.store import JobStore
+from core.queue.worker import Worker
+from core.services.events import EventHub
+from core.services.service import ChantService
+from core.storage.db import Database
+
+
+def fake_engine_requested(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return env.get("CHANT_FAKE_ENGINE", "").strip().lower() in ("1", "true", "yes")
+
+
+def build_engine(settings: Settings, env: Mapping[str, str] | None = None):
+    """The real engine (torch imported here, lazily), or the fake one when the environment asks."""
+    env = os.environ if env is None else env
+    if fake_engine_requested(env):
+        from core.queue.fake_engine import FakeEngine
+
+        delay = env.get("CHANT_FAKE_ENGINE_DELAY", "0") or "0"
+        try:
+            step_delay = float(delay)
+        except ValueError:
+            raise ValueError(f"CHANT_FAKE_ENGINE_DELAY must be a number of seconds, got {delay!r}") from None
+        return FakeEngine(step_delay_s=step_delay)
+    from core.engine import create_engine
+
+    return create_engine(settings.engine)
+
+
+def worker_id(settings: Settings) -> str:
+    return settings.queue.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def open_database(settings: Settings, *, upgrade: bool | None = None) -> Database:
+    """The process's Database; migrates to the newest schema when configured (the default)."""
+    db = Database(settings.database.url, echo=settings.database.echo)
+    if settings.database.upgrade_on_start if upgrade is None else upgrade:
+        from core.storage import migrate
+
+        await migrate.upgrade(db.engine)
+    return db
+
+
+def build_store(settings: Settings, db: Database, *, owner: str | None = None) -> JobStore:
+    return JobStore(
+        db,
+        worker_id=owner or worker_id(settings),
+        lease_seconds=settings.queue.lease_seconds,
+        max_attempts=settings.queue.max_attempts,
+    )
+
+
+def build_worker(settings: Settings, db: Database, engine, *, listener=None) -> Worker:
+    """One GPU worker over the jobs table (in-process or in a ``chant worker`` process)."""
+    return Worker(
+        build_store(settings, db),
+        engine,
+        listener=listener,
+        max_batch=settings.engine.max_batch,
+        poll_interval_s=settings.queue.poll_interval_s,
+        # Embedded SQLite is one process: whatever was running when it stopped is orphaned now.
+        recover_all_on_start=db.is_sqlite,
+        default_weight=settings.queue.default_guild_weight,
+    )
+
+
+async def bootstrap(
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    engine=None,
+    worker: bool | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ChantService:
+    """Build the service the bot uses. ``worker=None`` follows ``settings.queue.in_process_worker``.
+
+    Without an in-process worker (``chant run --no-worker``) no engine is loaded: model names come
+    from the config and jobs are run by ``chant worker`` processes.
+    """
+    db = db or await open_database(settings)
+    run_worker = settings.queue.in_process_worker if worker is None else worker
+    if run_worker and engine is None:
+        engine = build_engine(settings, env)
+    hub = EventHub()
+    the_worker = build_worker(settings, db, engine) if run_worker else None
+    return ChantService(
+        settings,
+        db,
+        engine=engine,
+        worker=the_worker,
+        hub=hub,
+        store=build_store(settings, db, owner="service"),
+    )

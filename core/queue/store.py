@@ -1,0 +1,284 @@
+"""The worker's SQL: the jobs table is the queue's source of truth.
+
+Claiming is one ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` (PostgreSQL;
+SQLite serialises writers with ``BEGIN IMMEDIATE`` and ignores the row lock), so two workers never
+run the same job. A claimed job carries a lease (owner + expiry) that its worker renews; a job whose
+lease ran out goes back to the queue (``attempts`` < max) or is failed with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.queue.fair import STANDARD_COST, QueuedJob
+from core.storage.db import Database
+from core.storage.models import Guild, Job
+from core.storage.repositories import Repositories
+from core.types import GenerationRequest, GenerationResult
+
+log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "chant_events"  # NOTIFY payloads: {"t": "started"|"progress"|"done"|..., "id": job id}
+JOBS_CHANNEL = "chant_jobs"  # NOTIFY on submit / cancel so workers wake up at once
+
+CRASHED_TWICE = "This job stopped the worker {n} times, so it was not retried again. Try other settings."
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job_id: int
+    request: GenerationRequest
+    attempts: int
+
+
+class JobStore:
+    def __init__(self, db: Database, *, worker_id: str, lease_seconds: float, max_attempts: int = 2) -> None:
+        self.db = db
+        self.worker_id = worker_id
+        self.lease = timedelta(seconds=lease_seconds)
+        self.max_attempts = max_attempts
+
+    @property
+    def is_postgres(self) -> bool:
+        return not self.db.is_sqlite
+
+    # ------------------------------------------------------------------ queue snapshot
+
+    async def queued(self) -> list[tuple[int, int | None, int, float]]:
+        """(id, guild, user, cost) of every queued job, oldest first."""
+        async with self.db.session() as s:
+            rows = await s.execute(
+                select(Job.id, Job.guild_id, Job.user_id, Job.cost)
+                .where(Job.state == "queued")
+                .order_by(Job.id)
+            )
+            return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    async def load(self, ids: Sequence[int]) -> list[QueuedJob]:
+        """Scheduler entries (with batch keys) for these job ids."""
+        if not ids:
+            return []
+        async with self.db.session() as s:
+            rows = await s.execute(
+                select(Job.id, Job.guild_id, Job.user_id, Job.cost, Job.params).where(Job.id.in_(list(ids)))
+            )
+            out = []
+            for job_id, guild_id, user_id, cost, params in rows:
+                key = GenerationRequest.from_dict(params).batch_key()
+                out.append(QueuedJob(job_id, guild_id, user_id, max(cost / STANDARD_COST, 1e-6), key))
+            return sorted(out, key=lambda j: j.job_id)
+
+    async def guild_weights(self, guild_ids: Sequence[int]) -> dict[int, float]:
+        if not guild_ids:
+            return {}
+        async with self.db.session() as s:
+            rows = await s.execute(select(Guild.id, Guild.weight).where(Guild.id.in_(list(guild_ids))))
+            return {gid: w for gid, w in rows if w and w > 0}
+
+    # ------------------------------------------------------------------ claim, lease, finish
+
+    async def claim(self, ids: Sequence[int], now: datetime | None = None) -> list[Claimed]:
+        """Atomically take the still-queued jobs among ``ids``: state running, lease, attempts + 1."""
+        if not ids:
+            return []
+        now = now or utcnow()
+        candidates = (
+            select(Job.id)
+            .where(Job.id.in_(list(ids)), Job.state == "queued")
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(Job)
+            .where(Job.id.in_(candidates))
+            .values(
+                state="running",
+                lease_owner=self.worker_id,
+                lease_expires_at=now + self.lease,
+                attempts=Job.attempts + 1,
+                started_at=now,
+            )
+            .returning(Job.id, Job.params, Job.attempts)
+            .execution_options(synchronize_session=False)
+        )
+        async with self.db.transaction(write=True) as s:
+            rows = (await s.execute(stmt)).all()
+            if rows and self.is_postgres:
+                for job_id, _, _ in rows:
+                    await _notify(s, EVENTS_CHANNEL, {"t": "started", "id": job_id})
+        return [
+            Claimed(job_id, GenerationRequest.from_dict(params), attempts)
+            for job_id, params, attempts in rows
+        ]
+
+    async def renew(self, ids: Sequence[int], now: datetime | None = None) -> set[int]:
+        """Extend our leases; returns the ids still ours and running (the others were cancelled or lost)."""
+        if not ids:
+            return set()
+        now = now or utcnow()
+        stmt = (
+            update(Job)
+            .where(Job.id.in_(list(ids)), Job.state == "running", Job.lease_owner == self.worker_id)
+            .values(lease_expires_at=now + self.lease)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        async with self.db.transaction(write=True) as s:
+            return set((await s.execute(stmt)).scalars())
+
+    async def complete(self, job_id: int, result: GenerationResult, gpu_seconds: float) -> bool:
+        """Store the images and mark the job done; False if the job is no longer ours (cancelled)."""
+        now = utcnow()
+        async with self.db.transaction(write=True) as s:
+            res = await s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "running", Job.lease_owner == self.worker_id)
+                .values(
+                    state="done",
+                    finished_at=now,
+                    gpu_seconds=gpu_seconds,
+                    model_hash=result.model_hash[:16] if result.model_hash else None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    error=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if res.rowcount != 1:
+                return False
+            repos = Repositories(s)
+            await repos.jobs.add_images(job_id, result.images)
+            await repos.quotas.commit(job_id, actual={"gpu_seconds": gpu_seconds})
+            if self.is_postgres:
+                await _notify(s, EVENTS_CHANNEL, {"t": "done", "id": job_id})
+        return True
+
+    async def fail(self, job_id: int, reason: str, *, only_if_ours: bool = True) -> bool:
+        """Mark a running job failed (quota refunded); False if it is no longer ours."""
+        now = utcnow()
+        cond = [Job.id == job_id, Job.state == "running"]
+        if only_if_ours:
+            cond.append(Job.lease_owner == self.worker_id)
+        async with self.db.transaction(write=True) as s:
+            res = await s.execute(
+                update(Job)
+                .where(*cond)
+                .values(
+                    state="failed",
+                    finished_at=now,
+                    error=reason[:4000],
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if res.rowcount != 1:
+                return False
+            await Repositories(s).quotas.refund(job_id)
+            if self.is_postgres:
+                await _notify(s, EVENTS_CHANNEL, {"t": "failed", "id": job_id})
+        return True
+
+    async def release(self, job_id: int) -> None:
+        """Give a running job back to the queue (e.g. on shutdown); the attempt is not counted."""
+        async with self.db.transaction(write=True) as s:
+            await s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "running", Job.lease_owner == self.worker_id)
+                .values(state="queued", lease_owner=None, lease_expires_at=None, attempts=Job.attempts - 1)
+                .execution_options(synchronize_session=False)
+            )
+            if self.is_postgres:
+                await _notify(s, JOBS_CHANNEL, {"t": "queued", "id": job_id})
+
+    async def recover(
+        self, *, all_running: bool = False, now: datetime | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Return orphaned jobs to the queue, or fail them after ``max_attempts``.
+
+        Orphans are running jobs whose lease expired — or, for the single process of an embedded
+        SQLite setup at start (``all_running``), every running job. Returns (requeued, failed) ids.
+        """
+        now = now or utcnow()
+        orphan = Job.state == "running"
+        if not all_running:
+            orphan = and_(orphan, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
+        async with self.db.transaction(write=True) as s:
+            rows = (
+                await s.execute(select(Job.id, Job.attempts).where(orphan).with_for_update(skip_locked=True))
+            ).all()
+            requeue = [job_id for job_id, attempts in rows if attempts < self.max_attempts]
+            failed = [job_id for job_id, attempts in rows if attempts >= self.max_attempts]
+            if requeue:
+                await s.execute(
+                    update(Job)
+                    .where(Job.id.in_(requeue))
+                    .values(state="queued", lease_owner=None, lease_expires_at=None)
+                    .execution_options(synchronize_session=False)
+                )
+            for job_id, attempts in rows:
+                if job_id in failed:
+                    await s.execute(
+                        update(Job)
+                        .where(Job.id == job_id)
+                        .values(
+                            state="failed",
+                            finished_at=now,
+                            error=CRASHED_TWICE.format(n=attempts),
+                            lease_owner=None,
+                            lease_expires_at=None,
+                        )
+                        .execution_options(synchronize_session=False)
+                    )
+                    await Repositories(s).quotas.refund(job_id)
+            if self.is_postgres:
+                for job_id in failed:
+                    await _notify(s, EVENTS_CHANNEL, {"t": "failed", "id": job_id})
+                if requeue:
+                    await _notify(s, JOBS_CHANNEL, {"t": "queued", "id": requeue[0]})
+        if requeue or failed:
+            log.warning("recovered orphaned jobs: requeued %s, failed %s", requeue, failed)
+        return requeue, failed
+
+    async def state_of(self, job_id: int) -> str | None:
+        async with self.db.session() as s:
+            return await s.scalar(select(Job.state).where(Job.id == job_id))
+
+    async def throughput(self, last: int = 20) -> float | None:
+        """Measured standard images (fair.STANDARD_COST) per GPU second over the last finished jobs (None without data)."""
+        async with self.db.session() as s:
+            sub = (
+                select(Job.cost, Job.gpu_seconds)
+                .where(Job.state == "done", Job.gpu_seconds > 0)
+                .order_by(Job.id.desc())
+                .limit(last)
+                .subquery()
+            )
+            cost, secs = (await s.execute(select(func.sum(sub.c.cost), func.sum(sub.c.gpu_seconds)))).one()
+            if not cost or not secs:
+                return None
+            return float(cost) / STANDARD_COST / float(secs)
+
+    async def notify(self, payload: dict, channel: str = EVENTS_CHANNEL) -> None:
+        """A progress or wake-up note to other processes (PostgreSQL only; a no-op on SQLite)."""
+        if not self.is_postgres:
+            return
+        async with self.db.session() as s, s.begin():
+            await _notify(s, channel, payload)
+
+
+async def _notify(s: AsyncSession, channel: str, payload: dict) -> None:
+    await s.execute(
+        text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": json.dumps(payload)}
+    )

@@ -1,0 +1,277 @@
+"""The worker: a thin asyncio loop around :mod:`core.queue.fair` and the engine.
+
+One loop per GPU. Each turn it syncs the scheduler with the jobs table (the source of truth), asks
+``fair.next_batch`` for the next compatible jobs, claims them in SQL under a lease, runs the engine
+in a thread (``asyncio.to_thread``), forwards progress, stores the images and reports to a
+:class:`WorkerListener` (the service in-process; PostgreSQL NOTIFY in a ``chant worker`` process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
+
+from core.queue.fair import Caps, FairScheduler
+from core.queue.store import Claimed, JobStore
+from core.types import (
+    GenerationCancelled,
+    GenerationError,
+    GenerationResult,
+    OutOfMemory,
+    Progress,
+)
+
+log = logging.getLogger(__name__)
+
+OOM_MESSAGE = "The GPU ran out of memory for this job. Try a smaller size or fewer images."
+PROGRESS_MIN_INTERVAL_S = 0.25  # progress notes per job at most this often (last step always)
+
+
+class WorkerListener(Protocol):
+    async def job_started(self, job_id: int) -> None: ...
+
+    async def job_progress(
+        self, job_id: int, step: int, total: int, eta_s: float | None, preview_png: bytes | None
+    ) -> None: ...
+
+    async def job_finished(self, job_id: int) -> None:
+        """The job's row reached done/failed (its images are stored); load and announce it."""
+
+
+class NullListener:
+    async def job_started(self, job_id: int) -> None:
+        pass
+
+    async def job_progress(self, job_id, step, total, eta_s, preview_png) -> None:
+        pass
+
+    async def job_finished(self, job_id: int) -> None:
+        pass
+
+
+class Worker:
+    def __init__(
+        self,
+        store: JobStore,
+        engine,
+        *,
+        listener: WorkerListener | None = None,
+        max_batch: int = 1,
+        poll_interval_s: float = 1.0,
+        recover_all_on_start: bool = False,
+        default_weight: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.listener: WorkerListener = listener or NullListener()
+        self.max_batch = max(1, max_batch)
+        self.poll_interval_s = poll_interval_s
+        self.recover_all_on_start = recover_all_on_start
+        # Caps are the service's business (it refuses at submit); the worker schedules what is there.
+        self.fair = FairScheduler(Caps(10**9, 10**9, 10**9), default_weight=default_weight)
+        self._weights_known: set[int] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._running: dict[int, float] = {}  # job id -> start (monotonic)
+        self._cancelled: set[int] = set()
+        self._task: asyncio.Task | None = None
+        self._last_recover = 0.0
+        self.served: deque[int] = deque(maxlen=10_000)  # job ids in start order (tests, stats)
+
+    # ------------------------------------------------------------------ control
+
+    def wake(self) -> None:
+        """New work may be there (a submit, a cancel): look now instead of at the next poll."""
+        self._wake.set()
+
+    def cancel(self, job_id: int) -> None:
+        """Stop a running job between steps (its row was already set to cancelled by the service)."""
+        self._cancelled.add(job_id)
+        self._wake.set()
+
+    @property
+    def running_ids(self) -> list[int]:
+        return list(self._running)
+
+    def start(self) -> asyncio.Task:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="chant-worker")
+        return self._task
+
+    async def stop(self) -> None:
+        """Stop after the current step; running jobs go back to the queue uncounted."""
+        self._stopping = True
+        self._cancelled.update(self._running)
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await self._task
+            finally:
+                self._task = None
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        await self.store.recover(all_running=self.recover_all_on_start)
+        self._last_recover = time.monotonic()
+        while not self._stopping:
+            self._wake.clear()  # a wake-up from here on makes _idle return at once
+            try:
+                worked = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker turn failed; retrying after %.1fs", self.poll_interval_s)
+                worked = False
+            if not worked and not self._stopping:
+                await self._idle()
+
+    async def step(self) -> bool:
+        """One turn: sync, pick, claim, run. False when there was nothing to do."""
+        if time.monotonic() - self._last_recover > self.poll_interval_s:
+            self._last_recover = time.monotonic()
+            await self.store.recover()
+        await self.sync()
+        while True:
+            now = time.monotonic()
+            batch = self.fair.next_batch(now, self.max_batch)
+            if not batch:
+                return False
+            claimed = await self.store.claim([j.job_id for j in batch])
+            got = {c.job_id for c in claimed}
+            for job in batch:
+                if job.job_id not in got:  # another worker took it, or it was cancelled meanwhile
+                    self.fair.finish(job.job_id)
+            if claimed:
+                await self.run_batch(claimed)
+                return True
+
+    async def sync(self) -> None:
+        """Make the scheduler's queue equal the queued rows of the jobs table."""
+        rows = await self.store.queued()
+        in_db = {row[0] for row in rows}
+        local = {job.job_id for job in self.fair.queued()}
+        for gone in local - in_db:
+            self.fair.cancel(gone)
+        new_ids = [row[0] for row in rows if row[0] not in local and row[0] not in self.fair]
+        if not new_ids:
+            return
+        new = await self.store.load(new_ids)
+        guilds = {j.guild_id for j in new if j.guild_id is not None} - self._weights_known
+        for gid, weight in (await self.store.guild_weights(sorted(guilds))).items():
+            self.fair.set_guild(gid, weight=weight)
+        self._weights_known |= guilds
+        for job in new:
+            self.fair.submit(job, check_caps=False)
+
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+
+    # ------------------------------------------------------------------ running a batch
+
+    async def run_batch(self, claimed: Sequence[Claimed]) -> None:
+        ids = [c.job_id for c in claimed]
+        requests = [c.request for c in claimed]
+        start = time.monotonic()
+        for job_id in ids:
+            self._running[job_id] = start
+            self.served.append(job_id)
+            await self.listener.job_started(job_id)
+        loop = asyncio.get_running_loop()
+        last_note: dict[int, float] = {}
+
+        def on_progress(i: int, p: Progress) -> None:
+            job_id = ids[i]
+            t = time.monotonic()
+            if (
+                p.step < p.total
+                and p.preview_png is None
+                and t - last_note.get(job_id, 0.0) < PROGRESS_MIN_INTERVAL_S
+            ):
+                return
+            last_note[job_id] = t
+            elapsed = t - start
+            eta = elapsed / p.step * (p.total - p.step) if p.step else None
+            asyncio.run_coroutine_threadsafe(
+                self.listener.job_progress(job_id, p.step, p.total, eta, p.preview_png), loop
+            )
+
+        def should_cancel(i: int) -> bool:
+            return ids[i] in self._cancelled
+
+        renew = asyncio.create_task(self._renew_loop(ids))
+        try:
+            try:
+                results = await asyncio.to_thread(
+                    self.engine.generate_batch, requests, on_progress=on_progress, should_cancel=should_cancel
+                )
+            except Exception as exc:  # the engine call as a whole failed: every job in it failed
+                results = [exc] * len(ids)
+        finally:
+            renew.cancel()
+        elapsed = time.monotonic() - start
+        costs = [self._cost(job_id) for job_id in ids]
+        total_cost = sum(costs) or 1.0
+        for k, (job_id, result) in enumerate(zip(ids, results, strict=True)):
+            share = elapsed * costs[k] / total_cost
+            try:
+                await self._settle(job_id, result, share)
+            except Exception:
+                log.exception("job %s: could not store its outcome", job_id)
+            self._running.pop(job_id, None)
+            self._cancelled.discard(job_id)
+        now = time.monotonic()
+        for k, job_id in enumerate(ids):
+            if job_id in self.fair:
+                self.fair.finish(job_id, now if k == 0 else None, cost=total_cost if k == 0 else None)
+
+    async def _settle(
+        self, job_id: int, result: GenerationResult | BaseException, gpu_seconds: float
+    ) -> None:
+        if isinstance(result, GenerationResult):
+            if await self.store.complete(job_id, result, gpu_seconds):
+                await self.listener.job_finished(job_id)
+            else:
+                log.info("job %s finished but is no longer ours (cancelled or lease lost)", job_id)
+            return
+        if isinstance(result, GenerationCancelled):
+            if self._stopping:
+                await self.store.release(job_id)  # shutdown: back to the queue, not counted
+            return  # otherwise the service already marked it cancelled
+        if isinstance(result, OutOfMemory):
+            reason = str(result) or OOM_MESSAGE
+            log.warning("job %s: out of memory: %s", job_id, reason)
+        elif isinstance(result, GenerationError):
+            reason = str(result)
+        else:
+            log.error("job %s failed unexpectedly", job_id, exc_info=result)
+            reason = (
+                f"Something went wrong on our side (job {job_id}); an operator can look it up in the logs."
+            )
+        if await self.store.fail(job_id, reason):
+            await self.listener.job_finished(job_id)
+
+    def _cost(self, job_id: int) -> float:
+        for job in self.fair.running:
+            if job.job_id == job_id:
+                return job.cost
+        return 1.0
+
+    async def _renew_loop(self, ids: list[int]) -> None:
+        interval = max(0.05, min(self.store.lease.total_seconds() / 3, self.poll_interval_s))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                mine = await self.store.renew(ids)
+            except Exception:
+                log.exception("lease renewal failed")
+                continue
+            for job_id in ids:
+                if job_id not in mine:  # cancelled by its owner, or our lease was taken over
+                    self._cancelled.add(job_id)
