@@ -1,0 +1,237 @@
+"""A1111's "parameters" text: build it, read it back, and put it into a PNG.
+
+The layout is AUTOMATIC1111's ``create_infotext`` (1.10): the prompt, ``Negative prompt: ...`` when there
+is one, then one line of ``Key: value`` pairs in A1111's key order, leaving out keys whose value is None or
+the default (no Clip skip at 1, no variation seed at strength 0, ...). A value containing ``,``, ``:`` or a
+newline is written as a JSON string, as A1111's ``quote`` does. ``parse_infotext`` reads the text back the
+way A1111's ``parse_generation_parameters`` does (tolerant: any text gives at least a prompt), so A1111's
+PNG Info, Civitai and chant itself agree. No torch here: the bot can parse pasted parameters cheaply.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import re
+from collections.abc import Mapping
+from importlib import metadata
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+# A1111's keys in create_infotext order; extra parameters (hires, LoRA hashes, Eta, ...) go before Version.
+_KEY_ORDER = (
+    "Steps",
+    "Sampler",
+    "Schedule type",
+    "CFG scale",
+    "Seed",
+    "Size",
+    "Model hash",
+    "Model",
+    "VAE hash",
+    "VAE",
+    "Variation seed",
+    "Variation seed strength",
+    "Denoising strength",
+    "Clip skip",
+    "ENSD",
+    "RNG",
+)
+
+
+@functools.cache
+def chant_version() -> str:
+    try:
+        return metadata.version("chant")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+def format_value(value: Any) -> str:
+    """A value as A1111 prints it: ``7`` for 7.0 (gradio gives whole numbers as ints), ``7.5``, ``0.3``."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def quote(value: Any) -> str:
+    """A1111's ``infotext_utils.quote``: JSON-quote values that contain ``,``, ``:`` or a newline."""
+    text = format_value(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, str) else text
+
+
+def build_infotext(
+    prompt: str,
+    negative_prompt: str = "",
+    *,
+    steps: int,
+    sampler: str,
+    cfg_scale: float,
+    seed: int,
+    width: int,
+    height: int,
+    schedule_type: str | None = "Automatic",
+    model_hash: str | None = None,
+    model_name: str | None = None,
+    vae_name: str | None = None,
+    vae_hash: str | None = None,
+    subseed: int | None = None,
+    subseed_strength: float = 0.0,
+    denoising_strength: float | None = None,
+    clip_skip: int | None = None,
+    ensd: int | None = None,
+    rng: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    version: str | None = None,
+) -> str:
+    """A1111's parameters text for one image.
+
+    ``schedule_type`` is what A1111 records (``SamplerSpec.schedule_type``: "Karras" for DPM++ 2M on
+    Automatic). ``ensd`` is written only when given and non-zero: pass it only for samplers that use it
+    (``samplers.uses_ensd``). ``rng`` "gpu" (A1111's default) is not written; "cpu"/"nv" are, as "CPU"/"NV".
+    ``extra`` holds further A1111 keys in order (``Hires upscale``, ``Lora hashes``, ``Eta``, ...);
+    a None value leaves the key out. ``version`` defaults to ``chant <version>``.
+    """
+    strength = float(subseed_strength or 0.0)
+    params: dict[str, Any] = {
+        "Steps": steps,
+        "Sampler": sampler,
+        "Schedule type": schedule_type,
+        "CFG scale": cfg_scale,
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model hash": model_hash,
+        "Model": model_name,
+        "VAE hash": vae_hash,
+        "VAE": vae_name,
+        "Variation seed": None if strength == 0 else subseed,
+        "Variation seed strength": None if strength == 0 else strength,
+        "Denoising strength": denoising_strength,
+        "Clip skip": None if clip_skip is None or clip_skip <= 1 else clip_skip,
+        "ENSD": ensd if ensd else None,
+        "RNG": None if rng is None or rng.lower() == "gpu" else rng.upper(),
+    }
+    for key, value in (extra or {}).items():
+        params[key] = value
+    params["Version"] = f"chant {chant_version()}" if version is None else version
+
+    line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
+    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{line}".strip()
+
+
+def infotext_for_request(
+    request: Any,
+    *,
+    seed: int,
+    subseed: int | None = None,
+    schedule_type: str | None = None,
+    model_name: str | None = None,
+    model_hash: str | None = None,
+    clip_skip: int | None = None,
+    ensd: int | None = None,
+    rng: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """``build_infotext`` for a ``core.types.GenerationRequest`` and the values the engine resolved."""
+    params: dict[str, Any] = {}
+    img2img = str(getattr(request, "mode", "txt2img")) != "txt2img"
+    denoising = request.denoising_strength if img2img else None
+    if getattr(request, "enable_hr", False):
+        denoising = request.hr_denoising_strength
+        if request.hr_resize_x == 0 and request.hr_resize_y == 0:
+            params["Hires upscale"] = request.hr_scale
+        else:
+            params["Hires resize"] = f"{request.hr_resize_x}x{request.hr_resize_y}"
+        params["Hires steps"] = request.hr_second_pass_steps or None
+        params["Hires upscaler"] = request.hr_upscaler
+    params.update(extra or {})
+    return build_infotext(
+        request.prompt,
+        request.negative_prompt,
+        steps=request.steps,
+        sampler=request.sampler,
+        schedule_type=schedule_type or request.schedule_type,
+        cfg_scale=request.cfg_scale,
+        seed=seed,
+        width=request.width,
+        height=request.height,
+        model_hash=model_hash,
+        model_name=model_name,
+        subseed=subseed,
+        subseed_strength=request.subseed_strength,
+        denoising_strength=denoising,
+        clip_skip=clip_skip if clip_skip is not None else request.clip_skip,
+        ensd=ensd,
+        rng=rng if rng is not None else request.rng,
+        extra=params,
+    )
+
+
+# ``Key: value`` pairs: a key starts with a word character; a value is a JSON string or runs to the next comma.
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+_DEFAULTS = {"Clip skip": "1", "Schedule type": "Automatic", "RNG": "GPU"}
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """Read A1111 parameters text into ``{"Prompt", "Negative prompt", "Steps", ...}`` (string values).
+
+    Like A1111: the last line holds the parameters only if it has at least three ``Key: value`` pairs;
+    ``Size: 512x768`` also gives ``Size-1``/``Size-2``; missing ``Clip skip``, ``Schedule type`` and ``RNG``
+    get A1111's defaults. Never raises for text input.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"infotext must be text, got {type(text).__name__}")
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+
+    prompt: list[str] = []
+    negative: list[str] = []
+    in_negative = False
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:") :].strip()
+        (negative if in_negative else prompt).append(line)
+
+    res: dict[str, str] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, raw_value in _PARAM.findall(last):
+        value = raw_value.strip()
+        if value[:1] == '"' and value[-1:] == '"':
+            value = unquote(value)
+        res[key] = value
+        size = _SIZE.match(value)
+        if size:
+            res[f"{key}-1"], res[f"{key}-2"] = size.group(1), size.group(2)
+    for key, value in _DEFAULTS.items():
+        res.setdefault(key, value)
+    return res
+
+
+def png_with_infotext(image: Image.Image, infotext: str, *, compress_level: int = 4) -> bytes:
+    """PNG bytes of ``image`` with a ``parameters`` text chunk (tEXt, or iTXt for non-Latin-1 text)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", infotext)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info, compress_level=compress_level)
+    return buf.getvalue()
