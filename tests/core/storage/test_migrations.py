@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from core.storage import migrate
+from core.storage.db import create_engine
+from core.storage.models import Base
+from tests.core.storage.conftest import pg_database
+
+ROOT = Path(__file__).resolve().parents[3]
+CHANT = [sys.executable, "-c", "import sys; from bot.cli import main; sys.exit(main())"]
+
+
+async def _tables(engine) -> set[str]:
+    async with engine.connect() as conn:
+        return set(await conn.run_sync(lambda c: inspect(c).get_table_names())) - {"alembic_version"}
+
+
+async def _round_trip(engine) -> None:
+    assert await _tables(engine) == set()
+    await migrate.upgrade(engine)
+    assert await _tables(engine) == set(Base.metadata.tables)
+    assert await migrate.current_revision(engine) == migrate.head_revision()
+    assert await migrate.check(engine) is None  # models and migrations agree on this backend
+    await migrate.downgrade(engine, "base")
+    assert await _tables(engine) == set()
+    assert await migrate.current_revision(engine) is None
+    drift = await migrate.check(engine)
+    assert drift is not None and "not up to date" in drift
+    await migrate.upgrade(engine)
+    assert await _tables(engine) == set(Base.metadata.tables)
+    assert await migrate.check(engine) is None
+
+
+async def test_upgrade_downgrade_upgrade_sqlite(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        await _round_trip(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_upgrade_downgrade_upgrade_postgres(pg_schema: tuple[str, str]) -> None:
+    db = pg_database(*pg_schema)
+    try:
+        await _round_trip(db.engine)
+    finally:
+        await db.dispose()
+
+
+def _chant(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CHANT_CONFIG", "CHANT_DATABASE_URL")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([*CHANT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_chant_db_commands_work_from_any_directory(tmp_path: Path) -> None:
+    proc = _chant("db", "check", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "models and migrations agree" in proc.stdout
+    assert not list(tmp_path.iterdir())  # the check used a temporary database, not ./chant.db
+    proc = _chant("db", "upgrade", "--url", f"sqlite:///{tmp_path / 'live.db'}", cwd=tmp_path)
+    assert proc.returncode == 0 and f"database at {migrate.head_revision()}" in proc.stdout, proc.stderr
+
+
+def test_chant_db_check_fails_on_drift_and_bad_urls_are_explained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHANT_CONFIG", raising=False)
+    monkeypatch.delenv("CHANT_DATABASE_URL", raising=False)
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    assert main(["db", "check", "--database", "--url", url]) == 1
+    assert "not up to date" in capsys.readouterr().err
+    assert main(["db", "upgrade", "--url", url]) == 0
+    assert main(["db", "check", "--database", "--url", url]) == 0
+    assert main(["db", "current", "--url", url]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == migrate.head_revision()
+    assert main(["db", "downgrade", "base", "--url", url]) == 0
+    assert "database at None" in capsys.readouterr().out
+    assert main(["db", "current", "--url", "mysql://x@y/z"]) == 2
+    assert "unsupported database 'mysql'" in capsys.readouterr().err
