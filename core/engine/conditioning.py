@@ -1,0 +1,377 @@
+"""A1111's prompt encoder: the one place where prompt plans become tensors.
+
+``core.prompt`` turns a prompt into scheduled texts and 77-token chunks (ids, emphasis multipliers,
+textual-inversion placeholders). This module runs those chunks through the model's CLIP encoders
+exactly as A1111 does (A1111-SEMANTICS.md §7-§10):
+
+- every chunk batch goes through the encoder on its own and the outputs are concatenated (77·k
+  tokens); the texts of one encode call are padded to the same chunk count with empty chunks;
+- CLIP skip in A1111's numbering (1 = last layer; N >= 2 takes hidden state -N through the final
+  layer norm) for SD1; SD2 uses its penultimate layer; SDXL uses the penultimate hidden state of
+  both encoders without the final norm, the pooled vector of OpenCLIP-G from the first chunk, and
+  pads G's ids after the first end token with 0;
+- emphasis "Original" (multiply, then restore the mean of the whole chunk batch), "No norm",
+  "Ignore", "None";
+- textual-inversion vectors replace the placeholder rows after BOS (``EmbeddingsWithFixes``);
+- ``AND`` parts of different lengths are padded by repeating their last token vector.
+
+A1111's comma-backtracking bug with embeddings (§10.4) is reproduced, as ``core.prompt`` keeps it:
+a fix may point into the padding of the previous chunk; vectors are clipped to the 77 rows there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.types import GenerationError
+
+log = logging.getLogger(__name__)
+
+BOS = 49406
+EOS = 49407
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
+
+
+@dataclass
+class Cond:
+    """One text's conditioning: ``embeds`` [tokens, channels]; SDXL also ``pooled`` [channels]."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+# --- textual inversion -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Embedding:
+    name: str
+    vectors: Mapping[str, torch.Tensor]  # "clip_l" / "clip_g" (SD1/SD2: "clip_l" only) -> [n, width]
+
+    @property
+    def count(self) -> int:
+        return next(iter(self.vectors.values())).shape[0]
+
+
+def _tensor_of(value) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        return _tensor_of(next(iter(value.values())))
+    return None
+
+
+def read_embedding_file(path: Path) -> dict[str, torch.Tensor]:
+    """The vectors of an A1111/diffusers textual-inversion file, by encoder ("clip_l"/"clip_g").
+
+    ``.safetensors`` load directly; A1111 ``.pt`` and diffusers ``.bin`` files load with
+    ``torch.load(weights_only=True)`` (no code runs). A layout we cannot read raises ValueError.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        data = load_file(str(path))
+    elif suffix in (".pt", ".bin"):
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path.name}: cannot be loaded safely (weights_only): {exc}") from None
+    else:
+        raise ValueError(f"{path.name}: not an embedding file (.safetensors, .pt or .bin)")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name}: unexpected content {type(data).__name__}")
+    if "clip_l" in data and "clip_g" in data:
+        return {"clip_l": data["clip_l"], "clip_g": data["clip_g"]}
+    if "string_to_param" in data:  # A1111 .pt
+        tensor = _tensor_of(data["string_to_param"])
+    elif "emb_params" in data:  # A1111 safetensors
+        tensor = data["emb_params"]
+    else:  # diffusers: {"<token>": tensor}
+        tensor = _tensor_of(data)
+    if tensor is None:
+        raise ValueError(f"{path.name}: unknown embedding layout (keys: {', '.join(map(str, data))[:200]})")
+    tensor = tensor.detach().float()
+    if tensor.ndim == 1:
+        tensor = tensor[None]
+    if tensor.ndim != 2:
+        raise ValueError(f"{path.name}: embedding tensor has shape {tuple(tensor.shape)}")
+    return {"clip_l": tensor}
+
+
+class EmbeddingLibrary:
+    """Textual-inversion embeddings found by file stem in the configured folders (never elsewhere)."""
+
+    SUFFIXES = (".safetensors", ".pt", ".bin")
+
+    def __init__(self, folders: Sequence[str | Path]) -> None:
+        self.folders = [Path(f) for f in folders]
+        self._cache: dict[Path, tuple[float, dict[str, torch.Tensor] | None]] = {}
+
+    def _files(self) -> Iterator[Path]:
+        for folder in self.folders:
+            if not folder.is_dir():
+                continue
+            root = folder.resolve()
+            for path in sorted(folder.rglob("*")):
+                if (
+                    path.suffix.lower() in self.SUFFIXES
+                    and path.is_file()
+                    and path.resolve().is_relative_to(root)
+                ):
+                    yield path
+
+    def for_widths(self, widths: Mapping[str, int]) -> dict[str, Embedding]:
+        """Embeddings whose vector widths match the model's encoders (others are skipped, as A1111)."""
+        found: dict[str, Embedding] = {}
+        for path in self._files():
+            mtime = path.stat().st_mtime
+            cached = self._cache.get(path)
+            if cached is None or cached[0] != mtime:
+                try:
+                    vectors = read_embedding_file(path)
+                except ValueError as exc:
+                    log.warning("skipping embedding %s", exc)
+                    vectors = None
+                self._cache[path] = cached = (mtime, vectors)
+            vectors = cached[1]
+            if vectors is None or set(vectors) != set(widths):
+                continue
+            if any(vectors[k].shape[1] != w for k, w in widths.items()):
+                continue
+            found[path.stem] = Embedding(name=path.stem, vectors=vectors)  # a later file replaces
+        return found
+
+
+# --- the encoder -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _EncoderSpec:
+    module: torch.nn.Module
+    key: str  # "clip_l" | "clip_g": which embedding vectors it takes
+    pad_zero: bool  # ids after the first end token become 0 (OpenCLIP)
+    layer: str  # "skip" (SD1, CLIP skip honoured) | "last" | "penultimate" (no final norm)
+    pooled: bool = False
+
+
+def _final_layer_norm(module):
+    return getattr(module, "text_model", module).final_layer_norm
+
+
+def _token_embedding(module):
+    return getattr(module, "text_model", module).embeddings.token_embedding
+
+
+class PromptEncoder:
+    """Encodes scheduled texts for one loaded model, A1111-style."""
+
+    def __init__(
+        self,
+        kind: str,
+        text_encoder: torch.nn.Module,
+        text_encoder_2: torch.nn.Module | None = None,
+        *,
+        emphasis: str = "Original",
+        comma_padding_backtrack: int = 20,
+        clip_skip: int = 1,
+        embeddings: Mapping[str, Embedding] | None = None,
+    ) -> None:
+        if emphasis not in EMPHASIS_MODES:
+            raise GenerationError(
+                f"unknown emphasis mode {emphasis!r} (use one of {', '.join(EMPHASIS_MODES)})"
+            )
+        if kind == "sdxl":
+            if text_encoder_2 is None:
+                raise ValueError("SDXL needs two text encoders")
+            self.encoders = [
+                _EncoderSpec(text_encoder, "clip_l", pad_zero=False, layer="penultimate"),
+                _EncoderSpec(text_encoder_2, "clip_g", pad_zero=True, layer="penultimate", pooled=True),
+            ]
+        elif kind == "sd2":
+            self.encoders = [_EncoderSpec(text_encoder, "clip_l", pad_zero=True, layer="last")]
+        else:
+            self.encoders = [_EncoderSpec(text_encoder, "clip_l", pad_zero=False, layer="skip")]
+        layers = text_encoder.config.num_hidden_layers
+        if clip_skip < 1 or (kind == "sd1" and clip_skip > layers):
+            raise GenerationError(f"CLIP skip must be between 1 and {layers} for this model, not {clip_skip}")
+        self.kind = kind
+        self.emphasis = emphasis
+        self.comma_padding_backtrack = comma_padding_backtrack
+        self.clip_skip = clip_skip
+        self.embeddings = dict(embeddings or {})
+        first = next(text_encoder.parameters())
+        self.device, self.dtype = first.device, first.dtype
+
+    @staticmethod
+    def widths(kind: str, text_encoder, text_encoder_2=None) -> dict[str, int]:
+        widths = {"clip_l": text_encoder.config.hidden_size}
+        if kind == "sdxl" and text_encoder_2 is not None:
+            widths["clip_g"] = text_encoder_2.config.hidden_size
+        return widths
+
+    # 1. tokens
+    def tokenize(self, texts: Sequence[str]):
+        from core.prompt.tokens import tokenize_text
+
+        counts = {name: emb.count for name, emb in self.embeddings.items()}
+        return [
+            tokenize_text(
+                text,
+                embeddings=counts,
+                emphasis=self.emphasis,
+                comma_padding_backtrack=self.comma_padding_backtrack,
+            )
+            for text in texts
+        ]
+
+    # 2. tensors
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> list[Cond]:
+        """Encode ``texts`` together, as one A1111 batch (emphasis means are shared across it)."""
+        tokenized = self.tokenize(texts)
+        n_chunks = max(len(t.chunks) for t in tokenized)
+        empty = ((BOS,) + (EOS,) * 76, (1.0,) * 77, ())
+        pieces: list[torch.Tensor] = []
+        pooled: torch.Tensor | None = None
+        for c in range(n_chunks):
+            rows = [
+                (t.chunks[c].tokens, t.chunks[c].multipliers, t.chunks[c].fixes)
+                if c < len(t.chunks)
+                else empty
+                for t in tokenized
+            ]
+            ids = torch.tensor([r[0] for r in rows], dtype=torch.long, device=self.device)
+            multipliers = torch.tensor([r[1] for r in rows], dtype=self.dtype, device=self.device)
+            fixes = [r[2] for r in rows]
+            outputs = []
+            for spec in self.encoders:
+                z, pool = self._run_encoder(spec, ids, fixes)
+                outputs.append(self._apply_emphasis(z, multipliers))
+                if c == 0 and pool is not None:
+                    pooled = pool
+            pieces.append(torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0])
+        embeds = torch.cat(pieces, dim=1)
+        return [Cond(embeds[i], None if pooled is None else pooled[i]) for i in range(len(texts))]
+
+    def zeros(self) -> Cond:
+        """SDXL's conditioning for an empty negative prompt (A1111 ``force_zero_negative_prompt``)."""
+        cond = self.encode([""])[0]
+        return Cond(
+            torch.zeros_like(cond.embeds), None if cond.pooled is None else torch.zeros_like(cond.pooled)
+        )
+
+    def _run_encoder(
+        self, spec: _EncoderSpec, ids: torch.Tensor, fixes
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if spec.pad_zero:
+            ids = ids.clone()
+            for row in range(ids.shape[0]):
+                ends = (ids[row] == EOS).nonzero()
+                if len(ends):
+                    ids[row, int(ends[0]) + 1 :] = 0
+        with self._fixes_hook(spec, fixes):
+            out = spec.module(input_ids=ids, output_hidden_states=True)
+        if spec.layer == "penultimate":
+            z = out.hidden_states[-2]
+        elif spec.layer == "last" or self.clip_skip <= 1:
+            z = out.last_hidden_state
+        else:
+            z = _final_layer_norm(spec.module)(out.hidden_states[-self.clip_skip])
+        pooled = out.text_embeds if spec.pooled else None
+        return z, pooled
+
+    @contextlib.contextmanager
+    def _fixes_hook(self, spec: _EncoderSpec, fixes) -> Iterator[None]:
+        if not any(fixes):
+            yield
+            return
+
+        def hook(module, inputs, output):
+            output = output.clone()
+            for row, row_fixes in enumerate(fixes):
+                for fix in row_fixes:
+                    vectors = self.embeddings[fix.name].vectors[spec.key].to(output)
+                    count = min(output.shape[1] - fix.offset - 1, vectors.shape[0])
+                    if count <= 0:
+                        continue
+                    output[row, fix.offset + 1 : fix.offset + 1 + count] = vectors[:count]
+            return output
+
+        handle = _token_embedding(spec.module).register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _apply_emphasis(self, z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+        if self.emphasis in ("Ignore", "None"):
+            return z
+        scaled = z * multipliers.reshape((*multipliers.shape, 1)).expand(z.shape)
+        if self.emphasis == "No norm":
+            return scaled
+        original_mean = z.mean()
+        new_mean = scaled.mean()
+        return scaled * (original_mean / new_mean)
+
+
+def stack_conds(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[n, tokens, channels]; shorter ones repeat their last token vector (A1111 ``stack_conds``)."""
+    longest = max(t.shape[0] for t in tensors)
+    padded = [
+        t if t.shape[0] == longest else torch.cat([t, t[-1:].repeat(longest - t.shape[0], 1)])
+        for t in tensors
+    ]
+    return torch.stack(padded)
+
+
+# --- a whole prompt's schedule ----------------------------------------------------------------------
+
+
+@dataclass
+class ScheduledPart:
+    """One ``AND`` part (or the negative prompt): its conditioning for each schedule entry."""
+
+    weight: float
+    until_steps: tuple[int, ...]
+    conds: tuple[Cond, ...]
+
+    def at(self, counter: int) -> Cond:
+        """A1111: the first entry whose end step is >= the 0-based counter (the last otherwise)."""
+        for until, cond in zip(self.until_steps, self.conds, strict=True):
+            if until >= counter:
+                return cond
+        return self.conds[-1]
+
+
+def encode_interpretation(
+    encoder: PromptEncoder, interpretation, *, zero_if_empty: bool = False
+) -> list[ScheduledPart]:
+    """Encode every sub-prompt of a ``core.prompt`` interpretation; each part's texts as one batch.
+
+    Identical parts share one encoding (A1111 caches by text). ``zero_if_empty``: SDXL's all-empty
+    negative prompt becomes zeros.
+    """
+    cache: dict[tuple[str, ...], tuple[Cond, ...]] = {}
+    parts = []
+    for sub in interpretation.subprompts:
+        texts = tuple(entry.text for entry in sub.schedule)
+        if texts not in cache:
+            if zero_if_empty and all(t == "" for t in texts):
+                cache[texts] = (encoder.zeros(),) * len(texts)
+            else:
+                cache[texts] = tuple(encoder.encode(texts))
+        parts.append(
+            ScheduledPart(
+                weight=float(sub.weight),
+                until_steps=tuple(entry.until_step for entry in sub.schedule),
+                conds=cache[texts],
+            )
+        )
+    return parts

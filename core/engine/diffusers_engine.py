@@ -1,0 +1,439 @@
+"""``DiffusersEngine``: txt2img with diffusers' UNet, VAE and schedulers and A1111's semantics.
+
+We use the pipelines' components but run our own denoising loop, because A1111 needs things the
+pipelines do not do: per-step prompt schedules (editing, alternation) counted in model calls,
+``AND`` parts combined with their weights, separate cond/uncond UNet calls when their lengths differ,
+A1111's noise (seeds, variation seeds, ENSD, the ``nv`` source) and, later, several jobs in one loop.
+For a plain prompt the loop does exactly what ``StableDiffusionPipeline.__call__`` does (a test
+compares the images).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from core.config import EngineSettings
+from core.engine import models
+from core.engine.conditioning import (
+    Cond,
+    EmbeddingLibrary,
+    PromptEncoder,
+    ScheduledPart,
+    encode_interpretation,
+    stack_conds,
+)
+from core.types import (
+    GeneratedImage,
+    GenerationCancelled,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    Mode,
+    OutOfMemory,
+    Progress,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 4294967294
+MAX_SIDE = 4096
+MAX_STEPS = 150
+MAX_COUNT = 16
+
+
+@dataclass
+class RunStats:
+    """Per-stage timings of the last run (seconds), read by ``chant bench engine``."""
+
+    encode: float = 0.0
+    steps: list[float] = field(default_factory=list)
+    decode: float = 0.0
+    total: float = 0.0
+    load: float = 0.0
+
+
+@dataclass
+class _Plan:
+    """Everything the loop needs for one request, resolved and encoded."""
+
+    request: GenerationRequest
+    model: models.LoadedModel
+    seeds: list[int]
+    subseeds: list[int]
+    positive: list[ScheduledPart]
+    negative: ScheduledPart
+    sampler: Any
+    schedule_steps: int
+    interpretation: Any
+    rng_source: str
+    ensd: int
+
+
+class DiffusersEngine:
+    """The real engine. Thread-safe: one generation at a time per engine (a lock)."""
+
+    def __init__(self, settings: EngineSettings, *, allow_paths: bool = False) -> None:
+        self.settings = settings
+        self.allow_paths = allow_paths
+        self.models = models.ModelCache(settings.max_loaded_models, allow_pickle=settings.allow_pickle)
+        self.embeddings = EmbeddingLibrary(settings.embedding_dirs)
+        self.device, self.dtype = models.torch_device_and_dtype(settings)
+        self.last_stats = RunStats()
+        self._lock = threading.Lock()
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+
+    # -- the Engine protocol ---------------------------------------------------------------------
+
+    def model_names(self) -> list[str]:
+        return list(self.settings.models)
+
+    def sampler_names(self) -> list[str]:
+        from core.engine import samplers
+
+        return samplers.sampler_names()
+
+    def close(self) -> None:
+        self.models.clear()
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_progress: Callable[[int, Progress], None] | None = None,
+        should_cancel: Callable[[int], bool] | None = None,
+    ) -> list[GenerationResult | BaseException]:
+        """Compatible requests one after another (one shared loop comes with the GPU issue)."""
+        results: list[GenerationResult | BaseException] = []
+        for index, request in enumerate(requests):
+            progress = (lambda p, i=index: on_progress(i, p)) if on_progress else None
+            cancel = (lambda i=index: should_cancel(i)) if should_cancel else None
+            try:
+                results.append(self.generate(request, on_progress=progress, should_cancel=cancel))
+            except (GenerationError, GenerationCancelled) as exc:
+                results.append(exc)
+        return results
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        with self._lock:
+            try:
+                return self._generate(request, on_progress, should_cancel)
+            except torch.OutOfMemoryError:
+                models._free_memory()
+                raise OutOfMemory(
+                    "the GPU ran out of memory: try a smaller size or fewer images per job"
+                ) from None
+
+    # -- the steps ---------------------------------------------------------------------------------
+
+    def _generate(self, request, on_progress, should_cancel) -> GenerationResult:
+        stats = RunStats()
+        start = time.perf_counter()
+        # 1. Check inputs
+        self.check_inputs(request)
+        # 2. Load the model (LRU)
+        source = models.resolve_model(self.settings, request.model, allow_paths=self.allow_paths)
+        if request.vae:
+            source = _replace(source, vae=models.resolve_vae(self.settings, request.vae))
+        model = self.models.get(source, self.device, self.dtype)
+        stats.load = time.perf_counter() - start
+        # 3. Encode the prompt (A1111 schedules, AND, emphasis, CLIP skip, embeddings)
+        t = time.perf_counter()
+        plan = self.encode_prompt(request, model)
+        stats.encode = time.perf_counter() - t
+        # 4.-7. Noise, timesteps, denoising loop
+        latents = self.denoise(plan, stats, on_progress, should_cancel)
+        # 8. Decode and write PNGs with A1111's parameters
+        t = time.perf_counter()
+        images = self.decode(model, latents)
+        stats.decode = time.perf_counter() - t
+        generated = tuple(self._png(plan, i, image) for i, image in enumerate(images))
+        stats.total = time.perf_counter() - start
+        self.last_stats = stats
+        return GenerationResult(
+            images=generated,
+            model_name=model.name,
+            model_hash=model.hash,
+            timings={
+                "load": stats.load,
+                "encode": stats.encode,
+                "denoise": sum(stats.steps),
+                "decode": stats.decode,
+                "total": stats.total,
+            },
+        )
+
+    def check_inputs(self, request: GenerationRequest) -> None:
+        r = request
+        if r.mode != Mode.TXT2IMG or r.enable_hr:
+            raise GenerationError(
+                "only txt2img is available in this version (img2img/inpaint/hires fix are not)"
+            )
+        for name, side in (("width", r.width), ("height", r.height)):
+            if not 64 <= side <= MAX_SIDE or side % 8:
+                raise GenerationError(f"{name} must be a multiple of 8 between 64 and {MAX_SIDE}, not {side}")
+        if not 1 <= r.steps <= MAX_STEPS:
+            raise GenerationError(f"steps must be between 1 and {MAX_STEPS}, not {r.steps}")
+        if not 1 <= r.count <= MAX_COUNT:
+            raise GenerationError(f"count must be between 1 and {MAX_COUNT}, not {r.count}")
+        if not (-100.0 <= r.cfg_scale <= 100.0):
+            raise GenerationError(f"CFG scale must be between -100 and 100, not {r.cfg_scale}")
+        if not (r.seed == -1 or 0 <= r.seed <= MAX_SEED):
+            raise GenerationError(f"seed must be -1 (random) or between 0 and {MAX_SEED}, not {r.seed}")
+        if not (r.subseed == -1 or 0 <= r.subseed <= MAX_SEED):
+            raise GenerationError(f"variation seed must be -1 or between 0 and {MAX_SEED}, not {r.subseed}")
+        if not 0.0 <= r.subseed_strength <= 1.0:
+            raise GenerationError(f"variation strength must be between 0 and 1, not {r.subseed_strength}")
+        if (r.rng or self.settings.rng) not in ("gpu", "cpu", "nv"):
+            raise GenerationError(f"RNG source must be gpu, cpu or nv, not {r.rng!r}")
+        if r.clip_skip is not None and not 1 <= r.clip_skip <= 12:
+            raise GenerationError(f"CLIP skip must be between 1 and 12, not {r.clip_skip}")
+
+    def encode_prompt(self, request: GenerationRequest, model: models.LoadedModel) -> _Plan:
+        from core.engine import samplers
+        from core.prompt.errors import PromptError
+        from core.prompt.interpret import interpret
+
+        try:
+            sampler = samplers.resolve(request.sampler, request.schedule_type)
+        except ValueError as exc:
+            raise GenerationError(str(exc)) from None
+        second_order = samplers.is_second_order(request.sampler)
+        schedule_steps = request.steps * 2 if second_order else request.steps
+        try:
+            positive = interpret(
+                request.prompt, schedule_steps, use_old_scheduling=self.settings.use_old_scheduling
+            )
+            negative = interpret(
+                request.negative_prompt,
+                schedule_steps,
+                negative=True,
+                use_old_scheduling=self.settings.use_old_scheduling,
+            )
+        except PromptError as exc:
+            raise GenerationError(f"prompt error at column {exc.column}: {exc.message}") from None
+        pipe = model.pipe
+        text_encoder_2 = getattr(pipe, "text_encoder_2", None)
+        widths = PromptEncoder.widths(model.kind, pipe.text_encoder, text_encoder_2)
+        encoder = PromptEncoder(
+            model.kind,
+            pipe.text_encoder,
+            text_encoder_2,
+            emphasis=self.settings.emphasis,
+            comma_padding_backtrack=self.settings.comma_padding_backtrack,
+            clip_skip=request.clip_skip or model.source.clip_skip,
+            embeddings=self.embeddings.for_widths(widths),
+        )
+        positive_parts = encode_interpretation(encoder, positive)
+        negative_parts = encode_interpretation(encoder, negative, zero_if_empty=model.kind == "sdxl")
+        seed = request.seed if request.seed != -1 else random.randrange(MAX_SEED)
+        subseed = request.subseed if request.subseed != -1 else random.randrange(MAX_SEED)
+        ensd = self.settings.eta_noise_seed_delta
+        if request.eta_noise_seed_delta is not None:
+            ensd = request.eta_noise_seed_delta
+        if not samplers.uses_ensd(request.sampler, request.eta):
+            ensd = 0
+        return _Plan(
+            request=request,
+            model=model,
+            seeds=[seed + i for i in range(request.count)],
+            subseeds=[subseed + i for i in range(request.count)],
+            positive=positive_parts,
+            negative=negative_parts[0],
+            sampler=sampler,
+            schedule_steps=schedule_steps,
+            interpretation=positive,
+            rng_source=request.rng or self.settings.rng,
+            ensd=ensd,
+        )
+
+    def make_scheduler(self, plan: _Plan):
+        from core.engine import samplers
+
+        try:
+            return samplers.make_scheduler(
+                plan.model.scheduler_config,
+                plan.request.sampler,
+                plan.request.schedule_type,
+                seeds=plan.seeds,
+            )
+        except ValueError as exc:
+            raise GenerationError(str(exc)) from None
+
+    @torch.no_grad()
+    def denoise(self, plan: _Plan, stats: RunStats, on_progress=None, should_cancel=None) -> torch.Tensor:
+        from core.engine import rng
+
+        model, request = plan.model, plan.request
+        pipe = model.pipe
+        # 4. Timesteps
+        scheduler = self.make_scheduler(plan)
+        scheduler.set_timesteps(request.steps, device=self.device)
+        timesteps = scheduler.timesteps
+        # 5. Initial noise (A1111: image i uses seed + i, shape (4, H/8, W/8))
+        factor = model.vae_scale_factor
+        shape = (pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+        try:
+            image_rng = rng.ImageRNG(
+                shape,
+                plan.seeds,
+                subseeds=plan.subseeds if request.subseed_strength > 0 else None,
+                subseed_strength=request.subseed_strength,
+                source=plan.rng_source,
+                device=self.device,
+                eta_noise_seed_delta=plan.ensd,
+            )
+        except ValueError as exc:
+            raise GenerationError(str(exc)) from None
+        latents = image_rng.first().to(self.device, model.dtype) * scheduler.init_noise_sigma
+        # 6. Extra step arguments (eta) and SDXL's added conditioning
+        step_kwargs = {}
+        if request.eta is not None and "eta" in _step_parameters(scheduler):
+            step_kwargs["eta"] = request.eta
+        time_ids = None
+        if model.kind == "sdxl":
+            time_ids = torch.tensor(
+                [[request.height, request.width, 0, 0, request.height, request.width]],
+                dtype=model.dtype,
+                device=self.device,
+            )
+        # 7. Denoising loop
+        total = len(timesteps)
+        preview_every = self.settings.preview_every
+        with rng.scheduler_noise(scheduler, image_rng):
+            for i, t in enumerate(timesteps):
+                if should_cancel is not None and should_cancel():
+                    raise GenerationCancelled("cancelled")
+                step_start = time.perf_counter()
+                noise_pred = self.guided_noise(plan, latents, scheduler, t, counter=i, time_ids=time_ids)
+                latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                stats.steps.append(time.perf_counter() - step_start)
+                if on_progress is not None:
+                    done = min(request.steps, max(1, round((i + 1) * request.steps / total)))
+                    preview = None
+                    if preview_every and (done % preview_every == 0) and i + 1 < total:
+                        preview = self._preview(model, latents)
+                    on_progress(Progress(step=done, total=request.steps, preview_png=preview))
+        return latents
+
+    def guided_noise(
+        self, plan: _Plan, latents, scheduler, t, *, counter: int, time_ids=None
+    ) -> torch.Tensor:
+        """A1111's CFG with ``AND``: uncond + Σ wᵢ·s·(condᵢ − uncond), on ε predictions."""
+        count = latents.shape[0]
+        model = plan.model
+        conds = [part.at(counter) for part in plan.positive]
+        uncond = plan.negative.at(counter)
+        cond_embeds = stack_conds([c.embeds for c in conds])  # [parts, tokens, channels]
+        model_input = scheduler.scale_model_input(latents, t)
+
+        def run(embeds: torch.Tensor, pooled: torch.Tensor | None, repeats: int) -> torch.Tensor:
+            x = torch.cat([model_input] * repeats) if repeats > 1 else model_input
+            added = None
+            if time_ids is not None:
+                added = {"text_embeds": pooled, "time_ids": time_ids.repeat(x.shape[0], 1)}
+            return model.pipe.unet(
+                x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False
+            )[0]
+
+        def expand(
+            tensor: torch.Tensor,
+        ) -> torch.Tensor:  # [n, ...] -> [n * count, ...] (each row count times)
+            return tensor.repeat_interleave(count, dim=0)
+
+        pooled_conds = torch.stack([c.pooled for c in conds]) if conds[0].pooled is not None else None
+        uncond_embeds = uncond.embeds[None]
+        uncond_pooled = uncond.pooled[None] if uncond.pooled is not None else None
+        n = len(conds)
+        if uncond_embeds.shape[1] == cond_embeds.shape[1]:
+            embeds = expand(torch.cat([uncond_embeds, cond_embeds]))
+            pooled = expand(torch.cat([uncond_pooled, pooled_conds])) if pooled_conds is not None else None
+            out = run(embeds, pooled, n + 1)
+            out_uncond, out_conds = out[:count], out[count:]
+        else:  # A1111 runs cond and uncond separately when their lengths differ
+            out_uncond = run(
+                expand(uncond_embeds), expand(uncond_pooled) if uncond_pooled is not None else None, 1
+            )
+            out_conds = run(
+                expand(cond_embeds), expand(pooled_conds) if pooled_conds is not None else None, n
+            )
+        result = out_uncond
+        s = plan.request.cfg_scale
+        for index, part in enumerate(plan.positive):
+            cond = out_conds[index * count : (index + 1) * count]
+            result = result + (part.weight * s) * (cond - out_uncond)
+        return result
+
+    @torch.no_grad()
+    def decode(self, model: models.LoadedModel, latents: torch.Tensor) -> list:
+        vae = model.pipe.vae
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            latents = latents.to(vae.dtype) / vae.config.scaling_factor
+            image = vae.decode(latents, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        return model.pipe.image_processor.postprocess(image, output_type="pil")
+
+    def _preview(self, model: models.LoadedModel, latents: torch.Tensor) -> bytes | None:
+        try:
+            from core.engine.preview import latent_preview
+
+            return latent_preview(latents[:1], "sdxl" if model.kind == "sdxl" else "sd1")
+        except Exception:  # a preview must never fail a job
+            log.debug("preview failed", exc_info=True)
+            return None
+
+    def _png(self, plan: _Plan, index: int, image) -> GeneratedImage:
+        from core.engine import infotext
+
+        request = plan.request
+        seed, subseed = plan.seeds[index], plan.subseeds[index]
+        text = infotext.build_infotext(
+            request,
+            seed=seed,
+            subseed=subseed,
+            model_name=plan.model.name,
+            model_hash=plan.model.hash,
+            clip_skip=request.clip_skip or plan.model.source.clip_skip,
+            eta_noise_seed_delta=plan.ensd,
+            rng=plan.rng_source,
+            emphasis=self.settings.emphasis,
+        )
+        return GeneratedImage(
+            png=infotext.png_with_infotext(image, text), seed=seed, subseed=subseed, infotext=text
+        )
+
+
+def _step_parameters(scheduler) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(scheduler.step).parameters)
+
+
+def _replace(source: models.ModelSource, **changes) -> models.ModelSource:
+    import dataclasses
+
+    return dataclasses.replace(source, **changes)
+
+
+def cond_for_tests(plan: _Plan, counter: int) -> tuple[list[Cond], Cond]:
+    """The conditionings used at a step counter (for tests and debugging)."""
+    return [part.at(counter) for part in plan.positive], plan.negative.at(counter)
