@@ -129,7 +129,8 @@ async def _maybe_await(value: Any) -> Any:
 async def build_service(settings: Settings, *, with_worker: bool) -> Any:
     from core.bootstrap import bootstrap
 
-    return await _maybe_await(bootstrap(settings, with_worker=with_worker))
+    # --no-worker forces the worker off; otherwise settings.queue.in_process_worker decides.
+    return await _maybe_await(bootstrap(settings, worker=None if with_worker else False))
 
 
 async def serve(settings: Settings, token: str, *, with_worker: bool, service: Any = None) -> None:

@@ -107,7 +107,12 @@ class Delivery:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="chant-delivery")
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop reading events; give posts in flight ``grace_s`` to finish and be recorded."""
+        if self._task is not None:
+            self._task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
         tasks = [t for t in [self._task, *self._tasks] if t is not None]
         for task in tasks:
             task.cancel()

@@ -90,8 +90,9 @@ class ImagineCog(commands.Cog):
             content=render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id)
         )
         channel_id = interaction.channel_id or 0
-        await self.service.record_status_message(receipt.job_id, channel_id, message.id)
+        # Track before recording: a result whose status message is recorded can be posted at once.
         self.delivery.track(receipt.job_id, channel_id, interaction.guild_id, message.id, prompt=prompt)
+        await self.service.record_status_message(receipt.job_id, channel_id, message.id)
 
     # -- reactions on results (raw events: also messages from before a restart) ----------------------
     @commands.Cog.listener()
@@ -131,10 +132,10 @@ class ImagineCog(commands.Cog):
             reference=reference,
             allowed_mentions=discord.AllowedMentions.none(),
         )
-        await self.service.record_status_message(receipt.job_id, payload.channel_id, status.id)
         self.delivery.track(
             receipt.job_id, payload.channel_id, payload.guild_id, status.id, reply_to=payload.message_id
         )
+        await self.service.record_status_message(receipt.job_id, payload.channel_id, status.id)
 
     async def _delete(self, actor: Actor, payload: discord.RawReactionActionEvent) -> None:
         job = await self.service.delete_result(actor, payload.message_id)

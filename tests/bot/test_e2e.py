@@ -1,0 +1,293 @@
+"""End to end: the real ``chant run`` process (SQLite, the fake engine from core.bootstrap) against
+the fake Discord server. These start subprocesses, so they are marked slow (a few seconds each)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.bot.conftest import (
+    ALICE,
+    BOB,
+    CHANNEL_A,
+    CHANNEL_B,
+    CHANNEL_C,
+    GUILD_A,
+    GUILD_B,
+    GUILD_C,
+    TOKEN,
+    fake_guilds,
+)
+from tests.bot.fake_discord import ALL_PERMISSIONS, FakeDiscord
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CHANT = ROOT / ".venv" / "bin" / "chant"
+MANAGE_GUILD = 1 << 5
+
+
+def opt(name: str, value, type_: int = 3) -> dict:
+    return {"name": name, "type": type_, "value": value}
+
+
+class ChantProcess:
+    """``chant run`` in a subprocess; its combined output is kept in ``self.output``."""
+
+    def __init__(self, config: Path, fake: FakeDiscord, step_delay: float) -> None:
+        self.config, self.fake, self.step_delay = config, fake, step_delay
+        self.output = ""
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "CHANT_"))},
+            **self.fake.env(),
+            "DISCORD_TOKEN": TOKEN,
+            "CHANT_CONFIG": str(self.config),
+            "CHANT_FAKE_ENGINE": "1",
+            "CHANT_FAKE_ENGINE_DELAY": str(self.step_delay),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        exe = [str(CHANT)] if CHANT.exists() else [sys.executable, "-m", "bot.cli"]
+        self.proc = await asyncio.create_subprocess_exec(
+            *exe,
+            "run",
+            env=env,
+            cwd=self.config.parent,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        self._reader = asyncio.create_task(self._read())
+        identifies = len(self.fake.identifies)
+        try:
+            await self.fake.wait_until(
+                lambda: len(self.fake.identifies) > identifies or self.proc.returncode is not None,
+                60,
+                "chant run to connect",
+            )
+        finally:
+            if self.proc.returncode is not None:
+                await asyncio.sleep(0.2)
+                pytest.fail(f"chant run exited with {self.proc.returncode}:\n{self.output[-4000:]}")
+        await self.fake.wait_ready()
+
+    async def _read(self) -> None:
+        assert self.proc and self.proc.stdout
+        while line := await self.proc.stdout.readline():
+            self.output += line.decode(errors="replace")
+
+    async def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 5)
+        return self.proc.returncode or 0
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    server = await FakeDiscord(fake_guilds()).start()
+    yield server
+    await server.close()
+
+
+def write_config(tmp_path: Path, extra: str = "") -> Path:
+    config = tmp_path / "chant.toml"
+    config.write_text(
+        f"""log_level = "INFO"
+[database]
+url = "sqlite+aiosqlite:///{tmp_path / "chant.db"}"
+[discord]
+progress_edit_interval_s = 0.5
+[engine]
+default_model = "fake-sd15"
+{extra}""",
+        encoding="utf-8",
+    )
+    return config
+
+
+@contextlib.asynccontextmanager
+async def chant(tmp_path: Path, fake: FakeDiscord, step_delay: float = 0.01) -> AsyncIterator[ChantProcess]:
+    config = tmp_path / "chant.toml"
+    if not config.exists():
+        write_config(tmp_path)
+    proc = ChantProcess(config, fake, step_delay)
+    await proc.start()
+    try:
+        yield proc
+    finally:
+        await proc.stop()
+        assert TOKEN not in proc.output, "the bot token appeared in the logs"
+
+
+def results(fake: FakeDiscord, channel: int | None = None):
+    return [c for c in fake.channel_posts(channel) if c.files and c.status == 200]
+
+
+def parameters(call) -> str:
+    img = Image.open(io.BytesIO(call.files[0][1]))
+    return img.info["parameters"]
+
+
+def seed_of(call) -> int:
+    return int(re.search(r"Seed: (\d+)", parameters(call)).group(1))
+
+
+async def test_imagine_reroll_and_reroll_after_restart(tmp_path: Path, fake: FakeDiscord) -> None:
+    async with chant(tmp_path, fake) as proc:
+        iid, token = await fake.interaction(
+            "imagine",
+            [opt("prompt", "a (red:1.2) fox"), opt("seed", 1234, 4), opt("steps", 6, 4)],
+            guild_id=GUILD_A,
+            channel_id=CHANNEL_A,
+            user_id=ALICE,
+        )
+        (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+        assert cb.json["type"] == 5 and fake.ack_latencies()[iid] < 3.0
+        (first,) = await fake.wait_call(
+            "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), timeout=30
+        )
+        params = parameters(first)
+        assert params.startswith("a (red:1.2) fox") and "Seed: 1234" in params and "Steps: 6" in params
+        assert "job #" in first.json["content"] and "seed 1234" in first.json["content"]
+        original = int(first.response["id"])
+        await fake.wait_call("PUT", rf"/channels/{CHANNEL_A}/messages/{original}/reactions/🔁/@me")
+
+        await fake.react(original, "🔁", user_id=BOB, channel_id=CHANNEL_A, guild_id=GUILD_A)
+        posts = await fake.wait_call(
+            "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), count=2, timeout=30
+        )
+        second = posts[1]
+        assert int(second.json["message_reference"]["message_id"]) == original
+        assert seed_of(second) != 1234 and "a (red:1.2) fox" in parameters(second)
+        assert f"<@{BOB}>" in second.json["content"]  # charged to (and announced for) the reactor
+        await fake.wait_call(
+            "PUT", rf"/channels/{CHANNEL_A}/messages/{second.response['id']}/reactions/🔁/@me"
+        )
+        assert await proc.stop() == 0, proc.output[-3000:]
+
+    # A new process: the old message is still rerollable (the database knows it).
+    async with chant(tmp_path, fake):
+        await fake.react(original, "🔁", user_id=ALICE, channel_id=CHANNEL_A, guild_id=GUILD_A)
+        posts = await fake.wait_call(
+            "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), count=3, timeout=30
+        )
+        third = posts[2]
+        assert int(third.json["message_reference"]["message_id"]) == original
+        assert seed_of(third) not in (1234, seed_of(second))
+
+
+async def test_admin_refusal_429_retry_and_gateway_resume(tmp_path: Path, fake: FakeDiscord) -> None:
+    async with chant(tmp_path, fake) as proc:
+        # /admin opened to everyone by the server: Discord delivers it, core still refuses a non-admin.
+        _, token = await fake.interaction(
+            "admin",
+            [opt("name", "max_steps"), opt("value", 10, 4)],
+            subcommand="limit",
+            guild_id=GUILD_A,
+            channel_id=CHANNEL_A,
+            user_id=BOB,
+            permissions=ALL_PERMISSIONS & ~MANAGE_GUILD & ~(1 << 3),
+        )
+        (refusal,) = await fake.wait_call("POST", rf"/webhooks/\d+/{token}")
+        assert refusal.json["flags"] & 64 and "admin" in refusal.json["content"].lower()
+        # An admin can; afterwards the limit holds for everyone.
+        _, token = await fake.interaction(
+            "admin",
+            [opt("name", "max_steps"), opt("value", 10, 4)],
+            subcommand="limit",
+            guild_id=GUILD_A,
+            channel_id=CHANNEL_A,
+            user_id=ALICE,
+            permissions=MANAGE_GUILD,
+        )
+        (ok,) = await fake.wait_call("POST", rf"/webhooks/\d+/{token}")
+        assert "max_steps is now 10" in ok.json["content"], ok.json
+        _, token = await fake.interaction(
+            "imagine",
+            [opt("prompt", "a cat"), opt("steps", 20, 4)],
+            guild_id=GUILD_A,
+            channel_id=CHANNEL_A,
+            user_id=BOB,
+        )
+        (limited,) = await fake.wait_call("POST", rf"/webhooks/\d+/{token}")
+        assert limited.json["flags"] & 64 and "10" in limited.json["content"], limited.json
+
+        # REST 429 on the result post: retried after the given delay, nothing dropped.
+        fake.fail_once_with_429("POST", rf"/channels/{CHANNEL_B}/messages", retry_after=0.7)
+        await fake.interaction(
+            "imagine",
+            [opt("prompt", "rate limited"), opt("steps", 3, 4)],
+            guild_id=GUILD_B,
+            channel_id=CHANNEL_B,
+            user_id=ALICE,
+        )
+        posts = await fake.wait_call("POST", rf"/channels/{CHANNEL_B}/messages", count=2, timeout=30)
+        assert posts[0].status == 429 and posts[1].status == 200 and posts[1].files
+        assert posts[1].at - posts[0].at >= 0.7
+
+        # Gateway drop: commands sent while the bot is away arrive after RESUME; none is lost.
+        await fake.drop_gateway()
+        sent = [
+            await fake.interaction(
+                "imagine",
+                [opt("prompt", f"during drop {n}"), opt("steps", 3, 4)],
+                guild_id=GUILD_C,
+                channel_id=CHANNEL_C,
+                user_id=ALICE + n,
+            )
+            for n in range(3)
+        ]
+        await fake.wait_until(lambda: fake.resumes, 30, "RESUME")
+        assert len(fake.identifies) == 1
+        for iid, token in sent:
+            await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback", timeout=15)
+        done = await fake.wait_call(
+            "POST", rf"/channels/{CHANNEL_C}/messages", lambda c: bool(c.files), count=3, timeout=30
+        )
+        assert {parameters(c).splitlines()[0] for c in done} == {f"during drop {n}" for n in range(3)}
+        assert "rate limited" in proc.output.lower() or "429" in proc.output
+
+
+async def test_three_guilds_flooding_are_served_interleaved(tmp_path: Path, fake: FakeDiscord) -> None:
+    async with chant(tmp_path, fake, step_delay=0.04):
+        plan = [(GUILD_A, CHANNEL_A, 6), (GUILD_B, CHANNEL_B, 6), (GUILD_C, CHANNEL_C, 2)]
+        for guild, channel, n in plan:  # A floods first, then B, then C
+            for k in range(n):
+                await fake.interaction(
+                    "imagine",
+                    [opt("prompt", f"g{guild % 10} job {k}"), opt("steps", 8, 4)],
+                    guild_id=guild,
+                    channel_id=channel,
+                    user_id=ALICE + k,
+                )
+        await fake.wait_until(lambda: len(results(fake)) >= 14, 90, "14 results")
+        order = [int(c.path.split("/")[2]) for c in sorted(results(fake), key=lambda c: c.at)]
+        by_channel = {CHANNEL_A: "A", CHANNEL_B: "B", CHANNEL_C: "C"}
+        sequence = "".join(by_channel[c] for c in order)
+        # Fair across guilds: C's two jobs are not stuck behind A's and B's floods, and B does not wait
+        # for all of A.
+        assert sequence.rindex("C") < sequence.rindex("A"), sequence
+        assert sequence.index("B") < 6, sequence
+        assert sequence.count("A") == 6 and sequence.count("B") == 6 and sequence.count("C") == 2
