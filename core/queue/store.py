@@ -71,11 +71,15 @@ class JobStore:
             return []
         async with self.db.session() as s:
             rows = await s.execute(
-                select(Job.id, Job.guild_id, Job.user_id, Job.cost, Job.params).where(Job.id.in_(list(ids)))
+                select(Job.id, Job.guild_id, Job.user_id, Job.cost, Job.params, Job.attempts).where(
+                    Job.id.in_(list(ids))
+                )
             )
             out = []
-            for job_id, guild_id, user_id, cost, params in rows:
-                key = GenerationRequest.from_dict(params).batch_key()
+            for job_id, guild_id, user_id, cost, params, attempts in rows:
+                # A job retried after its worker died runs alone: if it kills the worker again,
+                # it takes no innocent batch-mates with it.
+                key = ("retry", job_id) if attempts else GenerationRequest.from_dict(params).batch_key()
                 out.append(QueuedJob(job_id, guild_id, user_id, max(cost / STANDARD_COST, 1e-6), key))
             return sorted(out, key=lambda j: j.job_id)
 

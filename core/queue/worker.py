@@ -117,7 +117,7 @@ class Worker:
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> None:
-        await self.store.recover(all_running=self.recover_all_on_start)
+        await self._recover(all_running=self.recover_all_on_start)
         self._last_recover = time.monotonic()
         while not self._stopping:
             self._wake.clear()  # a wake-up from here on makes _idle return at once
@@ -135,7 +135,7 @@ class Worker:
         """One turn: sync, pick, claim, run. False when there was nothing to do."""
         if time.monotonic() - self._last_recover > self.poll_interval_s:
             self._last_recover = time.monotonic()
-            await self.store.recover()
+            await self._recover()
         await self.sync()
         while True:
             now = time.monotonic()
@@ -150,6 +150,11 @@ class Worker:
             if claimed:
                 await self.run_batch(claimed)
                 return True
+
+    async def _recover(self, *, all_running: bool = False) -> None:
+        _, failed = await self.store.recover(all_running=all_running)
+        for job_id in failed:
+            await self.listener.job_finished(job_id)
 
     async def sync(self) -> None:
         """Make the scheduler's queue equal the queued rows of the jobs table."""

@@ -21,6 +21,7 @@ from sqlalchemy import select, text
 
 from core.config import Settings
 from core.queue.fair import STANDARD_COST, Caps, FairScheduler, QueuedJob, QueueFull
+from core.queue.pg import listen
 from core.queue.store import EVENTS_CHANNEL, JOBS_CHANNEL, JobStore
 from core.services.checks import check_prompt_syntax, find_banned
 from core.services.events import EventHub
@@ -967,17 +968,9 @@ class ChantService:
     # Other processes (PostgreSQL LISTEN/NOTIFY, with polling as the fallback) -------------------
 
     async def _listen(self) -> None:
-        try:
-            import asyncpg
+        self._pg_conn = await listen(self.db, EVENTS_CHANNEL, self._on_notify)
 
-            dsn = self.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._pg_conn = await asyncpg.connect(dsn)
-            await self._pg_conn.add_listener(EVENTS_CHANNEL, self._on_notify)
-        except Exception:
-            log.warning("LISTEN %s unavailable; falling back to polling", EVENTS_CHANNEL, exc_info=True)
-            self._pg_conn = None
-
-    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+    def _on_notify(self, payload: str) -> None:
         try:
             note = json.loads(payload)
             kind, job_id = note["t"], int(note["id"])

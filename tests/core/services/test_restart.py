@@ -1,0 +1,138 @@
+"""Never lose a job: restarts resume the queue, retry a crashed job once, post results exactly once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from core.services import ImagineOptions, JobDone, JobFailed
+from core.storage.models import Job
+from tests.core.services.conftest import Harness, actor, wait_for
+
+ROOT = Path(__file__).resolve().parents[3]
+
+RUN_BOT_CORE = textwrap.dedent(
+    """
+    import asyncio
+    from core.bootstrap import bootstrap
+    from core.config import load_settings
+
+    async def main():
+        service = await bootstrap(load_settings())
+        await service.start()
+        await asyncio.sleep(20)  # the CRASH job kills this process long before
+        await service.stop()
+
+    asyncio.run(main())
+    """
+)
+
+
+def run_process_that_crashes(tmp_path: Path, db_url: str) -> int:
+    env = dict(os.environ, CHANT_FAKE_ENGINE="1", CHANT_DATABASE_URL=db_url, PYTHONPATH=str(ROOT))
+    env.pop("CHANT_CONFIG", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_BOT_CORE],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return proc.returncode
+
+
+async def test_queued_jobs_resume_in_order_after_a_restart(tmp_path) -> None:
+    h = Harness(tmp_path)
+    service = await h.open(start=False)  # accepted, but the process "dies" before running them
+    a = actor()
+    ids = [
+        (await service.submit_imagine(a, ImagineOptions(prompt=f"p{i}", steps=2))).job_id for i in range(3)
+    ]
+    await h.close()
+
+    h2 = Harness(tmp_path)
+    service = await h2.open(start=False)
+    events = service.events()
+    await service.start()
+    done = [(await wait_for(events, lambda e: isinstance(e, JobDone))).job.id for _ in ids]
+    assert done == ids
+    await h2.close()
+
+
+async def test_a_job_running_when_the_process_died_is_retried_once(tmp_path) -> None:
+    h = Harness(tmp_path)
+    service = await h.open(start=False)
+    r = await service.submit_imagine(actor(), ImagineOptions(prompt="x", steps=2))
+    async with h.db.transaction(write=True) as s:  # the state a kill -9 mid-job leaves behind
+        await s.execute(
+            update(Job).where(Job.id == r.job_id).values(state="running", attempts=1, lease_owner="dead:1")
+        )
+    await h.close()
+
+    h2 = Harness(tmp_path)
+    service = await h2.open(start=False)
+    events = service.events()
+    await service.start()
+    done = await wait_for(events, lambda e: isinstance(e, JobDone))
+    assert done.job.id == r.job_id
+    await h2.close()
+
+
+async def test_a_job_that_kills_the_worker_twice_is_failed_with_a_reason(tmp_path) -> None:
+    h = Harness(tmp_path)
+    service = await h.open(start=False)
+    bad = await service.submit_imagine(actor(), ImagineOptions(prompt="CRASH the driver", steps=2))
+    good = await service.submit_imagine(actor(user=11), ImagineOptions(prompt="fine", steps=2))
+    await h.close()
+    url = h.settings.database.url
+
+    assert run_process_that_crashes(tmp_path, url) == 137  # first try kills the process
+    assert run_process_that_crashes(tmp_path, url) == 137  # the retry kills it again
+
+    h3 = Harness(tmp_path)
+    service = await h3.open(start=False)
+    events = service.events()
+    await service.start()
+    failed = await wait_for(events, lambda e: isinstance(e, JobFailed))
+    assert failed.job.id == bad.job_id and "2 times" in failed.reason
+    done = await wait_for(events, lambda e: isinstance(e, JobDone))
+    assert done.job.id == good.job_id
+    async with h3.db.session() as s:
+        attempts = await s.scalar(select(Job.attempts).where(Job.id == bad.job_id))
+    assert attempts == 2
+    await h3.close()
+
+
+async def test_a_finished_result_is_posted_after_restart_exactly_once(tmp_path) -> None:
+    h = Harness(tmp_path)
+    service = await h.open(start=False)
+    events = service.events()
+    await service.start()
+    r1 = await service.submit_imagine(actor(), ImagineOptions(prompt="one", steps=2))
+    r2 = await service.submit_imagine(actor(), ImagineOptions(prompt="two", steps=2))
+    for _ in range(2):
+        await wait_for(events, lambda e: isinstance(e, JobDone))
+    await service.record_result_messages(r1.job_id, [111])  # r1 was posted; the bot died before r2
+    await h.close()
+
+    h2 = Harness(tmp_path)
+    service = await h2.open()
+    pending = await service.unposted_results()
+    assert [v.id for v in pending] == [r2.job_id]
+    assert (await service.job_images(r2.job_id))[0].png.startswith(b"\x89PNG")
+    await service.record_result_messages(r2.job_id, [222])
+    await service.record_result_messages(r2.job_id, [222])  # a repeat is harmless
+    assert await service.unposted_results() == []
+    assert (await service.job_for_message(222)).id == r2.job_id
+    await h2.close()
+
+    h3 = Harness(tmp_path)
+    service = await h3.open()
+    assert await service.unposted_results() == []
+    await h3.close()
