@@ -951,11 +951,12 @@ class ChantService:
     async def job_finished(self, job_id: int) -> None:
         if job_id in self._announced:
             return
+        self._announced.add(job_id)  # before any await: NOTIFY and the poller may race here
         async with self.db.session() as s:
             job = await Repositories(s).jobs.get(job_id)
             if job is None or job.state not in ("done", "failed", "cancelled"):
+                self._announced.discard(job_id)
                 return
-            self._announced.add(job_id)
             self._started.discard(job_id)
             view = await self._view(s, job)
         if view.state == "done":

@@ -1,0 +1,192 @@
+"""Workers on the real PostgreSQL: SKIP LOCKED claims, leases, kill -9, LISTEN/NOTIFY events."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from core.bootstrap import bootstrap, build_store, open_database
+from core.config import load_settings
+from core.queue.fair import request_cost
+from core.services import Actor, ImagineOptions, JobDone
+from core.storage.models import Job, JobImage
+from core.storage.repositories import Repositories
+from core.types import GenerationRequest
+
+pytestmark = pytest.mark.postgres
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def write_config(tmp_path: Path, url: str, **queue) -> Path:
+    q = {"lease_seconds": 1.5, "poll_interval_s": 0.1, **queue}
+    lines = [
+        'log_level = "INFO"',
+        "[database]",
+        f'url = "{url}"',
+        "[queue]",
+        *(f"{k} = {v}" for k, v in q.items()),
+        "[engine]",
+        "max_batch = 2",
+        "[limits]",
+        "max_queued_per_user = 50",
+        "max_queued_per_guild = 50",
+    ]
+    path = tmp_path / "chant.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_worker(tmp_path: Path, config: Path, name: str) -> subprocess.Popen:
+    env = dict(
+        os.environ,
+        CHANT_CONFIG=str(config),
+        CHANT_FAKE_ENGINE="1",
+        CHANT_FAKE_ENGINE_DELAY="0.02",
+        PYTHONPATH=str(ROOT),
+    )
+    env.pop("CHANT_DATABASE_URL", None)
+    log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "worker"], cwd=tmp_path, env=env, stdout=log, stderr=log
+    )
+
+
+async def test_claims_never_overlap_under_competition(pg_fresh_url: str, tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, pg_fresh_url), env={})
+    db = await open_database(settings)
+    try:
+        async with db.transaction(write=True) as s:
+            repos = Repositories(s)
+            for i in range(40):
+                await repos.jobs.add(
+                    user_id=1 + i % 4, channel_id=1, guild_id=1, request=GenerationRequest("x")
+                )
+        stores = [build_store(settings, db, owner=f"w{k}") for k in range(4)]
+        ids = list(range(1, 41))
+
+        async def grab(store):
+            got = []
+            for job_id in ids:  # every worker tries every job in the same order: maximal contention
+                got += [c.job_id for c in await store.claim([job_id])]
+            return got
+
+        results = await asyncio.gather(*(grab(s) for s in stores))
+        claimed = [j for r in results for j in r]
+        assert sorted(claimed) == ids  # each job exactly once
+        async with db.session() as s:
+            owners = dict((await s.execute(select(Job.id, Job.lease_owner))).all())
+        for k, r in enumerate(results):
+            assert all(owners[j] == f"w{k}" for j in r)
+    finally:
+        await db.dispose()
+
+
+async def test_expired_lease_returns_the_job_and_renewal_keeps_it(pg_fresh_url: str, tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, pg_fresh_url, lease_seconds=0.5), env={})
+    db = await open_database(settings)
+    try:
+        async with db.transaction(write=True) as s:
+            a = await Repositories(s).jobs.add(
+                user_id=1, channel_id=1, guild_id=1, request=GenerationRequest("a")
+            )
+            b = await Repositories(s).jobs.add(
+                user_id=1, channel_id=1, guild_id=1, request=GenerationRequest("b")
+            )
+        w1 = build_store(settings, db, owner="w1")
+        assert [c.job_id for c in await w1.claim([a.id, b.id])] == [a.id, b.id]
+        await asyncio.sleep(0.3)
+        assert await w1.renew([a.id]) == {a.id}  # a renewed, b left to expire
+        await asyncio.sleep(0.35)
+        requeued, failed = await w1.recover()
+        assert (requeued, failed) == ([b.id], [])
+        assert await w1.state_of(b.id) == "queued" and await w1.state_of(a.id) == "running"
+    finally:
+        await db.dispose()
+
+
+async def test_two_worker_processes_kill_9_one_every_job_finishes_exactly_once(
+    pg_fresh_url: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, pg_fresh_url)
+    settings = load_settings(config, env={})
+    db = await open_database(settings)
+    service = await bootstrap(settings, db=db, worker=False)  # a bot process without a GPU
+    events = service.events()
+    await service.start()
+    workers = [start_worker(tmp_path, config, f"w{k}") for k in range(2)]
+    try:
+        ids = []
+        for i in range(50):
+            guild = 1 + i % 5
+            actor = Actor(user_id=100 + i % 10, guild_id=guild, channel_id=guild * 10)
+            receipt = await service.submit_imagine(actor, ImagineOptions(prompt=f"job {i}", steps=5, seed=i))
+            ids.append(receipt.job_id)
+
+        victim = workers[0]
+        deadline = time.monotonic() + 30
+        killed_jobs: list[int] = []
+        while not killed_jobs and time.monotonic() < deadline:  # wait until the victim is mid-job
+            async with db.session() as s:
+                killed_jobs = list(
+                    await s.scalars(
+                        select(Job.id).where(Job.state == "running", Job.lease_owner.like(f"%:{victim.pid}"))
+                    )
+                )
+            await asyncio.sleep(0.02)
+        assert killed_jobs, "the first worker never started a job"
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+
+        done_events: collections.Counter[int] = collections.Counter()
+
+        async def collect():
+            async for event in events:
+                if isinstance(event, JobDone):
+                    done_events[event.job.id] += 1
+                    if set(done_events) >= set(ids):
+                        return
+
+        await asyncio.wait_for(collect(), 60)
+        await asyncio.sleep(0.5)  # let any duplicate note arrive before counting
+        assert sorted(done_events) == sorted(ids) and set(done_events.values()) == {1}
+
+        async with db.session() as s:
+            states = dict((await s.execute(select(Job.state, func.count()).group_by(Job.state))).all())
+            images = dict(
+                (await s.execute(select(JobImage.job_id, func.count()).group_by(JobImage.job_id))).all()
+            )
+            attempts = dict(
+                (await s.execute(select(Job.id, Job.attempts).where(Job.id.in_(killed_jobs)))).all()
+            )
+        assert states == {"done": 50}
+        assert images == dict.fromkeys(ids, 1)  # one image per job: nothing stored twice
+        assert all(n == 2 for n in attempts.values())  # the killed jobs ran again, once
+        assert workers[1].poll() is None  # the survivor is still serving
+    finally:
+        await service.stop()
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        for w in workers:
+            try:
+                w.wait(10)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        await db.dispose()
+    assert workers[1].returncode == 0, (tmp_path / "w1.log").read_text()[-3000:]
+
+
+def test_cost_helper_is_used_consistently() -> None:
+    assert request_cost(512, 512, 20, 1) == pytest.approx(
+        dataclasses.replace(GenerationRequest("x")).width * 512 * 20 / (512 * 512 * 20)
+    )
