@@ -58,7 +58,9 @@ _DIFFUSERS_PART = re.compile(
     r"|(?P<alpha>alpha)"
     r")$"
 )
-_OLD_PROCESSOR = re.compile(r"^(?P<attn>.+)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora$")
+_OLD_PROCESSOR = re.compile(
+    r"^(?P<attn>.+)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<ud>up|down)\.weight$"
+)
 _UNSUPPORTED = {
     "hada_": "LoHa",
     "lokr_": "LoKr",
@@ -158,13 +160,14 @@ def _split_key(key: str) -> tuple[str, str, str] | None:
         component = UNET
     if component is None:
         return None
+    old = _OLD_PROCESSOR.match(rest)
+    if old:
+        module = f"{old['attn']}.{old['proj']}" + (".0" if old["proj"] == "to_out" else "")
+        return component, module, f"lora_{old['ud']}.weight"
     match = _DIFFUSERS_PART.match(rest)
     if match is None:
         return component, rest, ""
     module = match["module"]
-    old = _OLD_PROCESSOR.match(module)
-    if old:
-        module = f"{old['attn']}.{old['proj']}" + (".0" if old["proj"] == "to_out" else "")
     if match["ab"]:
         part = "lora_down.weight" if match["ab"] == "A" else "lora_up.weight"
     elif match["ud"]:

@@ -1,0 +1,369 @@
+"""LoRA: both file layouts against a PEFT reference, multipliers, several at once, exact removal."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.engine.networks import NetworkCache, activate_networks
+from core.engine.networks.lora import load_lora_file
+from tests.core.engine.networks.conftest import (
+    TE_TARGETS,
+    UNET_TARGETS,
+    assert_bit_identical,
+    kohya_tensors,
+    lora,
+    peft_lora,
+    snapshot,
+    write_safetensors,
+)
+
+TOL = {"atol": 2e-5, "rtol": 1e-4}
+
+
+@pytest.fixture
+def lora_dir(tmp_path: Path) -> Path:
+    return tmp_path / "Lora"
+
+
+@pytest.fixture
+def references(unet, text_encoder):
+    """PEFT-injected copies (rank 4, alpha 8 -> scale 2) of both models and their LoRA tensors."""
+    ref_unet, unet_sd = peft_lora(unet, UNET_TARGETS, seed=3)
+    ref_te, te_sd = peft_lora(text_encoder, TE_TARGETS, seed=4)
+    return ref_unet, unet_sd, ref_te, te_sd
+
+
+@pytest.fixture
+def kohya_file(lora_dir: Path, references) -> Path:
+    _, unet_sd, _, te_sd = references
+    tensors = {
+        **kohya_tensors(unet_sd, "lora_unet_", alpha=8.0),
+        # kohya names text-encoder layers after transformers 4's CLIPTextModel (``text_model.``)
+        **kohya_tensors(te_sd, "lora_te_text_model_", alpha=8.0),
+    }
+    return write_safetensors(lora_dir / "kohya_style.safetensors", tensors)
+
+
+@pytest.fixture
+def diffusers_file(lora_dir: Path, references) -> Path:
+    _, unet_sd, _, te_sd = references
+    tensors = {f"unet.{k}": v for k, v in unet_sd.items()}
+    tensors.update({f"text_encoder.{k}": v for k, v in te_sd.items()})
+    metadata = {
+        "format": "pt",
+        "lora_adapter_metadata": json.dumps(
+            {"unet.r": 4, "unet.lora_alpha": 8, "text_encoder.r": 4, "text_encoder.lora_alpha": 8}
+        ),
+    }
+    return write_safetensors(lora_dir / "sub" / "peft_style.safetensors", tensors, metadata)
+
+
+def _activate(unet, te, lora_dir, *tags, **kwargs):
+    return activate_networks(
+        unet=unet, text_encoders=[te], networks=list(tags), lora_dirs=[lora_dir], **kwargs
+    )
+
+
+@pytest.mark.parametrize("fixture", ["kohya_file", "diffusers_file"])
+def test_lora_matches_the_peft_reference_and_is_removed_exactly(
+    request, fixture, unet, text_encoder, references, run_unet, run_te, lora_dir
+) -> None:
+    path = request.getfixturevalue(fixture)
+    ref_unet, unet_sd, ref_te, te_sd = references
+    layers = (len(unet_sd) + len(te_sd)) // 2
+    base_unet, base_te = run_unet(unet), run_te(text_encoder)
+    before_unet, before_te = snapshot(unet), snapshot(text_encoder)
+    expected_unet, expected_te = run_unet(ref_unet), run_te(ref_te)
+    assert not torch.allclose(expected_unet, base_unet, atol=1e-3)
+    assert not torch.allclose(expected_te, base_te, atol=1e-3)
+
+    with _activate(unet, text_encoder, lora_dir, lora(path.stem)) as active:
+        torch.testing.assert_close(run_unet(unet), expected_unet, **TOL)
+        torch.testing.assert_close(run_te(text_encoder), expected_te, **TOL)
+        assert active.lora_layers == {path.stem: layers}
+        assert active.merged_weights == layers > 30
+
+    assert_bit_identical(unet, before_unet)
+    assert_bit_identical(text_encoder, before_te)
+    assert torch.equal(run_unet(unet), base_unet)
+    assert torch.equal(run_te(text_encoder), base_te)
+
+
+def test_multiplier_zero_changes_nothing(unet, text_encoder, kohya_file, run_unet, run_te, lora_dir) -> None:
+    base_unet, base_te = run_unet(unet), run_te(text_encoder)
+    with _activate(unet, text_encoder, lora_dir, lora("kohya_style", "0")) as active:
+        assert torch.equal(run_unet(unet), base_unet)
+        assert torch.equal(run_te(text_encoder), base_te)
+        assert active.merged_weights == 0
+
+
+def test_te_and_unet_multipliers_reach_only_their_model(
+    unet, text_encoder, kohya_file, references, run_unet, run_te, lora_dir
+) -> None:
+    ref_unet, _, ref_te, _ = references
+    base_unet, base_te = run_unet(unet), run_te(text_encoder)
+    with _activate(unet, text_encoder, lora_dir, lora("kohya_style", "1", "0")):
+        assert torch.equal(run_unet(unet), base_unet)
+        torch.testing.assert_close(run_te(text_encoder), run_te(ref_te), **TOL)
+    with _activate(unet, text_encoder, lora_dir, lora("kohya_style", te="0", unet="1")):
+        torch.testing.assert_close(run_unet(unet), run_unet(ref_unet), **TOL)
+        assert torch.equal(run_te(text_encoder), base_te)
+
+
+def test_multiplier_scales_the_weight_update(unet, text_encoder, kohya_file, lora_dir) -> None:
+    w = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight
+    base = w.detach().clone()
+    with _activate(unet, text_encoder, lora_dir, lora("kohya_style", "1")):
+        full = w.detach() - base
+    with _activate(unet, text_encoder, lora_dir, lora("kohya_style", "1", "-0.5")):
+        half = w.detach() - base
+    assert full.abs().max() > 1e-3
+    torch.testing.assert_close(half, full * -0.5, atol=1e-6, rtol=1e-4)
+
+
+def test_two_loras_add_their_updates(
+    unet, text_encoder, kohya_file, diffusers_file, run_unet, lora_dir
+) -> None:
+    before = snapshot(unet)
+    base = run_unet(unet)
+    deltas = {}
+    for tags in (
+        [lora("kohya_style", "0.7")],
+        [lora("peft_style", "0.4")],
+        [lora("peft_style", "0.4"), lora("kohya_style", "0.7")],
+    ):
+        with _activate(unet, text_encoder, lora_dir, *tags):
+            deltas[len(deltas)] = {k: v - before[k] for k, v in unet.state_dict().items()}
+            out = run_unet(unet)
+        assert not torch.allclose(out, base, atol=1e-4)
+    for key in before:
+        torch.testing.assert_close(deltas[2][key], deltas[0][key] + deltas[1][key], atol=1e-6, rtol=1e-5)
+    assert_bit_identical(unet, before)
+
+
+def test_same_lora_twice_counts_twice(unet, text_encoder, kohya_file, lora_dir) -> None:
+    w = unet.mid_block.attentions[0].transformer_blocks[0].attn1.to_q.weight
+    base = w.detach().clone()
+    with _activate(unet, text_encoder, lora_dir, lora("kohya_style", "1")):
+        once = w.detach() - base
+    with _activate(unet, text_encoder, lora_dir, lora("kohya_style", "0.5"), lora("kohya_style", "0.5")):
+        twice = w.detach() - base
+    torch.testing.assert_close(twice, once, atol=1e-6, rtol=1e-5)
+
+
+def test_restored_after_an_exception_in_the_job(unet, text_encoder, kohya_file, lora_dir) -> None:
+    before = snapshot(unet), snapshot(text_encoder)
+    with pytest.raises(KeyboardInterrupt), _activate(unet, text_encoder, lora_dir, lora("kohya_style")):
+        raise KeyboardInterrupt
+    assert_bit_identical(unet, before[0])
+    assert_bit_identical(text_encoder, before[1])
+
+
+def test_fp16_model_is_restored_bit_for_bit(unet, text_encoder, kohya_file, lora_dir) -> None:
+    unet, text_encoder = unet.half(), text_encoder.half()
+    before = snapshot(unet)
+    with _activate(unet, text_encoder, lora_dir, lora("kohya_style", "0.3"), backup_device=None) as active:
+        assert active.merged_weights > 0
+        assert any(not torch.equal(v, before[k]) for k, v in unet.state_dict().items())
+    assert_bit_identical(unet, before)
+
+
+def test_dyn_keeps_the_first_ranks(unet, text_encoder, lora_dir) -> None:
+    w = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_v.weight
+    g = torch.Generator().manual_seed(5)
+    down, up = torch.randn(4, w.shape[1], generator=g), torch.randn(w.shape[0], 4, generator=g)
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_v"
+    write_safetensors(
+        lora_dir / "dyn.safetensors",
+        {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(2.0)},
+    )
+    base = w.detach().clone()
+    with _activate(unet, text_encoder, lora_dir, lora("dyn", "1", "1", "2")):
+        got = w.detach() - base
+    torch.testing.assert_close(got, up[:, :2] @ down[:2] * (2.0 / 4), atol=1e-5, rtol=1e-5)
+    with _activate(unet, text_encoder, lora_dir, lora("dyn", "1")):
+        torch.testing.assert_close(w.detach() - base, up @ down * 0.5, atol=1e-5, rtol=1e-5)
+
+
+def test_locon_cp_decomposition_with_lora_mid(unet, text_encoder, lora_dir) -> None:
+    conv = unet.down_blocks[0].resnets[0].conv2
+    g = torch.Generator().manual_seed(6)
+    out_ch, in_ch = conv.weight.shape[:2]
+    down = torch.randn(2, in_ch, 1, 1, generator=g)
+    mid = torch.randn(2, 2, 3, 3, generator=g)
+    up = torch.randn(out_ch, 2, 1, 1, generator=g)
+    name = "lora_unet_down_blocks_0_resnets_0_conv2"
+    write_safetensors(
+        lora_dir / "cp.safetensors",
+        {f"{name}.lora_down.weight": down, f"{name}.lora_mid.weight": mid, f"{name}.lora_up.weight": up},
+    )
+    expected = torch.einsum("nmkl,in,mj->ijkl", mid, up.flatten(1), down.flatten(1))
+    base = conv.weight.detach().clone()
+    with _activate(unet, text_encoder, lora_dir, lora("cp", "0.5")):
+        torch.testing.assert_close(conv.weight.detach() - base, expected * 0.5, atol=1e-5, rtol=1e-5)
+    assert torch.equal(conv.weight, base)
+
+
+def test_unknown_lora_names_the_closest(unet, text_encoder, kohya_file, diffusers_file, lora_dir) -> None:
+    with (
+        pytest.raises(ValueError, match=r"unknown LoRA 'kohya_stlye'; closest: kohya_style"),
+        _activate(unet, text_encoder, lora_dir, lora("kohya_stlye")),
+    ):
+        pass
+
+
+def test_path_escapes_are_refused(tmp_path, unet, text_encoder, kohya_file, lora_dir) -> None:
+    before = snapshot(unet)
+    outside = write_safetensors(tmp_path / "elsewhere" / "evil.safetensors", {"x": torch.zeros(1)})
+    for name in ("../../etc/passwd", "../elsewhere/evil", str(outside), str(outside.with_suffix(""))):
+        with (
+            pytest.raises(ValueError, match=r"leaves the LoRA folder|absolute path"),
+            _activate(unet, text_encoder, lora_dir, lora(name, "1")),
+        ):
+            pass
+    if os.name != "nt":
+        (lora_dir / "evil.safetensors").symlink_to(outside)
+        with (
+            pytest.raises(ValueError, match="outside the LoRA folder"),
+            _activate(unet, text_encoder, lora_dir, lora("evil")),
+        ):
+            pass
+    assert_bit_identical(unet, before)
+
+
+def test_unreadable_files_get_clear_errors(unet, text_encoder, lora_dir) -> None:
+    lora_dir.mkdir(parents=True)
+    (lora_dir / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    write_safetensors(lora_dir / "checkpoint.safetensors", {"model.diffusion_model.x.weight": torch.zeros(2)})
+    write_safetensors(
+        lora_dir / "loha.safetensors",
+        {"lora_unet_mid_block_attentions_0_proj_in.hada_w1_a": torch.zeros(2, 2)},
+    )
+    write_safetensors(
+        lora_dir / "half.safetensors",
+        {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 64)},
+    )
+    cases = {
+        "corrupt": "cannot read LoRA file corrupt.safetensors",
+        "checkpoint": "not a LoRA file chant can read",
+        "loha": "LoHa networks are not supported",
+        "half": "only one of lora_up/lora_down",
+    }
+    before = snapshot(unet)
+    for name, message in cases.items():
+        with pytest.raises(ValueError, match=message), _activate(unet, text_encoder, lora_dir, lora(name)):
+            pass
+    assert_bit_identical(unet, before)
+
+
+def test_lora_for_another_model_is_refused_before_anything_changes(unet, text_encoder, lora_dir) -> None:
+    good = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
+    bad = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"  # wants 768-wide text
+    write_safetensors(
+        lora_dir / "sd15_for_real.safetensors",
+        {
+            f"{good}.lora_down.weight": torch.ones(2, 64),
+            f"{good}.lora_up.weight": torch.ones(64, 2),
+            f"{bad}.lora_down.weight": torch.ones(2, 768),
+            f"{bad}.lora_up.weight": torch.ones(32, 2),
+        },
+    )
+    write_safetensors(
+        lora_dir / "sdxl_only.safetensors",
+        {
+            "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.ones(2, 1280),
+            "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.ones(5120, 2),
+        },
+    )
+    before = snapshot(unet)
+    with (
+        pytest.raises(ValueError, match="does not fit this model"),
+        _activate(unet, text_encoder, lora_dir, lora("sd15_for_real")),
+    ):
+        pass
+    with (
+        pytest.raises(ValueError, match="has no layer that fits this model"),
+        _activate(unet, text_encoder, lora_dir, lora("sdxl_only")),
+    ):
+        pass
+    assert_bit_identical(unet, before)
+
+
+def test_sdxl_text_encoder_prefixes(unet, text_encoder, lora_dir, run_te) -> None:
+    te2 = type(text_encoder)(text_encoder.config).eval()
+    name = "text_model_encoder_layers_1_self_attn_q_proj"
+    tensors = {}
+    for prefix in ("lora_te1_", "lora_te2_"):
+        tensors[f"{prefix}{name}.lora_down.weight"] = torch.randn(2, 32)
+        tensors[f"{prefix}{name}.lora_up.weight"] = torch.randn(32, 2)
+    write_safetensors(lora_dir / "xl.safetensors", tensors)
+    q1 = text_encoder.encoder.layers[1].self_attn.q_proj.weight
+    q2 = te2.encoder.layers[1].self_attn.q_proj.weight
+    b1, b2 = q1.detach().clone(), q2.detach().clone()
+    with activate_networks(
+        unet=unet, text_encoders=[text_encoder, te2], networks=[lora("xl", "0.5")], lora_dirs=[lora_dir]
+    ):
+        for q, b, prefix in ((q1, b1, "lora_te1_"), (q2, b2, "lora_te2_")):
+            up, down = tensors[f"{prefix}{name}.lora_up.weight"], tensors[f"{prefix}{name}.lora_down.weight"]
+            torch.testing.assert_close(q.detach() - b, up @ down * 0.5, atol=1e-5, rtol=1e-5)
+    assert torch.equal(q1, b1) and torch.equal(q2, b2)
+
+
+def test_cache_reuses_parsed_files_and_notices_a_replaced_file(
+    unet, text_encoder, kohya_file, lora_dir
+) -> None:
+    cache = NetworkCache(max_entries=2)
+    for _ in range(3):
+        with _activate(unet, text_encoder, lora_dir, lora("kohya_style"), cache=cache):
+            pass
+    assert (cache.misses, cache.hits, len(cache)) == (1, 2, 1)
+    st = kohya_file.stat()
+    os.utime(kohya_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with _activate(unet, text_encoder, lora_dir, lora("kohya_style"), cache=cache):
+        pass
+    assert cache.misses == 2 and len(cache) == 2
+
+
+def test_nested_activation_on_one_model_is_refused(unet, text_encoder, kohya_file, lora_dir) -> None:
+    before = snapshot(unet)
+    with (
+        _activate(unet, text_encoder, lora_dir, lora("kohya_style")),
+        pytest.raises(RuntimeError, match="already active"),
+        _activate(unet, text_encoder, lora_dir, lora("kohya_style")),
+    ):
+        pass
+    assert_bit_identical(unet, before)
+
+
+def test_no_networks_is_a_no_op(unet, text_encoder, run_unet) -> None:
+    base = run_unet(unet)
+    with activate_networks(unet=unet, text_encoders=[text_encoder], networks=[]) as active:
+        assert torch.equal(run_unet(unet), base)
+    assert active.loras == [] and active.merged_weights == 0
+
+
+def test_old_diffusers_layouts(unet, text_encoder, lora_dir) -> None:
+    attn = "mid_block.attentions.0.transformer_blocks.0.attn2"
+    g = torch.Generator().manual_seed(8)
+    tensors = {
+        f"unet.{attn}.processor.to_out_lora.down.weight": torch.randn(2, 64, generator=g),
+        f"unet.{attn}.processor.to_out_lora.up.weight": torch.randn(64, 2, generator=g),
+        f"unet.{attn}.to_q.lora_linear_layer.down.weight": torch.randn(2, 64, generator=g),
+        f"unet.{attn}.to_q.lora_linear_layer.up.weight": torch.randn(64, 2, generator=g),
+    }
+    write_safetensors(lora_dir / "old.safetensors", tensors)
+    parsed = load_lora_file(lora_dir / "old.safetensors")
+    assert sorted(layer.key for layer in parsed.layers) == [f"{attn}.to_out.0", f"{attn}.to_q"]
+    module = unet.mid_block.attentions[0].transformer_blocks[0].attn2
+    base = module.to_out[0].weight.detach().clone()
+    with _activate(unet, text_encoder, lora_dir, lora("old")):
+        expected = (
+            tensors[f"unet.{attn}.processor.to_out_lora.up.weight"]
+            @ tensors[f"unet.{attn}.processor.to_out_lora.down.weight"]
+        )
+        torch.testing.assert_close(module.to_out[0].weight.detach() - base, expected, atol=1e-5, rtol=1e-5)
