@@ -3,13 +3,9 @@ the fake Discord server. These start subprocesses, so they are marked slow (a fe
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
-import os
 import re
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,79 +25,15 @@ from tests.bot.conftest import (
     fake_guilds,
 )
 from tests.bot.fake_discord import ALL_PERMISSIONS, FakeDiscord
+from tests.bot.harness import ChantProcess, write_config
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-CHANT = ROOT / ".venv" / "bin" / "chant"
 MANAGE_GUILD = 1 << 5
 
 
 def opt(name: str, value, type_: int = 3) -> dict:
     return {"name": name, "type": type_, "value": value}
-
-
-class ChantProcess:
-    """``chant run`` in a subprocess; its combined output is kept in ``self.output``."""
-
-    def __init__(self, config: Path, fake: FakeDiscord, step_delay: float) -> None:
-        self.config, self.fake, self.step_delay = config, fake, step_delay
-        self.output = ""
-        self.proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "CHANT_"))},
-            **self.fake.env(),
-            "DISCORD_TOKEN": TOKEN,
-            "CHANT_CONFIG": str(self.config),
-            "CHANT_FAKE_ENGINE": "1",
-            "CHANT_FAKE_ENGINE_DELAY": str(self.step_delay),
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
-        exe = [str(CHANT)] if CHANT.exists() else [sys.executable, "-m", "bot.cli"]
-        self.proc = await asyncio.create_subprocess_exec(
-            *exe,
-            "run",
-            env=env,
-            cwd=self.config.parent,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        self._reader = asyncio.create_task(self._read())
-        identifies = len(self.fake.identifies)
-        try:
-            await self.fake.wait_until(
-                lambda: len(self.fake.identifies) > identifies or self.proc.returncode is not None,
-                60,
-                "chant run to connect",
-            )
-        finally:
-            if self.proc.returncode is not None:
-                await asyncio.sleep(0.2)
-                pytest.fail(f"chant run exited with {self.proc.returncode}:\n{self.output[-4000:]}")
-        await self.fake.wait_ready()
-
-    async def _read(self) -> None:
-        assert self.proc and self.proc.stdout
-        while line := await self.proc.stdout.readline():
-            self.output += line.decode(errors="replace")
-
-    async def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._reader:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._reader, 5)
-        return self.proc.returncode or 0
 
 
 @pytest.fixture
@@ -111,28 +43,12 @@ async def fake() -> AsyncIterator[FakeDiscord]:
     await server.close()
 
 
-def write_config(tmp_path: Path, extra: str = "") -> Path:
-    config = tmp_path / "chant.toml"
-    config.write_text(
-        f"""log_level = "INFO"
-[database]
-url = "sqlite+aiosqlite:///{tmp_path / "chant.db"}"
-[discord]
-progress_edit_interval_s = 0.5
-[engine]
-default_model = "fake-sd15"
-{extra}""",
-        encoding="utf-8",
-    )
-    return config
-
-
 @contextlib.asynccontextmanager
 async def chant(tmp_path: Path, fake: FakeDiscord, step_delay: float = 0.01) -> AsyncIterator[ChantProcess]:
     config = tmp_path / "chant.toml"
     if not config.exists():
         write_config(tmp_path)
-    proc = ChantProcess(config, fake, step_delay)
+    proc = ChantProcess(config, fake, step_delay, TOKEN)
     await proc.start()
     try:
         yield proc
