@@ -85,7 +85,7 @@ def text_encoder(_te_template):
     return copy.deepcopy(_te_template)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def unet_inputs():
     g = torch.Generator().manual_seed(2)
     return (
@@ -95,7 +95,7 @@ def unet_inputs():
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_unet(unet_inputs) -> Callable:
     @torch.no_grad()
     def run(model):
@@ -105,7 +105,7 @@ def run_unet(unet_inputs) -> Callable:
     return run
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_te() -> Callable:
     ids = torch.tensor([[0, 5, 17, 99, 400, 2, 1]])
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
 from core.engine.networks import NetworkCache, activate_networks
-from core.engine.networks.lora import load_lora_file
+from core.engine.networks.lora import load_lora_file, module_index
 from tests.core.engine.networks.conftest import (
     TE_TARGETS,
     UNET_TARGETS,
@@ -25,42 +27,50 @@ from tests.core.engine.networks.conftest import (
 TOL = {"atol": 2e-5, "rtol": 1e-4}
 
 
-@pytest.fixture
-def lora_dir(tmp_path: Path) -> Path:
-    return tmp_path / "Lora"
+@dataclass(frozen=True)
+class Library:
+    """Two LoRA files made from one PEFT adapter (rank 4, alpha 8 -> scale 2) and its outputs."""
+
+    root: Path
+    unet_layers: int
+    te_layers: int
+    expected_unet: torch.Tensor  # PEFT-injected UNet output
+    expected_te: torch.Tensor  # PEFT-injected text encoder output
 
 
-@pytest.fixture
-def references(unet, text_encoder):
-    """PEFT-injected copies (rank 4, alpha 8 -> scale 2) of both models and their LoRA tensors."""
-    ref_unet, unet_sd = peft_lora(unet, UNET_TARGETS, seed=3)
-    ref_te, te_sd = peft_lora(text_encoder, TE_TARGETS, seed=4)
-    return ref_unet, unet_sd, ref_te, te_sd
-
-
-@pytest.fixture
-def kohya_file(lora_dir: Path, references) -> Path:
-    _, unet_sd, _, te_sd = references
-    tensors = {
+@pytest.fixture(scope="session")
+def library(tmp_path_factory, _unet_template, _te_template, run_unet, run_te) -> Library:
+    ref_unet, unet_sd = peft_lora(_unet_template, UNET_TARGETS, seed=3)
+    ref_te, te_sd = peft_lora(_te_template, TE_TARGETS, seed=4)
+    root = tmp_path_factory.mktemp("lora_library")
+    kohya = {
         **kohya_tensors(unet_sd, "lora_unet_", alpha=8.0),
         # kohya names text-encoder layers after transformers 4's CLIPTextModel (``text_model.``)
         **kohya_tensors(te_sd, "lora_te_text_model_", alpha=8.0),
     }
-    return write_safetensors(lora_dir / "kohya_style.safetensors", tensors)
+    write_safetensors(root / "kohya_style.safetensors", kohya)
+    tensors = {f"unet.{k}": v for k, v in unet_sd.items()}
+    tensors.update({f"text_encoder.{k}": v for k, v in te_sd.items()})
+    adapter = {"unet.r": 4, "unet.lora_alpha": 8, "text_encoder.r": 4, "text_encoder.lora_alpha": 8}
+    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(adapter)}
+    write_safetensors(root / "sub" / "peft_style.safetensors", tensors, metadata)
+    return Library(root, len(unet_sd) // 2, len(te_sd) // 2, run_unet(ref_unet), run_te(ref_te))
 
 
 @pytest.fixture
-def diffusers_file(lora_dir: Path, references) -> Path:
-    _, unet_sd, _, te_sd = references
-    tensors = {f"unet.{k}": v for k, v in unet_sd.items()}
-    tensors.update({f"text_encoder.{k}": v for k, v in te_sd.items()})
-    metadata = {
-        "format": "pt",
-        "lora_adapter_metadata": json.dumps(
-            {"unet.r": 4, "unet.lora_alpha": 8, "text_encoder.r": 4, "text_encoder.lora_alpha": 8}
-        ),
-    }
-    return write_safetensors(lora_dir / "sub" / "peft_style.safetensors", tensors, metadata)
+def lora_dir(tmp_path: Path, library: Library) -> Path:
+    """A fresh copy of the library per test (tests add files and links to it)."""
+    return Path(shutil.copytree(library.root, tmp_path / "Lora"))
+
+
+@pytest.fixture
+def kohya_file(lora_dir: Path) -> Path:
+    return lora_dir / "kohya_style.safetensors"
+
+
+@pytest.fixture
+def diffusers_file(lora_dir: Path) -> Path:
+    return lora_dir / "sub" / "peft_style.safetensors"
 
 
 def _activate(unet, te, lora_dir, *tags, **kwargs):
@@ -71,14 +81,13 @@ def _activate(unet, te, lora_dir, *tags, **kwargs):
 
 @pytest.mark.parametrize("fixture", ["kohya_file", "diffusers_file"])
 def test_lora_matches_the_peft_reference_and_is_removed_exactly(
-    request, fixture, unet, text_encoder, references, run_unet, run_te, lora_dir
+    request, fixture, unet, text_encoder, library, run_unet, run_te, lora_dir
 ) -> None:
     path = request.getfixturevalue(fixture)
-    ref_unet, unet_sd, ref_te, te_sd = references
-    layers = (len(unet_sd) + len(te_sd)) // 2
+    layers = library.unet_layers + library.te_layers
     base_unet, base_te = run_unet(unet), run_te(text_encoder)
     before_unet, before_te = snapshot(unet), snapshot(text_encoder)
-    expected_unet, expected_te = run_unet(ref_unet), run_te(ref_te)
+    expected_unet, expected_te = library.expected_unet, library.expected_te
     assert not torch.allclose(expected_unet, base_unet, atol=1e-3)
     assert not torch.allclose(expected_te, base_te, atol=1e-3)
 
@@ -103,15 +112,14 @@ def test_multiplier_zero_changes_nothing(unet, text_encoder, kohya_file, run_une
 
 
 def test_te_and_unet_multipliers_reach_only_their_model(
-    unet, text_encoder, kohya_file, references, run_unet, run_te, lora_dir
+    unet, text_encoder, kohya_file, library, run_unet, run_te, lora_dir
 ) -> None:
-    ref_unet, _, ref_te, _ = references
     base_unet, base_te = run_unet(unet), run_te(text_encoder)
     with _activate(unet, text_encoder, lora_dir, lora("kohya_style", "1", "0")):
         assert torch.equal(run_unet(unet), base_unet)
-        torch.testing.assert_close(run_te(text_encoder), run_te(ref_te), **TOL)
+        torch.testing.assert_close(run_te(text_encoder), library.expected_te, **TOL)
     with _activate(unet, text_encoder, lora_dir, lora("kohya_style", te="0", unet="1")):
-        torch.testing.assert_close(run_unet(unet), run_unet(ref_unet), **TOL)
+        torch.testing.assert_close(run_unet(unet), library.expected_unet, **TOL)
         assert torch.equal(run_te(text_encoder), base_te)
 
 
@@ -237,7 +245,7 @@ def test_path_escapes_are_refused(tmp_path, unet, text_encoder, kohya_file, lora
 
 
 def test_unreadable_files_get_clear_errors(unet, text_encoder, lora_dir) -> None:
-    lora_dir.mkdir(parents=True)
+    lora_dir.mkdir(parents=True, exist_ok=True)
     (lora_dir / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     write_safetensors(lora_dir / "checkpoint.safetensors", {"model.diffusion_model.x.weight": torch.zeros(2)})
     write_safetensors(
@@ -367,3 +375,57 @@ def test_old_diffusers_layouts(unet, text_encoder, lora_dir) -> None:
             @ tensors[f"unet.{attn}.processor.to_out_lora.down.weight"]
         )
         torch.testing.assert_close(module.to_out[0].weight.detach() - base, expected, atol=1e-5, rtol=1e-5)
+
+
+DATA = Path(__file__).parent / "data"
+
+# Original LDM/SGM module names (A1111's layout; kohya's SDXL files use them) -> diffusers paths.
+SD15_LDM = {
+    "input_blocks_0_0": "conv_in",
+    "time_embed_0": "time_embedding.linear_1",
+    "input_blocks_1_0_in_layers_2": "down_blocks.0.resnets.0.conv1",
+    "input_blocks_1_1_proj_in": "down_blocks.0.attentions.0.proj_in",
+    "input_blocks_2_1_transformer_blocks_0_attn2_to_k": "down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k",
+    "input_blocks_3_0_op": "down_blocks.0.downsamplers.0.conv",
+    "input_blocks_4_0_skip_connection": "down_blocks.1.resnets.0.conv_shortcut",
+    "input_blocks_8_1_transformer_blocks_0_ff_net_0_proj": "down_blocks.2.attentions.1.transformer_blocks.0.ff.net.0.proj",
+    "input_blocks_10_0_emb_layers_1": "down_blocks.3.resnets.0.time_emb_proj",
+    "input_blocks_11_0_out_layers_3": "down_blocks.3.resnets.1.conv2",
+    "middle_block_0_in_layers_2": "mid_block.resnets.0.conv1",
+    "middle_block_1_transformer_blocks_0_attn1_to_q": "mid_block.attentions.0.transformer_blocks.0.attn1.to_q",
+    "middle_block_2_out_layers_3": "mid_block.resnets.1.conv2",
+    "output_blocks_0_0_in_layers_2": "up_blocks.0.resnets.0.conv1",
+    "output_blocks_2_1_conv": "up_blocks.0.upsamplers.0.conv",
+    "output_blocks_3_1_proj_out": "up_blocks.1.attentions.0.proj_out",
+    "output_blocks_5_2_conv": "up_blocks.1.upsamplers.0.conv",
+    "output_blocks_8_2_conv": "up_blocks.2.upsamplers.0.conv",
+    "output_blocks_11_1_transformer_blocks_0_attn2_to_out_0": "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_out.0",
+    "out_2": "conv_out",
+    # kohya's SD1 files use the diffusers path with underscores
+    "down_blocks_2_attentions_1_transformer_blocks_0_attn2_to_k": "down_blocks.2.attentions.1.transformer_blocks.0.attn2.to_k",
+}
+SDXL_LDM = {
+    "input_blocks_1_0_in_layers_2": "down_blocks.0.resnets.0.conv1",
+    "input_blocks_3_0_op": "down_blocks.0.downsamplers.0.conv",
+    "input_blocks_4_1_transformer_blocks_1_attn1_to_k": "down_blocks.1.attentions.0.transformer_blocks.1.attn1.to_k",
+    "input_blocks_7_1_transformer_blocks_9_attn2_to_v": "down_blocks.2.attentions.0.transformer_blocks.9.attn2.to_v",
+    "input_blocks_8_1_proj_in": "down_blocks.2.attentions.1.proj_in",
+    "middle_block_1_transformer_blocks_0_ff_net_2": "mid_block.attentions.0.transformer_blocks.0.ff.net.2",
+    "output_blocks_0_1_transformer_blocks_0_attn1_to_q": "up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+    "output_blocks_2_2_conv": "up_blocks.0.upsamplers.0.conv",
+    "output_blocks_5_2_conv": "up_blocks.1.upsamplers.0.conv",
+    "output_blocks_8_0_skip_connection": "up_blocks.2.resnets.2.conv_shortcut",
+    "label_emb_0_0": "add_embedding.linear_1",
+}
+
+
+@pytest.mark.parametrize(("config", "table"), [("sd15_unet.json", SD15_LDM), ("sdxl_unet.json", SDXL_LDM)])
+def test_original_layout_names_find_the_diffusers_modules(config: str, table: dict[str, str]) -> None:
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        big = UNet2DConditionModel.from_config(json.loads((DATA / config).read_text()))
+    index = module_index("unet", big)
+    modules = dict(big.named_modules())
+    wrong = {ldm: path for ldm, path in table.items() if index.get(ldm) is not modules[path]}
+    assert not wrong
