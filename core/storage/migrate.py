@@ -41,14 +41,36 @@ def _with_connection(connection: Connection, fn, *args) -> None:
     fn(cfg, *args)
 
 
+async def run(engine: AsyncEngine, fn, *args) -> None:
+    """Run an Alembic command ``fn(config, *args)`` on a connection of ``engine``, in one transaction.
+
+    On SQLite, foreign keys are switched off for the migration (batch migrations drop and re-create
+    tables, and a DROP with foreign keys on would cascade-delete child rows), then checked with
+    ``PRAGMA foreign_key_check`` and switched back on.
+    """
+    async with engine.connect() as conn:
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:  # must happen outside a transaction: straight to the driver
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            async with conn.begin():
+                await conn.run_sync(_with_connection, fn, *args)
+                if sqlite:
+                    broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                    if broken:
+                        raise RuntimeError(f"migration left rows with broken foreign keys: {broken[:5]}")
+        finally:
+            if sqlite:
+                await driver.execute("PRAGMA foreign_keys=ON")
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    async with engine.begin() as conn:
-        await conn.run_sync(_with_connection, command.upgrade, revision)
+    await run(engine, command.upgrade, revision)
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
-    async with engine.begin() as conn:
-        await conn.run_sync(_with_connection, command.downgrade, revision)
+    await run(engine, command.downgrade, revision)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, func, or_, select, update
+from sqlalchemy import Select, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -863,6 +863,36 @@ class QuotaRepo:
             or 0.0
         )
 
+    async def _usage(
+        self, guild_id: int | None, user_id: int, allowances: Sequence[Allowance], now: datetime
+    ) -> list[QuotaUsage]:
+        """Usage in each allowance's current window, in one query."""
+        if not allowances:
+            return []
+        windows = {a.period: quota_window(a.period, now) for a in allowances}
+        sums = [
+            func.coalesce(
+                func.sum(case((UsageEntry.created_at >= start, UsageEntry.amount), else_=0.0)), 0.0
+            ).label(period)
+            for period, (start, _) in windows.items()
+        ]
+        rows = await self.session.execute(
+            select(UsageEntry.unit, *sums)
+            .where(
+                UsageEntry.guild_id == _guild_key(guild_id),
+                UsageEntry.user_id == user_id,
+                UsageEntry.unit.in_({a.unit for a in allowances}),
+                UsageEntry.created_at >= min(start for start, _ in windows.values()),
+                UsageEntry.state.in_(("reserved", "committed")),
+            )
+            .group_by(UsageEntry.unit)
+        )
+        used = {(row.unit, period): float(row._mapping[period]) for row in rows for period in windows}
+        return [
+            QuotaUsage(a.unit, a.period, used.get((a.unit, a.period), 0.0), a.allowance, *windows[a.period])
+            for a in allowances
+        ]
+
     async def status(
         self,
         guild_id: int | None,
@@ -871,21 +901,8 @@ class QuotaRepo:
         *,
         now: datetime | None = None,
     ) -> list[QuotaUsage]:
-        now = now or utcnow()
-        out = []
-        for a in allowances:
-            start, resets = quota_window(a.period, now)
-            out.append(
-                QuotaUsage(
-                    a.unit,
-                    a.period,
-                    await self.used(guild_id, user_id, a.unit, start),
-                    a.allowance,
-                    start,
-                    resets,
-                )
-            )
-        return out
+        """Used / allowance / reset time for each allowance (for /quota)."""
+        return await self._usage(guild_id, user_id, allowances, now or utcnow())
 
     async def lock_user(self, guild_id: int | None, user_id: int) -> None:
         """Serialise this user's reservations until the transaction ends.
@@ -921,14 +938,10 @@ class QuotaRepo:
             if not 0 <= amount < math.inf:
                 raise ValueError(f"a reservation must be a finite amount ≥ 0, got {amount!r}")
         await self.lock_user(guild_id, user_id)
-        for a in allowances:
-            amount = charges.get(a.unit)
-            if amount is None:
-                continue
-            start, resets = quota_window(a.period, now)
-            used = await self.used(guild_id, user_id, a.unit, start)
-            if used + amount > a.allowance + 1e-9:
-                raise QuotaExceeded(QuotaUsage(a.unit, a.period, used, a.allowance, start, resets), amount)
+        for usage in await self._usage(guild_id, user_id, [a for a in allowances if a.unit in charges], now):
+            amount = charges[usage.unit]
+            if usage.used + amount > usage.allowance + 1e-9:
+                raise QuotaExceeded(usage, amount)
         entries = [
             UsageEntry(
                 guild_id=_guild_key(guild_id),

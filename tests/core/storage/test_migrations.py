@@ -89,3 +89,36 @@ def test_chant_db_check_fails_on_drift_and_bad_urls_are_explained(
     assert "database at None" in capsys.readouterr().out
     assert main(["db", "current", "--url", "mysql://x@y/z"]) == 2
     assert "unsupported database 'mysql'" in capsys.readouterr().err
+
+
+async def test_sqlite_batch_migrations_do_not_cascade_deletes(sqlite_db) -> None:
+    """A batch migration re-creates ``jobs``; with foreign keys on, that would delete its images."""
+    import sqlalchemy as sa
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import func, select, text
+
+    from core.storage.models import JobImage
+    from core.storage.repositories import Repositories
+    from core.types import GeneratedImage, GenerationRequest
+
+    async with sqlite_db.transaction(write=True) as s:
+        r = Repositories(s)
+        job = await r.jobs.add(user_id=1, channel_id=2, guild_id=3, request=GenerationRequest(prompt="x"))
+        await r.jobs.add_images(job.id, [GeneratedImage(b"png", 1, 0, "i")])
+
+    seen = []
+
+    def recreate_jobs(cfg) -> None:
+        conn = cfg.attributes["connection"]
+        seen.append(conn.exec_driver_sql("PRAGMA foreign_keys").scalar())
+        with Operations(MigrationContext.configure(conn)).batch_alter_table(
+            "jobs", recreate="always"
+        ) as batch:
+            batch.add_column(sa.Column("extra", sa.Integer()))
+
+    await migrate.run(sqlite_db.engine, recreate_jobs)
+    assert seen == [0]
+    async with sqlite_db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(JobImage)) == 1
+        assert (await s.execute(text("PRAGMA foreign_keys"))).scalar() == 1
