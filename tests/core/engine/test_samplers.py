@@ -24,7 +24,9 @@ from core.engine.samplers import (
     uses_ensd,
 )
 
-SD15 = json.loads((Path(__file__).parents[2] / "data" / "sd15_scheduler_config.json").read_text())
+DATA = Path(__file__).parents[2] / "data"
+SD15 = json.loads((DATA / "sd15_scheduler_config.json").read_text())
+SDXL = json.loads((DATA / "sdxl_scheduler_config.json").read_text())  # "leading" spacing, EulerDiscrete
 A1111_NAMES = [
     "Euler", "Euler a", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ 2M SDE Heun",
     "DPM++ 3M SDE", "DPM++ SDE", "DPM++ 2S a", "DDIM", "PLMS", "UniPC", "LCM",
@@ -61,6 +63,19 @@ def test_every_supported_schedule_type_builds_and_steps(name):
     for schedule in schedule_types(name):
         x = _run(make_scheduler(SD15, name, schedule, seeds=[1]), calls=2)
         assert torch.isfinite(x).all(), (name, schedule)
+
+
+@pytest.mark.parametrize("name", A1111_NAMES)
+def test_every_sampler_builds_from_sdxl_config(name):
+    x = _run(make_scheduler(SDXL, name, seeds=[1]), calls=2)
+    assert torch.isfinite(x).all()
+
+
+def test_k_diffusion_automatic_uses_a1111_uniform_timesteps_even_on_sdxl_config():
+    # A1111's k-diffusion get_sigmas: t = linspace(999, 0, steps); SDXL's config says "leading".
+    sched = make_scheduler(SDXL, "Euler a")
+    sched.set_timesteps(20)
+    assert int(sched.timesteps[0]) == 999 and int(sched.timesteps[-1]) == 0
 
 
 def test_a1111_automatic_defaults():
@@ -207,3 +222,15 @@ def test_stochastic_samplers_take_their_noise_from_the_image_rng(name):
 
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
+
+
+def test_make_scheduler_returns_independent_fresh_instances():
+    a = make_scheduler(SD15, "DPM2 a", "Karras")
+    a.set_timesteps(7)
+    b = make_scheduler(SD15, "DPM2 a", "Karras")
+    assert a is not b
+    assert a.num_inference_steps == 7 and b.num_inference_steps != 7  # no state leaks via the cache
+    c = make_scheduler({**SD15, "prediction_type": "v_prediction"}, "DPM2 a", "Karras")
+    assert c.config.prediction_type == "v_prediction" and b.config.prediction_type == "epsilon"
+    assert make_scheduler(SD15, "DPM++ SDE", seeds=[8]).config.noise_sampler_seed == 8
+    assert make_scheduler(SD15, "DPM++ SDE", seeds=[9]).config.noise_sampler_seed == 9
