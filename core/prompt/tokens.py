@@ -1,0 +1,270 @@
+"""CLIP BPE tokens and A1111's 75-token chunker (A1111-SEMANTICS §7 and §10).
+
+``ClipTokenizer`` is OpenAI CLIP's byte-level BPE in pure Python over the vocabulary shipped in
+``data/bpe_simple_vocab_16e6.txt.gz`` (MIT, from OpenAI CLIP via open_clip), with the text
+clean-up of Hugging Face's ``CLIPTokenizer`` (NFC, whitespace runs to one space, lowercase), so
+``encode`` gives the ids ``CLIPTokenizer`` gives. ``tokenize_text`` is A1111's ``tokenize_line``:
+ids and multipliers only; the engine turns them into tensors.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import math
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import regex
+
+from core.prompt.attention import parse_attention_cached
+
+BOS = 49406
+EOS = 49407
+COMMA = 267  # ",</w>"
+CHUNK = 75
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
+_DATA = Path(__file__).with_name("data") / "bpe_simple_vocab_16e6.txt.gz"
+_PATTERN = regex.compile(
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+    regex.IGNORECASE,
+)
+_SPACES = regex.compile(r"\s+")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable character table."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+class ClipTokenizer:
+    """CLIP's BPE (49408 ids). ``encode`` adds no BOS/EOS and never truncates."""
+
+    def __init__(self, bpe_path: Path = _DATA) -> None:
+        with gzip.open(bpe_path) as f:
+            lines = f.read().decode("utf-8").split("\n")
+        merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+        self._byte_encoder = _bytes_to_unicode()
+        base = list(self._byte_encoder.values())
+        words = base + [v + "</w>" for v in base] + ["".join(m) for m in merges]
+        words += ["<|startoftext|>", "<|endoftext|>"]
+        self._vocab = {w: i for i, w in enumerate(words)}
+        self._merges: list[tuple[str, str]] = merges  # type: ignore[assignment]
+        self._ranks = {m: i for i, m in enumerate(merges)}
+        self._cache: dict[str, tuple[int, ...]] = {"<|startoftext|>": (BOS,), "<|endoftext|>": (EOS,)}
+
+    @classmethod
+    @lru_cache(maxsize=1)
+    def default(cls) -> ClipTokenizer:
+        return cls()
+
+    def vocab(self) -> dict[str, int]:
+        return dict(self._vocab)
+
+    def merges(self) -> list[tuple[str, str]]:
+        return list(self._merges)
+
+    def encode(self, text: str) -> list[int]:
+        if text.isascii():
+            text = text.lower()
+        else:
+            text = _SPACES.sub(" ", unicodedata.normalize("NFC", text))
+            # Character by character, like the tokenizers library: no final-sigma rule.
+            text = "".join(c.lower() for c in text) if "Σ" in text else text.lower()
+        ids: list[int] = []
+        cache = self._cache
+        for word in _PATTERN.findall(text):
+            cached = cache.get(word)
+            if cached is None:
+                cached = cache[word] = self._bpe(word)
+                if len(cache) > 100_000:
+                    cache.clear()
+            ids.extend(cached)
+        return ids
+
+    def _bpe(self, word: str) -> tuple[int, ...]:
+        chars = "".join(self._byte_encoder[b] for b in word.encode("utf-8"))
+        parts = [*chars[:-1], chars[-1] + "</w>"]
+        ranks = self._ranks
+        while len(parts) > 1:
+            best = min(itertools.pairwise(parts), key=lambda pair: ranks.get(pair, math.inf))
+            if best not in ranks:
+                break
+            first, second = best
+            merged: list[str] = []
+            i = 0
+            while i < len(parts):
+                if i < len(parts) - 1 and parts[i] == first and parts[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        return tuple(self._vocab[p] for p in parts)
+
+
+@dataclass(frozen=True)
+class EmbeddingFix:
+    offset: int  # position of the first placeholder, counted from the first token after BOS
+    name: str
+    vectors: int
+
+    def to_json(self) -> list:
+        return [self.offset, self.name, self.vectors]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    tokens: tuple[int, ...]  # 77: BOS, 75 body tokens (EOS padding), EOS
+    multipliers: tuple[float, ...]
+    fixes: tuple[EmbeddingFix, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "tokens": list(self.tokens),
+            "multipliers": list(self.multipliers),
+            "fixes": [f.to_json() for f in self.fixes],
+        }
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    chunks: tuple[Chunk, ...]
+    token_count: int  # A1111's counter: 75 per non-final chunk plus the final chunk's length
+
+    @property
+    def max_length(self) -> int:
+        """The "/150" of A1111's "n/150" counter: the token count rounded up to whole chunks."""
+        return math.ceil(max(self.token_count, 1) / CHUNK) * CHUNK
+
+    def to_json(self) -> dict:
+        return {"chunks": [c.to_json() for c in self.chunks], "token_count": self.token_count}
+
+
+class _Embeddings:
+    """Registered names by first token id, longest first (A1111 ``register_embedding_by_name``)."""
+
+    def __init__(self, embeddings: Mapping[str, int], tokenizer: ClipTokenizer) -> None:
+        self.by_first: dict[int, list[tuple[tuple[int, ...], str, int]]] = {}
+        for name, vectors in embeddings.items():
+            if type(vectors) is not int or not 1 <= vectors <= CHUNK:
+                raise ValueError(
+                    f"embedding {name!r}: vectors must be an integer from 1 to {CHUNK}, not {vectors!r}"
+                )
+            ids = tuple(tokenizer.encode(name))
+            if not ids:
+                raise ValueError(f"embedding name {name!r} has no tokens")
+            entries = self.by_first.setdefault(ids[0], [])
+            entries.append((ids, name, vectors))
+            entries.sort(key=lambda e: len(e[0]), reverse=True)
+
+    def find(self, tokens: list[int], position: int) -> tuple[tuple[int, ...], str, int] | None:
+        candidates = self.by_first.get(tokens[position])
+        if candidates:
+            for entry in candidates:
+                ids = entry[0]
+                if tuple(tokens[position : position + len(ids)]) == ids:
+                    return entry
+        return None
+
+
+def tokenize_text(
+    text: str,
+    *,
+    embeddings: Mapping[str, int] | None = None,
+    emphasis: str = "Original",
+    comma_padding_backtrack: int = 20,
+    tokenizer: ClipTokenizer | None = None,
+) -> TokenizedPrompt:
+    """A1111's ``tokenize_line`` for one scheduled text.
+
+    ``emphasis`` "None" takes the text whole at weight 1.0 (brackets and BREAK literal); the other
+    modes give the same ids and multipliers (they differ in how the engine applies them).
+    ``embeddings`` maps textual-inversion names to their vector counts; names match by token ids,
+    longest first. Upstream bug kept on purpose (A1111-SEMANTICS §10.4): comma backtracking moves an
+    embedding's placeholder tokens to the next chunk but leaves its fix in the previous chunk
+    (pointing into its padding), so chant's conditioning equals A1111's; the engine must clip fixes
+    to the 77-token chunk as A1111's ``EmbeddingsWithFixes`` does.
+    """
+    if emphasis not in EMPHASIS_MODES:
+        raise ValueError(f"emphasis must be one of {', '.join(EMPHASIS_MODES)}, not {emphasis!r}")
+    if type(comma_padding_backtrack) is not int or comma_padding_backtrack < 0:
+        raise ValueError(
+            f"comma_padding_backtrack must be a non-negative integer, not {comma_padding_backtrack!r}"
+        )
+    tok = tokenizer or ClipTokenizer.default()
+    db = _Embeddings(embeddings, tok) if embeddings else None
+    parsed = parse_attention_cached(text) if emphasis != "None" else ((text, 1.0),)
+
+    chunks: list[Chunk] = []
+    tokens: list[int] = []
+    mults: list[float] = []
+    fixes: list[EmbeddingFix] = []
+    token_count = 0
+    last_comma = -1
+
+    def close(is_last: bool = False) -> None:
+        nonlocal tokens, mults, fixes, token_count, last_comma
+        token_count += len(tokens) if is_last else CHUNK
+        pad = CHUNK - len(tokens)
+        chunks.append(
+            Chunk(
+                (BOS, *tokens, *([EOS] * pad), EOS),
+                (1.0, *mults, *([1.0] * pad), 1.0),
+                tuple(fixes),
+            )
+        )
+        tokens, mults, fixes = [], [], []
+        last_comma = -1
+
+    for segment, weight in parsed:
+        if segment == "BREAK" and weight == -1:
+            close()
+            continue
+        ids = tok.encode(segment)
+        position = 0
+        while position < len(ids):
+            token = ids[position]
+            if token == COMMA:
+                last_comma = len(tokens)
+            elif (
+                comma_padding_backtrack
+                and len(tokens) == CHUNK
+                and last_comma != -1
+                and len(tokens) - last_comma <= comma_padding_backtrack
+            ):
+                cut = last_comma + 1
+                moved_tokens, moved_mults = tokens[cut:], mults[cut:]
+                del tokens[cut:], mults[cut:]
+                close()
+                tokens, mults = moved_tokens, moved_mults
+            if len(tokens) == CHUNK:
+                close()
+            found = db.find(ids, position) if db is not None else None
+            if found is None:
+                tokens.append(token)
+                mults.append(weight)
+                position += 1
+                continue
+            name_ids, name, vectors = found
+            if len(tokens) + vectors > CHUNK:
+                close()
+            fixes.append(EmbeddingFix(len(tokens), name, vectors))
+            tokens.extend([0] * vectors)
+            mults.extend([weight] * vectors)
+            position += len(name_ids)
+    if tokens or not chunks:
+        close(is_last=True)
+    return TokenizedPrompt(tuple(chunks), token_count)
