@@ -372,6 +372,62 @@ class FakeDiscord:
         await self.dispatch("INTERACTION_CREATE", data)
         return iid, token
 
+    async def component(
+        self,
+        custom_id: str,
+        *,
+        message_id: int,
+        guild_id: int | None,
+        channel_id: int,
+        user_id: int,
+        ephemeral: bool = True,
+    ) -> tuple[int, str]:
+        """Send INTERACTION_CREATE for a button click on ``message_id``; returns (interaction id, token)."""
+        iid = self.new_id()
+        token = f"itoken-{iid}"
+        message = self._message(channel_id, {"flags": 64 if ephemeral else 0}, [], message_id=message_id)
+        message["components"] = [
+            {"type": 1, "components": [{"type": 2, "style": 2, "custom_id": custom_id, "label": "x"}]}
+        ]
+        data: dict[str, Any] = {
+            "id": str(iid),
+            "application_id": str(APPLICATION_ID),
+            "type": 3,
+            "token": token,
+            "version": 1,
+            "data": {"custom_id": custom_id, "component_type": 2},
+            "message": message,
+            "channel_id": str(channel_id),
+            "locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(guild_id or user_id)},
+            "app_permissions": str(ALL_PERMISSIONS),
+            "attachment_size_limit": 10 * 1024 * 1024,
+        }
+        if guild_id is not None:
+            member = self._member(guild_id, user_id, ())
+            member["permissions"] = "0"
+            data.update(
+                guild_id=str(guild_id),
+                member=member,
+                guild_locale="en-US",
+                context=0,
+                channel={
+                    "id": str(channel_id),
+                    "type": 0,
+                    "guild_id": str(guild_id),
+                    "name": "chan",
+                    "position": 0,
+                    "permission_overwrites": [],
+                    "nsfw": False,
+                    "parent_id": None,
+                },
+            )
+        else:
+            data.update(user=self._user(user_id), context=1)
+        await self.dispatch("INTERACTION_CREATE", data)
+        return iid, token
+
     async def react(
         self,
         message_id: int,

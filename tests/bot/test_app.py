@@ -362,3 +362,71 @@ async def test_cancel_reports_in_the_channel(bot: RunningBot, guild, channel) ->
         rf"/channels/{channel}/messages/{status_id}",
         lambda c: "was cancelled" in (c.json or {}).get("content", ""),
     )
+
+
+async def test_sampler_model_and_size_autocomplete(bot: RunningBot) -> None:
+    fake = bot.fake
+    iid, token = await imagine(
+        fake, "x", {"name": "sampler", "type": 3, "value": "eu", "focused": True}, type=4
+    )
+    (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+    assert cb.json["type"] == 8
+    assert [c["value"] for c in cb.json["data"]["choices"]] == ["Euler a", "Euler"]
+    iid, token = await imagine(
+        fake, "x", {"name": "model", "type": 3, "value": "xl", "focused": True}, type=4
+    )
+    (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+    assert [c["value"] for c in cb.json["data"]["choices"]] == ["fake-xl"]
+    iid, token = await imagine(fake, "x", {"name": "size", "type": 3, "value": "", "focused": True}, type=4)
+    (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+    sizes = [c["value"] for c in cb.json["data"]["choices"]]
+    assert "512x768" in sizes and "1024x1024" in sizes
+    assert all(int(w) * int(h) <= bot.settings.limits.max_pixels for w, h in (s.split("x") for s in sizes))
+    from bot.options import size_choices
+
+    assert [c.value for c in size_choices(512 * 768)] == ["512x512", "512x768", "768x512"]
+
+
+async def test_a_bad_size_is_refused_with_the_expected_format(bot: RunningBot) -> None:
+    iid, token = await imagine(bot.fake, "x", opt("size", "huge"))
+    (cb,) = await bot.fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+    assert cb.json["type"] == 4 and cb.json["data"]["flags"] & EPHEMERAL  # refused before deferring
+    assert "WIDTHxHEIGHT" in cb.json["data"]["content"]
+    assert not bot.service.calls
+
+
+async def test_history_pages_with_buttons_that_survive_restarts(fake: FakeDiscord) -> None:
+    service = FakeService(step_delay_s=0.0)
+    async with running_bot(fake, service):
+        for n in range(12):
+            await imagine(fake, f"job {n}", opt("steps", 1, 4))
+        await fake.wait_until(lambda: len(result_posts(fake)) >= 12, 20, "12 results")
+        _, token = await fake.interaction(
+            "history", [], guild_id=GUILD_A, channel_id=CHANNEL_A, user_id=ALICE
+        )
+        (page1,) = await fake.wait_call("POST", rf"/webhooks/\d+/{token}")
+        assert "page 1/2" in page1.json["content"] and "`#12`" in page1.json["content"]
+        buttons = [b["custom_id"] for row in page1.json["components"] for b in row["components"]]
+        assert buttons == [f"chant:history:{ALICE}:0", f"chant:history:{ALICE}:1"]
+    # A new bot process: the button still works (its state is in the custom_id).
+    async with running_bot(fake, service):
+        iid, token = await fake.component(
+            f"chant:history:{ALICE}:1",
+            message_id=int(page1.response["id"]),
+            guild_id=GUILD_A,
+            channel_id=CHANNEL_A,
+            user_id=ALICE,
+        )
+        (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+        assert cb.json["type"] == 7  # update the message in place
+        assert "page 2/2" in cb.json["data"]["content"] and "`#1`" in cb.json["data"]["content"]
+        # Someone else's buttons are refused.
+        iid, token = await fake.component(
+            f"chant:history:{ALICE}:1",
+            message_id=int(page1.response["id"]),
+            guild_id=GUILD_A,
+            channel_id=CHANNEL_A,
+            user_id=BOB,
+        )
+        (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+        assert cb.json["type"] == 4 and cb.json["data"]["flags"] & EPHEMERAL
