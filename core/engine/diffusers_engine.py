@@ -406,16 +406,20 @@ class DiffusersEngine:
 
         request = plan.request
         seed, subseed = plan.seeds[index], plan.subseeds[index]
-        text = infotext.build_infotext(
-            request,
+        text = infotext.infotext_for_request(
+            request.replace(sampler=plan.sampler.name),
             seed=seed,
             subseed=subseed,
+            schedule_type=plan.sampler.schedule_type,
             model_name=plan.model.name,
-            model_hash=plan.model.hash,
+            model_hash=plan.model.hash or None,
             clip_skip=request.clip_skip or plan.model.source.clip_skip,
-            eta_noise_seed_delta=plan.ensd,
+            ensd=plan.ensd,
             rng=plan.rng_source,
-            emphasis=self.settings.emphasis,
+            extra={
+                "Eta": request.eta,
+                "Emphasis": None if self.settings.emphasis == "Original" else self.settings.emphasis,
+            },
         )
         return GeneratedImage(
             png=infotext.png_with_infotext(image, text), seed=seed, subseed=subseed, infotext=text

@@ -47,6 +47,7 @@ def engine_settings(tiny, *, name: str = "tiny", single_file: bool = True, **cha
         "model_dirs": (str(Path(tiny.single_file).parent),),
         "embedding_dirs": (),
         "preview_every": 0,
+        "threads": 1,  # same bits every run, and no thread oversubscription on a shared 2-core box
     }
     values.update(changes)
     return EngineSettings(**values)

@@ -1,0 +1,260 @@
+"""DiffusersEngine on tiny random-weight models: parity with diffusers, A1111 semantics, errors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.engine import rng, samplers
+from core.engine.diffusers_engine import DiffusersEngine
+from core.engine.infotext import parse_infotext
+from core.types import GenerationCancelled, GenerationError, GenerationRequest, OutOfMemory
+
+from .conftest import engine_settings
+
+SMALL = {"width": 64, "height": 64, "steps": 3}
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+
+
+def loaded(engine: DiffusersEngine):
+    engine.generate(GenerationRequest(prompt="warm up", seed=1, **{**SMALL, "steps": 1}))
+    return next(iter(engine.models._models.values()))
+
+
+def diffusers_image(
+    model, prompt: str, negative: str | None, seed: int, *, steps=3, cfg=7.0, sampler="Euler"
+):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if model.kind == "sdxl" else StableDiffusionPipeline
+    pipe = cls(**model.pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = samplers.make_scheduler(model.scheduler_config, sampler, "Automatic")
+    noise = rng.ImageRNG((4, 8, 8), [seed], source="cpu").first()
+    image = pipe(
+        prompt,
+        negative_prompt=negative,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        latents=noise,
+        height=64,
+        width=64,
+    ).images[0]
+    return np.asarray(image).astype(np.int16)
+
+
+@pytest.mark.parametrize(
+    ("engine_fixture", "negative"), [("sd15_engine", "blurry, low quality"), ("sdxl_engine", "")]
+)
+def test_plain_prompt_equals_the_diffusers_pipeline(engine_fixture, negative, request) -> None:
+    engine = request.getfixturevalue(engine_fixture)
+    model = loaded(engine)
+    prompt = "a photo of a cat sitting on a red chair"
+    ours = engine.generate(
+        GenerationRequest(
+            prompt=prompt, negative_prompt=negative, sampler="Euler", seed=1234, rng="cpu", **SMALL
+        )
+    )
+    theirs = diffusers_image(model, prompt, negative or None, 1234)
+    assert np.array_equal(pixels(ours.images[0].png), theirs)
+    assert pixels(ours.images[0].png).std() > 1  # not a blank image
+
+
+def test_same_request_twice_gives_the_same_png(sd15_engine) -> None:
+    request = GenerationRequest(prompt="a [cat|dog] AND a hat:0.5", sampler="Euler a", seed=7, **SMALL)
+    first = sd15_engine.generate(request)
+    second = sd15_engine.generate(request)
+    assert first.images[0].png == second.images[0].png
+    other = sd15_engine.generate(request.replace(seed=8))
+    assert not np.array_equal(pixels(other.images[0].png), pixels(first.images[0].png))
+
+
+def test_weight_one_equals_the_plain_path(sd15_engine) -> None:
+    plain = sd15_engine.generate(GenerationRequest(prompt="a red house", seed=3, sampler="Euler", **SMALL))
+    weighted = sd15_engine.generate(
+        GenerationRequest(prompt="a red house:1.0", seed=3, sampler="Euler", **SMALL)
+    )
+    emphasised = sd15_engine.generate(
+        GenerationRequest(prompt="a (red:1.0) house", seed=3, sampler="Euler", **SMALL)
+    )
+    assert plain.images[0].png.split(b"IDAT")[1:] == weighted.images[0].png.split(b"IDAT")[1:]
+    assert np.array_equal(pixels(plain.images[0].png), pixels(emphasised.images[0].png))
+    half = sd15_engine.generate(GenerationRequest(prompt="a red house:0.5", seed=3, sampler="Euler", **SMALL))
+    assert not np.array_equal(pixels(plain.images[0].png), pixels(half.images[0].png))
+
+
+def test_infotext_is_written_and_reads_back(sd15_engine) -> None:
+    result = sd15_engine.generate(
+        GenerationRequest(prompt="a lighthouse", negative_prompt="fog", seed=-1, sampler="DPM++ 2M", **SMALL)
+    )
+    image = result.images[0]
+    assert 0 <= image.seed < 2**32
+    text = Image.open(io.BytesIO(image.png)).info["parameters"]
+    assert text == image.infotext
+    params = parse_infotext(text)
+    assert params["Prompt"] == "a lighthouse" and params["Negative prompt"] == "fog"
+    assert params["Seed"] == str(image.seed) and params["Size"] == "64x64"
+    assert params["Sampler"] == "DPM++ 2M" and params["Schedule type"] == "Karras"
+    assert (
+        params["Model"] == "tiny"
+        and params["Model hash"] == result.model_hash
+        and len(result.model_hash) == 10
+    )
+
+
+def test_count_uses_consecutive_seeds(sd15_engine) -> None:
+    request = GenerationRequest(prompt="a boat", seed=100, count=2, sampler="Euler", **SMALL)
+    result = sd15_engine.generate(request)
+    assert [i.seed for i in result.images] == [100, 101]
+    alone = sd15_engine.generate(request.replace(seed=101, count=1))
+    assert np.abs(pixels(result.images[1].png) - pixels(alone.images[0].png)).max() <= 1
+
+
+@pytest.mark.parametrize("sampler", samplers.sampler_names())
+def test_every_sampler_runs(sd15_engine, sampler) -> None:
+    result = sd15_engine.generate(
+        GenerationRequest(
+            prompt="a tree", negative_prompt="x", sampler=sampler, seed=5, width=64, height=64, steps=2
+        )
+    )
+    assert pixels(result.images[0].png).shape == (64, 64, 3)
+    assert f"Sampler: {samplers.resolve(sampler).name}" in result.images[0].infotext
+
+
+def test_sdxl_runs_with_and_and_a_negative(sdxl_engine) -> None:
+    result = sdxl_engine.generate(
+        GenerationRequest(
+            prompt="a castle AND a moat:0.7", negative_prompt="rain", sampler="Euler a", seed=9, **SMALL
+        )
+    )
+    assert pixels(result.images[0].png).std() > 1
+
+
+def test_prompt_editing_switches_at_a1111_steps(sd15_engine, monkeypatch) -> None:
+    seen: list[tuple[int, str]] = []
+    original = DiffusersEngine.guided_noise
+
+    def spy(self, plan, latents, scheduler, t, *, counter, time_ids=None):
+        cond = plan.positive[0].at(counter)
+        index = [c is cond for c in plan.positive[0].conds].index(True)
+        seen.append((counter, index))
+        return original(self, plan, latents, scheduler, t, counter=counter, time_ids=time_ids)
+
+    monkeypatch.setattr(DiffusersEngine, "guided_noise", spy)
+    sd15_engine.generate(
+        GenerationRequest(prompt="a [cat:dog:2]", sampler="Euler", seed=1, **{**SMALL, "steps": 4})
+    )
+    assert seen == [(0, 0), (1, 0), (2, 0), (3, 1)]  # "a cat" while the counter <= 2
+    seen.clear()
+    # Second-order samplers: the schedule uses 2x the steps and the counter counts model calls.
+    sd15_engine.generate(
+        GenerationRequest(prompt="a [cat:dog:0.5]", sampler="Heun", seed=1, **{**SMALL, "steps": 3})
+    )
+    assert [c for c, _ in seen] == list(range(len(seen))) and len(seen) == 5
+    assert [i for _, i in seen] == [0, 0, 0, 0, 1]  # 0.5 of 6 scheduled steps -> switch after counter 3
+
+
+def test_and_parts_combine_with_a1111_formula(sd15_engine) -> None:
+    engine = sd15_engine
+    model = loaded(engine)
+    request = GenerationRequest(
+        prompt="a cat AND a dog:-0.5 AND " + "word " * 80, negative_prompt="", **SMALL
+    )
+    plan = engine.encode_prompt(request, model)
+    assert [p.weight for p in plan.positive] == [1.0, -0.5, 1.0]
+    assert plan.positive[2].at(0).embeds.shape[0] == 154 and plan.negative.at(0).embeds.shape[0] == 77
+    calls = []
+
+    class FakeUNet:
+        def __call__(self, x, t, encoder_hidden_states, added_cond_kwargs=None, return_dict=False):
+            calls.append(encoder_hidden_states.shape)
+            value = encoder_hidden_states.float().mean(dim=(1, 2))
+            return (x * 0 + value[:, None, None, None],)
+
+    fake_plan = plan
+    real_unet = model.pipe.unet
+    scheduler = engine.make_scheduler(plan)
+    scheduler.set_timesteps(3)
+    latents = torch.zeros(1, 4, 8, 8)
+    try:
+        model.pipe.unet = FakeUNet()
+        out = engine.guided_noise(fake_plan, latents, scheduler, scheduler.timesteps[0], counter=0)
+    finally:
+        model.pipe.unet = real_unet
+    # Different lengths (154 vs 77 tokens): cond and uncond run separately, as A1111 does by default.
+    assert [tuple(c) for c in calls] == [(1, 77, 32), (3, 154, 32)]
+    u = plan.negative.at(0).embeds.mean()
+    conds = [p.at(0).embeds for p in plan.positive]
+    padded = [torch.cat([c, c[-1:].repeat(154 - c.shape[0], 1)]) for c in conds]  # repeat the last token
+    expected = u + sum(p.weight * 7.0 * (c.mean() - u) for p, c in zip(plan.positive, padded, strict=True))
+    assert torch.allclose(out[0, 0, 0, 0], expected, atol=1e-6)
+
+
+def test_progress_preview_and_cancel(tiny_sd15) -> None:
+    engine = DiffusersEngine(engine_settings(tiny_sd15, preview_every=2))
+    events = []
+    engine.generate(
+        GenerationRequest(prompt="a kite", seed=2, sampler="Euler", width=64, height=64, steps=4),
+        on_progress=events.append,
+    )
+    assert [(e.step, e.total) for e in events] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert events[1].preview_png and events[1].preview_png.startswith(b"\x89PNG")
+    assert events[0].preview_png is None and events[3].preview_png is None
+    steps = []
+    with pytest.raises(GenerationCancelled):
+        engine.generate(
+            GenerationRequest(prompt="a kite", seed=2, width=64, height=64, steps=4),
+            on_progress=steps.append,
+            should_cancel=lambda: len(steps) >= 2,
+        )
+    assert len(steps) == 2
+    engine.close()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"width": 65}, "width must be a multiple of 8"),
+        ({"steps": 0}, "steps must be between"),
+        ({"sampler": "DPM fast"}, "DPM fast"),
+        ({"sampler": "No Such Sampler"}, "No Such Sampler"),
+        ({"model": "missing"}, "unknown model 'missing'"),
+        ({"model": "../tiny-sd1"}, "not a model name"),
+        ({"prompt": "(a:1.2.3)"}, "column"),
+        ({"clip_skip": 9}, "CLIP skip must be between 1 and 3"),
+        ({"rng": "quantum"}, "RNG source"),
+        ({"subseed_strength": 2.0}, "variation strength"),
+    ],
+)
+def test_bad_requests_get_a_clear_error(sd15_engine, changes, message) -> None:
+    request = GenerationRequest(prompt="a cat", seed=1, **SMALL).replace(**changes)
+    with pytest.raises(GenerationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sd15_engine.generate(request)
+
+
+def test_generate_batch_returns_one_result_or_error_per_request(sd15_engine) -> None:
+    good = GenerationRequest(prompt="a cup", seed=4, **SMALL)
+    results = sd15_engine.generate_batch([good, good.replace(steps=0)], on_progress=lambda i, p: None)
+    assert results[0].images[0].seed == 4
+    assert isinstance(results[1], GenerationError)
+
+
+def test_out_of_memory_frees_and_raises_a_user_error(sd15_engine, monkeypatch) -> None:
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(sd15_engine, "_generate", oom)
+    with pytest.raises(OutOfMemory, match="smaller size"):
+        sd15_engine.generate(GenerationRequest(prompt="a cat"))
+
+
+def test_the_engine_lists_models_and_samplers(sd15_engine) -> None:
+    assert sd15_engine.model_names() == ["tiny"]
+    assert "DPM++ 2M" in sd15_engine.sampler_names() and "Euler a" in sd15_engine.sampler_names()
