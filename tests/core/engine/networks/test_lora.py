@@ -429,3 +429,46 @@ def test_original_layout_names_find_the_diffusers_modules(config: str, table: di
     modules = dict(big.named_modules())
     wrong = {ldm: path for ldm, path in table.items() if index.get(ldm) is not modules[path]}
     assert not wrong
+
+
+def _tiny_sdxl_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=96,
+        norm_num_groups=1,
+    )
+
+
+@pytest.mark.parametrize("which", ["sd1", "sdxl"])
+def test_every_layer_agrees_with_the_engines_ldm_export(which: str, unet) -> None:
+    """Cross-check against core.engine.tiny's independent diffusers -> LDM converter."""
+    tiny = pytest.importorskip("core.engine.tiny")
+    to_ldm = getattr(tiny, "_unet_to_ldm", None)
+    if to_ldm is None:
+        pytest.skip("core.engine.tiny has no _unet_to_ldm")
+    model = unet if which == "sd1" else _tiny_sdxl_unet()
+    index = module_index("unet", model)
+    by_storage = {
+        m.weight.data_ptr(): m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+    }
+    checked = 0
+    for key, tensor in to_ldm(model).items():
+        module = by_storage.get(tensor.data_ptr())
+        if module is None or not key.endswith(".weight"):
+            continue
+        name = key.removeprefix("model.diffusion_model.").removesuffix(".weight").replace(".", "_")
+        assert index.get(name) is module, name
+        checked += 1
+    assert checked == len(by_storage)
