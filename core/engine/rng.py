@@ -228,6 +228,16 @@ def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     ) * high
 
 
+def latent_shape(width: int, height: int, channels: int = 4) -> tuple[int, int, int]:
+    """One image's latent noise shape ``(C, H/8, W/8)``; width and height must be positive multiples of 8."""
+    for label, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 8:
+            raise ValueError(f"{label} must be a positive multiple of 8, got {value!r}")
+    if not isinstance(channels, int) or channels <= 0:
+        raise ValueError(f"latent channels must be a positive integer, got {channels!r}")
+    return (channels, height // 8, width // 8)
+
+
 class ImageRNG:
     """Per-image noise for one job, as A1111's ``rng.ImageRNG``.
 

@@ -314,3 +314,14 @@ def uses_ensd(name: str, eta: float | None = None) -> bool:
     if eta == 0:
         return False
     return row.uses_ensd
+
+
+def eta_infotext(name: str, eta: float | None) -> dict[str, float]:
+    """The infotext entry A1111 writes for a non-default eta: ``Eta DDIM`` (DDIM/PLMS/UniPC) or ``Eta``.
+
+    Empty when ``eta`` is None or A1111's default for the sampler (0 for DDIM-like samplers, 1 otherwise).
+    """
+    row = SAMPLERS[_split_name(name)[0]]
+    if eta is None or float(eta) == row.default_eta:
+        return {}
+    return {"Eta DDIM" if row.timestep_sampler else "Eta": float(eta)}

@@ -10,7 +10,7 @@ from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteSchedul
 from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
 from diffusers.utils import torch_utils
 
-from core.engine.rng import ImageRNG, NVPhilox, philox4x32_10, randn, scheduler_noise, slerp
+from core.engine.rng import ImageRNG, NVPhilox, latent_shape, philox4x32_10, randn, scheduler_noise, slerp
 
 DATA = Path(__file__).parents[2] / "data"
 CUDA_REF = json.loads((DATA / "cuda_randn_h100.json").read_text())
@@ -99,6 +99,14 @@ def test_nv_speed_smoke():
 def test_bad_seed_is_refused(seed):
     with pytest.raises(ValueError, match="seed"):
         NVPhilox(seed)
+
+
+def test_latent_shape():
+    assert latent_shape(512, 768) == (4, 96, 64)
+    assert latent_shape(1024, 1024, channels=4) == (4, 128, 128)
+    for w, h in [(500, 512), (512, 0), (512.0, 512)]:
+        with pytest.raises(ValueError, match="multiple of 8"):
+            latent_shape(w, h)
 
 
 def test_unknown_source_is_refused():

@@ -15,6 +15,7 @@ from core.engine.rng import ImageRNG, scheduler_noise
 from core.engine.samplers import (
     SAMPLERS,
     SCHEDULE_TYPES,
+    eta_infotext,
     is_second_order,
     make_scheduler,
     resolve,
@@ -234,3 +235,11 @@ def test_make_scheduler_returns_independent_fresh_instances():
     assert c.config.prediction_type == "v_prediction" and b.config.prediction_type == "epsilon"
     assert make_scheduler(SD15, "DPM++ SDE", seeds=[8]).config.noise_sampler_seed == 8
     assert make_scheduler(SD15, "DPM++ SDE", seeds=[9]).config.noise_sampler_seed == 9
+
+
+def test_eta_infotext_follows_a1111_fields_and_defaults():
+    assert eta_infotext("Euler a", None) == {}
+    assert eta_infotext("Euler a", 1.0) == {}
+    assert eta_infotext("Euler a", 0.5) == {"Eta": 0.5}
+    assert eta_infotext("DDIM", 0.0) == {}
+    assert eta_infotext("DDIM", 0.3) == {"Eta DDIM": 0.3}
