@@ -312,10 +312,10 @@ def _active() -> list[tuple[str, ImageRNG]]:
 
 def _make_dispatch(module_name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     def randn_tensor(shape: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        stack = _active()
-        if not stack or stack[-1][0] != module_name:
+        image_rng = next((rng for name, rng in reversed(_active()) if name == module_name), None)
+        if image_rng is None:
             return original(shape, *args, **kwargs)
-        noise = stack[-1][1].next()
+        noise = image_rng.next()
         if tuple(noise.shape) != tuple(shape):
             raise ValueError(
                 f"scheduler asked for step noise of shape {tuple(shape)}, the image RNG draws {tuple(noise.shape)}"

@@ -271,3 +271,30 @@ def test_deterministic_scheduler_is_unaffected():
     with scheduler_noise(sched, rng):
         out = _run_steps(sched, x)
     assert torch.isfinite(out).all()
+
+
+def test_scheduler_noise_is_per_thread():
+    import threading
+
+    def run(seed, barrier=None):
+        sched = EulerAncestralDiscreteScheduler.from_config(SD15_SCHEDULER)
+        sched.set_timesteps(6)
+        rng = ImageRNG((4, 8, 8), seeds=[seed], source="cpu")
+        x = rng.first() * sched.init_noise_sigma
+        with scheduler_noise(sched, rng):
+            for t in sched.timesteps[:4]:
+                if barrier is not None:
+                    barrier.wait()  # interleave the two loops step by step
+                x = sched.step(torch.zeros_like(x), t, x).prev_sample
+        return x
+
+    expected = {1: run(1), 2: run(2)}
+    barrier = threading.Barrier(2)
+    results = {}
+    threads = [threading.Thread(target=lambda s=s: results.__setitem__(s, run(s, barrier))) for s in (1, 2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert torch.equal(results[1], expected[1]) and torch.equal(results[2], expected[2])
+    assert euler_a_module.randn_tensor is torch_utils.randn_tensor
