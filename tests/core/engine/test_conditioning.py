@@ -1,0 +1,152 @@
+"""A1111's prompt encoder on the tiny models' real (random-weight) CLIP encoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.engine.conditioning import (
+    Embedding,
+    EmbeddingLibrary,
+    PromptEncoder,
+    read_embedding_file,
+    stack_conds,
+)
+from core.prompt.tokens import ClipTokenizer
+from core.types import GenerationError
+
+
+@pytest.fixture(scope="module")
+def sd1(tiny_sd15):
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel.from_pretrained(tiny_sd15.folder / "text_encoder", local_files_only=True).eval()
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny_sdxl):
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    one = CLIPTextModel.from_pretrained(tiny_sdxl.folder / "text_encoder", local_files_only=True).eval()
+    two = CLIPTextModelWithProjection.from_pretrained(
+        tiny_sdxl.folder / "text_encoder_2", local_files_only=True
+    )
+    return one, two.eval()
+
+
+def ids(text: str) -> list[int]:
+    return ClipTokenizer.default().encode(text)
+
+
+def test_plain_text_equals_the_encoder_on_padded_ids(sd1) -> None:
+    cond = PromptEncoder("sd1", sd1).encode(["a photo of a cat"])[0]
+    tokens = [49406, *ids("a photo of a cat"), 49407]
+    tokens += [49407] * (77 - len(tokens))
+    with torch.no_grad():
+        expected = sd1(input_ids=torch.tensor([tokens])).last_hidden_state[0]
+    assert torch.equal(cond.embeds, expected)
+
+
+def test_long_prompts_and_break_concatenate_77_token_chunks(sd1) -> None:
+    encoder = PromptEncoder("sd1", sd1)
+    long_text = " ".join(["apple"] * 150)
+    assert len(ids(long_text)) == 150
+    assert encoder.encode([long_text])[0].embeds.shape == (154, 32)
+    assert encoder.encode(["a BREAK b"])[0].embeds.shape == (154, 32)
+    short, long_ = encoder.encode(["a cat", long_text])  # one batch: the short one gets an empty chunk
+    assert short.embeds.shape == long_.embeds.shape == (154, 32)
+    alone = encoder.encode(["a cat"])[0]
+    assert torch.equal(short.embeds[:77], alone.embeds)
+
+
+def test_emphasis_modes(sd1) -> None:
+    plain = PromptEncoder("sd1", sd1).encode(["a cat"])[0].embeds
+    original = PromptEncoder("sd1", sd1).encode(["a (cat:1.5)"])[0].embeds
+    no_norm = PromptEncoder("sd1", sd1, emphasis="No norm").encode(["a (cat:1.5)"])[0].embeds
+    ignore = PromptEncoder("sd1", sd1, emphasis="Ignore").encode(["a (cat:1.5)"])[0].embeds
+    none = PromptEncoder("sd1", sd1, emphasis="None").encode(["a (cat:1.5)"])[0].embeds
+    assert torch.equal(ignore, plain)
+    # No norm: the "cat" row (position 2) is scaled by 1.5, the rest unchanged.
+    assert torch.allclose(no_norm[2], plain[2] * 1.5) and torch.equal(no_norm[1], plain[1])
+    # Original: the same, then the whole tensor rescaled so its mean is the unweighted mean.
+    assert torch.allclose(original.mean(), plain.mean(), atol=1e-6)
+    assert torch.allclose(original, no_norm * (plain.mean() / no_norm.mean()))
+    assert not torch.equal(none, plain)  # brackets are literal text with emphasis "None"
+    with pytest.raises(GenerationError, match="emphasis"):
+        PromptEncoder("sd1", sd1, emphasis="Loud")
+
+
+def test_mean_restoration_is_shared_across_one_encode_batch(sd1) -> None:
+    encoder = PromptEncoder("sd1", sd1)
+    together = encoder.encode(["(cat:1.5)", "dog"])[1].embeds
+    alone = encoder.encode(["dog"])[0].embeds
+    assert not torch.equal(together, alone)  # A1111 §8.1: [(cat:1.5):dog:5] changes "dog"
+
+
+def test_clip_skip_uses_the_final_layer_norm_on_earlier_layers(sd1) -> None:
+    tokens = torch.tensor([[49406, *ids("a cat"), *[49407] * 74]])
+    with torch.no_grad():
+        out = sd1(input_ids=tokens, output_hidden_states=True)
+        expected = sd1.final_layer_norm(out.hidden_states[-2])[0]
+    skip2 = PromptEncoder("sd1", sd1, clip_skip=2).encode(["a cat"])[0].embeds
+    assert torch.allclose(skip2, expected)
+    assert not torch.allclose(skip2, PromptEncoder("sd1", sd1).encode(["a cat"])[0].embeds)
+    with pytest.raises(GenerationError, match="CLIP skip"):
+        PromptEncoder("sd1", sd1, clip_skip=4)
+
+
+def test_sdxl_concatenates_both_encoders_and_pools_the_first_chunk(sdxl) -> None:
+    one, two = sdxl
+    encoder = PromptEncoder("sdxl", one, two)
+    cond = encoder.encode(["a castle BREAK a moat"])[0]
+    assert cond.embeds.shape == (154, 32 + 64) and cond.pooled.shape == (32,)
+    first = [49406, *ids("a castle"), 49407]
+    with torch.no_grad():
+        l_out = one(input_ids=torch.tensor([first + [49407] * (77 - len(first))]), output_hidden_states=True)
+        g_out = two(input_ids=torch.tensor([first + [0] * (77 - len(first))]), output_hidden_states=True)
+    assert torch.equal(cond.embeds[:77, :32], l_out.hidden_states[-2][0])  # penultimate, no final norm
+    assert torch.equal(cond.embeds[:77, 32:], g_out.hidden_states[-2][0])  # G pads with 0 after EOS
+    assert torch.equal(cond.pooled, g_out.text_embeds[0])
+    zeros = encoder.zeros()
+    assert zeros.embeds.abs().sum() == 0 and zeros.pooled.abs().sum() == 0
+
+
+def test_stack_conds_repeats_the_last_token_vector() -> None:
+    a, b = torch.randn(77, 4), torch.randn(154, 4)
+    stacked = stack_conds([a, b])
+    assert stacked.shape == (2, 154, 4)
+    assert torch.equal(stacked[0, :77], a) and torch.equal(stacked[0, 100], a[-1])
+
+
+def test_textual_inversion_vectors_replace_the_placeholders(sd1, tmp_path: Path) -> None:
+    cat = sd1.embeddings.token_embedding.weight[ids("cat")[0]].detach().clone()
+    red = sd1.embeddings.token_embedding.weight[ids("red")[0]].detach().clone()
+    torch.save({"string_to_param": {"*": torch.stack([red, cat])}, "name": "redcat"}, tmp_path / "redcat.pt")
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": cat[None]}, str(tmp_path / "kitty.safetensors"))
+    save_file({"emb_params": torch.zeros(1, 99)}, str(tmp_path / "wrongwidth.safetensors"))
+    library = EmbeddingLibrary([tmp_path])
+    found = library.for_widths({"clip_l": 32})
+    assert set(found) == {"redcat", "kitty"} and found["redcat"].count == 2
+    encoder = PromptEncoder("sd1", sd1, embeddings=found)
+    with_embedding = encoder.encode(["a redcat on a kitty"])[0].embeds
+    with_words = PromptEncoder("sd1", sd1).encode(["a red cat on a cat"])[0].embeds
+    assert torch.allclose(with_embedding, with_words, atol=1e-6)
+
+
+def test_embedding_files_in_unknown_layouts_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="weights_only"):
+        read_embedding_file(tmp_path / "bad.pt")
+    torch.save({"a": torch.zeros(2), "b": torch.zeros(2)}, tmp_path / "two.bin")
+    with pytest.raises(ValueError, match="unknown embedding layout"):
+        read_embedding_file(tmp_path / "two.bin")
+    from safetensors.torch import save_file
+
+    save_file({"clip_l": torch.zeros(2, 32), "clip_g": torch.zeros(2, 64)}, str(tmp_path / "xl.safetensors"))
+    vectors = read_embedding_file(tmp_path / "xl.safetensors")
+    assert set(vectors) == {"clip_l", "clip_g"}
+    assert Embedding("xl", vectors).count == 2
