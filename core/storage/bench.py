@@ -153,9 +153,7 @@ async def _measure(db: Any, n: int, samples: int) -> dict[str, Any]:
 
     async def history(user: int) -> None:
         async with db.transaction() as s:
-            jobs = Repositories(s).jobs
-            page = await jobs.history(user, limit=10)
-            total = await jobs.count_for_user(user)
+            page, total = await Repositories(s).jobs.history_page(user, per_page=10)
             assert page and total >= len(page)
 
     async def by_message(_: int) -> None:

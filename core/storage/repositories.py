@@ -380,6 +380,29 @@ class JobRepo:
             stmt = stmt.where(Job.guild_id == guild_id)
         return list(await self.session.scalars(stmt.order_by(Job.id.desc()).limit(limit).offset(offset)))
 
+    async def history_page(
+        self, user_id: int, *, page: int = 0, per_page: int = 10, guild_id: int | None = None
+    ) -> tuple[list[Job], int]:
+        """One page of a user's jobs, newest first, and their total: one statement."""
+        if page < 0 or not 1 <= per_page <= 100:
+            raise ValueError(f"history page must be ≥ 0 and per_page 1..100, got {page}, {per_page}")
+        cond = [Job.user_id == user_id]
+        if guild_id is not None:
+            cond.append(Job.guild_id == guild_id)
+        total = select(func.count()).select_from(Job).where(*cond).scalar_subquery()
+        rows = (
+            await self.session.execute(
+                select(Job, total.label("total"))
+                .where(*cond)
+                .order_by(Job.id.desc())
+                .limit(per_page)
+                .offset(page * per_page)
+            )
+        ).all()
+        if rows:
+            return [job for job, _ in rows], int(rows[0].total)
+        return [], await self.count_for_user(user_id, guild_id=guild_id)
+
     async def count_for_user(self, user_id: int, *, guild_id: int | None = None) -> int:
         stmt = select(func.count()).select_from(Job).where(Job.user_id == user_id)
         if guild_id is not None:
@@ -904,6 +927,12 @@ class QuotaRepo:
         """Used / allowance / reset time for each allowance (for /quota)."""
         return await self._usage(guild_id, user_id, allowances, now or utcnow())
 
+    async def _holds_sqlite_write_lock(self) -> bool:
+        """True in a SQLite ``BEGIN IMMEDIATE`` transaction: every writer is already serialised."""
+        conn = await self.session.connection()
+        options = conn.sync_connection.get_execution_options() if conn.sync_connection else {}
+        return conn.dialect.name == "sqlite" and options.get("sqlite_begin") == "IMMEDIATE"
+
     async def lock_user(self, guild_id: int | None, user_id: int) -> None:
         """Serialise this user's reservations until the transaction ends.
 
@@ -937,7 +966,8 @@ class QuotaRepo:
                 raise ValueError(f"quota unit must be 'images' or 'gpu_seconds', got {unit!r}")
             if not 0 <= amount < math.inf:
                 raise ValueError(f"a reservation must be a finite amount ≥ 0, got {amount!r}")
-        await self.lock_user(guild_id, user_id)
+        if not await self._holds_sqlite_write_lock():
+            await self.lock_user(guild_id, user_id)
         for usage in await self._usage(guild_id, user_id, [a for a in allowances if a.unit in charges], now):
             amount = charges[usage.unit]
             if usage.used + amount > usage.allowance + 1e-9:

@@ -258,3 +258,21 @@ async def test_parent_and_kind(db: Database) -> None:
         assert [j.id for j in await repo.children(parent.id)] == [child.id]
         with pytest.raises(ValueError, match="job kind"):
             await repo.add(user_id=11, channel_id=5, guild_id=1, request=_request(), kind="bogus")
+
+
+async def test_history_page_returns_items_and_total_in_one_go(db: Database) -> None:
+    async with db.transaction(write=True) as s:
+        ids = [(await _add(s, user_id=10, guild_id=1 + i % 2)).id for i in range(25)]
+        await _add(s, user_id=11)
+    async with db.transaction() as s:
+        repo = JobRepo(s)
+        items, total = await repo.history_page(10, page=0, per_page=10)
+        assert ([j.id for j in items], total) == (ids[::-1][:10], 25)
+        items, total = await repo.history_page(10, page=2, per_page=10)
+        assert ([j.id for j in items], total) == (ids[::-1][20:], 25)
+        assert await repo.history_page(10, page=3, per_page=10) == ([], 25)
+        assert await repo.history_page(12) == ([], 0)
+        items, total = await repo.history_page(10, per_page=5, guild_id=2)
+        assert ([j.id for j in items], total) == ([ids[23], ids[21], ids[19], ids[17], ids[15]], 12)
+        with pytest.raises(ValueError, match="per_page"):
+            await repo.history_page(10, per_page=0)

@@ -142,3 +142,11 @@ async def test_100_concurrent_submits_against_remaining_10_accept_exactly_10(db:
         assert await r.jobs.count_for_user(7) == 10
         (usage,) = await r.quotas.status(1, 7, allowances)
         assert usage.used == 15
+
+
+async def test_sqlite_write_sessions_are_recognised_as_serialised(sqlite_db: Database) -> None:
+    """Reservations skip the lock row only where BEGIN IMMEDIATE already serialises writers."""
+    async with sqlite_db.transaction(write=True) as s:
+        assert await Repositories(s).quotas._holds_sqlite_write_lock()
+    async with sqlite_db.transaction() as s:
+        assert not await Repositories(s).quotas._holds_sqlite_write_lock()
