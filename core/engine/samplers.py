@@ -60,7 +60,8 @@ _SCHEDULE_ALIASES = {
     "ddim": "DDIM",
     "beta": "Beta",
 }
-# Overrides per schedule type, for the k-diffusion samplers; the first key must be a parameter of the class.
+# Overrides per schedule type, for the k-diffusion samplers. The first key must be a parameter of the class
+# for the type to be supported; the others are applied where the class has them.
 _SCHEDULE_OVERRIDES: dict[str, dict[str, Any]] = {
     "Uniform": {"timestep_spacing": "linspace"},
     "Karras": {"use_karras_sigmas": True},
@@ -202,7 +203,7 @@ def schedule_types(name: str) -> list[str]:
         return ["Automatic"]
     out = ["Automatic"]
     for label, overrides in _SCHEDULE_OVERRIDES.items():
-        if all(_accepts(row.cls, k) for k in overrides):
+        if _accepts(row.cls, next(iter(overrides))):
             out.append(label)
     return out
 
@@ -236,7 +237,7 @@ def resolve(name: str, schedule_type: str | None = "Automatic") -> SamplerSpec:
         effective_overrides = _SCHEDULE_OVERRIDES["Uniform"] if _accepts(row.cls, "timestep_spacing") else {}
     else:
         effective_overrides = _SCHEDULE_OVERRIDES.get(effective, {})
-    overrides.update(effective_overrides)
+    overrides.update({k: v for k, v in effective_overrides.items() if _accepts(row.cls, k)})
     # A1111 records the schedule it actually used: "DPM++ 2M" + Automatic is written as "Karras".
     return SamplerSpec(sampler, effective, row, MappingProxyType(overrides))
 
