@@ -145,7 +145,10 @@ class FakeDiscord:
         try:
             return await asyncio.wait_for(_wait(), timeout)
         except TimeoutError:
-            calls = "\n".join(f"  {c.method} {c.path} {c.status}" for c in self.calls[-30:])
+            calls = "\n".join(
+                f"  {c.method} {c.path} {c.status} {json.dumps(c.json)[:160] if c.json else ''}"
+                for c in self.calls[-30:]
+            )
             raise AssertionError(
                 f"timed out after {timeout}s waiting for {what or predicate}; last calls:\n{calls}"
             ) from None

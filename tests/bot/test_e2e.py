@@ -52,6 +52,9 @@ async def chant(tmp_path: Path, fake: FakeDiscord, step_delay: float = 0.01) -> 
     await proc.start()
     try:
         yield proc
+    except BaseException:
+        print(f"--- chant run output (last 6000 characters) ---\n{proc.output[-6000:]}")  # shown on failure
+        raise
     finally:
         await proc.stop()
         assert TOKEN not in proc.output, "the bot token appeared in the logs"
