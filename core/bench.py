@@ -29,9 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace, settings) -> int:
     module = importlib.import_module(TARGETS[args.target])
     parser = argparse.ArgumentParser(prog=f"chant bench {args.target}")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")  # also after TARGET
     module.add_arguments(parser)
     target_args = parser.parse_args(args.rest)
-    target_args.json = args.json
+    target_args.json = args.json = args.json or target_args.json
     result = module.run(target_args, settings)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))

@@ -105,10 +105,13 @@ def interpret(
 def _schedule_part(
     part: str, steps: int, hires_steps: int | None, use_old_scheduling: bool
 ) -> tuple[ScheduleEntry, ...]:
-    try:
-        tree = parser.parse(part)
-    except parser.Unparsable:  # A1111: the whole prompt is literal text for the whole run
+    if "[" not in part:  # no edit or alternation possible; parsed or not, the text is literal
         tree = part
+    else:
+        try:
+            tree = parser.parse(part)
+        except parser.Unparsable:  # A1111: the whole prompt is literal text for the whole run
+            tree = part
     entries = schedule(tree, steps, hires_steps, use_old_scheduling)
     return tuple(ScheduleEntry(t, text, parse_attention_cached(text)) for t, text in entries)
 

@@ -32,17 +32,22 @@ class Unparsable(Exception):
 
 
 class _Frame:
-    __slots__ = ("colons", "index", "kind", "pipes")
+    __slots__ = ("colons", "dynamic", "index", "kind", "pipes")
 
     def __init__(self, kind: str, index: int) -> None:
         self.kind = kind
         self.index = index
         self.colons: list[int] = []
         self.pipes: list[int] = []
+        self.dynamic = False  # holds an edit or alternation
 
 
 def _classify(raw: list[str]) -> list[str]:
-    """The terminal name of every raw token (see grammar.lark); raises Unparsable."""
+    """The terminal name of every raw token (see grammar.lark); raises Unparsable.
+
+    An emphasis group without an edit or alternation inside is static text: its brackets are
+    named TEXT, so the parser sees it as one piece of text.
+    """
     names = ["TEXT" if len(t) > 1 or t not in "[]():|\\" else "STRAY" for t in raw]
     stack: list[_Frame] = []
 
@@ -76,9 +81,16 @@ def _classify(raw: list[str]) -> list[str]:
             if len(frame.colons) > 1:
                 collapse()
                 continue
-            names[frame.index], names[i] = "LPAR", "RPAR"
-            for c in frame.colons:
-                names[c] = "COLON"
+            if frame.dynamic:
+                names[frame.index], names[i] = "LPAR", "RPAR"
+                for c in frame.colons:
+                    names[c] = "COLON"
+                if stack:
+                    stack[-1].dynamic = True
+            else:
+                names[frame.index] = names[i] = "TEXT"
+                for c in frame.colons:
+                    names[c] = "TEXT"
         else:  # "]"
             if not stack or stack[-1].kind != "[":
                 collapse()
@@ -93,7 +105,8 @@ def _classify(raw: list[str]) -> list[str]:
                 for p in frame.pipes:
                     names[p] = "_PIPE"
             elif not frame.colons:
-                names[frame.index], names[i] = "LSQB", "RSQB"
+                names[frame.index] = "LSQB" if frame.dynamic else "TEXT"
+                names[i] = "RSQB" if frame.dynamic else "TEXT"
             else:
                 last = frame.colons[-1]
                 if len(frame.colons) > 2 or last + 2 != i or not _WHEN.fullmatch(raw[last + 1]):
@@ -104,6 +117,8 @@ def _classify(raw: list[str]) -> list[str]:
                     names[frame.colons[0]] = "_EDIT_COLON"
                 names[last] = "WHEN"
                 names[last + 1] = ""  # folded into the WHEN token
+            if stack and names[i] != "TEXT":  # an edit, an alternation or a group holding one
+                stack[-1].dynamic = True
     collapse()
     return names
 
@@ -116,12 +131,23 @@ class _PromptLexer(Lexer):
         matches = list(_RAW.finditer(text))
         raw = [m.group() for m in matches]
         names = _classify(raw)
+        run: list[str] = []  # text and strays are all text to the parser: one token per run
+        run_start = 0
         for i, m in enumerate(matches):
             name = names[i]
-            if not name:
+            if name == "TEXT" or name == "STRAY":
+                if not run:
+                    run_start = m.start()
+                run.append(raw[i])
                 continue
-            value = raw[i] + raw[i + 1] if name == "WHEN" else raw[i]
-            yield Token(name, value, start_pos=m.start())
+            if run:
+                yield Token("TEXT", "".join(run), start_pos=run_start)
+                run = []
+            if name:
+                value = raw[i] + raw[i + 1] if name == "WHEN" else raw[i]
+                yield Token(name, value, start_pos=m.start())
+        if run:
+            yield Token("TEXT", "".join(run), start_pos=run_start)
 
 
 @v_args(inline=True)

@@ -18,7 +18,6 @@ _LINE_COMMENT = re.compile(r"(?:^|\n)#[^\n]*(?:\n|$)")
 _INLINE_COMMENT = re.compile(r"#[^\n]*(?:\n|$)")
 # A1111 extra_networks.py: <name:args> with a \w+ name and args without ">".
 _NETWORK = re.compile(r"<(\w+):([^>]+)>")
-_AND = re.compile(r"\bAND\b")
 # The trailing ":weight" of an AND part: no exponent, Unicode digits (A1111 re_weight).
 _WEIGHT = re.compile(r":\s*([-+]?(?:\d+\.?|\d*\.\d+))\Z")
 
@@ -90,6 +89,10 @@ def extract_networks(
     return text, tuple(found), origin
 
 
+def _is_word(c: str) -> bool:
+    return c.isalnum() or c == "_"  # Python's Unicode \w
+
+
 def split_and(text: str) -> list[tuple[str, float, int]]:
     """``[(part text, weight, offset of the part in text), ...]`` (A1111 ``get_multicond_prompt_list``).
 
@@ -97,7 +100,12 @@ def split_and(text: str) -> list[tuple[str, float, int]]:
     """
     parts: list[tuple[str, float, int]] = []
     start = 0
-    bounds = [(m.start(), m.end()) for m in _AND.finditer(text)] if "AND" in text else []
+    bounds = []
+    i = text.find("AND")
+    while i != -1:  # the regex \bAND\b, without the regex: AND not touching a word character
+        if (i == 0 or not _is_word(text[i - 1])) and (i + 3 == len(text) or not _is_word(text[i + 3])):
+            bounds.append((i, i + 3))
+        i = text.find("AND", i + 3)
     for end, next_start in [*bounds, (len(text), len(text))]:
         part = text[start:end]
         body = part.rstrip()

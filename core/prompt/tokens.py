@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import math
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ _DATA = Path(__file__).with_name("data") / "bpe_simple_vocab_16e6.txt.gz"
 _PATTERN = regex.compile(
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
     regex.IGNORECASE,
+)
+# The same pattern for lowercased ASCII text, in the faster ``re`` (\s here is Unicode White_Space).
+_ASCII_PATTERN = re.compile(
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\t\n\x0b\x0c\r a-z0-9]+"
 )
 _SPACES = regex.compile(r"\s+")
 
@@ -77,14 +82,15 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         if text.isascii():
-            text = text.lower()
+            words = _ASCII_PATTERN.findall(text.lower())
         else:
             text = _SPACES.sub(" ", unicodedata.normalize("NFC", text))
             # Character by character, like the tokenizers library: no final-sigma rule.
             text = "".join(c.lower() for c in text) if "Σ" in text else text.lower()
+            words = _PATTERN.findall(text)
         ids: list[int] = []
         cache = self._cache
-        for word in _PATTERN.findall(text):
+        for word in words:
             cached = cache.get(word)
             if cached is None:
                 cached = cache[word] = self._bpe(word)
@@ -235,7 +241,18 @@ def tokenize_text(
             continue
         ids = tok.encode(segment)
         position = 0
-        while position < len(ids):
+        n = len(ids)
+        bulk = db is None or not any(t in db.by_first for t in ids)
+        while position < n:
+            if bulk and len(tokens) < CHUNK:
+                # Below the chunk limit the loop below only appends and notes commas: do it in bulk.
+                piece = ids[position : position + CHUNK - len(tokens)]
+                if COMMA in piece:
+                    last_comma = len(tokens) + len(piece) - 1 - piece[::-1].index(COMMA)
+                tokens.extend(piece)
+                mults.extend([weight] * len(piece))
+                position += len(piece)
+                continue
             token = ids[position]
             if token == COMMA:
                 last_comma = len(tokens)
@@ -252,7 +269,7 @@ def tokenize_text(
                 tokens, mults = moved_tokens, moved_mults
             if len(tokens) == CHUNK:
                 close()
-            found = db.find(ids, position) if db is not None else None
+            found = None if bulk else db.find(ids, position)  # type: ignore[union-attr]
             if found is None:
                 tokens.append(token)
                 mults.append(weight)
