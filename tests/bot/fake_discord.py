@@ -95,6 +95,7 @@ class FakeDiscord:
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.reject_login = False  # answer GET /users/@me with 401 (a wrong token)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> FakeDiscord:
@@ -626,6 +627,8 @@ class FakeDiscord:
     def _route(self, method: str, path: str, body: Any, files: list[tuple[str, bytes]]) -> tuple[int, Any]:
         parts = path.strip("/").split("/")
         if method == "GET" and path == "/users/@me":
+            if self.reject_login:
+                return 401, {"message": "401: Unauthorized", "code": 0}
             return 200, self._user(BOT_USER_ID, "chant", bot=True)
         if method == "GET" and path == "/oauth2/applications/@me":
             return 200, {

@@ -3,6 +3,7 @@ the fake Discord server. These start subprocesses, so they are marked slow (a fe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import re
@@ -187,6 +188,53 @@ async def test_admin_refusal_429_retry_and_gateway_resume(tmp_path: Path, fake: 
         )
         assert {parameters(c).splitlines()[0] for c in done} == {f"during drop {n}" for n in range(3)}
         assert "rate limited" in proc.output.lower() or "429" in proc.output
+
+        # A job the engine fails: the user is told why, in the channel, on the status message.
+        _, token = await fake.interaction(
+            "imagine",
+            [opt("prompt", "please FAIL"), opt("steps", 3, 4)],
+            guild_id=GUILD_B,
+            channel_id=CHANNEL_B,
+            user_id=BOB,
+        )
+        (status,) = await fake.wait_call("PATCH", rf"/webhooks/\d+/{token}/messages/@original", timeout=30)
+        status_id = int(status.response["id"])
+        (failed,) = await fake.wait_call(
+            "PATCH",
+            rf"/channels/{CHANNEL_B}/messages/{status_id}",
+            lambda c: "failed" in ((c.json or {}).get("content") or ""),
+            timeout=30,
+        )
+        assert f"<@{BOB}>" in failed.json["content"] and "Traceback" not in failed.json["content"]
+
+
+async def _run_chant(env_extra: dict[str, str], tmp_path: Path, fake: FakeDiscord) -> tuple[int, str]:
+    import os
+    import sys
+
+    from tests.bot.harness import CHANT
+
+    config = write_config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "CHANT_"))}
+    env.update(fake.env(), CHANT_CONFIG=str(config), CHANT_FAKE_ENGINE="1", **env_extra)
+    exe = [str(CHANT)] if CHANT.exists() else [sys.executable, "-m", "bot.cli"]
+    proc = await asyncio.create_subprocess_exec(
+        *exe, "run", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def test_without_a_token_chant_run_explains_and_exits(tmp_path: Path, fake: FakeDiscord) -> None:
+    code, out = await _run_chant({}, tmp_path, fake)
+    assert code == 2 and "DISCORD_TOKEN" in out and "Traceback" not in out
+
+
+async def test_a_rejected_token_fails_cleanly_without_printing_it(tmp_path: Path, fake: FakeDiscord) -> None:
+    fake.reject_login = True
+    code, out = await _run_chant({"DISCORD_TOKEN": TOKEN}, tmp_path, fake)
+    assert code == 3 and "refused the token" in out, out[-3000:]
+    assert TOKEN not in out and "Traceback" not in out
 
 
 async def test_three_guilds_flooding_are_served_interleaved(tmp_path: Path, fake: FakeDiscord) -> None:
