@@ -287,6 +287,7 @@ class Delivery:
                 log.exception("could not post the result of job %s", job.id)
                 return
             await self._delete_status(t, job)
+        self._forget(job.id)
 
     async def _post_untracked_later(self, job_id: int, delay: float = 5.0) -> None:
         await asyncio.sleep(delay)
@@ -360,3 +361,12 @@ class Delivery:
             except Exception:
                 self._posted.discard(job.id)
                 log.exception("could not report the end of job %s", job.id)
+                return
+        self._forget(job.id)
+
+    def _forget(self, job_id: int) -> None:
+        """Drop per-job state once its end is posted; remember posted ids only for a while."""
+        self.tracked.pop(job_id, None)
+        if len(self._posted) > 10_000:
+            for old in sorted(self._posted)[:5_000]:
+                self._posted.discard(old)
