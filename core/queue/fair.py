@@ -23,6 +23,7 @@ throughput.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
@@ -321,28 +322,51 @@ class FairScheduler:
 
     def order(self) -> list[QueuedJob]:
         """All queued jobs in the order they would be served if nothing else arrived."""
-        streams: list[tuple[float, int, float, Iterator[QueuedJob]]] = []
-        for g in self._guilds.values():
-            if not g.queued:
-                continue
-            streams.append((g.tag, g.seq, g.weight, self._guild_order(g)))
+        return list(self.iter_order())
+
+    def front(self, k: int) -> list[QueuedJob]:
+        """The first ``k`` jobs of :meth:`order` (cheaper: stops early)."""
+        return list(itertools.islice(self.iter_order(), k))
+
+    def iter_order(self) -> Iterator[QueuedJob]:
         heap: list[tuple[float, int, QueuedJob, float, Iterator[QueuedJob]]] = []
-        for tag, seq, weight, it in streams:
-            job = next(it)
-            heap.append((tag, seq, job, weight, it))  # type: ignore[arg-type]
+        for g in self._guilds.values():
+            if g.queued:
+                it = self._guild_order(g)
+                heap.append((g.tag, g.seq, next(it), g.weight, it))
         heapq.heapify(heap)
-        out: list[QueuedJob] = []
         counter = self._seq  # re-pushes get fresh sequence numbers, exactly as next() does
         while heap:
-            tag, seq, job, weight, it = heap[0]
-            out.append(job)
+            tag, _seq, job, weight, it = heap[0]
+            yield job
             nxt = next(it, None)
             if nxt is None:
                 heapq.heappop(heap)
             else:
                 counter += 1
                 heapq.heapreplace(heap, (tag + job.cost / weight, counter, nxt, weight, it))
-        return out
+
+    def take(self, job_id: int, now: float = 0.0) -> QueuedJob:
+        """Start a specific queued job (a worker claimed it, maybe ahead of :meth:`next`'s choice).
+
+        Its guild is charged as if it had been served in order.
+        """
+        head = self.peek()
+        if head is not None and head.job_id == job_id:
+            job = self.next(now)
+            assert job is not None
+            return job
+        job = self.cancel(job_id)
+        if job is None:
+            raise KeyError(f"job {job_id} is not queued")
+        self.add_running(job, now)
+        g = self._guilds[job.queue_key]
+        charge = job.cost / g.weight
+        g.finish = max(g.finish, self._vtime) + charge
+        if g.in_heap:
+            g.tag = max(g.tag, self._vtime) + charge
+            self._push(g)
+        return job
 
     def positions(self, now: float = 0.0) -> dict[int, tuple[int, float | None]]:
         """Job id -> (position, ETA seconds until it starts); position 1 = next; running jobs are 0."""

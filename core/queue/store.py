@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, case, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.queue.fair import STANDARD_COST, QueuedJob
@@ -55,15 +55,13 @@ class JobStore:
 
     # ------------------------------------------------------------------ queue snapshot
 
-    async def queued(self) -> list[tuple[int, int | None, int, float]]:
-        """(id, guild, user, cost) of every queued job, oldest first."""
+    async def queued_ids(self, *, after: int = 0) -> list[int]:
+        """Ids of queued jobs (newer than ``after``), oldest first."""
         async with self.db.session() as s:
-            rows = await s.execute(
-                select(Job.id, Job.guild_id, Job.user_id, Job.cost)
-                .where(Job.state == "queued")
-                .order_by(Job.id)
+            rows = await s.scalars(
+                select(Job.id).where(Job.state == "queued", Job.id > after).order_by(Job.id)
             )
-            return [tuple(r) for r in rows]  # type: ignore[misc]
+            return list(rows)
 
     async def load(self, ids: Sequence[int]) -> list[QueuedJob]:
         """Scheduler entries (with batch keys) for these job ids."""
@@ -92,17 +90,23 @@ class JobStore:
 
     # ------------------------------------------------------------------ claim, lease, finish
 
-    async def claim(self, ids: Sequence[int], now: datetime | None = None) -> list[Claimed]:
-        """Atomically take the still-queued jobs among ``ids``: state running, lease, attempts + 1."""
+    async def claim(
+        self, ids: Sequence[int], now: datetime | None = None, *, limit: int | None = None
+    ) -> list[Claimed]:
+        """Atomically take still-queued jobs among ``ids`` (state running, lease, attempts + 1).
+
+        With ``limit``, only the first ``limit`` available ones in the order of ``ids`` (the fair
+        order): rows another worker holds are skipped, not waited for. Result in ``ids`` order.
+        """
         if not ids:
             return []
+        ids = list(ids)
         now = now or utcnow()
-        candidates = (
-            select(Job.id)
-            .where(Job.id.in_(list(ids)), Job.state == "queued")
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
+        rank = case({job_id: i for i, job_id in enumerate(ids)}, value=Job.id)
+        inner = select(Job.id).where(Job.id.in_(ids), Job.state == "queued")
+        if limit is not None:
+            inner = inner.order_by(rank).limit(limit)
+        candidates = inner.with_for_update(skip_locked=True).scalar_subquery()
         stmt = (
             update(Job)
             .where(Job.id.in_(candidates))
@@ -121,6 +125,8 @@ class JobStore:
             if rows and self.is_postgres:
                 for job_id, _, _ in rows:
                     await _notify(s, EVENTS_CHANNEL, {"t": "started", "id": job_id})
+        where = {job_id: i for i, job_id in enumerate(ids)}
+        rows = sorted(rows, key=lambda row: where[row[0]])
         return [
             Claimed(job_id, GenerationRequest.from_dict(params), attempts)
             for job_id, params, attempts in rows

@@ -81,6 +81,8 @@ class Worker:
         self._cancelled: set[int] = set()
         self._task: asyncio.Task | None = None
         self._last_recover = 0.0
+        self._max_seen = 0  # newest job id the scheduler has seen
+        self.candidates = max(8, 2 * self.max_batch)  # front of the fair order offered to claim
         self.served: deque[int] = deque(maxlen=10_000)  # job ids in start order (tests, stats)
 
     # ------------------------------------------------------------------ control
@@ -133,39 +135,73 @@ class Worker:
 
     async def step(self) -> bool:
         """One turn: sync, pick, claim, run. False when there was nothing to do."""
-        if time.monotonic() - self._last_recover > self.poll_interval_s:
+        full = time.monotonic() - self._last_recover > self.poll_interval_s
+        if full:
             self._last_recover = time.monotonic()
             await self._recover()
-        await self.sync()
+        await self.sync(full=full)
+        claimed = await self.claim_next()
+        if not claimed:
+            return False
+        await self.run_batch(claimed)
+        return True
+
+    async def claim_next(self) -> list[Claimed]:
+        """Claim the first available job in fair order, plus compatible jobs right behind it.
+
+        Candidates are the front of the fair order; one statement claims the first one no other
+        worker holds (``SKIP LOCKED``), so competing workers rarely retry.
+        """
         while True:
+            candidates = self.fair.front(self.candidates)
+            if not candidates:
+                return []
+            claimed = await self.store.claim([c.job_id for c in candidates], limit=1)
+            if not claimed:  # all taken by other workers or cancelled: forget them, look further
+                for c in candidates:
+                    self.fair.cancel(c.job_id)
+                continue
+            first = claimed[0].job_id
+            index = next(i for i, c in enumerate(candidates) if c.job_id == first)
+            for c in candidates[:index]:  # skipped: another worker holds them
+                self.fair.cancel(c.job_id)
+            batch = list(claimed)
+            if self.max_batch > 1:
+                key = candidates[index].batch_key
+                mates = []
+                for c in candidates[index + 1 :]:
+                    if c.batch_key != key or len(mates) >= self.max_batch - 1:
+                        break
+                    mates.append(c.job_id)
+                if mates:
+                    batch += await self.store.claim(mates)
             now = time.monotonic()
-            batch = self.fair.next_batch(now, self.max_batch)
-            if not batch:
-                return False
-            claimed = await self.store.claim([j.job_id for j in batch])
-            got = {c.job_id for c in claimed}
-            for job in batch:
-                if job.job_id not in got:  # another worker took it, or it was cancelled meanwhile
-                    self.fair.finish(job.job_id)
-            if claimed:
-                await self.run_batch(claimed)
-                return True
+            got = {c.job_id for c in batch}
+            for c in candidates[index:]:
+                if c.job_id in got:
+                    self.fair.take(c.job_id, now)
+            return batch
 
     async def _recover(self, *, all_running: bool = False) -> None:
         _, failed = await self.store.recover(all_running=all_running)
         for job_id in failed:
             await self.listener.job_finished(job_id)
 
-    async def sync(self) -> None:
-        """Make the scheduler's queue equal the queued rows of the jobs table."""
-        rows = await self.store.queued()
-        in_db = {row[0] for row in rows}
-        local = {job.job_id for job in self.fair.queued()}
-        for gone in local - in_db:
-            self.fair.cancel(gone)
-        new_ids = [row[0] for row in rows if row[0] not in local and row[0] not in self.fair]
+    async def sync(self, *, full: bool = True) -> None:
+        """Make the scheduler's queue equal the queued rows of the jobs table.
+
+        ``full=False`` only adds jobs newer than the newest one seen (cheap, every turn); a full
+        sync also drops jobs that left the queue elsewhere and picks up re-queued ones.
+        """
+        ids = await self.store.queued_ids(after=0 if full else self._max_seen)
+        if full:
+            in_db = set(ids)
+            for job in [j for j in self.fair.queued() if j.job_id not in in_db]:
+                self.fair.cancel(job.job_id)
+        new_ids = [i for i in ids if i not in self.fair]
         if not new_ids:
             return
+        self._max_seen = max(self._max_seen, *new_ids)
         new = await self.store.load(new_ids)
         guilds = {j.guild_id for j in new if j.guild_id is not None} - self._weights_known
         for gid, weight in (await self.store.guild_weights(sorted(guilds))).items():

@@ -123,26 +123,39 @@ async def test_two_worker_processes_kill_9_one_every_job_finishes_exactly_once(
     service = await bootstrap(settings, db=db, worker=False)  # a bot process without a GPU
     events = service.events()
     await service.start()
-    workers = [start_worker(tmp_path, config, f"w{k}") for k in range(2)]
+    workers: list[subprocess.Popen] = []
     try:
         ids = []
-        for i in range(50):
+        for i in range(50):  # queued first: a busy 2-core box submits slower than workers drain
             guild = 1 + i % 5
             actor = Actor(user_id=100 + i % 10, guild_id=guild, channel_id=guild * 10)
             receipt = await service.submit_imagine(actor, ImagineOptions(prompt=f"job {i}", steps=5, seed=i))
             ids.append(receipt.job_id)
+        workers += [start_worker(tmp_path, config, f"w{k}") for k in range(2)]
 
         victim = workers[0]
         deadline = time.monotonic() + 30
         killed_jobs: list[int] = []
         while not killed_jobs and time.monotonic() < deadline:  # wait until the victim is mid-job
             async with db.session() as s:
-                killed_jobs = list(
-                    await s.scalars(
-                        select(Job.id).where(Job.state == "running", Job.lease_owner.like(f"%:{victim.pid}"))
+                busy = await s.scalar(
+                    select(func.count()).where(
+                        Job.state == "running", Job.lease_owner.like(f"%:{victim.pid}")
                     )
                 )
-            await asyncio.sleep(0.02)
+            if busy:
+                os.kill(victim.pid, signal.SIGSTOP)  # frozen: what it holds now is what it dies with
+                async with db.session() as s:
+                    killed_jobs = list(
+                        await s.scalars(
+                            select(Job.id).where(
+                                Job.state == "running", Job.lease_owner.like(f"%:{victim.pid}")
+                            )
+                        )
+                    )
+                if not killed_jobs:
+                    os.kill(victim.pid, signal.SIGCONT)
+            await asyncio.sleep(0.01)
         assert killed_jobs, "the first worker never started a job"
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(10)
