@@ -233,7 +233,8 @@ class Delivery:
                 t.flusher.cancel()
 
     def _update_status(self, t: Tracked, content: str, preview: bytes | None = None) -> None:
-        t.pending = (content, preview)
+        # Keep the newest preview until an edit carries it, even if later steps bring none.
+        t.pending = (content, preview or (t.pending[1] if t.pending else None))
         if t.status_message_id is not None and (t.flusher is None or t.flusher.done()):
             t.flusher = asyncio.create_task(self._flush(t))
 

@@ -122,7 +122,8 @@ class FakeService:
                 await asyncio.sleep(self.step_delay_s)
                 if self.jobs[job_id].state == "cancelled":
                     break
-                self._emit(JobProgress(job_id, step, total, (total - step) * self.step_delay_s, None))
+                preview = png_with_parameters("", step, 8) if step % 5 == 0 else None
+                self._emit(JobProgress(job_id, step, total, (total - step) * self.step_delay_s, preview))
             if self.jobs[job_id].state == "cancelled":
                 self._emit(JobCancelled(self.jobs[job_id]))
                 continue

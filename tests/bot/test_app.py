@@ -123,6 +123,9 @@ async def test_imagine_defers_posts_status_progress_and_a_png_with_parameters(bo
     gaps = [b.at - a.at for a, b in itertools.pairwise(edits)]
     assert all(g >= 0.25 * 0.9 for g in gaps), gaps
     assert len(edits) < 20  # 20 progress events were coalesced
+    assert any(
+        e.files and e.files[0][0].startswith("preview") for e in edits
+    )  # the cheap preview rides along
     await fake.wait_call("DELETE", rf"/channels/{CHANNEL_A}/messages/{status_id}")
 
 
