@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,21 +101,27 @@ class LoraLayer:
             return rows, rows * int(self.down.shape[1]) * math.prod(self.mid.shape[2:])
         return rows, rows * math.prod(self.down.shape[1:])
 
-    def delta(self, dyn: int | None, device: torch.device) -> torch.Tensor:
-        """``up @ down * scale`` in float32 (before the multiplier); A1111's ``rebuild_*`` helpers."""
+    @torch.no_grad()
+    def add_to(self, target: torch.Tensor, multiplier: float, dyn: int | None) -> None:
+        """``target += up @ down * scale * multiplier`` for a float32 weight (A1111's ``rebuild_*``).
+
+        The scale and multiplier go onto the small ``up`` factor, and the product is added with one
+        fused ``addmm_``: a single pass over the (large) weight.
+        """
         assert self.up is not None and self.down is not None
-        up = self.up.to(device=device, dtype=torch.float32)
-        down = self.down.to(device=device, dtype=torch.float32)
-        up2 = up.reshape(up.shape[0], -1)
-        down2 = down.reshape(down.shape[0], -1)
+        factor = self.scale() * multiplier
+        device = target.device
+        up2 = self.up.to(device=device, dtype=torch.float32).reshape(self.up.shape[0], -1)
+        down2 = self.down.to(device=device, dtype=torch.float32).reshape(self.down.shape[0], -1)
+        rows = target.view(target.shape[0], -1)
         if self.mid is not None:
             mid = self.mid.to(device=device, dtype=torch.float32)
-            updown = torch.einsum("n m k l, i n, m j -> i j k l", mid, up2, down2)
-        else:
-            if dyn is not None:
-                up2, down2 = up2[:, :dyn], down2[:dyn, :]
-            updown = up2 @ down2
-        return updown * self.scale()
+            updown = torch.einsum("n m k l, i n, m j -> i j k l", mid, up2 * factor, down2)
+            rows.add_(updown.reshape(rows.shape))
+            return
+        if dyn is not None:
+            up2, down2 = up2[:, :dyn], down2[:dyn, :]
+        rows.addmm_(up2 * factor, down2)
 
 
 @dataclass
@@ -380,10 +386,17 @@ class MergedWeights:
         return len(self._saved)
 
     @torch.no_grad()
-    def add_delta(self, weight: torch.Tensor, delta: torch.Tensor) -> None:
+    def update(self, weight: torch.Tensor, change: Callable[[torch.Tensor], None]) -> None:
+        """Back ``weight`` up exactly, then let ``change`` add to a float32 view of it in place."""
         device = weight.device if self.backup_device is None else self.backup_device
         self._saved.append((weight, weight.detach().to(device=device, copy=True)))
-        weight.copy_((weight.detach().to(torch.float32) + delta).to(weight.dtype))
+        if weight.dtype == torch.float32 and weight.is_contiguous():
+            change(weight.detach())
+        else:  # fp16/bf16, or channels_last convolutions
+            work = torch.empty_like(weight, dtype=torch.float32, memory_format=torch.contiguous_format)
+            work.copy_(weight.detach())
+            change(work)
+            weight.copy_(work)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -411,7 +424,7 @@ def merge_loras(
 
     Returns how many layers of each LoRA found a home. Raises ``ValueError`` before changing
     anything when a LoRA fits no layer of these models or a layer's shape differs (a LoRA for
-    another architecture). Updates for one weight are summed in float32 and added once.
+    another architecture). Updates go into a float32 copy of each weight, then back once.
     """
     indexes = {component: module_index(component, model) for component, model in models.items()}
     per_module: dict[nn.Module, list[tuple[LoraLayer, float, int | None]]] = {}
@@ -444,11 +457,10 @@ def merge_loras(
             )
         placed[use.name] = count
     for module, parts in per_module.items():
-        weight = module.weight
-        total: torch.Tensor | None = None
-        for layer, multiplier, dyn in parts:
-            updown = layer.delta(dyn, weight.device).reshape(weight.shape) * multiplier
-            total = updown if total is None else total + updown
-        assert total is not None
-        merged.add_delta(weight, total)
+
+        def change(work: torch.Tensor, parts=parts) -> None:
+            for layer, multiplier, dyn in parts:
+                layer.add_to(work, multiplier, dyn)
+
+        merged.update(module.weight, change)
     return placed

@@ -472,3 +472,13 @@ def test_every_layer_agrees_with_the_engines_ldm_export(which: str, unet) -> Non
         assert index.get(name) is module, name
         checked += 1
     assert checked == len(by_storage)
+
+
+def test_channels_last_model(unet, text_encoder, kohya_file, library, run_unet, lora_dir) -> None:
+    unet = unet.to(memory_format=torch.channels_last)
+    before, base = snapshot(unet), run_unet(unet)
+    with _activate(unet, text_encoder, lora_dir, lora("kohya_style")):
+        torch.testing.assert_close(run_unet(unet), library.expected_unet, **TOL)
+    assert_bit_identical(unet, before)
+    assert torch.equal(run_unet(unet), base)
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
