@@ -56,6 +56,7 @@ class RunStats:
     encode: float = 0.0
     steps: list[float] = field(default_factory=list)
     decode: float = 0.0
+    png: float = 0.0
     total: float = 0.0
     load: float = 0.0
 
@@ -161,7 +162,9 @@ class DiffusersEngine:
         t = time.perf_counter()
         images = self.decode(model, latents)
         stats.decode = time.perf_counter() - t
+        t = time.perf_counter()
         generated = tuple(self._png(plan, i, image) for i, image in enumerate(images))
+        stats.png = time.perf_counter() - t
         stats.total = time.perf_counter() - start
         self.last_stats = stats
         return GenerationResult(
@@ -173,6 +176,7 @@ class DiffusersEngine:
                 "encode": stats.encode,
                 "denoise": sum(stats.steps),
                 "decode": stats.decode,
+                "png": stats.png,
                 "total": stats.total,
             },
         )

@@ -402,6 +402,13 @@ class ModelCache:
             self._models[key] = model
             return model
 
+    def put(self, model: LoadedModel) -> None:
+        """Adopt an already built model (benchmarks with random weights)."""
+        with self._lock:
+            self._models[(model.source, str(model.device), str(model.dtype))] = model
+            while len(self._models) > self.max_loaded:
+                self._models.popitem(last=False)
+
     def loaded_names(self) -> list[str]:
         with self._lock:
             return [m.name for m in self._models.values()]
