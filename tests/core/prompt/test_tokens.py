@@ -1,0 +1,181 @@
+"""CLIP BPE ids (checked against transformers' CLIPTokenizer) and A1111's 75-token chunker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.prompt import BOS, COMMA, EOS, ClipTokenizer, EmbeddingFix, tokenize_text
+
+A = 320  # "a</w>"
+TOK = ClipTokenizer.default()
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("clip-tokenizer")
+    (folder / "vocab.json").write_text(json.dumps(TOK.vocab()), encoding="utf-8")
+    merges = "\n".join(f"{a} {b}" for a, b in TOK.merges())
+    (folder / "merges.txt").write_text("#version: 0.2\n" + merges + "\n", encoding="utf-8")
+    hf = transformers.CLIPTokenizer.from_pretrained(str(folder))
+    return lambda text: hf(text, add_special_tokens=False, truncation=False)["input_ids"]
+
+
+SAMPLES = [
+    "a photo of an astronaut riding a horse on mars, masterpiece, best quality",
+    "Hello WORLD!! naïve café 日本語 ２３ don't it's we'll",
+    "(((masterpiece))), [lowres:0.5], <lora:x:1>, 8k, RAW photo, f/1.8",
+    "😀👍🏽 a—b…c ÀÉÎ İ ß ﬁ e\u0301 ΣΑΣ ǅ Ⅻ ² ½",
+    "\t tabs\nand\r\nnewlines\u00a0nbsp\u200bzero width \x1f unit sep \x00 nul",
+    "<|startoftext|>x<|endoftext|>",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_ids_equal_transformers_clip_tokenizer(hf_tokenizer, text):
+    assert TOK.encode(text) == hf_tokenizer(text)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(st.characters(exclude_categories=("Cs", "Cn")), max_size=60))
+def test_ids_equal_transformers_for_any_text(hf_tokenizer, text):
+    # Unassigned code points (Cn) are left out: their letter class depends on each library's
+    # Unicode version (regex vs the tokenizers library), not on the algorithm.
+    assert TOK.encode(text) == hf_tokenizer(text)
+
+
+def test_vocabulary_size_and_special_ids():
+    vocab = TOK.vocab()
+    assert len(vocab) == 49408
+    assert vocab["<|startoftext|>"] == BOS and vocab["<|endoftext|>"] == EOS and vocab[",</w>"] == COMMA
+    assert TOK.encode("a, a") == [A, COMMA, A]
+
+
+def body(chunk) -> list[int]:
+    """The chunk's tokens between BOS and the EOS padding."""
+    tokens = list(chunk.tokens[1:-1])
+    while tokens and tokens[-1] == EOS:
+        tokens.pop()
+    return tokens
+
+
+def test_empty_prompt_is_one_padding_chunk():
+    result = tokenize_text("")
+    assert result.token_count == 0 and result.max_length == 75
+    (chunk,) = result.chunks
+    assert chunk.tokens == (BOS,) + (EOS,) * 76 and chunk.multipliers == (1.0,) * 77 and chunk.fixes == ()
+
+
+def test_chunks_hold_75_tokens_and_the_count_is_75_per_full_chunk_plus_the_last():
+    assert [len(c.tokens) for c in tokenize_text("a " * 75).chunks] == [77]
+    result = tokenize_text("a " * 76)
+    assert len(result.chunks) == 2 and result.token_count == 76 and result.max_length == 150
+    assert body(result.chunks[1]) == [A]
+
+
+def test_break():
+    result = tokenize_text("a BREAK a")
+    assert [body(c) for c in result.chunks] == [[A], [A]] and result.token_count == 76
+    trailing = tokenize_text("a BREAK")
+    assert len(trailing.chunks) == 1 and trailing.token_count == 75
+    double = tokenize_text("a BREAK BREAK a")
+    assert [body(c) for c in double.chunks] == [[A], [], [A]]
+    after_full = tokenize_text("a " * 75 + "BREAK a")
+    assert [len(body(c)) for c in after_full.chunks] == [75, 1]
+
+
+def test_break_in_brackets_is_the_word_break_at_minus_1_1():
+    result = tokenize_text("(a BREAK b)")
+    assert len(result.chunks) == 1
+    assert body(result.chunks[0]) == TOK.encode("a break b")
+    assert result.chunks[0].multipliers[1:4] == (1.1, -1.1, 1.1)
+
+
+def _comma_at(index: int, backtrack: int = 20) -> list[list[int]]:
+    text = "a " * index + ", " + "a " * (80 - index)
+    return [body(c) for c in tokenize_text(text, comma_padding_backtrack=backtrack).chunks]
+
+
+def test_comma_backtracking_moves_the_text_after_a_near_comma():
+    chunks = _comma_at(70)
+    assert chunks[0] == [A] * 70 + [COMMA]
+    assert chunks[1] == [A] * 10
+    chunks = _comma_at(55)  # 75 - 55 = 20: still moved
+    assert len(chunks[0]) == 56 and chunks[0][-1] == COMMA
+    chunks = _comma_at(54)  # 21 back: not moved
+    assert len(chunks[0]) == 75
+    assert len(_comma_at(70, backtrack=0)[0]) == 75  # 0 disables it
+
+
+def test_a_double_comma_is_not_a_comma():
+    (double,) = TOK.encode(",,")
+    assert double != COMMA
+    text = "a " * 70 + ",, " + "a " * 10
+    assert len(body(tokenize_text(text).chunks[0])) == 75
+
+
+def test_multipliers_follow_emphasis_and_mode_none_takes_the_text_literally():
+    result = tokenize_text("a (a) [a]")
+    assert result.chunks[0].multipliers[1:4] == (1.0, 1.1, 1 / 1.1)
+    literal = tokenize_text("(a) BREAK a", emphasis="None")
+    assert len(literal.chunks) == 1
+    assert body(literal.chunks[0]) == TOK.encode("(a) break a")
+    assert set(literal.chunks[0].multipliers) == {1.0}
+    for mode in ["Original", "No norm", "Ignore"]:
+        assert tokenize_text("a (b)", emphasis=mode) == tokenize_text("a (b)")
+    with pytest.raises(ValueError, match="emphasis"):
+        tokenize_text("a", emphasis="original")
+
+
+def test_embeddings_match_by_token_ids_longest_first():
+    emb = {"style-a": 1, "style-a-b": 2, "myemb": 3}
+    result = tokenize_text("x style-a-b, style-a-c, MYEMB, myembs, my(emb)", embeddings=emb)
+    (chunk,) = result.chunks
+    names = [(f.name, f.vectors) for f in chunk.fixes]
+    assert names == [("style-a-b", 2), ("style-a", 1), ("myemb", 3)]
+    first = chunk.fixes[0]
+    assert first.offset == 1  # counted from the first token after BOS
+    assert chunk.tokens[1 + first.offset : 1 + first.offset + 2] == (0, 0)
+    spaced = tokenize_text("bad - hands - 5", embeddings={"bad-hands-5": 1})
+    assert [f.name for f in spaced.chunks[0].fixes] == ["bad-hands-5"]
+
+
+def test_embedding_that_does_not_fit_starts_the_next_chunk():
+    result = tokenize_text("a " * 74 + "emb", embeddings={"emb": 2})
+    assert len(body(result.chunks[0])) == 74
+    assert result.chunks[1].fixes == (EmbeddingFix(0, "emb", 2),)
+    full = tokenize_text("emb", embeddings={"emb": 75})
+    assert full.chunks[0].tokens == (BOS,) + (0,) * 75 + (EOS,)
+    assert full.token_count == 75
+
+
+def test_embedding_weight_is_the_segment_weight():
+    result = tokenize_text("(emb:1.3)", embeddings={"emb": 2})
+    assert result.chunks[0].multipliers[1:3] == (1.3, 1.3)
+
+
+def test_comma_backtracking_keeps_the_fix_in_the_previous_chunk_like_a1111():
+    # A1111-SEMANTICS §10.4: the placeholders move, the fix does not (reproduced on purpose).
+    text = "a " * 70 + ", emb " + "a " * 10
+    result = tokenize_text(text, embeddings={"emb": 2})
+    first, second = result.chunks
+    assert first.fixes == (EmbeddingFix(71, "emb", 2),)
+    assert body(first) == [A] * 70 + [COMMA]
+    assert second.fixes == ()
+    assert body(second)[:2] == [0, 0]
+
+
+@pytest.mark.parametrize("bad", [{"x": 0}, {"x": 76}, {"x": 1.5}, {"   ": 1}])
+def test_bad_embeddings_are_rejected(bad):
+    with pytest.raises(ValueError):
+        tokenize_text("x", embeddings=bad)
+
+
+def test_bad_backtrack_is_rejected():
+    with pytest.raises(ValueError, match="comma_padding_backtrack"):
+        tokenize_text("x", comma_padding_backtrack=-1)
