@@ -171,8 +171,20 @@ class FakeDiscord:
         count: int = 1,
         timeout: float = 10.0,
     ) -> list[Call]:
+        rx = re.compile(pattern)
+        found: list[Call] = []
+        checked = 0
+
+        def predicate() -> list[Call] | None:
+            nonlocal checked  # look only at calls that arrived since the last check
+            for call in self.calls[checked:]:
+                if call.method == method and rx.fullmatch(call.path) and (where is None or where(call)):
+                    found.append(call)
+            checked = len(self.calls)
+            return found if len(found) >= count else None
+
         return await self.wait_until(
-            lambda: (found := self.find(method, pattern, where)) and len(found) >= count and found,
+            predicate,
             timeout,
             f"{count} x {method} {pattern}",
         )
@@ -522,6 +534,7 @@ class FakeDiscord:
 
     # -- REST -------------------------------------------------------------------------------------
     async def _rest(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()  # before reading the body: the acknowledgement time of a callback
         path = "/" + request.match_info["tail"]
         body: Any = None
         files: list[tuple[str, bytes]] = []
@@ -546,9 +559,11 @@ class FakeDiscord:
             body,
             files,
             {k: v for k, v in request.headers.items() if k.lower() != "authorization"},
-            time.monotonic(),
+            arrived,
         )
         self.calls.append(call)
+        if request.method == "POST" and path.startswith("/interactions/") and path.endswith("/callback"):
+            self.interaction_acked_at.setdefault(int(path.split("/")[2]), arrived)
         for failure in self._failures:
             if failure.remaining and failure.method == request.method and failure.pattern.fullmatch(path):
                 failure.remaining -= 1
@@ -673,7 +688,6 @@ class FakeDiscord:
             return 200, out
         if method == "POST" and parts[0] == "interactions" and parts[-1] == "callback":
             iid = int(parts[1])
-            self.interaction_acked_at.setdefault(iid, time.monotonic())
             kind = (body or {}).get("type")
             flags = ((body or {}).get("data") or {}).get("flags") or 0
             return 200, {
