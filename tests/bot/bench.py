@@ -68,6 +68,7 @@ async def run(n: int, rounds: int, service_kind: str) -> dict:
             task = asyncio.create_task(serve(settings, TOKEN, with_worker=False, service=FakeService()))
             await fake.wait_ready(60)
         await fake.wait_call("PUT", r"/applications/\d+/commands", timeout=30)
+        await asyncio.sleep(2.0)  # let startup finish (READY, guilds, backlog): measure a connected, idle bot
         user = 1_000_000
         for _ in range(rounds):
             burst = []
