@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actors import actor_from_interaction
+from bot.errors import on_app_command_error
 from bot.render import escape_markdown, truncate
 from core.services import JobView, UserError
 
@@ -64,7 +65,11 @@ class HistoryPage(
 
     async def callback(self, interaction: discord.Interaction) -> None:
         service = interaction.client.service  # type: ignore[attr-defined]
-        items, total = await service.history(actor_from_interaction(interaction), self.page, PER_PAGE)
+        try:
+            items, total = await service.history(actor_from_interaction(interaction), self.page, PER_PAGE)
+        except Exception as exc:  # buttons bypass the command tree's error handler
+            await on_app_command_error(interaction, exc)  # type: ignore[arg-type]
+            return
         await interaction.response.edit_message(
             content=history_text(items, total, self.page), view=pager(self.user_id, self.page, total)
         )
