@@ -86,7 +86,7 @@ def find_in_folders(name: str, folders: tuple[str, ...], suffixes: tuple[str, ..
         return None
     candidate_name = Path(name)
     if candidate_name.is_absolute() or ".." in candidate_name.parts or name.startswith("~"):
-        raise ModelError(f"{name!r} is not a model name: names may not contain paths that leave the folder")
+        raise ModelError(f"{name!r} is not a plain name: names may not contain paths that leave the folder")
     for folder in folders:
         base = Path(folder)
         options = [base / name] + [base / (name + s) for s in suffixes]

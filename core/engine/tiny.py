@@ -345,3 +345,12 @@ def to_ldm_state_dict(pipe, arch: str) -> dict[str, torch.Tensor]:
     else:
         state.update(_clip_l_to_ldm(pipe.text_encoder, "cond_stage_model.transformer."))
     return state
+
+
+def save_vae_single_file(vae, path: Path | str) -> Path:
+    """A VAE alone in A1111's standalone layout (``encoder.…``/``decoder.…``, as vae-ft-mse files)."""
+    from safetensors.torch import save_file
+
+    state = {k.removeprefix("first_stage_model."): v.contiguous() for k, v in _vae_to_ldm(vae).items()}
+    save_file(state, str(path))
+    return Path(path)

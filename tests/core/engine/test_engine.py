@@ -226,7 +226,7 @@ def test_progress_preview_and_cancel(tiny_sd15) -> None:
         ({"sampler": "DPM fast"}, "DPM fast"),
         ({"sampler": "No Such Sampler"}, "No Such Sampler"),
         ({"model": "missing"}, "unknown model 'missing'"),
-        ({"model": "../tiny-sd1"}, "not a model name"),
+        ({"model": "../tiny-sd1"}, "not a plain name"),
         ({"prompt": "(a:1.2.3)"}, "column"),
         ({"clip_skip": 9}, "CLIP skip must be between 1 and 3"),
         ({"rng": "quantum"}, "RNG source"),
@@ -258,3 +258,20 @@ def test_out_of_memory_frees_and_raises_a_user_error(sd15_engine, monkeypatch) -
 def test_the_engine_lists_models_and_samplers(sd15_engine) -> None:
     assert sd15_engine.model_names() == ["tiny"]
     assert "DPM++ 2M" in sd15_engine.sampler_names() and "Euler a" in sd15_engine.sampler_names()
+
+
+def test_a_vae_override_by_name_changes_the_decoder(tiny_sd15, tmp_path) -> None:
+    from core.engine.tiny import _vae, save_vae_single_file
+
+    torch.manual_seed(11)
+    save_vae_single_file(_vae(), tmp_path / "other-vae.safetensors")
+    engine = DiffusersEngine(engine_settings(tiny_sd15, vae_dirs=(str(tmp_path),)))
+    request = GenerationRequest(prompt="a bird", seed=3, sampler="Euler", **SMALL)
+    plain = engine.generate(request)
+    with_vae = engine.generate(request.replace(vae="other-vae"))
+    assert not np.array_equal(pixels(plain.images[0].png), pixels(with_vae.images[0].png))
+    with pytest.raises(GenerationError, match="unknown VAE"):
+        engine.generate(request.replace(vae="nope"))
+    with pytest.raises(GenerationError, match="not a plain name"):
+        engine.generate(request.replace(vae="../other-vae"))
+    engine.close()

@@ -99,7 +99,7 @@ def test_names_never_leave_the_model_folders(tmp_path: Path) -> None:
         with pytest.raises(models.ModelError):
             models.resolve_model(settings, name)
     # A path is only a path for the operator's CLI.
-    with pytest.raises(models.ModelError, match="not a model name"):
+    with pytest.raises(models.ModelError, match="not a plain name"):
         models.resolve_model(_settings(tmp_path / "nowhere"), str(inside / "good.safetensors"))
     with pytest.raises(models.ModelError, match="unknown model"):
         models.resolve_model(_settings(inside), "models/good")
