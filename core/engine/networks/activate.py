@@ -161,8 +161,9 @@ def activate_networks(
             active.hooked_attentions = hooks.attach(unet, hn_uses)
             if active.hooked_attentions == 0:
                 sizes = sorted({size for hn, _ in hn_uses for size in hn.layers})
+                names = ", ".join(repr(spec.name) for spec in request.hypernets)
                 raise ValueError(
-                    f"hypernetwork {request.hypernets[0].name!r} fits no attention layer of this model "
+                    f"hypernetwork {names} fits no attention layer of this model "
                     f"(it has layers for widths {sizes})"
                 )
         yield active

@@ -261,6 +261,14 @@ def parse_lora_state_dict(
         complete.append(layer)
     if not complete:
         raise ValueError(f"{path.name} holds no complete LoRA layer (lora_up + lora_down)")
+    if ignored:
+        bundled = sum(k.startswith("bundle_emb.") for k in ignored)
+        log.warning(
+            "%s: %d tensors ignored (%d bundled embedding tensors, not applied)",
+            path.name,
+            len(ignored),
+            bundled,
+        )
     return LoraFile(path=path, layers=complete, ignored=ignored)
 
 

@@ -127,3 +127,17 @@ def test_several_folders_in_order(tmp_path: Path, lora_dir: Path) -> None:
 def test_list_networks_for_autocomplete(lora_dir: Path) -> None:
     assert list_networks([lora_dir]) == ["detail", "ink", "Watercolor"]
     assert list_networks([lora_dir], (".txt",)) == ["notes"]
+
+
+def test_listing_and_parsing_load_no_torch() -> None:
+    """The bot's autocomplete imports this package; it must stay light."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, core.engine.networks as n; n.list_networks(['.']); n.networks_key([]);"
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    root = Path(__file__).resolve().parents[4]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
