@@ -78,6 +78,7 @@ class FakeService:
         self.hold = asyncio.Event()  # cleared = the worker pauses before each job
         self.hold.set()
         self.explode = False  # submit raises a non-UserError (unexpected failure path)
+        self.submit_delay_s = 0.0  # a slow database
 
     # lifecycle
     async def start(self) -> None:
@@ -178,6 +179,8 @@ class FakeService:
         self.calls.append(("submit_imagine", (actor, options)))
         if self.explode:
             raise RuntimeError("database exploded (secret details)")
+        if self.submit_delay_s:
+            await asyncio.sleep(self.submit_delay_s)
         if options.steps is not None and options.steps > self.max_steps:
             raise UserError(
                 "limit.steps", f"steps {options.steps} is over this server's limit of {self.max_steps}"

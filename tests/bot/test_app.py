@@ -433,3 +433,25 @@ async def test_history_pages_with_buttons_that_survive_restarts(fake: FakeDiscor
         )
         (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
         assert cb.json["type"] == 4 and cb.json["data"]["flags"] & EPHEMERAL
+
+
+async def test_acknowledged_at_once_even_when_the_service_is_slow(bot: RunningBot) -> None:
+    bot.service.submit_delay_s = 4.0  # longer than Discord's 3 s window
+    iid, token = await imagine(bot.fake, "patience")
+    await bot.fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback", timeout=3)
+    assert bot.fake.ack_latencies()[iid] < 1.0
+    (status,) = await bot.fake.wait_call("PATCH", rf"/webhooks/\d+/{token}/messages/@original", timeout=10)
+    assert "job #1" in status.json["content"]
+
+
+async def test_four_images_go_out_in_one_message_with_a_seed_range(bot: RunningBot) -> None:
+    await imagine(bot.fake, "four", opt("count", 4, 4), opt("seed", 100, 4), opt("steps", 2, 4))
+    (post,) = await bot.fake.wait_call("POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files))
+    assert len(post.files) == 4
+    assert [png_parameters(data).split("Seed: ")[1].split(",")[0] for _, data in post.files] == [
+        "100",
+        "101",
+        "102",
+        "103",
+    ]
+    assert "seed 100–103" in post.json["content"]
