@@ -100,6 +100,7 @@ class Delivery:
         self._posted: set[int] = set()
         self._finished_early: dict[int, JobEvent] = {}
         self._task: asyncio.Task[None] | None = None
+        self._events: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()  # set once subscribed and the backlog is posted
 
@@ -113,6 +114,10 @@ class Delivery:
             self._task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
+        close = getattr(self._events, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()  # unsubscribe from the service's event hub
         tasks = [t for t in [self._task, *self._tasks] if t is not None]
         for task in tasks:
             task.cancel()
@@ -126,7 +131,7 @@ class Delivery:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self) -> None:
-        events = self.service.events()
+        events = self._events = self.service.events()
         first = asyncio.ensure_future(anext(events))  # subscribe before reading the backlog
         await asyncio.sleep(0)
         try:
@@ -145,7 +150,7 @@ class Delivery:
             except Exception:
                 log.exception("the job event stream failed; resubscribing in 1s")
                 await asyncio.sleep(1)
-                events = self.service.events()
+                events = self._events = self.service.events()
                 pending = None
                 continue
             pending = None
