@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, case, func, or_, select, text, update
+from sqlalchemy import JSON, BigInteger, Integer, and_, case, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.queue.fair import STANDARD_COST, QueuedJob
@@ -27,6 +27,28 @@ log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "chant_events"  # NOTIFY payloads: {"t": "started"|"progress"|"done"|..., "id": job id}
 JOBS_CHANNEL = "chant_jobs"  # NOTIFY on submit / cancel so workers wake up at once
+
+# Claims and lease renewals need not wait for the WAL flush: if the server crashed and lost such a
+# commit, the job would still be queued (or its lease shorter) and another worker might run it too,
+# but only the lease holder can store a result (``complete`` checks the lease): nothing is stored twice.
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
+
+_CLAIM_PG = text(
+    """
+    WITH picked AS (
+        SELECT id FROM jobs
+        WHERE id = ANY(CAST(:ids AS BIGINT[])) AND state = 'queued'
+        ORDER BY array_position(CAST(:ids AS BIGINT[]), id)
+        LIMIT :n
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE jobs SET state = 'running', lease_owner = :owner, lease_expires_at = :until,
+                    attempts = jobs.attempts + 1, started_at = :now
+    FROM picked WHERE jobs.id = picked.id
+    RETURNING jobs.id, jobs.params, jobs.attempts,
+              pg_notify(:channel, json_build_object('t', 'started', 'id', jobs.id)::text)
+    """
+).columns(id=BigInteger, params=JSON, attempts=Integer)
 
 CRASHED_TWICE = "This job stopped the worker {n} times, so it was not retried again. Try other settings."
 
@@ -120,17 +142,32 @@ class JobStore:
             .returning(Job.id, Job.params, Job.attempts)
             .execution_options(synchronize_session=False)
         )
-        async with self.db.transaction(write=True) as s:
-            rows = (await s.execute(stmt)).all()
-            if rows and self.is_postgres:
-                for job_id, _, _ in rows:
-                    await _notify(s, EVENTS_CHANNEL, {"t": "started", "id": job_id})
+        if self.is_postgres:
+            rows = await self._claim_pg(ids, now, limit)
+        else:
+            async with self.db.transaction(write=True) as s:
+                rows = [tuple(row) for row in (await s.execute(stmt)).all()]
         where = {job_id: i for i, job_id in enumerate(ids)}
         rows = sorted(rows, key=lambda row: where[row[0]])
         return [
             Claimed(job_id, GenerationRequest.from_dict(params), attempts)
             for job_id, params, attempts in rows
         ]
+
+    async def _claim_pg(self, ids: list[int], now: datetime, limit: int | None) -> list[tuple]:
+        """PostgreSQL: one statement picks (fair order, ``SKIP LOCKED``), leases and NOTIFYs."""
+        params = {
+            "ids": ids,
+            "n": limit if limit is not None else len(ids),
+            "owner": self.worker_id,
+            "until": now + self.lease,
+            "now": now,
+            "channel": EVENTS_CHANNEL,
+        }
+        async with self.db.engine.begin() as conn:  # Core connection: the hot path skips the ORM
+            await conn.execute(_ASYNC_COMMIT)
+            result = await conn.execute(_CLAIM_PG, params)
+            return [tuple(row[:3]) for row in result.all()]
 
     async def renew(self, ids: Sequence[int], now: datetime | None = None) -> set[int]:
         """Extend our leases; returns the ids still ours and running (the others were cancelled or lost)."""
@@ -144,6 +181,10 @@ class JobStore:
             .returning(Job.id)
             .execution_options(synchronize_session=False)
         )
+        if self.is_postgres:
+            async with self.db.engine.begin() as conn:
+                await conn.execute(_ASYNC_COMMIT)
+                return set((await conn.execute(stmt)).scalars())
         async with self.db.transaction(write=True) as s:
             return set((await s.execute(stmt)).scalars())
 
