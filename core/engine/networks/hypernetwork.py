@@ -150,9 +150,14 @@ def hypernetwork_from_dict(path: Path, data: object) -> Hypernetwork:
             or not all(isinstance(sd, dict) for sd in pair)
         ):
             raise _fail(path, f"entry {size} is not a pair of state dicts")
+        if size < 1 or any(int(size * f) < 1 for f in structure):
+            raise _fail(path, f"layer_structure {structure!r} gives an empty layer for width {size}")
         modules = []
         for sd in pair:
-            module = HypernetworkModule(size, **options)
+            try:
+                module = HypernetworkModule(size, **options)
+            except (TypeError, ValueError, RuntimeError) as exc:  # e.g. an activation that needs arguments
+                raise _fail(path, f"cannot build its layers ({exc})") from None
             state = {_OLD_NAMES.get(k, k): v for k, v in sd.items()}
             try:
                 module.load_state_dict(state, strict=True)

@@ -194,6 +194,8 @@ def test_old_linear1_linear2_files_and_layer_norm_dropout_layouts(unet, text_enc
         ({32: ({"linear.0.weight": torch.zeros(3, 3)}, {})}, "does not match its layer_structure"),
         ({32: ({}, {}), "layer_structure": [2, 1]}, "must start and end with 1"),
         ({32: ({}, {}), "activation_func": "frobnicate"}, "unknown activation function"),
+        ({32: ({}, {}), "activation_func": "multiheadattention"}, "cannot build its layers"),
+        ({32: ({}, {}), "layer_structure": [1, 0.001, 1]}, "gives an empty layer for width 32"),
     ],
 )
 def test_layouts_we_cannot_read_get_clear_errors(unet, text_encoder, hn_dir, data, message) -> None:
