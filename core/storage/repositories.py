@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, delete, func, or_, select, update
+from sqlalchemy import Select, and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,6 +39,7 @@ from core.storage.models import (
     QuotaLock,
     QuotaRule,
     UsageEntry,
+    UTCDateTime,
     utcnow,
 )
 from core.storage.validation import (
@@ -207,6 +208,17 @@ class PresetRepo:
         check_id(owner_id, f"{owner_kind} id")
         return and_(Preset.owner_kind == owner_kind, Preset.owner_id == owner_id)
 
+    async def _lock_owner(self, owner_kind: str, owner_id: int) -> None:
+        """Serialise saves per owner so the 25-preset cap and name uniqueness hold under concurrency.
+
+        PostgreSQL: a transaction-scoped advisory lock (user ids as keys, guild ids negated).
+        SQLite: ``Database.write_session()`` already holds the write lock.
+        """
+        self._where(owner_kind, owner_id)
+        if self.session.bind.dialect.name == "postgresql":
+            key = owner_id if owner_kind == "user" else -owner_id
+            await self.session.execute(select(func.pg_advisory_xact_lock(key)))
+
     async def get(self, owner_kind: str, owner_id: int, name: str) -> Preset | None:
         key = check_name(name, "preset name").casefold()
         return await self.session.scalar(
@@ -219,6 +231,7 @@ class PresetRepo:
         """Create or replace (same name, any case) a preset; returns ``(preset, created)``."""
         check_name(name, "preset name")
         params = dict(check_json_texts(dict(params), "preset"))
+        await self._lock_owner(owner_kind, owner_id)
         existing = await self.get(owner_kind, owner_id, name)
         if existing is not None:
             existing.name, existing.params, existing.created_by = name, params, created_by
@@ -748,6 +761,36 @@ def quota_window(period: str, now: datetime) -> tuple[datetime, datetime]:
     return start, start + QUOTA_PERIODS[period]
 
 
+# Statements built once (the quota path runs on every submit).
+_EFFECTIVE_RULES = select(
+    QuotaRule.unit, QuotaRule.period, QuotaRule.allowance, QuotaRule.scope, QuotaRule.target_id
+).where(
+    QuotaRule.guild_id == bindparam("gid"),
+    or_(
+        QuotaRule.scope == "guild",
+        and_(QuotaRule.scope == "user", QuotaRule.target_id == bindparam("uid")),
+        and_(QuotaRule.scope == "role", QuotaRule.target_id.in_(bindparam("roles", expanding=True))),
+    ),
+)
+
+
+def _window_sum(start: str) -> Any:
+    after = UsageEntry.created_at >= bindparam(start, type_=UTCDateTime)
+    return func.coalesce(func.sum(case((after, UsageEntry.amount), else_=0.0)), 0.0)
+
+
+_USAGE_SUMS = (
+    select(UsageEntry.unit, _window_sum("hour_start").label("hour"), _window_sum("day_start").label("day"))
+    .where(
+        UsageEntry.guild_id == bindparam("gid"),
+        UsageEntry.user_id == bindparam("uid"),
+        UsageEntry.created_at >= bindparam("day_start", type_=UTCDateTime),  # the day contains the hour
+        UsageEntry.state.in_(("reserved", "committed")),
+    )
+    .group_by(UsageEntry.unit)
+)
+
+
 class QuotaRepo:
     """Quota rules and the usage ledger (reserve → commit | refund)."""
 
@@ -846,19 +889,11 @@ class QuotaRepo:
     ) -> list[Allowance]:
         """Per (unit, period): the user's override, else the most generous of their roles' rules,
         else the guild default. No rule → no limit for that unit and period."""
-        gid = _guild_key(guild_id)
-        rows = await self.session.scalars(
-            select(QuotaRule).where(
-                QuotaRule.guild_id == gid,
-                or_(
-                    QuotaRule.scope == "guild",
-                    and_(QuotaRule.scope == "user", QuotaRule.target_id == user_id),
-                    and_(QuotaRule.scope == "role", QuotaRule.target_id.in_(list(role_ids) or [-1])),
-                ),
-            )
+        rows = await self.session.execute(
+            _EFFECTIVE_RULES, {"gid": _guild_key(guild_id), "uid": user_id, "roles": list(role_ids) or [-1]}
         )
         rank = {"user": 0, "role": 1, "guild": 2}
-        best: dict[tuple[str, str], QuotaRule] = {}
+        best: dict[tuple[str, str], Any] = {}
         for rule in rows:
             key = (rule.unit, rule.period)
             cur = best.get(key)
@@ -889,26 +924,18 @@ class QuotaRepo:
     async def _usage(
         self, guild_id: int | None, user_id: int, allowances: Sequence[Allowance], now: datetime
     ) -> list[QuotaUsage]:
-        """Usage in each allowance's current window, in one query."""
+        """Usage in each allowance's current window (hour and day sums in one prepared query)."""
         if not allowances:
             return []
-        windows = {a.period: quota_window(a.period, now) for a in allowances}
-        sums = [
-            func.coalesce(
-                func.sum(case((UsageEntry.created_at >= start, UsageEntry.amount), else_=0.0)), 0.0
-            ).label(period)
-            for period, (start, _) in windows.items()
-        ]
+        windows = {period: quota_window(period, now) for period in QUOTA_PERIODS}
         rows = await self.session.execute(
-            select(UsageEntry.unit, *sums)
-            .where(
-                UsageEntry.guild_id == _guild_key(guild_id),
-                UsageEntry.user_id == user_id,
-                UsageEntry.unit.in_({a.unit for a in allowances}),
-                UsageEntry.created_at >= min(start for start, _ in windows.values()),
-                UsageEntry.state.in_(("reserved", "committed")),
-            )
-            .group_by(UsageEntry.unit)
+            _USAGE_SUMS,
+            {
+                "gid": _guild_key(guild_id),
+                "uid": user_id,
+                "hour_start": windows["hour"][0],
+                "day_start": windows["day"][0],
+            },
         )
         used = {(row.unit, period): float(row._mapping[period]) for row in rows for period in windows}
         return [

@@ -160,3 +160,26 @@ async def test_audit_rows(db: Database) -> None:
             (10, "limit.set", "max_steps", {"before": None, "after": 30}),
         ]
         assert rows[0].created_at >= rows[1].created_at
+
+
+async def test_concurrent_preset_saves_keep_the_cap_and_unique_names(db: Database) -> None:
+    import asyncio
+
+    async def save(owner: int, name: str) -> bool:
+        try:
+            async with db.transaction(write=True) as s:
+                await Repositories(s).presets.save("user", owner, name, {"prompt": name}, created_by=owner)
+            return True
+        except PresetLimitReached:
+            return False
+
+    results = await asyncio.gather(*(save(77, f"p{i}") for i in range(40)))
+    assert sum(results) == MAX_PRESETS_PER_OWNER
+    assert await save(77, "P0")  # replacing an existing name is allowed at the cap
+    results = await asyncio.gather(*(save(78, case) for case in ["Same", "SAME", "same", "sAmE"] * 3))
+    assert all(results)
+    async with db.transaction() as s:
+        presets = Repositories(s).presets
+        assert len(await presets.list("user", 77)) == MAX_PRESETS_PER_OWNER
+        (only,) = await presets.list("user", 78)
+        assert only.name.casefold() == "same"
