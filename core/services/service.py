@@ -932,6 +932,8 @@ class ChantService:
         if job_id in self._started:
             return
         self._started.add(job_id)
+        if len(self._started) > 20_000:
+            self._started = set(sorted(self._started)[10_000:])
         self._positions.pop(job_id, None)
         self.hub.publish(JobStarted(job_id))
         try:
@@ -952,6 +954,8 @@ class ChantService:
         if job_id in self._announced:
             return
         self._announced.add(job_id)  # before any await: NOTIFY and the poller may race here
+        if len(self._announced) > 20_000:  # bounded memory: forget the oldest announcements
+            self._announced = set(sorted(self._announced)[10_000:])
         async with self.db.session() as s:
             job = await Repositories(s).jobs.get(job_id)
             if job is None or job.state not in ("done", "failed", "cancelled"):

@@ -1,0 +1,91 @@
+"""The worker loop on SQLite with the fake engine: fair order end to end, batching, shutdown."""
+
+from __future__ import annotations
+
+from core.services import ImagineOptions, JobDone, JobQueued
+from tests.core.services.conftest import Harness, actor, wait_for
+
+
+async def test_three_guilds_flooding_are_served_interleaved(tmp_path) -> None:
+    h = Harness(tmp_path, max_queued_per_user=30, max_queued_per_guild=50)
+    service = await h.open(start=False)
+    guild_of = {}
+    for guild, n in ((1, 30), (2, 10), (3, 2)):
+        for i in range(n):
+            r = await service.submit_imagine(
+                actor(user=guild * 100 + i % 3, guild=guild), ImagineOptions(prompt="x", steps=1)
+            )
+            guild_of[r.job_id] = guild
+    events = service.events()
+    await service.start()
+    done = 0
+    while done < 42:
+        await wait_for(events, lambda e: isinstance(e, JobDone))
+        done += 1
+    served = [guild_of[j] for j in service.worker.served]
+    assert [i + 1 for i, g in enumerate(served) if g == 3] == [3, 6]
+    assert served[:6] == [1, 2, 3, 1, 2, 3]
+    await h.close()
+
+
+async def test_compatible_jobs_at_the_front_share_one_engine_call(tmp_path) -> None:
+    h = Harness(tmp_path)
+    service = await h.open(start=False)
+    for guild, width in ((1, 512), (2, 512), (3, 768), (4, 512)):
+        await service.submit_imagine(
+            actor(user=guild, guild=guild), ImagineOptions(prompt="x", steps=2, width=width, seed=guild)
+        )
+    events = service.events()
+    await service.start()
+    for _ in range(4):
+        await wait_for(events, lambda e: isinstance(e, JobDone))
+    # guild 3's 768-wide job is third in fair order: it splits the batches, nobody is reordered
+    assert h.engine.calls == [[1, 2], [3], [4]]
+    await h.close()
+
+
+async def test_positions_are_announced_as_the_queue_moves(tmp_path) -> None:
+    h = Harness(tmp_path)
+    h.engine.step_delay_s = 0.01
+    service = await h.open(start=False)
+    events = service.events()
+    ids = []
+    for user in range(3):
+        r = await service.submit_imagine(
+            actor(user=user + 1), ImagineOptions(prompt="x", steps=3, width=512 + 64 * user)
+        )
+        ids.append(r.job_id)
+    await service.start()
+    positions = []
+    async for event in events:
+        if isinstance(event, JobQueued) and event.job_id == ids[2]:
+            positions.append(event.position)
+        if isinstance(event, JobDone) and event.job.id == ids[2]:
+            break
+    assert positions[0] == 3 and positions[-1] == 1 and positions == sorted(positions, reverse=True)
+    await h.close()
+
+
+async def test_stopping_mid_job_puts_it_back_uncounted(tmp_path) -> None:
+    h = Harness(tmp_path)
+    h.engine.step_delay_s = 0.05
+    service = await h.open(start=False)
+    events = service.events()
+    await service.start()
+    r = await service.submit_imagine(actor(), ImagineOptions(prompt="x", steps=40))
+    from core.services import JobProgress
+
+    await wait_for(events, lambda e: isinstance(e, JobProgress))
+    await h.close()  # graceful stop: the job goes back to the queue, its attempt not counted
+
+    h2 = Harness(tmp_path)
+    service = await h2.open(start=False)
+    view = await service.show(actor(), r.job_id)
+    assert view.state == "queued"
+    from sqlalchemy import select
+
+    from core.storage.models import Job
+
+    async with h2.db.session() as s:
+        assert await s.scalar(select(Job.attempts).where(Job.id == r.job_id)) == 0
+    await h2.close()
