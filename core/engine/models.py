@@ -287,7 +287,10 @@ def torch_device_and_dtype(settings: EngineSettings, device: str | None = None):
 def _kind_of_pipe(pipe) -> str:
     if getattr(pipe, "text_encoder_2", None) is not None:
         return "sdxl"
-    return "sd2" if pipe.text_encoder.config.hidden_size == 1024 else "sd1"
+    # SD 2.x: OpenCLIP-H (width 1024), whose tokenizer pads with "!" (id 0) instead of the end token.
+    tokenizer = getattr(pipe, "tokenizer", None)
+    pads_with_zero = tokenizer is not None and tokenizer.pad_token_id == 0
+    return "sd2" if pads_with_zero or pipe.text_encoder.config.hidden_size == 1024 else "sd1"
 
 
 def load_model(source: ModelSource, device, dtype, *, allow_pickle: bool = False) -> LoadedModel:
@@ -312,8 +315,15 @@ def load_model(source: ModelSource, device, dtype, *, allow_pickle: bool = False
             check_file_allowed(location, allow_pickle)
             kind = detect_kind(location) if source.kind == "auto" else source.kind
             config = source.config or str(_skeleton_for(kind, source))
+            if kind not in ("sd1", "sd2", "sdxl"):
+                raise ModelError(f"{source.name}: unknown model kind {kind!r}")
             cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
             pipe = cls.from_single_file(str(location), config=config, local_files_only=True, **common)
+            if kind == "sd2" and not source.config:
+                prediction = "v_prediction" if uses_v_prediction(pipe.unet) else "epsilon"
+                pipe.scheduler = type(pipe.scheduler).from_config(
+                    pipe.scheduler.config, prediction_type=prediction
+                )
             model_hash = short_hash(location)
         if source.vae:
             pipe.vae = _load_vae(source.vae, pipe, dtype)
@@ -343,12 +353,25 @@ def load_model(source: ModelSource, device, dtype, *, allow_pickle: bool = False
 
 
 def _skeleton_for(kind: str, source: ModelSource) -> Path:
-    if kind == "sd2":
-        raise ModelError(
-            f"{source.name}: SD 2.x single files need a config folder (set `config` for this model to a "
-            "diffusers SD 2.x folder without weights); chant ships skeletons for SD 1.x and SDXL"
-        )
     return skeleton_dir(kind)
+
+
+def uses_v_prediction(unet) -> bool:
+    """A1111's test for SD 2.x checkpoints: a v-prediction UNet maps a flat 0.5 input at t=999 far
+    below it (``sd_models_config.is_using_v_parameterization_for_sd2``)."""
+    import torch
+
+    parameter = next(unet.parameters())
+    width = unet.config.cross_attention_dim
+    with torch.no_grad():
+        context = torch.ones((1, 2, width), device=parameter.device, dtype=parameter.dtype) * 0.5
+        x = (
+            torch.ones((1, unet.config.in_channels, 8, 8), device=parameter.device, dtype=parameter.dtype)
+            * 0.5
+        )
+        t = torch.tensor([999], device=parameter.device)
+        out = (unet(x, t, encoder_hidden_states=context).sample.float() - x.float()).mean().item()
+    return out < -1
 
 
 def _load_vae(vae: str, pipe, dtype):

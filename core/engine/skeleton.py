@@ -1,6 +1,7 @@
 """Config + tokenizer "skeletons" that let single-file checkpoints load with no network.
 
-The package ships weight-free diffusers config folders for SD1.5 and SDXL (``skeletons/``). The
+The package ships weight-free diffusers config folders for SD1.5, SD2.1 (768-v; the prediction
+type is detected per checkpoint by the loader) and SDXL base (``skeletons/``). The
 CLIP tokenizer files (``vocab.json`` / ``merges.txt``) are generated once from the BPE vocabulary
 that ``core.prompt`` ships (OpenAI's MIT-licensed ``bpe_simple_vocab_16e6.txt.gz``) into a cache
 folder, so the package does not carry the vocabulary twice. torch-free.
@@ -18,8 +19,8 @@ from pathlib import Path
 
 PACKAGE_SKELETONS = Path(__file__).with_name("skeletons")
 BPE_PATH = Path(__file__).resolve().parents[1] / "prompt" / "data" / "bpe_simple_vocab_16e6.txt.gz"
-KINDS = {"sd1": "sd15", "sdxl": "sdxl"}
-_VERSION = "1"
+KINDS = {"sd1": "sd15", "sd2": "sd2", "sdxl": "sdxl"}
+_VERSION = "2"
 
 
 def _bytes_to_unicode() -> dict[int, str]:

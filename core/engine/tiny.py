@@ -37,7 +37,7 @@ SD15_SCHEDULER = {
 
 @dataclass(frozen=True)
 class TinyModel:
-    arch: str  # "sd1" | "sdxl"
+    arch: str  # "sd1" | "sd2" | "sdxl"
     folder: Path  # diffusers folder
     single_file: Path  # A1111/LDM-layout .safetensors
     config: Path  # weight-free skeleton folder for the single file
@@ -90,7 +90,8 @@ def _finish(pipe, root: Path, arch: str) -> TinyModel:
     pipe.save_pretrained(folder, safe_serialization=True)
     for name in ("tokenizer", "tokenizer_2"):
         if (folder / name).exists():
-            write_tokenizer(folder / name, pad_token="!" if name == "tokenizer_2" else "<|endoftext|>")
+            pad = "!" if name == "tokenizer_2" or arch == "sd2" else "<|endoftext|>"
+            write_tokenizer(folder / name, pad_token=pad)
     if config.exists():
         shutil.rmtree(config)
     shutil.copytree(folder, config, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
@@ -144,6 +145,49 @@ def build_tiny_sd15(path: Path | str, seed: int = 0) -> TinyModel:
         requires_safety_checker=False,
     )
     return _finish(pipe, root, "sd1")
+
+
+def build_tiny_sd2(path: Path | str, seed: int = 0) -> TinyModel:
+    """A tiny SD 2.x pipeline: OpenCLIP-shaped text encoder (pads with "!"), linear projections."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_clip_config(64, 3, act="gelu")),
+        tokenizer=_tokenizer("!"),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return _finish(pipe, root, "sd2")
 
 
 def build_tiny_sdxl(path: Path | str, seed: int = 0) -> TinyModel:
@@ -312,17 +356,20 @@ def _clip_l_to_ldm(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def _open_clip_to_ldm(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
-    state = text_encoder.state_dict()
+    state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     layers = text_encoder.config.num_hidden_layers
-    tm = "text_model."
-    out[prefix + "positional_embedding"] = state[tm + "embeddings.position_embedding.weight"]
-    out[prefix + "token_embedding.weight"] = state[tm + "embeddings.token_embedding.weight"]
-    out[prefix + "ln_final.weight"] = state[tm + "final_layer_norm.weight"]
-    out[prefix + "ln_final.bias"] = state[tm + "final_layer_norm.bias"]
-    out[prefix + "text_projection"] = state["text_projection.weight"].T.contiguous()
+    out[prefix + "positional_embedding"] = state["embeddings.position_embedding.weight"]
+    out[prefix + "token_embedding.weight"] = state["embeddings.token_embedding.weight"]
+    out[prefix + "ln_final.weight"] = state["final_layer_norm.weight"]
+    out[prefix + "ln_final.bias"] = state["final_layer_norm.bias"]
+    if "text_projection.weight" in state:
+        out[prefix + "text_projection"] = state["text_projection.weight"].T.contiguous()
+    else:  # SD 2.x files carry OpenCLIP's projection, unused by the UNet
+        hidden = text_encoder.config.hidden_size
+        out[prefix + "text_projection"] = torch.eye(hidden)
     for i in range(layers):
-        src = f"{tm}encoder.layers.{i}."
+        src = f"encoder.layers.{i}."
         dst = f"{prefix}transformer.resblocks.{i}."
         for part in ("weight", "bias"):
             out[dst + f"attn.in_proj_{part}"] = torch.cat(
@@ -342,6 +389,8 @@ def to_ldm_state_dict(pipe, arch: str) -> dict[str, torch.Tensor]:
     if arch == "sdxl":
         state.update(_clip_l_to_ldm(pipe.text_encoder, "conditioner.embedders.0.transformer."))
         state.update(_open_clip_to_ldm(pipe.text_encoder_2, "conditioner.embedders.1.model."))
+    elif arch == "sd2":
+        state.update(_open_clip_to_ldm(pipe.text_encoder, "cond_stage_model.model."))
     else:
         state.update(_clip_l_to_ldm(pipe.text_encoder, "cond_stage_model.transformer."))
     return state

@@ -30,6 +30,13 @@ def tiny_sd15(tmp_path_factory: pytest.TempPathFactory, _engine_cache):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd2(tmp_path_factory: pytest.TempPathFactory, _engine_cache):
+    from core.engine.tiny import build_tiny_sd2
+
+    return build_tiny_sd2(tmp_path_factory.mktemp("tiny-sd2"))
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory, _engine_cache):
     from core.engine.tiny import build_tiny_sdxl
 
@@ -67,5 +74,14 @@ def sdxl_engine(tiny_sdxl):
     from core.engine.diffusers_engine import DiffusersEngine
 
     engine = DiffusersEngine(engine_settings(tiny_sdxl))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def sd2_engine(tiny_sd2):
+    from core.engine.diffusers_engine import DiffusersEngine
+
+    engine = DiffusersEngine(engine_settings(tiny_sd2))
     yield engine
     engine.close()

@@ -22,7 +22,7 @@ def _state(module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in module.state_dict().items()}
 
 
-@pytest.mark.parametrize("fixture", ["tiny_sd15", "tiny_sdxl"])
+@pytest.mark.parametrize("fixture", ["tiny_sd15", "tiny_sd2", "tiny_sdxl"])
 def test_single_file_loads_the_same_weights_as_the_folder(fixture, request) -> None:
     tiny = request.getfixturevalue(fixture)
     cpu, fp32 = torch.device("cpu"), torch.float32
@@ -40,10 +40,11 @@ def test_single_file_loads_the_same_weights_as_the_folder(fixture, request) -> N
     assert single.hash == hashlib.sha256(tiny.single_file.read_bytes()).hexdigest()[:10]
 
 
-def test_kind_is_detected_from_tensor_names(tiny_sd15, tiny_sdxl, tmp_path: Path) -> None:
+def test_kind_is_detected_from_tensor_names(tiny_sd15, tiny_sd2, tiny_sdxl, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     assert models.detect_kind(tiny_sd15.single_file) == "sd1"
+    assert models.detect_kind(tiny_sd2.single_file) == "sd2"
     assert models.detect_kind(tiny_sdxl.single_file) == "sdxl"
     sd2 = tmp_path / "sd2.safetensors"
     save_file({"cond_stage_model.model.ln_final.weight": torch.zeros(2)}, str(sd2))
@@ -61,7 +62,7 @@ def test_kind_is_detected_from_tensor_names(tiny_sd15, tiny_sdxl, tmp_path: Path
 def test_shipped_skeletons_load_offline_with_generated_tokenizers() -> None:
     from transformers import CLIPTokenizer
 
-    for kind in ("sd1", "sdxl"):
+    for kind in ("sd1", "sd2", "sdxl"):
         folder = skeleton_dir(kind)
         assert (folder / "unet" / "config.json").exists()
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
@@ -70,6 +71,25 @@ def test_shipped_skeletons_load_offline_with_generated_tokenizers() -> None:
         assert tokenizer.convert_ids_to_tokens(ids[1:3]) == ["a</w>", "photo</w>"]
     pad_2 = CLIPTokenizer.from_pretrained(skeleton_dir("sdxl") / "tokenizer_2", local_files_only=True)
     assert pad_2.pad_token_id == 0  # SDXL's OpenCLIP-G tokenizer pads with "!"
+    sd2 = CLIPTokenizer.from_pretrained(skeleton_dir("sd2") / "tokenizer", local_files_only=True)
+    assert sd2.pad_token_id == 0  # so does SD 2.x's OpenCLIP-H
+
+
+def test_sd2_prediction_type_uses_a1111s_probe() -> None:
+    from types import SimpleNamespace
+
+    class Probe(torch.nn.Module):
+        def __init__(self, shift: float) -> None:
+            super().__init__()
+            self.shift = torch.nn.Parameter(torch.tensor(shift))
+            self.config = SimpleNamespace(cross_attention_dim=8, in_channels=4)
+
+        def forward(self, x, t, encoder_hidden_states):
+            assert t.tolist() == [999] and encoder_hidden_states.shape == (1, 2, 8)
+            return SimpleNamespace(sample=x + self.shift)
+
+    assert models.uses_v_prediction(Probe(-1.5))
+    assert not models.uses_v_prediction(Probe(-0.5))
 
 
 def _settings(folder: Path, **changes) -> EngineSettings:
