@@ -7,9 +7,13 @@ Usage in the engine::
                            cache=self._network_cache):
         ...  # encode the prompt, then sample
 
+    # or, for a diffusers pipeline and EngineSettings:
+    with activate_for_pipeline(pipe, interp.networks, settings, self._network_cache):
+        ...
+
 Importing this package loads no torch: name resolution, listing (autocomplete) and tag parsing are
-torch-free; :func:`activate_networks`, :class:`NetworkCache` and :class:`ActiveNetworks` load
-``activate.py`` (and torch) on first use.
+torch-free; :func:`activate_networks`, :func:`activate_for_pipeline`, :class:`NetworkCache` and
+:class:`ActiveNetworks` load ``activate.py`` (and torch) on first use.
 """
 
 from __future__ import annotations
@@ -35,7 +39,12 @@ from core.engine.networks.spec import (
 )
 
 if TYPE_CHECKING:
-    from core.engine.networks.activate import ActiveNetworks, NetworkCache, activate_networks
+    from core.engine.networks.activate import (
+        ActiveNetworks,
+        NetworkCache,
+        activate_for_pipeline,
+        activate_networks,
+    )
 
 __all__ = [
     "HYPERNET_KINDS",
@@ -45,6 +54,7 @@ __all__ = [
     "LoraSpec",
     "NetworkCache",
     "NetworkRequest",
+    "activate_for_pipeline",
     "activate_networks",
     "check_network_name",
     "list_network_files",
@@ -56,7 +66,7 @@ __all__ = [
     "resolve_network_file",
 ]
 
-_LAZY = {"ActiveNetworks", "NetworkCache", "activate_networks"}
+_LAZY = {"ActiveNetworks", "NetworkCache", "activate_for_pipeline", "activate_networks"}
 
 
 def __getattr__(name: str) -> Any:

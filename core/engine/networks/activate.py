@@ -171,3 +171,23 @@ def activate_networks(
         hooks.remove()
         merged.restore()
         setattr(unet, _ACTIVE_ATTR, False)
+
+
+def activate_for_pipeline(
+    pipe: Any,
+    networks: Iterable[ExtraNetworkLike] | NetworkRequest,
+    settings: Any,
+    cache: NetworkCache | None = None,
+    *,
+    backup_device: str | torch.device | None = "cpu",
+):
+    """:func:`activate_networks` for a diffusers SD1/SD2/SDXL pipeline and ``EngineSettings``."""
+    return activate_networks(
+        unet=pipe.unet,
+        text_encoders=[pipe.text_encoder, getattr(pipe, "text_encoder_2", None)],
+        networks=networks,
+        lora_dirs=settings.lora_dirs,
+        hypernetwork_dirs=settings.hypernetwork_dirs,
+        cache=cache,
+        backup_device=backup_device,
+    )

@@ -482,3 +482,20 @@ def test_channels_last_model(unet, text_encoder, kohya_file, library, run_unet, 
     assert_bit_identical(unet, before)
     assert torch.equal(run_unet(unet), base)
     assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_activate_for_pipeline_with_engine_settings(
+    unet, text_encoder, kohya_file, library, run_unet, run_te, lora_dir
+) -> None:
+    from types import SimpleNamespace
+
+    from core.config import EngineSettings
+    from core.engine.networks import activate_for_pipeline
+
+    pipe = SimpleNamespace(unet=unet, text_encoder=text_encoder)  # SD1: no text_encoder_2
+    settings = EngineSettings(lora_dirs=(str(lora_dir),), hypernetwork_dirs=(str(lora_dir / "none"),))
+    base_unet, base_te = run_unet(unet), run_te(text_encoder)
+    with activate_for_pipeline(pipe, [lora("kohya_style")], settings, NetworkCache()):
+        torch.testing.assert_close(run_unet(unet), library.expected_unet, **TOL)
+        torch.testing.assert_close(run_te(text_encoder), library.expected_te, **TOL)
+    assert torch.equal(run_unet(unet), base_unet) and torch.equal(run_te(text_encoder), base_te)
