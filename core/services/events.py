@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 
 from core.services.types import JobEvent
@@ -34,13 +35,24 @@ class Subscription(AsyncIterator[JobEvent]):
 
 
 class EventHub:
-    def __init__(self) -> None:
+    """Fan-out to every subscriber. Events published while nobody listens are kept (up to
+    ``backlog``) and handed to the next subscriber, so a bot that subscribes a moment after
+    ``ChantService.start()`` misses no result."""
+
+    def __init__(self, backlog: int = 10_000) -> None:
         self._subs: set[Subscription] = set()
+        self._backlog: deque[JobEvent] = deque(maxlen=backlog)
 
     def subscribe(self) -> Subscription:
-        return Subscription(self)
+        sub = Subscription(self)
+        while self._backlog:
+            sub._queue.put_nowait(self._backlog.popleft())
+        return sub
 
     def publish(self, event: JobEvent) -> None:
+        if not self._subs:
+            self._backlog.append(event)
+            return
         for sub in list(self._subs):
             sub._queue.put_nowait(event)
 

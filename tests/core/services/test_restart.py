@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -136,3 +137,22 @@ async def test_a_finished_result_is_posted_after_restart_exactly_once(tmp_path) 
     service = await h3.open()
     assert await service.unposted_results() == []
     await h3.close()
+
+
+async def test_a_bot_that_subscribes_after_start_still_gets_each_result_once(tmp_path) -> None:
+    h = Harness(tmp_path)
+    service = await h.open(start=False)
+    r = await service.submit_imagine(actor(), ImagineOptions(prompt="x", steps=2))
+    await h.close()
+
+    h2 = Harness(tmp_path)
+    service = await h2.open()  # started: the queued job runs before the bot subscribes
+    for _ in range(200):
+        if (await service.show(actor(), r.job_id)).state == "done":
+            break
+        await asyncio.sleep(0.02)
+    events = service.events()  # the bot's delivery subscribes now, then reads the backlog
+    assert await service.unposted_results() == []
+    done = await wait_for(events, lambda e: isinstance(e, JobDone))
+    assert done.job.id == r.job_id
+    await h2.close()
