@@ -143,9 +143,11 @@ async def serve(settings: Settings, token: str, *, with_worker: bool, service: A
     bot = ChantBot(settings, service)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    handled = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stopping.set)
+            handled.append(sig)
     try:
         async with bot:
             runner = asyncio.create_task(bot.start(token))
@@ -160,6 +162,8 @@ async def serve(settings: Settings, token: str, *, with_worker: bool, service: A
                     await runner
             stopper.cancel()
     finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
         if own_service:
             await _maybe_await(service.stop())
 
