@@ -60,6 +60,8 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
         "foreign_keys=ON",
         f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
         "synchronous=NORMAL",
+        "cache_size=-16384",  # 16 MiB page cache per connection
+        "mmap_size=268435456",  # read through a 256 MiB shared memory map (fewer syscalls)
     ):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
