@@ -10,6 +10,7 @@ compares the images).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -88,6 +89,7 @@ class DiffusersEngine:
         self.embeddings = EmbeddingLibrary(settings.embedding_dirs)
         self.device, self.dtype = models.torch_device_and_dtype(settings)
         self.last_stats = RunStats()
+        self._network_cache = None
         self._lock = threading.Lock()
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -119,7 +121,9 @@ class DiffusersEngine:
             cancel = (lambda i=index: should_cancel(i)) if should_cancel else None
             try:
                 results.append(self.generate(request, on_progress=progress, should_cancel=cancel))
-            except (GenerationError, GenerationCancelled) as exc:
+            except Exception as exc:  # one failed job must not take the others with it
+                if not isinstance(exc, (GenerationError, GenerationCancelled)):
+                    log.exception("job %d of a batch failed", index)
                 results.append(exc)
         return results
 
@@ -152,12 +156,15 @@ class DiffusersEngine:
             source = _replace(source, vae=models.resolve_vae(self.settings, request.vae))
         model = self.models.get(source, self.device, self.dtype)
         stats.load = time.perf_counter() - start
-        # 3. Encode the prompt (A1111 schedules, AND, emphasis, CLIP skip, embeddings)
+        # 3. Interpret the prompts; apply the job's extra networks (<lora:…>, <hypernet:…>) until the
+        #    last step, and encode the prompt (A1111 schedules, AND, emphasis, CLIP skip, embeddings)
         t = time.perf_counter()
-        plan = self.encode_prompt(request, model)
-        stats.encode = time.perf_counter() - t
-        # 4.-7. Noise, timesteps, denoising loop
-        latents = self.denoise(plan, stats, on_progress, should_cancel)
+        interpretations = self.interpret(request)
+        with self.extra_networks(model, interpretations[0].networks):
+            plan = self.encode_prompt(request, model, interpretations)
+            stats.encode = time.perf_counter() - t
+            # 4.-7. Noise, timesteps, denoising loop
+            latents = self.denoise(plan, stats, on_progress, should_cancel)
         # 8. Decode and write PNGs with A1111's parameters
         t = time.perf_counter()
         images = self.decode(model, latents)
@@ -207,17 +214,17 @@ class DiffusersEngine:
         if r.clip_skip is not None and not 1 <= r.clip_skip <= 12:
             raise GenerationError(f"CLIP skip must be between 1 and 12, not {r.clip_skip}")
 
-    def encode_prompt(self, request: GenerationRequest, model: models.LoadedModel) -> _Plan:
+    def interpret(self, request: GenerationRequest):
+        """(positive, negative) ``core.prompt`` interpretations, scheduled in A1111's step counts."""
         from core.engine import samplers
         from core.prompt.errors import PromptError
         from core.prompt.interpret import interpret
 
         try:
-            sampler = samplers.resolve(request.sampler, request.schedule_type)
+            samplers.resolve(request.sampler, request.schedule_type)
         except ValueError as exc:
             raise GenerationError(str(exc)) from None
-        second_order = samplers.is_second_order(request.sampler)
-        schedule_steps = request.steps * 2 if second_order else request.steps
+        schedule_steps = request.steps * 2 if samplers.is_second_order(request.sampler) else request.steps
         try:
             positive = interpret(
                 request.prompt, schedule_steps, use_old_scheduling=self.settings.use_old_scheduling
@@ -230,6 +237,39 @@ class DiffusersEngine:
             )
         except PromptError as exc:
             raise GenerationError(f"prompt error at column {exc.column}: {exc.message}") from None
+        return positive, negative
+
+    @contextlib.contextmanager
+    def extra_networks(self, model: models.LoadedModel, networks):
+        """LoRA / hypernetwork tags active for one job, taken back exactly afterwards."""
+        if not networks:
+            yield
+            return
+        from core.engine.networks.activate import NetworkCache, activate_for_pipeline
+
+        if self._network_cache is None:
+            self._network_cache = NetworkCache()
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(
+                activate_for_pipeline(model.pipe, networks, self.settings, self._network_cache)
+            )
+        except ValueError as exc:
+            raise GenerationError(str(exc)) from None
+        with stack:
+            yield
+
+    def encode_prompt(
+        self, request: GenerationRequest, model: models.LoadedModel, interpretations=None
+    ) -> _Plan:
+        from core.engine import samplers
+
+        positive, negative = interpretations or self.interpret(request)
+        try:
+            sampler = samplers.resolve(request.sampler, request.schedule_type)
+        except ValueError as exc:
+            raise GenerationError(str(exc)) from None
+        schedule_steps = request.steps * 2 if samplers.is_second_order(request.sampler) else request.steps
         pipe = model.pipe
         text_encoder_2 = getattr(pipe, "text_encoder_2", None)
         widths = PromptEncoder.widths(model.kind, pipe.text_encoder, text_encoder_2)

@@ -275,3 +275,27 @@ def test_a_vae_override_by_name_changes_the_decoder(tiny_sd15, tmp_path) -> None
     with pytest.raises(GenerationError, match="not a plain name"):
         engine.generate(request.replace(vae="../other-vae"))
     engine.close()
+
+
+def test_lora_tags_apply_for_one_job_and_are_removed(tiny_sd15, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    tensors = {}
+    for block in ("down_blocks_0_attentions_0", "up_blocks_1_attentions_0"):
+        for proj in ("to_q", "to_k", "to_v"):
+            name = f"lora_unet_{block}_transformer_blocks_0_attn1_{proj}"
+            tensors[f"{name}.lora_down.weight"] = torch.randn(4, 32) * 0.5
+            tensors[f"{name}.lora_up.weight"] = torch.randn(32, 4) * 0.5
+            tensors[f"{name}.alpha"] = torch.tensor(4.0)
+    save_file(tensors, str(tmp_path / "shiny.safetensors"))
+    engine = DiffusersEngine(engine_settings(tiny_sd15, lora_dirs=(str(tmp_path),)))
+    request = GenerationRequest(prompt="a cat", seed=3, sampler="Euler", **SMALL)
+    before = engine.generate(request)
+    with_lora = engine.generate(request.replace(prompt="a cat <lora:shiny:1>"))
+    after = engine.generate(request)
+    assert not np.array_equal(pixels(with_lora.images[0].png), pixels(before.images[0].png))
+    assert before.images[0].png == after.images[0].png  # fully removed, bit for bit
+    with pytest.raises(GenerationError, match="shiny"):
+        engine.generate(request.replace(prompt="a cat <lora:shinyy:1>"))
+    engine.close()
