@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from core.bootstrap import bootstrap, build_store, open_database
 from core.config import load_settings
 from core.queue.fair import request_cost
-from core.services import Actor, ImagineOptions, JobDone
+from core.services import Actor, ImagineOptions, JobCancelled, JobDone, JobProgress, JobStarted
 from core.storage.models import Job, JobImage
 from core.storage.repositories import Repositories
 from core.types import GenerationRequest
@@ -46,12 +46,12 @@ def write_config(tmp_path: Path, url: str, **queue) -> Path:
     return path
 
 
-def start_worker(tmp_path: Path, config: Path, name: str) -> subprocess.Popen:
+def start_worker(tmp_path: Path, config: Path, name: str, delay: float = 0.02) -> subprocess.Popen:
     env = dict(
         os.environ,
         CHANT_CONFIG=str(config),
         CHANT_FAKE_ENGINE="1",
-        CHANT_FAKE_ENGINE_DELAY="0.02",
+        CHANT_FAKE_ENGINE_DELAY=str(delay),
         PYTHONPATH=str(ROOT),
     )
     env.pop("CHANT_DATABASE_URL", None)
@@ -203,3 +203,42 @@ def test_cost_helper_is_used_consistently() -> None:
     assert request_cost(512, 512, 20, 1) == pytest.approx(
         dataclasses.replace(GenerationRequest("x")).width * 512 * 20 / (512 * 512 * 20)
     )
+
+
+async def test_bot_process_sees_progress_and_cancels_a_job_on_a_worker_process(
+    pg_fresh_url: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, pg_fresh_url)
+    settings = load_settings(config, env={})
+    db = await open_database(settings)
+    service = await bootstrap(settings, db=db, worker=False)
+    events = service.events()
+    await service.start()
+    worker = start_worker(tmp_path, config, "w", delay=0.05)
+    try:
+        owner = Actor(user_id=1, guild_id=1, channel_id=1)
+        slow = await service.submit_imagine(owner, ImagineOptions(prompt="slow", steps=50))
+
+        async def until(predicate):
+            async for event in events:
+                if predicate(event):
+                    return event
+
+        await asyncio.wait_for(until(lambda e: isinstance(e, JobStarted) and e.job_id == slow.job_id), 30)
+        progress = await asyncio.wait_for(
+            until(lambda e: isinstance(e, JobProgress) and e.job_id == slow.job_id), 30
+        )
+        assert progress.total == 50 and progress.step < 50
+        t0 = time.monotonic()
+        await service.cancel(owner, slow.job_id)
+        await asyncio.wait_for(until(lambda e: isinstance(e, JobCancelled) and e.job.id == slow.job_id), 10)
+        quick = await service.submit_imagine(owner, ImagineOptions(prompt="quick", steps=2))
+        await asyncio.wait_for(until(lambda e: isinstance(e, JobDone) and e.job.id == quick.job_id), 30)
+        assert time.monotonic() - t0 < 2.0  # the worker stopped between steps, not after 50
+        assert await service.job_images(slow.job_id) == ()
+        assert (await service.show(owner, slow.job_id)).state == "cancelled"
+    finally:
+        await service.stop()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(10)
+        await db.dispose()
