@@ -33,6 +33,10 @@ def build_parser(extra: Sequence[Register] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in [*_registrars(), *extra]:
         register(sub)
+    # `--config` is accepted after the subcommand too (`chant run --config x.toml`).
+    for name, subparser in sub.choices.items():
+        if name != "help":
+            subparser.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
