@@ -299,3 +299,22 @@ def test_lora_tags_apply_for_one_job_and_are_removed(tiny_sd15, tmp_path) -> Non
     with pytest.raises(GenerationError, match="shiny"):
         engine.generate(request.replace(prompt="a cat <lora:shinyy:1>"))
     engine.close()
+
+
+def test_variation_seed_and_ensd(sd15_engine) -> None:
+    base = GenerationRequest(prompt="a fox", seed=10, subseed=99, sampler="Euler a", **SMALL)
+    plain = sd15_engine.generate(base)
+    varied = sd15_engine.generate(base.replace(subseed_strength=0.3))
+    assert not np.array_equal(pixels(plain.images[0].png), pixels(varied.images[0].png))
+    assert "Variation seed: 99, Variation seed strength: 0.3" in varied.images[0].infotext
+    assert "Variation seed" not in plain.images[0].infotext
+    ensd = sd15_engine.generate(base.replace(eta_noise_seed_delta=31337))
+    assert not np.array_equal(
+        pixels(plain.images[0].png), pixels(ensd.images[0].png)
+    )  # ancestral: step noise
+    assert "ENSD: 31337" in ensd.images[0].infotext
+    euler = base.replace(sampler="Euler")
+    assert (
+        sd15_engine.generate(euler).images[0].png
+        == sd15_engine.generate(euler.replace(eta_noise_seed_delta=31337)).images[0].png
+    )  # Euler draws no step noise: A1111 neither uses nor writes ENSD
