@@ -34,12 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=4, help="competing worker processes (claim bench)")
     parser.add_argument("--claims", type=int, default=200, help="claims per worker (claim bench)")
+    parser.add_argument("--submits", type=int, default=200, help="ChantService.submit_imagine calls (SQLite)")
 
 
 def run(args: argparse.Namespace, settings) -> dict:
     out: dict = {}
     out.update(bench_decision(args.jobs, args.guilds, args.decisions))
     out.update(bench_fairness())
+    out.update(bench_submit(args.submits))
     if args.pg:
         out.update(bench_claims(args.pg, args.workers, args.claims))
     else:
@@ -129,6 +131,48 @@ def bench_fairness() -> dict:
         )
     out["fairness_first_12"] = "".join("ABC"[g - 1] for g in served[:12])
     return out
+
+
+# ---------------------------------------------------------------------- service submit (SQLite)
+
+
+def bench_submit(n: int) -> dict:
+    return asyncio.run(_bench_submit(n))
+
+
+async def _bench_submit(n: int) -> dict:
+    """``submit_imagine`` end to end on a fresh SQLite file: checks, quota, caps, insert, position."""
+    import dataclasses
+    import tempfile
+
+    from core.bootstrap import bootstrap, open_database
+    from core.config import LimitSettings, Settings
+    from core.queue.fake_engine import FakeEngine
+    from core.services import Actor, ImagineOptions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings()
+        settings = dataclasses.replace(
+            settings,
+            database=dataclasses.replace(settings.database, url=f"sqlite+aiosqlite:///{tmp}/bench.db"),
+            limits=dataclasses.replace(
+                LimitSettings(), max_queued_per_user=n, max_queued_per_guild=n, max_queued_global=n
+            ),
+        )
+        db = await open_database(settings)
+        service = await bootstrap(settings, db=db, engine=FakeEngine(), worker=False)
+        latencies = []
+        for i in range(n):
+            actor = Actor(user_id=1 + i % 20, guild_id=1 + i % 5, channel_id=1)
+            t0 = time.perf_counter()
+            await service.submit_imagine(actor, ImagineOptions(prompt=f"a (red:1.2) fox {i}", steps=20))
+            latencies.append((time.perf_counter() - t0) * 1000)
+        await db.dispose()
+    latencies.sort()
+    return {
+        "submit_sqlite_median_ms": round(latencies[len(latencies) // 2], 2),
+        "submit_sqlite_p95_ms": round(latencies[int(len(latencies) * 0.95)], 2),
+    }
 
 
 # ---------------------------------------------------------------------- claims on PostgreSQL

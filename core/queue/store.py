@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.queue.fair import STANDARD_COST, QueuedJob
 from core.storage.db import Database
-from core.storage.models import Guild, Job
+from core.storage.models import Guild, Job, JobInput
 from core.storage.repositories import Repositories
 from core.types import GenerationRequest, GenerationResult
 
@@ -149,10 +149,16 @@ class JobStore:
                 rows = [tuple(row) for row in (await s.execute(stmt)).all()]
         where = {job_id: i for i, job_id in enumerate(ids)}
         rows = sorted(rows, key=lambda row: where[row[0]])
-        return [
-            Claimed(job_id, GenerationRequest.from_dict(params), attempts)
-            for job_id, params, attempts in rows
-        ]
+        out = []
+        for job_id, params, attempts in rows:
+            images: dict[str, bytes | None] = {}
+            if params.get("mode", "txt2img") != "txt2img":  # img2img / inpaint: their input images
+                async with self.db.session() as s:
+                    inputs = await s.get(JobInput, job_id)
+                if inputs is not None:
+                    images = {"init_image": inputs.init_image, "mask_image": inputs.mask_image}
+            out.append(Claimed(job_id, GenerationRequest.from_dict(params, **images), attempts))
+        return out
 
     async def _claim_pg(self, ids: list[int], now: datetime, limit: int | None) -> list[tuple]:
         """PostgreSQL: one statement picks (fair order, ``SKIP LOCKED``), leases and NOTIFYs."""

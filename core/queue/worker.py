@@ -119,7 +119,13 @@ class Worker:
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> None:
-        await self._recover(all_running=self.recover_all_on_start)
+        while not self._stopping:  # recover orphans first (retry if the database is not up yet)
+            try:
+                await self._recover(all_running=self.recover_all_on_start)
+                break
+            except Exception:
+                log.exception("recovering orphaned jobs failed; retrying")
+                await self._idle()
         self._last_recover = time.monotonic()
         while not self._stopping:
             self._wake.clear()  # a wake-up from here on makes _idle return at once

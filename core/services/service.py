@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import and_, func, select, text
 
 from core.config import Settings
 from core.queue.fair import STANDARD_COST, Caps, FairScheduler, QueuedJob, QueueFull
@@ -71,6 +71,7 @@ PRESET_FIELDS = (
     "clip_skip",
 )
 SETTABLE_LIMITS = (*GUILD_LIMIT_FIELDS,)
+RATE_CACHE_S = 5.0  # how long a throughput measurement is reused for ETAs and estimates
 
 
 def utcnow() -> datetime:
@@ -113,6 +114,8 @@ class ChantService:
         self._positions: dict[int, int] = {}
         self._tasks: list[asyncio.Task] = []
         self._pg_conn: Any = None
+        self._rate: float | None = None
+        self._rate_at: float | None = None
         if worker is not None:
             worker.listener = self
 
@@ -126,17 +129,18 @@ class ChantService:
         return await self._enqueue(actor, guild, request, kind="imagine")
 
     async def reroll(self, actor: Actor, message_id: int) -> Receipt:
-        job, guild = await self._job_for_action(actor, message_id)
-        request = self._stored_request(job).replace(seed=self.rng.randrange(MAX_SEED + 1), subseed=-1)
+        job, guild, stored = await self._job_for_action(actor, message_id)
+        request = stored.replace(seed=self.rng.randrange(MAX_SEED + 1), subseed=-1)
         return await self._enqueue(actor, guild, request, kind="reroll", parent_id=job.id)
 
     async def variation(self, actor: Actor, message_id: int) -> Receipt:
-        job, guild = await self._job_for_action(actor, message_id)
-        base = self._stored_request(job)
+        job, guild, base = await self._job_for_action(actor, message_id)
         request = base.replace(subseed=self.rng.randrange(MAX_SEED + 1), subseed_strength=VARIATION_STRENGTH)
         return await self._enqueue(actor, guild, request, kind="variation", parent_id=job.id)
 
-    async def _job_for_action(self, actor: Actor, message_id: int) -> tuple[Job, Guild | None]:
+    async def _job_for_action(
+        self, actor: Actor, message_id: int
+    ) -> tuple[Job, Guild | None, GenerationRequest]:
         async with self.db.session() as s:
             repos = Repositories(s)
             job = await repos.jobs.by_message(message_id)
@@ -154,12 +158,9 @@ class ChantService:
                     "permission", "On this server only the person who made an image can reroll it."
                 )
             # Re-check the request against today's limits (an admin may have lowered them).
-            self._check_limits(self._stored_request(job), guild)
-            return job, guild
-
-    @staticmethod
-    def _stored_request(job: Job) -> GenerationRequest:
-        return GenerationRequest.from_dict(job.params)
+            stored = await repos.jobs.request(job)  # with its input images (img2img, inpaint)
+            self._check_limits(stored, guild)
+            return job, guild, stored
 
     async def _enqueue(
         self,
@@ -181,12 +182,12 @@ class ChantService:
             async with self.db.transaction(write=True) as s:
                 repos = Repositories(s)
                 await repos.quotas.lock_user(gid, actor.user_id)
-                n_user = await repos.jobs.count_active(user_id=actor.user_id, guild_id=gid, dm=gid is None)
+                n_user, n_guild, n_all = await _active_counts(s, gid, actor.user_id)
                 if n_user >= caps.per_user:
                     over = "user"
-                elif await repos.jobs.count_active(guild_id=gid, dm=gid is None) >= caps.per_guild:
+                elif n_guild >= caps.per_guild:
                     over = "guild"
-                elif await repos.jobs.count_active() >= caps.global_:
+                elif n_all >= caps.global_:
                     over = "global"
                 if over is not None:
                     raise _Over()
@@ -223,7 +224,7 @@ class ChantService:
 
     async def _estimate_seconds(self, request: GenerationRequest) -> float:
         units = request.width * request.height * request.steps * request.count / STANDARD_COST
-        rate = await self.store.throughput()
+        rate = await self._throughput()
         return round(units / rate if rate else units * DEFAULT_SECONDS_PER_UNIT, 3)
 
     @staticmethod
@@ -605,7 +606,7 @@ class ChantService:
                 )
             ).all()
             weights = await Repositories(s).guilds.weights()
-        rate = await self.store.throughput()
+        rate = await self._throughput()
         if rate is not None:
             fair._rate = rate
         for gid, weight in weights.items():
@@ -619,6 +620,14 @@ class ChantService:
             else:
                 fair.submit(job, check_caps=False)
         return fair
+
+    async def _throughput(self) -> float | None:
+        """Measured standard images per GPU second, re-read at most every few seconds."""
+        now = asyncio.get_running_loop().time()
+        if self._rate_at is None or now - self._rate_at > RATE_CACHE_S:
+            self._rate = await self.store.throughput()
+            self._rate_at = now
+        return self._rate
 
     async def _queue_positions(self) -> dict[int, tuple[int, float | None]]:
         fair = await self._snapshot()
@@ -883,7 +892,7 @@ class ChantService:
         async with self.db.session() as s:
             await self._require_admin(s, actor)
             stats = await Repositories(s).jobs.stats(guild_id=actor.guild_id)
-        stats["queued_now"] = sum(1 for _ in (await self._snapshot()).queued())
+        stats["queued_all_guilds"] = len(await self._snapshot())
         return stats
 
     # ================================================================== lists
@@ -1018,6 +1027,21 @@ class ChantService:
 
 class _Over(Exception):
     """Internal: a queue cap was hit inside the submit transaction (rolled back, then reported)."""
+
+
+async def _active_counts(s, guild_id: int | None, user_id: int) -> tuple[int, int, int]:
+    """Queued + running jobs of (this user here, this guild or the DMs, everyone): one query."""
+    here = Job.guild_id.is_(None) if guild_id is None else Job.guild_id == guild_id
+    row = (
+        await s.execute(
+            select(
+                func.count().filter(and_(here, Job.user_id == user_id)),
+                func.count().filter(here),
+                func.count(),
+            ).where(Job.state.in_(("queued", "running")))
+        )
+    ).one()
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def _options(params: dict[str, Any]) -> ImagineOptions:
