@@ -248,7 +248,8 @@ class PromptEncoder:
                 for t in tokenized
             ]
             ids = torch.tensor([r[0] for r in rows], dtype=torch.long, device=self.device)
-            multipliers = torch.tensor([r[1] for r in rows], dtype=self.dtype, device=self.device)
+            # float32 as in A1111 (a half-precision encoder output is promoted for the emphasis maths)
+            multipliers = torch.tensor([r[1] for r in rows], dtype=torch.float32, device=self.device)
             fixes = [r[2] for r in rows]
             outputs = []
             for spec in self.encoders:
@@ -257,7 +258,7 @@ class PromptEncoder:
                 if c == 0 and pool is not None:
                     pooled = pool
             pieces.append(torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0])
-        embeds = torch.cat(pieces, dim=1)
+        embeds = torch.cat(pieces, dim=1).to(self.dtype)
         return [Cond(embeds[i], None if pooled is None else pooled[i]) for i in range(len(texts))]
 
     def zeros(self) -> Cond:
