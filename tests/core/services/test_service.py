@@ -313,3 +313,22 @@ async def test_two_subscribers_both_get_every_event(harness) -> None:
         wait_for(e2, lambda e: isinstance(e, JobDone) and e.job.id == r.job_id),
     )
     assert d1.images == d2.images
+
+
+async def test_reroll_of_an_img2img_result_keeps_its_input_image(harness) -> None:
+    from core.queue.store import JobStore
+    from core.storage.repositories import Repositories
+    from core.types import GenerationRequest, Mode
+
+    service = await harness.open(start=False)
+    source = GenerationRequest("a cat", mode=Mode.IMG2IMG, init_image=b"\x89PNG-fake", seed=5)
+    async with harness.db.transaction(write=True) as s:
+        repos = Repositories(s)
+        job = await repos.jobs.add(user_id=10, channel_id=100, guild_id=1, request=source)
+        await repos.jobs.finish(job.id, "done")
+        await repos.jobs.add_result_messages(job.id, 100, [7001])
+    receipt = await service.reroll(actor(), 7001)
+    store = JobStore(harness.db, worker_id="t", lease_seconds=5)
+    (claimed,) = await store.claim([receipt.job_id])
+    assert claimed.request.mode == Mode.IMG2IMG and claimed.request.init_image == b"\x89PNG-fake"
+    assert claimed.request.seed != 5
