@@ -332,3 +332,52 @@ async def test_reroll_of_an_img2img_result_keeps_its_input_image(harness) -> Non
     (claimed,) = await store.claim([receipt.job_id])
     assert claimed.request.mode == Mode.IMG2IMG and claimed.request.init_image == b"\x89PNG-fake"
     assert claimed.request.seed != 5
+
+
+async def test_usage_is_reserved_then_committed_with_measured_gpu_seconds_or_refunded(harness) -> None:
+    from sqlalchemy import select
+
+    from core.storage.models import UsageEntry
+
+    harness.engine.step_delay_s = 0.01
+    service = await harness.open(start=False)
+    events = service.events()
+    ok = await service.submit_imagine(actor(), ImagineOptions(prompt="ok", steps=10, count=2))
+    bad = await service.submit_imagine(actor(), ImagineOptions(prompt="FAIL", steps=10))
+    async with harness.db.session() as s:
+        rows = (await s.execute(select(UsageEntry.job_id, UsageEntry.unit, UsageEntry.state))).all()
+    assert {(j, u, st) for j, u, st in rows} == {
+        (ok.job_id, "images", "reserved"),
+        (ok.job_id, "gpu_seconds", "reserved"),
+        (bad.job_id, "images", "reserved"),
+        (bad.job_id, "gpu_seconds", "reserved"),
+    }
+    await service.start()
+    await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == ok.job_id)
+    await wait_for(events, lambda e: isinstance(e, JobFailed) and e.job.id == bad.job_id)
+    async with harness.db.session() as s:
+        rows = (
+            await s.execute(select(UsageEntry.job_id, UsageEntry.unit, UsageEntry.state, UsageEntry.amount))
+        ).all()
+    by = {(j, u): (st, amount) for j, u, st, amount in rows}
+    assert by[(ok.job_id, "images")] == ("committed", 2.0)
+    state, seconds = by[(ok.job_id, "gpu_seconds")]
+    assert state == "committed" and 0.05 < seconds < 5.0  # measured: 10 steps of 10 ms, not the estimate
+    assert by[(bad.job_id, "images")][0] == by[(bad.job_id, "gpu_seconds")][0] == "refunded"
+
+
+async def test_a_bot_process_without_a_worker_learns_results_by_polling(harness) -> None:
+    """SQLite has no NOTIFY: a service without its own worker polls the jobs table."""
+    from core.bootstrap import build_worker
+
+    service = await harness.open(worker=False, start=False)
+    events = service.events()
+    await service.start()
+    other = build_worker(harness.settings, harness.db, harness.engine)  # "another process": not wired in
+    other.start()
+    try:
+        r = await service.submit_imagine(actor(), ImagineOptions(prompt="x", steps=2))
+        done = await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == r.job_id)
+        assert done.images and done.images[0].png.startswith(b"\x89PNG")
+    finally:
+        await other.stop()
