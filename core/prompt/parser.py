@@ -46,7 +46,7 @@ def _classify(raw: list[str]) -> list[str]:
     """The terminal name of every raw token (see grammar.lark); raises Unparsable.
 
     An emphasis group without an edit or alternation inside is static text: its brackets are
-    named TEXT, so the parser sees it as one piece of text.
+    named GROUP_*, and the lexer passes them on as TEXT, so the parser sees one piece of text.
     """
     names = ["TEXT" if len(t) > 1 or t not in "[]():|\\" else "STRAY" for t in raw]
     stack: list[_Frame] = []
@@ -88,9 +88,9 @@ def _classify(raw: list[str]) -> list[str]:
                 if stack:
                     stack[-1].dynamic = True
             else:
-                names[frame.index] = names[i] = "TEXT"
+                names[frame.index], names[i] = "GROUP_OPEN", "GROUP_CLOSE"
                 for c in frame.colons:
-                    names[c] = "TEXT"
+                    names[c] = "GROUP_COLON"
         else:  # "]"
             if not stack or stack[-1].kind != "[":
                 collapse()
@@ -105,8 +105,8 @@ def _classify(raw: list[str]) -> list[str]:
                 for p in frame.pipes:
                     names[p] = "_PIPE"
             elif not frame.colons:
-                names[frame.index] = "LSQB" if frame.dynamic else "TEXT"
-                names[i] = "RSQB" if frame.dynamic else "TEXT"
+                names[frame.index] = "LSQB" if frame.dynamic else "GROUP_OPEN"
+                names[i] = "RSQB" if frame.dynamic else "GROUP_CLOSE"
             else:
                 last = frame.colons[-1]
                 if len(frame.colons) > 2 or last + 2 != i or not _WHEN.fullmatch(raw[last + 1]):
@@ -117,10 +117,13 @@ def _classify(raw: list[str]) -> list[str]:
                     names[frame.colons[0]] = "_EDIT_COLON"
                 names[last] = "WHEN"
                 names[last + 1] = ""  # folded into the WHEN token
-            if stack and names[i] != "TEXT":  # an edit, an alternation or a group holding one
+            if stack and names[i] != "GROUP_CLOSE":  # an edit, an alternation or a group holding one
                 stack[-1].dynamic = True
     collapse()
     return names
+
+
+_AS_TEXT = frozenset({"TEXT", "STRAY", "GROUP_OPEN", "GROUP_CLOSE", "GROUP_COLON"})
 
 
 class _PromptLexer(Lexer):
@@ -135,7 +138,7 @@ class _PromptLexer(Lexer):
         run_start = 0
         for i, m in enumerate(matches):
             name = names[i]
-            if name == "TEXT" or name == "STRAY":
+            if name in _AS_TEXT:
                 if not run:
                     run_start = m.start()
                 run.append(raw[i])
@@ -177,28 +180,37 @@ _parser = Lark.open(
 )
 
 
-_CLOSERS = frozenset({"RPAR", "RSQB", "_EDIT_CLOSE", "_ALT_CLOSE"})
+_OPENERS = frozenset({"LPAR", "LSQB", "_EDIT_OPEN", "_ALT_OPEN", "GROUP_OPEN"})
+_CLOSERS = frozenset({"RPAR", "RSQB", "_EDIT_CLOSE", "_ALT_CLOSE", "GROUP_CLOSE"})
 
 
 def hash_dependent(text: str) -> bool:
-    """Whether A1111's result for ``text`` depends on PYTHONHASHSEED (see ``parse``).
+    """Whether A1111's result for ``text`` may depend on PYTHONHASHSEED (see ``parse``).
 
-    That is the case when an edit is directly followed, possibly after the closing brackets of
-    groups around it, by a stray bracket or colon: A1111's Earley parser then sometimes drops the
-    edit and leaves the whole group as text. ``x [a:b:3]: y``, ``[a:b:3]((`` and ``[a:b:3])(`` are
-    examples.
+    That is the case when an edit is followed by a stray bracket or colon with nothing but whole
+    bracket groups and the closing brackets of groups around the edit in between: A1111's Earley
+    parser then sometimes drops the edit and leaves its brackets as text. ``x [a:b:3]: y``,
+    ``[a:b:3]((`` and ``[a:b:3](c:1.2):`` are examples.
     """
     try:
         names = [n for n in _classify([m.group() for m in _RAW.finditer(text)]) if n]
     except Unparsable:
         return False
+    match: dict[int, int] = {}
+    stack: list[int] = []
     for i, name in enumerate(names):
-        if name == "_EDIT_CLOSE":
-            j = i + 1
-            while j < len(names) and names[j] in _CLOSERS:
-                j += 1
-            if j < len(names) and names[j] == "STRAY":
-                return True
+        if name in _OPENERS:
+            stack.append(i)
+        elif name in _CLOSERS:
+            match[stack.pop()] = i
+    for i, name in enumerate(names):
+        if name != "_EDIT_CLOSE":
+            continue
+        j = i + 1
+        while j < len(names) and (names[j] in _CLOSERS or names[j] in _OPENERS):
+            j = match[j] + 1 if names[j] in _OPENERS else j + 1
+        if j < len(names) and names[j] == "STRAY":
+            return True
     return False
 
 
