@@ -170,6 +170,15 @@ class FairScheduler:
         if self._queued_total + len(self._running) >= self.caps.global_:
             raise QueueFull("global", self.caps.global_, self._retry_hint(lambda j: True, now))
 
+    def retry_hint(self, limit: str, guild_id: int | None, user_id: int, now: float = 0.0) -> float | None:
+        """Seconds until one of the jobs counted by ``limit`` ("user" | "guild" | "global") ends."""
+        key = DM if guild_id is None else guild_id
+        if limit == "user":
+            return self._retry_hint(lambda j: j.queue_key == key and j.user_id == user_id, now)
+        if limit == "guild":
+            return self._retry_hint(lambda j: j.queue_key == key, now)
+        return self._retry_hint(lambda j: True, now)
+
     # ----------------------------------------------------------------- events in
 
     def submit(self, job: QueuedJob, now: float = 0.0, *, check_caps: bool = True) -> None:

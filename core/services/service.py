@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import and_, func, select, text
 
 from core.config import Settings
-from core.queue.fair import STANDARD_COST, Caps, FairScheduler, QueuedJob, QueueFull
+from core.queue.fair import STANDARD_COST, Caps, FairScheduler, QueuedJob
 from core.queue.pg import listen
 from core.queue.store import EVENTS_CHANNEL, JOBS_CHANNEL, JobStore
 from core.services.checks import check_prompt_syntax, find_banned
@@ -239,11 +239,7 @@ class ChantService:
 
     async def _cap_error(self, limit: str, caps: Caps, actor: Actor) -> UserError:
         fair = await self._snapshot()
-        try:
-            fair.check(actor.guild_id, actor.user_id, now=utcnow().timestamp())
-            retry = None
-        except QueueFull as exc:
-            retry = exc.retry_after_s
+        retry = fair.retry_hint(limit, actor.guild_id, actor.user_id, now=utcnow().timestamp())
         when = (
             f" Try again in about {max(1, round(retry))} s."
             if retry is not None
@@ -611,8 +607,6 @@ class ChantService:
             fair._rate = rate
         for gid, weight in weights.items():
             fair.set_guild(gid, weight=weight)
-        caps = self._caps(None)
-        fair.caps = Caps(caps.per_user, caps.per_guild, caps.global_)
         for job_id, gid, uid, cost, state, started in rows:
             job = QueuedJob(job_id, gid, uid, max(cost / STANDARD_COST, 1e-6))
             if state == "running":
@@ -626,7 +620,7 @@ class ChantService:
         now = asyncio.get_running_loop().time()
         if self._rate_at is None or now - self._rate_at > RATE_CACHE_S:
             self._rate = await self.store.throughput()
-            self._rate_at = now
+            self._rate_at = now if self._rate is not None else None  # nothing measured: ask again
         return self._rate
 
     async def _queue_positions(self) -> dict[int, tuple[int, float | None]]:

@@ -381,3 +381,19 @@ async def test_a_bot_process_without_a_worker_learns_results_by_polling(harness)
         assert done.images and done.images[0].png.startswith(b"\x89PNG")
     finally:
         await other.stop()
+
+
+async def test_queue_limit_gives_a_retry_hint_from_measured_throughput(harness) -> None:
+    harness.engine.step_delay_s = 0.02
+    service = await harness.open()
+    events = service.events()
+    a = actor()
+    first = await service.submit_imagine(a, ImagineOptions(prompt="warm up", steps=5))
+    await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == first.job_id)
+    for _ in range(3):
+        await service.submit_imagine(a, ImagineOptions(prompt="x", steps=20))
+    with pytest.raises(UserError) as err:
+        await service.submit_imagine(a, ImagineOptions(prompt="x", steps=20))
+    assert err.value.code == "queue.user_limit"
+    assert err.value.retry_after_s is not None and 0 < err.value.retry_after_s < 30
+    assert "Try again in about" in str(err.value)
