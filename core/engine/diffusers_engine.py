@@ -440,7 +440,7 @@ class DiffusersEngine:
         try:
             from core.engine.preview import latent_preview
 
-            return latent_preview(latents[:1], "sdxl" if model.kind == "sdxl" else "sd1")
+            return latent_preview(latents, model.kind)
         except Exception:  # a preview must never fail a job
             log.debug("preview failed", exc_info=True)
             return None

@@ -306,6 +306,8 @@ def load_model(source: ModelSource, device, dtype, *, allow_pickle: bool = False
             kwargs = dict(common)
             if not source.is_hub:
                 kwargs["local_files_only"] = True
+            if _pipeline_has_safety_checker(location, source.is_hub):
+                kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
             pipe = DiffusionPipeline.from_pretrained(source.location, **kwargs)
             if not hasattr(pipe, "unet") or not hasattr(pipe, "text_encoder"):
                 raise ModelError(f"{source.name}: not a Stable Diffusion pipeline ({type(pipe).__name__})")
@@ -350,6 +352,17 @@ def load_model(source: ModelSource, device, dtype, *, allow_pickle: bool = False
         load_seconds=seconds,
         scheduler_config=dict(pipe.scheduler.config),
     )
+
+
+def _pipeline_has_safety_checker(location: Path, is_hub: bool) -> bool:
+    """SD 1.x/2.x repos name a safety checker; chant never loads it (the bot has its own rules)."""
+    if is_hub:
+        return True  # an unexpected keyword is only ignored with a warning by other pipelines
+    try:
+        index = json.loads((location / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return "safety_checker" in index
 
 
 def _skeleton_for(kind: str, source: ModelSource) -> Path:
