@@ -53,9 +53,14 @@ class Interpretation:
         }
 
 
+MAX_STEPS = (
+    10_000  # far above any sampler's use; bounds the work of an alternation ([a|b]: one text per step)
+)
+
+
 def _check_steps(name: str, value: object) -> int:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    if type(value) is not int or not 1 <= value <= MAX_STEPS:
+        raise ValueError(f"{name} must be an integer from 1 to {MAX_STEPS}, not {value!r}")
     return value
 
 

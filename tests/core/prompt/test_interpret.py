@@ -136,7 +136,7 @@ def test_length_limit_is_checked_first():
         interpret("a" * 11, 10, max_chars=10)
 
 
-@pytest.mark.parametrize("steps", [0, -1, 1.5, "10"])
+@pytest.mark.parametrize("steps", [0, -1, 1.5, "10", True, 10_001])
 def test_bad_steps_are_rejected(steps):
     with pytest.raises(ValueError, match="steps"):
         interpret("a", steps)
