@@ -1,12 +1,12 @@
 """Parse the editing syntax of one prompt (A1111 ``get_learned_conditioning_prompt_schedules``).
 
 A1111 parses with an ambiguous Earley grammar whose top level accepts stray ``[ ] ( ) :``. Its
-parser chooses, for every bracket group that is a well-formed construct, the construct (the only
-exception depends on Python's hash seed: see ``parse``). chant makes that choice in
-``_lex``: one pass with a bracket stack finds the well-formed groups, marks every other bracket or
-colon as a stray, and hands lark an unambiguous token stream for the LALR grammar in
+parser takes every bracket group that is a well-formed construct as that construct (the exception
+depends on Python's hash seed: see ``parse`` and ``hash_dependent``). chant makes that choice in
+``_classify``: one pass with a bracket stack finds the well-formed groups, marks every other
+bracket or colon as a stray, and hands lark an unambiguous token stream for the LALR grammar in
 ``grammar.lark``. Nothing here recurses, so deep nesting costs time linear in its length.
-"""
+tests/core/prompt/test_properties.py checks the result against an Earley model of A1111's grammar."""
 
 from __future__ import annotations
 
