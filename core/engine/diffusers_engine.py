@@ -77,6 +77,7 @@ class _Plan:
     interpretation: Any
     rng_source: str
     ensd: int
+    unet_cache: dict = field(default_factory=dict)
 
 
 class DiffusersEngine:
@@ -90,6 +91,7 @@ class DiffusersEngine:
         self.device, self.dtype = models.torch_device_and_dtype(settings)
         self.last_stats = RunStats()
         self._network_cache = None
+        self.sync_stages = False  # benchmarks: wait for the GPU at every stage/step boundary
         self._lock = threading.Lock()
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -162,12 +164,14 @@ class DiffusersEngine:
         interpretations = self.interpret(request)
         with self.extra_networks(model, interpretations[0].networks):
             plan = self.encode_prompt(request, model, interpretations)
+            self._sync()
             stats.encode = time.perf_counter() - t
             # 4.-7. Noise, timesteps, denoising loop
             latents = self.denoise(plan, stats, on_progress, should_cancel)
         # 8. Decode and write PNGs with A1111's parameters
         t = time.perf_counter()
         images = self.decode(model, latents)
+        self._sync()
         stats.decode = time.perf_counter() - t
         t = time.perf_counter()
         generated = tuple(self._png(plan, i, image) for i, image in enumerate(images))
@@ -187,6 +191,10 @@ class DiffusersEngine:
                 "total": stats.total,
             },
         )
+
+    def _sync(self) -> None:
+        if self.sync_stages and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def check_inputs(self, request: GenerationRequest) -> None:
         r = request
@@ -365,6 +373,7 @@ class DiffusersEngine:
                 step_start = time.perf_counter()
                 noise_pred = self.guided_noise(plan, latents, scheduler, t, counter=i, time_ids=time_ids)
                 latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                self._sync()
                 stats.steps.append(time.perf_counter() - step_start)
                 if on_progress is not None:
                     done = min(request.steps, max(1, round((i + 1) * request.steps / total)))
@@ -374,47 +383,63 @@ class DiffusersEngine:
                     on_progress(Progress(step=done, total=request.steps, preview_png=preview))
         return latents
 
+    def unet_inputs(self, plan: _Plan, counter: int, count: int, time_ids=None) -> list[tuple[int, Any, Any]]:
+        """The UNet calls for the conditioning at ``counter``: (repeats, embeds, added_cond_kwargs).
+
+        One call with [uncond, cond₁ … condₙ] when their lengths agree, else uncond and the conds
+        separately (A1111's default). Cached per distinct conditioning: schedules switch rarely.
+        """
+        conds = [part.at(counter) for part in plan.positive]
+        uncond = plan.negative.at(counter)
+        key = (id(uncond), *map(id, conds))
+        if key in plan.unet_cache:
+            return plan.unet_cache[key]
+
+        def expand(tensor: torch.Tensor | None) -> torch.Tensor | None:  # each row `count` times
+            return None if tensor is None else tensor.repeat_interleave(count, dim=0)
+
+        def added(pooled: torch.Tensor | None, rows: int):
+            if time_ids is None:
+                return None
+            return {"text_embeds": pooled, "time_ids": time_ids.repeat(rows, 1)}
+
+        cond_embeds = stack_conds([c.embeds for c in conds])  # [parts, tokens, channels]
+        cond_pooled = torch.stack([c.pooled for c in conds]) if conds[0].pooled is not None else None
+        uncond_embeds = uncond.embeds[None]
+        uncond_pooled = uncond.pooled[None] if uncond.pooled is not None else None
+        n = len(conds)
+        if uncond_embeds.shape[1] == cond_embeds.shape[1]:
+            pooled = None if cond_pooled is None else torch.cat([uncond_pooled, cond_pooled])
+            calls = [
+                (
+                    n + 1,
+                    expand(torch.cat([uncond_embeds, cond_embeds])),
+                    added(expand(pooled), (n + 1) * count),
+                )
+            ]
+        else:
+            calls = [
+                (1, expand(uncond_embeds), added(expand(uncond_pooled), count)),
+                (n, expand(cond_embeds), added(expand(cond_pooled), n * count)),
+            ]
+        plan.unet_cache[key] = calls
+        return calls
+
     def guided_noise(
         self, plan: _Plan, latents, scheduler, t, *, counter: int, time_ids=None
     ) -> torch.Tensor:
         """A1111's CFG with ``AND``: uncond + Σ wᵢ·s·(condᵢ − uncond), on ε predictions."""
         count = latents.shape[0]
-        model = plan.model
-        conds = [part.at(counter) for part in plan.positive]
-        uncond = plan.negative.at(counter)
-        cond_embeds = stack_conds([c.embeds for c in conds])  # [parts, tokens, channels]
+        unet = plan.model.pipe.unet
         model_input = scheduler.scale_model_input(latents, t)
-
-        def run(embeds: torch.Tensor, pooled: torch.Tensor | None, repeats: int) -> torch.Tensor:
+        outputs = []
+        for repeats, embeds, added in self.unet_inputs(plan, counter, count, time_ids):
             x = torch.cat([model_input] * repeats) if repeats > 1 else model_input
-            added = None
-            if time_ids is not None:
-                added = {"text_embeds": pooled, "time_ids": time_ids.repeat(x.shape[0], 1)}
-            return model.pipe.unet(
-                x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False
-            )[0]
-
-        def expand(
-            tensor: torch.Tensor,
-        ) -> torch.Tensor:  # [n, ...] -> [n * count, ...] (each row count times)
-            return tensor.repeat_interleave(count, dim=0)
-
-        pooled_conds = torch.stack([c.pooled for c in conds]) if conds[0].pooled is not None else None
-        uncond_embeds = uncond.embeds[None]
-        uncond_pooled = uncond.pooled[None] if uncond.pooled is not None else None
-        n = len(conds)
-        if uncond_embeds.shape[1] == cond_embeds.shape[1]:
-            embeds = expand(torch.cat([uncond_embeds, cond_embeds]))
-            pooled = expand(torch.cat([uncond_pooled, pooled_conds])) if pooled_conds is not None else None
-            out = run(embeds, pooled, n + 1)
-            out_uncond, out_conds = out[:count], out[count:]
-        else:  # A1111 runs cond and uncond separately when their lengths differ
-            out_uncond = run(
-                expand(uncond_embeds), expand(uncond_pooled) if uncond_pooled is not None else None, 1
+            outputs.append(
+                unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
             )
-            out_conds = run(
-                expand(cond_embeds), expand(pooled_conds) if pooled_conds is not None else None, n
-            )
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        out_uncond, out_conds = out[:count], out[count:]
         result = out_uncond
         s = plan.request.cfg_scale
         for index, part in enumerate(plan.positive):
