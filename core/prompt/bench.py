@@ -26,15 +26,18 @@ _WORDS = (
 _PART_2 = (
     "watercolor painting, (pastel colors:0.8), [sketch:ink lines:0.5], soft edges, paper texture, "
     "dreamy atmosphere, light particles, gentle wind, flowing ribbons, petals in the air, "
-    "delicate linework, muted tones, calm mood, by a lake, reflections, mist over water, "
+    "muted tones, by a lake, reflections, mist over water, "
     "golden hour glow, serene, tranquil, "
 )
 
 
+def _plain(text: str) -> str:
+    return text.replace("BREAK ", "").replace("[", "").replace("]", "")
+
+
 def bench_prompt() -> str:
-    return (
-        f"{_WORDS}{_WORDS.replace('BREAK ', '').replace('[', '').replace(']', '')} AND {_PART_2}{_PART_2}:0.7"
-    )
+    """About 300 tokens: two AND parts (the second weighted), three edits, one BREAK."""
+    return f"{_WORDS}{_plain(_WORDS)} AND {_PART_2}{_plain(_PART_2)}:0.7"
 
 
 def explain_and_tokens(prompt: str, steps: int = 30) -> int:
