@@ -103,11 +103,10 @@ class JobStore:
                 out.append(QueuedJob(job_id, guild_id, user_id, max(cost / STANDARD_COST, 1e-6), key))
             return sorted(out, key=lambda j: j.job_id)
 
-    async def guild_weights(self, guild_ids: Sequence[int]) -> dict[int, float]:
-        if not guild_ids:
-            return {}
+    async def guild_weights(self) -> dict[int, float]:
+        """Operator weights of the guilds that have one other than 1.0."""
         async with self.db.session() as s:
-            rows = await s.execute(select(Guild.id, Guild.weight).where(Guild.id.in_(list(guild_ids))))
+            rows = await s.execute(select(Guild.id, Guild.weight).where(Guild.weight != 1.0))
             return {gid: w for gid, w in rows if w and w > 0}
 
     # ------------------------------------------------------------------ claim, lease, finish

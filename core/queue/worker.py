@@ -74,7 +74,7 @@ class Worker:
         self.recover_all_on_start = recover_all_on_start
         # Caps are the service's business (it refuses at submit); the worker schedules what is there.
         self.fair = FairScheduler(Caps(10**9, 10**9, 10**9), default_weight=default_weight)
-        self._weights_known: set[int] = set()
+        self._weighted: set[int] = set()  # guilds with an operator weight (re-read on full syncs)
         self._wake = asyncio.Event()
         self._stopping = False
         self._running: dict[int, float] = {}  # job id -> start (monotonic)
@@ -122,6 +122,7 @@ class Worker:
         while not self._stopping:  # recover orphans first (retry if the database is not up yet)
             try:
                 await self._recover(all_running=self.recover_all_on_start)
+                await self.sync(full=True)
                 break
             except Exception:
                 log.exception("recovering orphaned jobs failed; retrying")
@@ -201,6 +202,12 @@ class Worker:
         """
         ids = await self.store.queued_ids(after=0 if full else self._max_seen)
         if full:
+            weights = await self.store.guild_weights()
+            for gid in self._weighted - set(weights):  # back to the default weight
+                self.fair.set_guild(gid, weight=self.fair.default_weight)
+            for gid, weight in weights.items():
+                self.fair.set_guild(gid, weight=weight)
+            self._weighted = set(weights)
             in_db = set(ids)
             for job in [j for j in self.fair.queued() if j.job_id not in in_db]:
                 self.fair.cancel(job.job_id)
@@ -209,10 +216,6 @@ class Worker:
             return
         self._max_seen = max(self._max_seen, *new_ids)
         new = await self.store.load(new_ids)
-        guilds = {j.guild_id for j in new if j.guild_id is not None} - self._weights_known
-        for gid, weight in (await self.store.guild_weights(sorted(guilds))).items():
-            self.fair.set_guild(gid, weight=weight)
-        self._weights_known |= guilds
         for job in new:
             self.fair.submit(job, check_caps=False)
 

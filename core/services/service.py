@@ -596,7 +596,15 @@ class ChantService:
         async with self.db.session() as s:
             rows = (
                 await s.execute(
-                    select(Job.id, Job.guild_id, Job.user_id, Job.cost, Job.state, Job.started_at)
+                    select(
+                        Job.id,
+                        Job.guild_id,
+                        Job.user_id,
+                        Job.cost,
+                        Job.state,
+                        Job.started_at,
+                        Job.lease_owner,
+                    )
                     .where(Job.state.in_(("queued", "running")))
                     .order_by(Job.id)
                 )
@@ -607,7 +615,9 @@ class ChantService:
             fair._rate = rate
         for gid, weight in weights.items():
             fair.set_guild(gid, weight=weight)
-        for job_id, gid, uid, cost, state, started in rows:
+        # ETAs divide the work ahead among the workers busy right now (at least one).
+        fair.workers = max(1, len({row[6] for row in rows if row[4] == "running" and row[6]}))
+        for job_id, gid, uid, cost, state, started, _owner in rows:
             job = QueuedJob(job_id, gid, uid, max(cost / STANDARD_COST, 1e-6))
             if state == "running":
                 fair.add_running(job, _epoch(started))

@@ -89,3 +89,42 @@ async def test_stopping_mid_job_puts_it_back_uncounted(tmp_path) -> None:
     async with h2.db.session() as s:
         assert await s.scalar(select(Job.attempts).where(Job.id == r.job_id)) == 0
     await h2.close()
+
+
+async def test_operator_weight_gives_a_guild_a_bigger_share(tmp_path) -> None:
+    from core.storage.repositories import Repositories
+
+    h = Harness(tmp_path, max_queued_per_user=20, max_queued_per_guild=50)
+    service = await h.open(start=False)
+    async with h.db.transaction(write=True) as s:
+        await Repositories(s).guilds.update(1, weight=2.0)
+    guild_of = {}
+    for guild in (1, 2):
+        for _ in range(12):
+            r = await service.submit_imagine(
+                actor(user=guild, guild=guild), ImagineOptions(prompt="x", steps=1)
+            )
+            guild_of[r.job_id] = guild
+    events = service.events()
+    await service.start()
+    for _ in range(24):
+        await wait_for(events, lambda e: isinstance(e, JobDone))
+    first9 = [guild_of[j] for j in list(service.worker.served)[:9]]
+    assert first9.count(1) == 6 and first9.count(2) == 3
+    await h.close()
+
+
+def test_chant_queue_weight_and_status(tmp_path, monkeypatch, capsys) -> None:
+    from core.cli import main
+
+    monkeypatch.setenv("CHANT_DATABASE_URL", f"sqlite:///{tmp_path / 'q.db'}")
+    monkeypatch.delenv("CHANT_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["queue", "weight", "42", "3"]) == 0
+    assert "weight 1 -> 3" in capsys.readouterr().out
+    assert main(["queue", "weight", "42", "0"]) == 2
+    assert "positive" in capsys.readouterr().out
+    assert main(["queue", "status"]) == 0
+    assert "jobs: none" in capsys.readouterr().out
+    assert main(["worker"]) == 2  # SQLite: the worker runs inside `chant run`
+    assert "PostgreSQL" in capsys.readouterr().out
