@@ -77,6 +77,7 @@ class FakeEngine:
         self.preview_every = preview_every
         self.image_size = image_size
         self.calls: list[list[int]] = []  # seeds of each engine call (batches show as one call)
+        self.steps_run: list[int] = []  # sampler steps each engine call ran before it ended
         self._lock = threading.Lock()
         self.closed = False
 
@@ -129,6 +130,7 @@ class FakeEngine:
         with self._lock:
             self.calls.append([seeds[i] for i in live])
         total = max((requests[i].steps for i in live), default=0)
+        done_steps = 0
         for step in range(1, total + 1):
             for i in list(live):
                 if should_cancel is not None and should_cancel(i):
@@ -138,12 +140,15 @@ class FakeEngine:
                 break
             if self.step_delay_s:
                 time.sleep(self.step_delay_s)
+            done_steps = step
             for i in live:
                 if on_progress is not None and step <= requests[i].steps:
                     preview = None
                     if self.preview_every and step % self.preview_every == 0:
                         preview = self._png(seeds[i] + step, "")
                     on_progress(i, Progress(step, requests[i].steps, preview))
+        with self._lock:
+            self.steps_run.append(done_steps)
         for i in live:
             out[i] = self._result(requests[i], seeds[i])
         return out  # type: ignore[return-value]
