@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from core.engine.networks.hashes import addnet_hash, lora_hashes_infotext
 from core.engine.networks.resolve import (
     check_network_name,
     list_network_files,
@@ -56,9 +57,11 @@ __all__ = [
     "NetworkRequest",
     "activate_for_pipeline",
     "activate_networks",
+    "addnet_hash",
     "check_network_name",
     "list_network_files",
     "list_networks",
+    "lora_hashes_infotext",
     "networks_key",
     "parse_hypernet",
     "parse_lora",

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from core.engine.networks.hashes import lora_hashes_infotext
 from core.engine.networks.hypernetwork import Hypernetwork, HypernetworkHooks, load_hypernetwork_file
 from core.engine.networks.lora import (
     TEXT_ENCODER,
@@ -85,7 +86,7 @@ class ActiveNetworks:
     """What :func:`activate_networks` applied for this job."""
 
     request: NetworkRequest
-    loras: list[tuple[str, Path]] = field(default_factory=list)  # (name from the prompt, file)
+    loras: list[tuple[str, Path]] = field(default_factory=list)  # (name in the prompt, file), prompt order
     hypernetworks: list[tuple[str, Path]] = field(default_factory=list)
     lora_layers: dict[str, int] = field(default_factory=dict)  # name -> layers placed
     merged_weights: int = 0  # weights changed (and restored on exit)
@@ -94,6 +95,11 @@ class ActiveNetworks:
     @property
     def key(self) -> tuple:
         return networks_key(self.request)
+
+    def infotext_params(self) -> dict[str, str]:
+        """Extra A1111 parameters for the PNG: ``{"Lora hashes": "name: 0123456789ab, ..."}``."""
+        value = lora_hashes_infotext(self.loras)
+        return {"Lora hashes": value} if value else {}
 
 
 _ACTIVE_ATTR = "_chant_networks_active"
@@ -130,13 +136,15 @@ def activate_networks(
     lora_dirs, hypernetwork_dirs = list(lora_dirs), list(hypernetwork_dirs)
 
     # 1. Resolve and read everything; nothing is changed yet.
-    lora_uses: list[LoraUse] = []
-    for spec in request.loras:
-        path = resolve_network_file(spec.name, lora_dirs, LORA_EXTS, what="LoRA")
-        lora_uses.append(
-            LoraUse(spec.name, cache.get("LoRA", path, load_lora_file), spec.te, spec.unet, spec.dyn)
-        )
-        active.loras.append((spec.name, path))
+    paths: dict[str, Path] = {}
+    for spec in request.loras_in_prompt_order or request.loras:
+        if spec.name not in paths:
+            paths[spec.name] = resolve_network_file(spec.name, lora_dirs, LORA_EXTS, what="LoRA")
+        active.loras.append((spec.name, paths[spec.name]))
+    lora_uses = [  # merged in the canonical order, so tag order cannot change the result
+        LoraUse(spec.name, cache.get("LoRA", paths[spec.name], load_lora_file), spec.te, spec.unet, spec.dyn)
+        for spec in request.loras
+    ]
     hn_uses: list[tuple[Hypernetwork, float]] = []
     for spec in request.hypernets:
         path = resolve_network_file(spec.name, hypernetwork_dirs, HYPERNETWORK_EXTS, what="hypernetwork")

@@ -45,6 +45,7 @@ class NetworkRequest:
     loras: tuple[LoraSpec, ...] = ()
     hypernets: tuple[HypernetSpec, ...] = ()
     skipped: tuple[str, ...] = ()  # kinds we do not handle, as A1111 skips them
+    loras_in_prompt_order: tuple[LoraSpec, ...] = ()  # for the infotext; () means ``loras``
 
     def __bool__(self) -> bool:
         return bool(self.loras or self.hypernets)
@@ -115,7 +116,12 @@ def parse_networks(networks: Iterable[ExtraNetworkLike]) -> NetworkRequest:
             hypernets.append(parse_hypernet(net))
         else:
             skipped.append(net.kind)
-    return NetworkRequest(loras=tuple(sorted(loras)), hypernets=tuple(hypernets), skipped=tuple(skipped))
+    return NetworkRequest(
+        loras=tuple(sorted(loras)),
+        hypernets=tuple(hypernets),
+        skipped=tuple(skipped),
+        loras_in_prompt_order=tuple(loras),
+    )
 
 
 def networks_key(networks: Iterable[ExtraNetworkLike] | NetworkRequest) -> tuple:

@@ -499,3 +499,27 @@ def test_activate_for_pipeline_with_engine_settings(
         torch.testing.assert_close(run_unet(unet), library.expected_unet, **TOL)
         torch.testing.assert_close(run_te(text_encoder), library.expected_te, **TOL)
     assert torch.equal(run_unet(unet), base_unet) and torch.equal(run_te(text_encoder), base_te)
+
+
+def test_lora_hashes_for_the_infotext(unet, text_encoder, kohya_file, diffusers_file, lora_dir) -> None:
+    import hashlib
+
+    from core.engine.networks import addnet_hash
+
+    def expected(path: Path) -> str:
+        data = path.read_bytes()
+        return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()
+
+    assert addnet_hash(kohya_file) == expected(kohya_file)
+    assert addnet_hash(kohya_file) != hashlib.sha256(kohya_file.read_bytes()).hexdigest()  # header excluded
+    tags = [lora("peft_style"), lora("kohya_style", "0.5"), lora("peft_style", "0.5")]
+    with _activate(unet, text_encoder, lora_dir, *tags) as active:
+        params = active.infotext_params()
+    assert (
+        params
+        == {  # prompt order, each name once
+            "Lora hashes": f"peft_style: {expected(diffusers_file)[:12]}, kohya_style: {expected(kohya_file)[:12]}"
+        }
+    )
+    with _activate(unet, text_encoder, lora_dir) as active:
+        assert active.infotext_params() == {}
