@@ -157,6 +157,10 @@ class DiffusersEngine:
         if request.vae:
             source = _replace(source, vae=models.resolve_vae(self.settings, request.vae))
         model = self.models.get(source, self.device, self.dtype)
+        if self.settings.vae_tiling:
+            model.pipe.vae.enable_tiling()
+        if self.settings.vae_slicing:
+            model.pipe.vae.enable_slicing()
         stats.load = time.perf_counter() - start
         # 3. Interpret the prompts; apply the job's extra networks (<lora:…>, <hypernet:…>) until the
         #    last step, and encode the prompt (A1111 schedules, AND, emphasis, CLIP skip, embeddings)

@@ -318,3 +318,16 @@ def test_variation_seed_and_ensd(sd15_engine) -> None:
         sd15_engine.generate(euler).images[0].png
         == sd15_engine.generate(euler.replace(eta_noise_seed_delta=31337)).images[0].png
     )  # Euler draws no step noise: A1111 neither uses nor writes ENSD
+
+
+def test_the_engine_satisfies_the_protocol_and_create_engine_builds_it(tiny_sd15) -> None:
+    from core.engine import create_engine
+    from core.engine.api import Engine
+
+    engine = create_engine(engine_settings(tiny_sd15, vae_slicing=True))
+    assert isinstance(engine, Engine) and isinstance(engine, DiffusersEngine)
+    result = engine.generate(GenerationRequest(prompt="a pear", seed=1, count=2, **SMALL))
+    assert len(result.images) == 2
+    assert next(iter(engine.models._models.values())).pipe.vae.use_slicing
+    engine.close()
+    assert engine.models.loaded_names() == []
