@@ -10,6 +10,7 @@ size, steps, CFG and initial latents, interleaved; the ratio compares medians (o
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -253,4 +254,5 @@ def run(args: argparse.Namespace, settings) -> dict[str, Any]:
         "diffusers": diffusers.__version__,
     }
     engine.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     return result
