@@ -8,6 +8,7 @@ seconds) selects :class:`core.queue.fake_engine.FakeEngine`, for tests and demos
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -18,6 +19,8 @@ from core.queue.worker import Worker
 from core.services.events import EventHub
 from core.services.service import ChantService
 from core.storage.db import Database
+
+log = logging.getLogger(__name__)
 
 
 def fake_engine_requested(env: Mapping[str, str] | None = None) -> bool:
@@ -96,6 +99,11 @@ async def bootstrap(
     run_worker = settings.queue.in_process_worker if worker is None else worker
     if run_worker and engine is None:
         engine = build_engine(settings, env)
+    if not run_worker and db.is_sqlite:
+        log.warning(
+            "no in-process worker and a SQLite database: nothing will run jobs. SQLite serves one "
+            "process; use PostgreSQL with `chant worker`, or run with the in-process worker."
+        )
     hub = EventHub()
     the_worker = build_worker(settings, db, engine) if run_worker else None
     return ChantService(

@@ -928,6 +928,8 @@ class ChantService:
     async def stop(self) -> None:
         if self.worker is not None:
             await self.worker.stop()
+            if self.engine is not None and hasattr(self.engine, "close"):
+                self.engine.close()  # frees the GPU (the service's worker owned the engine)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
