@@ -252,6 +252,9 @@ def parse_lora_state_dict(
                 ignored.append(f"{layer.component}.{layer.key}")
                 continue
             raise ValueError(f"{path.name}: layer {layer.key!r} has only one of lora_up/lora_down")
+        if not _factors_fit(layer):
+            shapes = [tuple(t.shape) for t in (layer.up, layer.mid, layer.down) if t is not None]
+            raise ValueError(f"{path.name}: layer {layer.key!r} has factors that do not multiply: {shapes}")
         if layer.alpha is None and layer.component in alphas:
             config = alphas[layer.component]
             alpha = _pattern_alpha(config, layer.key)
@@ -270,6 +273,17 @@ def parse_lora_state_dict(
             bundled,
         )
     return LoraFile(path=path, layers=complete, ignored=ignored)
+
+
+def _factors_fit(layer: LoraLayer) -> bool:
+    up, down, mid = layer.up, layer.down, layer.mid
+    assert up is not None and down is not None
+    if up.dim() < 2 or down.dim() < 2 or up.numel() == 0 or down.numel() == 0:
+        return False
+    inner = math.prod(up.shape[1:])
+    if mid is None:
+        return inner == down.shape[0]
+    return mid.dim() == 4 and (mid.shape[0], mid.shape[1]) == (inner, down.shape[0])
 
 
 def load_lora_file(path: Path) -> LoraFile:

@@ -256,7 +256,15 @@ def test_unreadable_files_get_clear_errors(unet, text_encoder, lora_dir) -> None
         lora_dir / "half.safetensors",
         {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 64)},
     )
+    write_safetensors(
+        lora_dir / "mismatch.safetensors",
+        {
+            "lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 64),
+            "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.zeros(64, 3),
+        },
+    )
     cases = {
+        "mismatch": "factors that do not multiply",
         "corrupt": "cannot read LoRA file corrupt.safetensors",
         "checkpoint": "not a LoRA file chant can read",
         "loha": "LoHa networks are not supported",
