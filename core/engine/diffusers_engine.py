@@ -454,7 +454,10 @@ class DiffusersEngine:
     @torch.no_grad()
     def decode(self, model: models.LoadedModel, latents: torch.Tensor) -> list:
         vae = model.pipe.vae
-        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        # As the pipelines do: only SDXL's VAE is decoded in fp32 (its fp16 decode overflows).
+        upcast = (
+            model.kind == "sdxl" and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        )
         if upcast:
             vae.to(torch.float32)
         try:
