@@ -444,7 +444,8 @@ class ChantService:
 
         Jobs that finish later arrive as events; together each result reaches the bot once.
         """
-        cutoff = self._started_at or utcnow()
+        # The first of start() and this call draws the line between "backlog" and "events".
+        cutoff = self._started_at = self._started_at or utcnow()
         async with self.db.session() as s:
             jobs = await Repositories(s).jobs.unposted(limit=1000)
             out = []
@@ -917,7 +918,7 @@ class ChantService:
         return self.hub.subscribe()
 
     async def start(self) -> None:
-        self._started_at = utcnow()
+        self._started_at = self._started_at or utcnow()
         if self.worker is not None:
             self.worker.start()
         if not self.db.is_sqlite:
