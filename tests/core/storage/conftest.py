@@ -56,6 +56,8 @@ async def pg_schema(postgres_url: str) -> AsyncIterator[tuple[str, str]]:
 
 
 def pg_database(url: str, schema: str, **kwargs) -> Database:
+    # At most 20 connections: the shared test server allows 100 in all.
+    kwargs = {"pool_size": 5, "max_overflow": 15, **kwargs}
     return Database(url, connect_args={"server_settings": {"search_path": schema}}, **kwargs)
 
 
