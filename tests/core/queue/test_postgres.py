@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import os
 import signal
 import subprocess
@@ -17,7 +16,6 @@ from sqlalchemy import func, select
 
 from core.bootstrap import bootstrap, build_store, open_database
 from core.config import load_settings
-from core.queue.fair import request_cost
 from core.services import Actor, ImagineOptions, JobCancelled, JobDone, JobProgress, JobStarted
 from core.storage.models import Job, JobImage
 from core.storage.repositories import Repositories
@@ -197,12 +195,6 @@ async def test_two_worker_processes_kill_9_one_every_job_finishes_exactly_once(
                 w.kill()
         await db.dispose()
     assert workers[1].returncode == 0, (tmp_path / "w1.log").read_text()[-3000:]
-
-
-def test_cost_helper_is_used_consistently() -> None:
-    assert request_cost(512, 512, 20, 1) == pytest.approx(
-        dataclasses.replace(GenerationRequest("x")).width * 512 * 20 / (512 * 512 * 20)
-    )
 
 
 async def test_bot_process_sees_progress_and_cancels_a_job_on_a_worker_process(
