@@ -51,38 +51,38 @@ def _random_weight_model(shapes: str, device, dtype, source):
 
     folder = skeleton_dir("sdxl" if shapes == "sdxl" else "sd1")
     start = time.perf_counter()
+    # Weights are created directly on the device; schedulers and tokenizers stay on the CPU (the
+    # schedulers convert their tables with numpy).
     with torch.device(device):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")).to(dtype)
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")).to(dtype)
         te = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")).to(dtype)
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        te2 = None
         if shapes == "sdxl":
-            te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2")).to(
-                dtype
-            )
-            tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
-            scheduler = EulerDiscreteScheduler.from_pretrained(folder / "scheduler")
-            pipe = StableDiffusionXLPipeline(
-                vae=vae,
-                text_encoder=te,
-                text_encoder_2=te2,
-                tokenizer=tokenizer,
-                tokenizer_2=tokenizer_2,
-                unet=unet,
-                scheduler=scheduler,
-            )
-        else:
-            scheduler = PNDMScheduler.from_pretrained(folder / "scheduler")
-            pipe = StableDiffusionPipeline(
-                vae=vae,
-                text_encoder=te,
-                tokenizer=tokenizer,
-                unet=unet,
-                scheduler=scheduler,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
+            config_2 = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
+            te2 = CLIPTextModelWithProjection(config_2).to(dtype)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    if shapes == "sdxl":
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=te,
+            text_encoder_2=te2,
+            tokenizer=tokenizer,
+            tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+            unet=unet,
+            scheduler=EulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=te,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=PNDMScheduler.from_pretrained(folder / "scheduler"),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
         if module is not None:
             module.requires_grad_(False).eval()
