@@ -70,6 +70,7 @@ class EngineSettings:
     emphasis: str = "Original"  # Original | No norm | Ignore | None
     comma_padding_backtrack: int = 20
     use_old_scheduling: bool = False
+    pad_cond_uncond: bool = False  # A1111 option: pad prompt/negative to one length (one UNet batch)
     eta_noise_seed_delta: int = 0
     preview_every: int = 5
     compile: str = "off"  # off | default | cuda-graphs

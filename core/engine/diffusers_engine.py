@@ -77,6 +77,7 @@ class _Plan:
     interpretation: Any
     rng_source: str
     ensd: int
+    empty: Cond | None = None  # the empty prompt's encoding, when pad_cond_uncond is on
     unet_cache: dict = field(default_factory=dict)
 
 
@@ -294,6 +295,7 @@ class DiffusersEngine:
             clip_skip=request.clip_skip or model.source.clip_skip,
             embeddings=self.embeddings.for_widths(widths),
         )
+        empty = encoder.encode([""])[0] if self.settings.pad_cond_uncond else None
         positive_parts = encode_interpretation(encoder, positive)
         negative_parts = encode_interpretation(encoder, negative, zero_if_empty=model.kind == "sdxl")
         seed = request.seed if request.seed != -1 else random.randrange(MAX_SEED)
@@ -315,6 +317,7 @@ class DiffusersEngine:
             interpretation=positive,
             rng_source=request.rng or self.settings.rng,
             ensd=ensd,
+            empty=empty,
         )
 
     def make_scheduler(self, plan: _Plan):
@@ -410,6 +413,16 @@ class DiffusersEngine:
         cond_embeds = stack_conds([c.embeds for c in conds])  # [parts, tokens, channels]
         cond_pooled = torch.stack([c.pooled for c in conds]) if conds[0].pooled is not None else None
         uncond_embeds = uncond.embeds[None]
+        if plan.empty is not None and uncond_embeds.shape[1] != cond_embeds.shape[1]:
+            # A1111 pad_cond_uncond: the shorter side gets copies of the empty prompt's encoding.
+            def pad(embeds: torch.Tensor, length: int) -> torch.Tensor:
+                repeats = (length - embeds.shape[1]) // plan.empty.embeds.shape[0]
+                filler = plan.empty.embeds[None].repeat(embeds.shape[0], repeats, 1)
+                return torch.cat([embeds, filler], dim=1)
+
+            longest = max(uncond_embeds.shape[1], cond_embeds.shape[1])
+            cond_embeds = pad(cond_embeds, longest) if cond_embeds.shape[1] < longest else cond_embeds
+            uncond_embeds = pad(uncond_embeds, longest) if uncond_embeds.shape[1] < longest else uncond_embeds
         uncond_pooled = uncond.pooled[None] if uncond.pooled is not None else None
         n = len(conds)
         if uncond_embeds.shape[1] == cond_embeds.shape[1]:

@@ -331,3 +331,21 @@ def test_the_engine_satisfies_the_protocol_and_create_engine_builds_it(tiny_sd15
     assert next(iter(engine.models._models.values())).pipe.vae.use_slicing
     engine.close()
     assert engine.models.loaded_names() == []
+
+
+def test_pad_cond_uncond_pads_the_negative_with_empty_prompt_chunks(tiny_sd15) -> None:
+    engine = DiffusersEngine(engine_settings(tiny_sd15, pad_cond_uncond=True))
+    model = loaded(engine)
+    request = GenerationRequest(prompt="tree " * 150, negative_prompt="fog", seed=1, sampler="Euler", **SMALL)
+    plan = engine.encode_prompt(request, model)
+    calls = engine.unet_inputs(plan, 0, 1)
+    assert len(calls) == 1 and calls[0][0] == 2 and calls[0][1].shape == (2, 154, 32)
+    uncond_row = calls[0][1][0]
+    assert torch.equal(uncond_row[:77], plan.negative.at(0).embeds)
+    assert torch.equal(uncond_row[77:], plan.empty.embeds)
+    padded = engine.generate(request)
+    engine.close()
+    default = DiffusersEngine(engine_settings(tiny_sd15))
+    separate = default.generate(request)
+    default.close()
+    assert not np.array_equal(pixels(padded.images[0].png), pixels(separate.images[0].png))
