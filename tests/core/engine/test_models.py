@@ -175,17 +175,31 @@ def test_lru_keeps_at_most_max_loaded_models(tiny_sd15) -> None:
 def test_hub_offline_unless_a_hub_id_is_configured(tmp_path: Path) -> None:
     assert not uses_hub(EngineSettings(models={"a": ModelSettings(source=str(tmp_path))}))
     assert uses_hub(EngineSettings(models={"a": ModelSettings(source="stabilityai/sdxl-turbo")}))
-    code = (
-        "import os; from core.config import EngineSettings; from core.engine import create_engine;"
-        "create_engine(EngineSettings(device='cpu')); print(os.environ.get('HF_HUB_OFFLINE'))"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "1"
 
 
 def test_importing_the_engine_package_loads_no_torch() -> None:
     code = "import sys, core.engine, core.engine.api; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_single_file_generates_with_the_network_cut_and_no_offline_variables(tiny_sd15) -> None:
+    code = f"""
+import os, socket
+def refuse(*args, **kwargs):
+    raise RuntimeError("network access attempted")
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+socket.create_connection = refuse
+from core.config import EngineSettings, ModelSettings
+from core.engine import create_engine
+from core.types import GenerationRequest
+model = ModelSettings(source={str(tiny_sd15.single_file)!r}, config={str(tiny_sd15.config)!r})
+engine = create_engine(EngineSettings(device="cpu", threads=1, embedding_dirs=(), models={{"tiny": model}}))
+result = engine.generate(GenerationRequest(prompt="a cat", seed=1, width=64, height=64, steps=2))
+print("ok", len(result.images[0].png) > 0, os.environ.get("HF_HUB_OFFLINE"))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "ok True 1"  # create_engine set HF_HUB_OFFLINE
