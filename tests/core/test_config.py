@@ -59,7 +59,7 @@ def test_example_with_everything_enabled_loads() -> None:
 
 
 def test_unknown_key_is_named() -> None:
-    with pytest.raises(ConfigError, match="engine: unknown setting.*devcie"):
+    with pytest.raises(ConfigError, match=r"engine: unknown setting.*devcie"):
         settings_from_dict({"engine": {"devcie": "cuda"}}, env={})
 
 
