@@ -117,14 +117,25 @@ def test_count_uses_consecutive_seeds(sd15_engine) -> None:
     assert np.abs(pixels(result.images[1].png) - pixels(alone.images[0].png)).max() <= 1
 
 
-@pytest.mark.parametrize("sampler", samplers.sampler_names())
+NAN_IN_DIFFUSERS = pytest.mark.xfail(
+    strict=True,
+    reason="UniPC with A1111's variant bh1 gives NaN latents in diffusers 0.42.1 (StableDiffusionPipeline too)",
+)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [pytest.param(s, marks=NAN_IN_DIFFUSERS) if s == "UniPC" else s for s in samplers.sampler_names()],
+)
 def test_every_sampler_runs(sd15_engine, sampler) -> None:
     result = sd15_engine.generate(
         GenerationRequest(
             prompt="a tree", negative_prompt="x", sampler=sampler, seed=5, width=64, height=64, steps=2
         )
     )
-    assert pixels(result.images[0].png).shape == (64, 64, 3)
+    image = pixels(result.images[0].png)
+    assert image.shape == (64, 64, 3)
+    assert image.std() > 5, "a blank image: the sampler produced NaN or constant latents"
     assert f"Sampler: {samplers.resolve(sampler).name}" in result.images[0].infotext
 
 
@@ -349,3 +360,13 @@ def test_pad_cond_uncond_pads_the_negative_with_empty_prompt_chunks(tiny_sd15) -
     separate = default.generate(request)
     default.close()
     assert not np.array_equal(pixels(padded.images[0].png), pixels(separate.images[0].png))
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ 2M", "Heun", "DDIM", "LMS", "DPM2", "PLMS"])
+def test_deterministic_samplers_equal_the_pipeline_with_the_same_scheduler(sd15_engine, sampler) -> None:
+    model = loaded(sd15_engine)
+    ours = sd15_engine.generate(
+        GenerationRequest(prompt="a cat", negative_prompt="dog", sampler=sampler, seed=5, rng="cpu", **SMALL)
+    )
+    theirs = diffusers_image(model, "a cat", "dog", 5, sampler=sampler)
+    assert np.array_equal(pixels(ours.images[0].png), theirs)
