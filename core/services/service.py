@@ -23,7 +23,7 @@ from core.config import Settings
 from core.queue.fair import STANDARD_COST, Caps, FairScheduler, QueuedJob
 from core.queue.pg import listen
 from core.queue.store import EVENTS_CHANNEL, JOBS_CHANNEL, JobStore
-from core.services.checks import check_prompt_syntax, find_banned
+from core.services.checks import find_banned, parse_for_user
 from core.services.events import EventHub
 from core.services.types import (
     Actor,
@@ -390,16 +390,15 @@ class ChantService:
 
     def _check_text(self, r: GenerationRequest, guild: Guild | None) -> None:
         banned = list(guild.banned_words) if guild is not None else []
-        for field, value in (("prompt", r.prompt), ("negative", r.negative_prompt)):
+        for field, value in (("prompt", r.prompt), ("negative prompt", r.negative_prompt)):
             if not value:
                 continue
-            if banned:
-                word = find_banned(value, banned)
-                if word is not None:
-                    raise UserError(
-                        "banned_word", f"Your {field} contains {word!r}, which this server does not allow."
-                    )
-            check_prompt_syntax(value, r.steps, field=field)
+            plan = parse_for_user(value, r.steps, negative=field != "prompt")
+            word = find_banned(plan, banned) if banned else None
+            if word is not None:
+                raise UserError(
+                    "banned_word", f"Your {field} contains {word!r}, which this server does not allow."
+                )
 
     # ================================================================== reading jobs
 

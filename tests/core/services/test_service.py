@@ -91,11 +91,13 @@ async def test_banned_words_are_whole_words_case_insensitive_on_the_parsed_promp
     service = await harness.open(start=False)
     admin = actor(user=1, manage_guild=True)
     assert await service.admin_banned_words(admin, add=["Gore"]) == ["Gore"]
-    for prompt in ("a GORE scene", "(gore:1.3)", "[cat:gore:0.5]", "[dog|gore]"):
+    for prompt in ("a GORE scene", "(gore:1.3)", "[cat:gore:0.5]", "[dog|gore]", "g\\ore", "(GO\\RE)"):
         with pytest.raises(UserError) as err:
             await service.submit_imagine(actor(), ImagineOptions(prompt=prompt))
         assert err.value.code == "banned_word", prompt
     await service.submit_imagine(actor(), ImagineOptions(prompt="gorey gorest"))  # not whole words
+    # an edit that never happens at these steps never reaches the model
+    await service.submit_imagine(actor(user=12), ImagineOptions(prompt="[cat:gore:1.0]"))
     with pytest.raises(UserError):
         await service.submit_imagine(actor(user=11), ImagineOptions(prompt="ok", negative="gore"))
 
