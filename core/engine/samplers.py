@@ -119,9 +119,11 @@ SAMPLERS: Mapping[str, SamplerRow] = MappingProxyType(
             _row("LCM", "LCMScheduler", aliases=("k_lcm",)),
             # A1111's timesteps samplers: timesteps range(0, 1000, 1000 // steps) + 1 ("leading", offset 1);
             # UniPC with A1111's defaults (variant bh1, order 3, lower order final, time-uniform steps).
+            # A1111's UniPC ends at t = 1/N, not at sigma 0: "sigma_min" is that, and it also keeps bh1
+            # finite (with a final sigma of 0, bh1's B(h) = h is infinite and the latents turn NaN).
             _row("DDIM", "DDIMScheduler", overrides={"timestep_spacing": "leading", "steps_offset": 1}, timestep_sampler=True, default_eta=0.0, aliases=("ddim",)),
             _row("PLMS", "PNDMScheduler", overrides={"skip_prk_steps": True, "timestep_spacing": "leading", "steps_offset": 1}, timestep_sampler=True, default_eta=0.0, aliases=("plms",)),
-            _row("UniPC", "UniPCMultistepScheduler", overrides={"solver_type": "bh1", "solver_order": 3, "lower_order_final": True, "predict_x0": True, "timestep_spacing": "linspace"}, timestep_sampler=True, default_eta=0.0, aliases=("unipc",)),
+            _row("UniPC", "UniPCMultistepScheduler", overrides={"solver_type": "bh1", "final_sigmas_type": "sigma_min", "solver_order": 3, "lower_order_final": True, "predict_x0": True, "timestep_spacing": "linspace"}, timestep_sampler=True, default_eta=0.0, aliases=("unipc",)),
         ]
     )
 )  # fmt: skip

@@ -117,16 +117,7 @@ def test_count_uses_consecutive_seeds(sd15_engine) -> None:
     assert np.abs(pixels(result.images[1].png) - pixels(alone.images[0].png)).max() <= 1
 
 
-NAN_IN_DIFFUSERS = pytest.mark.xfail(
-    strict=True,
-    reason="UniPC with A1111's variant bh1 gives NaN latents in diffusers 0.42.1 (StableDiffusionPipeline too)",
-)
-
-
-@pytest.mark.parametrize(
-    "sampler",
-    [pytest.param(s, marks=NAN_IN_DIFFUSERS) if s == "UniPC" else s for s in samplers.sampler_names()],
-)
+@pytest.mark.parametrize("sampler", samplers.sampler_names())
 def test_every_sampler_runs(sd15_engine, sampler) -> None:
     result = sd15_engine.generate(
         GenerationRequest(
