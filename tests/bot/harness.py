@@ -18,8 +18,19 @@ CHANT = ROOT / ".venv" / "bin" / "chant"
 class ChantProcess:
     """``chant run`` in a subprocess; its combined output is kept in ``self.output``."""
 
-    def __init__(self, config: Path, fake: FakeDiscord, step_delay: float, token: str) -> None:
+    def __init__(
+        self,
+        config: Path,
+        fake: FakeDiscord,
+        step_delay: float,
+        token: str,
+        *,
+        fake_engine: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config, self.fake, self.step_delay, self.token = config, fake, step_delay, token
+        self.fake_engine = fake_engine
+        self.extra_env = dict(env or {})
         self.output = ""
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -30,11 +41,12 @@ class ChantProcess:
             **self.fake.env(),
             "DISCORD_TOKEN": self.token,
             "CHANT_CONFIG": str(self.config),
-            "CHANT_FAKE_ENGINE": "1",
-            "CHANT_FAKE_ENGINE_DELAY": str(self.step_delay),
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
+        if self.fake_engine:
+            env.update(CHANT_FAKE_ENGINE="1", CHANT_FAKE_ENGINE_DELAY=str(self.step_delay))
         exe = [str(CHANT)] if CHANT.exists() else [sys.executable, "-m", "bot.cli"]
         self.proc = await asyncio.create_subprocess_exec(
             *exe,
