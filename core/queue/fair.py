@@ -189,13 +189,17 @@ class FairScheduler:
             raise ValueError(f"job cost must be positive, got {job.cost}")
         if check_caps:
             self.check(job.guild_id, job.user_id, now)
+        self._enqueue(job, front=False)
+
+    def _enqueue(self, job: QueuedJob, *, front: bool) -> None:
+        """Put ``job`` at the back (new) or front (requeued) of its user's FIFO."""
         g = self._guild(job.queue_key)
         fifo = g.users.get(job.user_id)
         if fifo is None:
             fifo = g.users[job.user_id] = deque()
         if not fifo:
-            g.ring.append(job.user_id)
-        fifo.append(job)
+            (g.ring.appendleft if front else g.ring.append)(job.user_id)
+        (fifo.appendleft if front else fifo.append)(job)
         g.queued += 1
         g.active += 1
         self._jobs[job.job_id] = job
@@ -309,22 +313,7 @@ class FairScheduler:
         """Put a running job back at the front of its user's FIFO (e.g. a lost lease)."""
         job, _ = self._running.pop(job_id)
         self._release(job)
-        g = self._guild(job.queue_key)
-        fifo = g.users.get(job.user_id)
-        if fifo is None:
-            fifo = g.users[job.user_id] = deque()
-        if not fifo:
-            g.ring.appendleft(job.user_id)
-        fifo.appendleft(job)
-        g.queued += 1
-        g.active += 1
-        self._jobs[job.job_id] = job
-        self._queued_total += 1
-        ukey = (job.queue_key, job.user_id)
-        self._user_active[ukey] = self._user_active.get(ukey, 0) + 1
-        if not g.in_heap:
-            g.tag = max(self._vtime, g.finish)
-            self._push(g)
+        self._enqueue(job, front=True)
         return job
 
     # ----------------------------------------------------------------- position and ETA
