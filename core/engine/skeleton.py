@@ -9,51 +9,25 @@ folder, so the package does not carry the vocabulary twice. torch-free.
 
 from __future__ import annotations
 
-import functools
-import gzip
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from core.prompt.tokens import ClipTokenizer
+
 PACKAGE_SKELETONS = Path(__file__).with_name("skeletons")
-BPE_PATH = Path(__file__).resolve().parents[1] / "prompt" / "data" / "bpe_simple_vocab_16e6.txt.gz"
 KINDS = {"sd1": "sd15", "sd2": "sd2", "sdxl": "sdxl"}
 _VERSION = "2"
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable character table (as in OpenAI's simple_tokenizer)."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
-@functools.cache
-def bpe_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
-    """HF-format ``vocab.json`` contents and merge lines, built from the shipped BPE file."""
-    with gzip.open(BPE_PATH) as f:
-        lines = f.read().decode("utf-8").split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    byte_chars = list(_bytes_to_unicode().values())
-    vocab = byte_chars + [c + "</w>" for c in byte_chars]
-    vocab += ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return {token: i for i, token in enumerate(vocab)}, merges
 
 
 def write_tokenizer(folder: Path, *, pad_token: str = "<|endoftext|>") -> None:
     """Write a complete HF ``CLIPTokenizer`` folder (vocab, merges and configs) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    vocab, merges = bpe_vocab_and_merges()
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    tokenizer = ClipTokenizer.default()
+    merges = [f"{a} {b}" for a, b in tokenizer.merges()]
+    (folder / "vocab.json").write_text(json.dumps(tokenizer.vocab(), ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     special = {
         "bos_token": "<|startoftext|>",
