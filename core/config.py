@@ -79,6 +79,7 @@ class EngineSettings:
     vae_slicing: bool = False
     cpu_offload: bool = False
     threads: int | None = None
+    max_input_megapixels: float = 16.0  # largest img2img/inpaint source or mask the engine decodes
     models: dict[str, ModelSettings] = field(default_factory=dict)
 
 
@@ -93,6 +94,7 @@ class LimitSettings:
     max_queued_per_guild: int = 50
     max_queued_global: int = 500
     max_prompt_chars: int = 6000
+    max_input_pixels: int = 4096 * 4096  # largest source image or mask users may upload (img2img)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from core.services.service import ChantService
 from core.services.types import (
     Actor,
+    GuildLimits,
     ImagineOptions,
     JobCancelled,
     JobDone,
@@ -21,6 +22,7 @@ from core.services.types import (
 __all__ = [
     "Actor",
     "ChantService",
+    "GuildLimits",
     "ImagineOptions",
     "JobCancelled",
     "JobDone",

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, func, select, text
@@ -25,8 +27,10 @@ from core.queue.pg import listen
 from core.queue.store import EVENTS_CHANNEL, JOBS_CHANNEL, JobStore
 from core.services.checks import find_banned, parse_for_user
 from core.services.events import EventHub
+from core.services.images import fit_size, load_mask, load_source
 from core.services.types import (
     Actor,
+    GuildLimits,
     ImagineOptions,
     JobCancelled,
     JobDone,
@@ -50,12 +54,16 @@ from core.storage.repositories import (
     Repositories,
     quota_window,
 )
-from core.types import GeneratedImage, GenerationRequest
+from core.types import GeneratedImage, GenerationRequest, Mode
 
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
-VARIATION_STRENGTH = 0.1  # 🔀: same seed, a random variation seed at this strength
+# 🔀: the same request and seed, plus a random A1111 variation seed mixed in at this strength: close
+# to the original (composition kept), visibly different in the details.
+VARIATION_STRENGTH = 0.25
+UPSCALERS = ("Latent", "Lanczos")  # hires fix upscalers the engine knows
+MAX_HIRES_SCALE = 4.0
 DEFAULT_SECONDS_PER_UNIT = 2.0  # GPU seconds per standard image until the queue has measured some
 DEFAULT_SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DDIM", "LMS", "Heun")
 PRESET_FIELDS = (
@@ -337,9 +345,95 @@ class ChantService:
             )
         except (TypeError, ValueError) as exc:
             raise UserError("invalid", f"One of the options has the wrong type: {exc}.") from None
+        request = await self._image_modes(s, actor, guild, options, request)
         self._check_limits(request, guild)
         self._check_text(request, guild)
         return request
+
+    async def _image_modes(
+        self, s, actor: Actor, guild: Guild | None, options: ImagineOptions, request: GenerationRequest
+    ) -> GenerationRequest:
+        """img2img / inpaint from an uploaded image or an earlier job's first image; hires fix."""
+        o = options
+        changes: dict[str, Any] = {}
+        for name, value in (("strength", o.strength), ("hires_strength", o.hires_strength)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise UserError("invalid", f"{name} must be between 0 and 1 (you gave {value:g}).")
+        data = o.init_image
+        if o.source_job is not None:
+            if data is not None:
+                raise UserError("invalid", "Give either an image or a job to start from, not both.")
+            data = await self._job_source(s, actor, o.source_job)
+        if data is None:
+            if o.mask_image is not None:
+                raise UserError("invalid", "A mask needs a source image to repaint: attach one too.")
+            image_options = ("strength", "resize_mode", "mask_blur", "masked_only", "fill")
+            given = [n for n in image_options if getattr(o, n) is not None]
+            if given:
+                raise UserError("invalid", f"{', '.join(given)} only apply with a source image.")
+        else:
+            max_input = self.settings.limits.max_input_pixels
+            source = load_source(data, max_pixels=max_input)
+            mask = (
+                load_mask(o.mask_image, (source.width, source.height), max_pixels=max_input)
+                if o.mask_image is not None
+                else source.alpha_mask
+            )
+            changes.update(
+                init_image=source.png, mask_image=mask, mode=Mode.INPAINT if mask else Mode.IMG2IMG
+            )
+            if o.width is None and o.height is None:  # no size asked for: the source's, within the limit
+                changes["width"], changes["height"] = fit_size(
+                    source.width, source.height, self._limits(guild)["max_pixels"]
+                )
+            for name, field in (
+                ("strength", "denoising_strength"),
+                ("resize_mode", "resize_mode"),
+                ("mask_blur", "mask_blur"),
+                ("masked_only", "inpaint_full_res"),
+                ("fill", "inpainting_fill"),
+            ):
+                if getattr(o, name) is not None:
+                    changes[field] = getattr(o, name)
+        hires_given = [
+            n
+            for n in ("hires_scale", "hires_steps", "hires_strength", "upscaler")
+            if getattr(o, n) is not None
+        ]
+        if o.hires or (hires_given and o.hires is None):
+            if data is not None:
+                raise UserError(
+                    "invalid", "Hires fix is for text-to-image; leave it off with a source image."
+                )
+            changes["enable_hr"] = True
+            for name, field in (
+                ("hires_scale", "hr_scale"),
+                ("hires_steps", "hr_second_pass_steps"),
+                ("hires_strength", "hr_denoising_strength"),
+                ("upscaler", "hr_upscaler"),
+            ):
+                if getattr(o, name) is not None:
+                    changes[field] = getattr(o, name)
+        elif hires_given:
+            raise UserError("invalid", f"{', '.join(hires_given)} only apply with hires on.")
+        try:
+            return request.replace(**changes) if changes else request
+        except (TypeError, ValueError) as exc:
+            raise UserError("invalid", f"One of the options has the wrong type: {exc}.") from None
+
+    async def _job_source(self, s, actor: Actor, job_id: int) -> bytes:
+        """The first image of a job the actor may see (the "use as source" path)."""
+        repos = Repositories(s)
+        job = await repos.jobs.get(job_id)
+        if job is None or not self._may_see(actor, job):
+            raise UserError("not_found", f"There is no job {job_id} that you can see.")
+        rows = [r for r in await repos.jobs.images(job_id) if r.png is not None]
+        if not rows:
+            raise UserError(
+                "not_found",
+                f"Job {job_id} has no image to start from (it is {job.state}, or its image expired).",
+            )
+        return rows[0].png
 
     def _check_limits(self, r: GenerationRequest, guild: Guild | None) -> None:
         lim = self._limits(guild)
@@ -381,6 +475,7 @@ class ChantService:
             raise UserError("seed", f"The seed must be between 0 and {MAX_SEED} (or -1 for random).")
         if r.clip_skip is not None and not 1 <= r.clip_skip <= 12:
             raise UserError("clip_skip", f"CLIP skip must be between 1 and 12 (you asked for {r.clip_skip}).")
+        self._check_modes(r, lim)
         samplers = self.sampler_names()
         if samplers and r.sampler not in samplers:
             raise UserError("sampler", f"I do not know the sampler {r.sampler!r}. Pick one from the list.")
@@ -388,12 +483,107 @@ class ChantService:
         if models and r.model is not None and r.model not in models:
             raise UserError("model", f"I do not know the model {r.model!r}. Pick one from the list.")
 
+    def _check_modes(self, r: GenerationRequest, lim: dict[str, int]) -> None:
+        """img2img / inpaint / hires values (checked again on reroll, against today's limits)."""
+        if r.mode != Mode.TXT2IMG:
+            if r.init_image is None:
+                raise UserError("invalid", "This job needs its source image, which is no longer stored.")
+            if not 0.0 <= r.denoising_strength <= 1.0:
+                raise UserError(
+                    "invalid", f"strength must be between 0 and 1 (you gave {r.denoising_strength:g})."
+                )
+            if r.resize_mode not in (0, 1, 2):
+                raise UserError("invalid", "resize_mode must be 0 (just resize), 1 (crop) or 2 (fill).")
+            if r.inpainting_fill not in (0, 1, 2, 3):
+                raise UserError(
+                    "invalid", "fill must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing)."
+                )
+            if not 0 <= r.mask_blur <= 64:
+                raise UserError("invalid", f"mask_blur must be between 0 and 64 (you gave {r.mask_blur}).")
+        if r.enable_hr:
+            if r.hr_upscaler not in UPSCALERS:
+                raise UserError(
+                    "invalid",
+                    f"I do not know the upscaler {r.hr_upscaler!r}; choose {' or '.join(UPSCALERS)}.",
+                )
+            if not 1.0 <= r.hr_scale <= MAX_HIRES_SCALE:
+                raise UserError(
+                    "invalid",
+                    f"hires_scale must be between 1 and {MAX_HIRES_SCALE:g} (you gave {r.hr_scale:g}).",
+                )
+            if not 0.0 <= r.hr_denoising_strength <= 1.0:
+                raise UserError(
+                    "invalid",
+                    f"hires_strength must be between 0 and 1 (you gave {r.hr_denoising_strength:g}).",
+                )
+            if not 0 <= r.hr_second_pass_steps <= lim["max_steps"]:
+                raise UserError(
+                    "limit.steps",
+                    f"hires_steps must be between 0 and {lim['max_steps']} here "
+                    f"(you asked for {r.hr_second_pass_steps}).",
+                )
+            w, h = (
+                (r.hr_resize_x, r.hr_resize_y)
+                if r.hr_resize_x and r.hr_resize_y
+                else (int(r.width * r.hr_scale) // 8 * 8, int(r.height * r.hr_scale) // 8 * 8)
+            )
+            if w * h > lim["max_pixels"]:
+                raise UserError(
+                    "limit.pixels",
+                    f"Hires fix would make {w}×{h}, larger than this server allows "
+                    f"({lim['max_pixels']:,} pixels). Lower hires_scale or the size.",
+                )
+
+    def _check_networks(self, plan, field: str) -> None:
+        """Unknown LoRA names are refused before queueing, with the closest known names."""
+        loras = [n for n in plan.networks if n.kind == "lora" and n.positional]
+        if not loras:
+            return
+        dirs = [d for d in self.settings.engine.lora_dirs if Path(d).is_dir()]
+        if not dirs:
+            return  # the folders live with a remote worker: the engine checks the names at run time
+        known = self.lora_names()
+        lowered = {k.lower(): k for k in known}
+        for net in loras:
+            name = net.positional[0]
+            if name in known or name.lower() in lowered:
+                continue
+            close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.5)
+            hint = (
+                f" Did you mean {', '.join(repr(lowered[c]) for c in close)}?"
+                if close
+                else " See /loras for the list."
+            )
+            raise UserError("lora", f"Your {field} uses the LoRA {name!r}, which I do not have.{hint}")
+
+    def lora_names(self) -> list[str]:
+        """LoRA names for autocomplete and /loras (file stems in the configured folders)."""
+        from core.engine.networks.resolve import list_networks  # torch-free
+
+        try:
+            return list_networks(self.settings.engine.lora_dirs)
+        except (OSError, ValueError):
+            log.exception("could not list the LoRA folders")
+            return []
+
+    async def guild_limits(self, actor: Actor) -> GuildLimits:
+        """The limits that apply to the actor's requests here (for size choices and option ranges)."""
+        async with self.db.session() as s:
+            lim = self._limits(await self._guild(s, actor))
+        return GuildLimits(
+            max_steps=lim["max_steps"],
+            max_pixels=lim["max_pixels"],
+            max_images=lim["max_images"],
+            max_input_pixels=self.settings.limits.max_input_pixels,
+        )
+
     def _check_text(self, r: GenerationRequest, guild: Guild | None) -> None:
         banned = list(guild.banned_words) if guild is not None else []
         for field, value in (("prompt", r.prompt), ("negative prompt", r.negative_prompt)):
             if not value:
                 continue
             plan = parse_for_user(value, r.steps, negative=field != "prompt")
+            self._check_networks(plan, field)
             word = find_banned(plan, banned) if banned else None
             if word is not None:
                 raise UserError(

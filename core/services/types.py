@@ -61,6 +61,32 @@ class ImagineOptions:
     count: int | None = None
     model: str | None = None
     clip_skip: int | None = None
+    # img2img / inpaint: the uploaded source (raw file bytes, checked by core) or a job whose first
+    # image becomes the source; a mask (white = repaint) makes it an inpaint job.
+    init_image: bytes | None = None
+    mask_image: bytes | None = None
+    source_job: int | None = None
+    strength: float | None = None  # denoising strength, 0-1
+    resize_mode: int | None = None  # A1111: 0 just resize, 1 crop and resize, 2 resize and fill
+    mask_blur: int | None = None
+    masked_only: bool | None = None  # A1111 "Inpaint area: Only masked"
+    fill: int | None = None  # A1111 masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    # hires fix (txt2img)
+    hires: bool | None = None
+    hires_scale: float | None = None
+    hires_steps: int | None = None  # 0 = as many as the first pass
+    hires_strength: float | None = None
+    upscaler: str | None = None  # Latent | Lanczos
+
+
+@dataclass(frozen=True)
+class GuildLimits:
+    """The limits that apply to requests in one guild (or in DMs), for option choices."""
+
+    max_steps: int
+    max_pixels: int
+    max_images: int
+    max_input_pixels: int
 
 
 @dataclass(frozen=True)

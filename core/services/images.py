@@ -1,0 +1,108 @@
+"""Checking the images users upload for img2img and inpainting (Pillow only, no torch).
+
+Uploaded bytes are untrusted: :func:`load_source` opens them with Pillow, refuses anything that is not
+a readable still image or that is larger than the operator's pixel limit (checked from the header,
+before decoding, so a decompression bomb is never decoded), and re-encodes what it accepts as PNG,
+the format :class:`core.types.GenerationRequest` carries. :func:`load_mask` does the same for a mask
+and, as A1111 does, resizes a mask of another size to the source's size.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.services.types import UserError
+
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    png: bytes
+    width: int
+    height: int
+    alpha_mask: bytes | None  # a mask (white = repaint) from transparent pixels, if there are any
+
+
+def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise UserError("image.invalid", f"The {what} is empty; attach a PNG, JPEG or WebP image.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+            width, height = img.size
+            if width * height > max_pixels:
+                raise UserError(
+                    "image.too_large",
+                    f"The {what} is {width}×{height} ({width * height / 1e6:.1f} megapixels); this bot "
+                    f"accepts at most {max_pixels / 1e6:.1f} megapixels. Send a smaller image.",
+                )
+            img.load()
+    except UserError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(
+            "image.invalid", f"The {what} is not an image I can read; attach a PNG, JPEG or WebP image."
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise UserError(
+            "image.invalid", f"The {what} is damaged or cut off ({exc}); attach it again or re-save it."
+        ) from None
+    if width < 8 or height < 8:
+        raise UserError("image.invalid", f"The {what} is {width}×{height}; it must be at least 8×8 pixels.")
+    return ImageOps.exif_transpose(img)  # phone photos: upright as the user sees them
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def load_source(data: bytes, *, max_pixels: int, what: str = "source image") -> SourceImage:
+    """The source image as PNG (RGB, or RGBA when it has transparent pixels)."""
+    img = _open(data, what, max_pixels)
+    alpha_mask = None
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            # A1111: transparent pixels of the source are the ones to repaint.
+            alpha_mask = _png(alpha.point(lambda a: 255 if a < 128 else 0))
+        img = rgba.convert("RGB")
+    else:
+        img = img.convert("RGB")
+    return SourceImage(_png(img), img.width, img.height, alpha_mask)
+
+
+def load_mask(data: bytes, size: tuple[int, int], *, max_pixels: int) -> bytes:
+    """The mask as a grayscale PNG of ``size`` (white = repaint); another size is resized as A1111 does."""
+    img = _open(data, "mask", max_pixels)
+    if img.mode in ("RGBA", "LA") and img.getchannel("A").getextrema()[0] < 255:
+        # A transparent mask: what is painted (opaque) is repainted.
+        gray = img.getchannel("A")
+    else:
+        gray = img.convert("L")
+    if gray.size != size:
+        gray = gray.resize(size, Image.Resampling.LANCZOS)
+    if gray.getextrema()[1] == 0:
+        raise UserError("image.mask", "The mask is all black: paint the parts to repaint in white.")
+    return _png(gray)
+
+
+def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The source's size, scaled down to ``max_pixels`` if needed, in multiples of 8 (at least 64)."""
+    scale = min(1.0, (max_pixels / (width * height)) ** 0.5)
+    w = max(64, int(width * scale) // 8 * 8)
+    h = max(64, int(height * scale) // 8 * 8)
+    while w * h > max_pixels and (w > 64 or h > 64):
+        if w >= h:
+            w -= 8
+        else:
+            h -= 8
+    return w, h

@@ -1,0 +1,192 @@
+"""img2img / inpaint / hires options, uploaded-image checks, LoRA names and guild limits in the service."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import pytest
+from PIL import Image
+
+from core.services import ImagineOptions, JobDone, UserError
+from core.services.images import fit_size
+from core.storage.repositories import Repositories
+from core.types import Mode
+from tests.core.services.conftest import Harness, actor, wait_for
+
+
+def png(size=(96, 64), mode="RGB", color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def stored_request(harness, job_id: int):
+    async with harness.db.session() as s:
+        repos = Repositories(s)
+        return await repos.jobs.request(await repos.jobs.get(job_id))
+
+
+async def test_img2img_stores_the_source_as_png_and_reroll_keeps_it(harness) -> None:
+    service = await harness.open()
+    events = service.events()
+    jpeg = io.BytesIO()
+    Image.new("RGB", (96, 64), (10, 200, 10)).save(jpeg, format="JPEG")
+    r = await service.submit_imagine(
+        actor(),
+        ImagineOptions(prompt="a fox", steps=4, init_image=jpeg.getvalue(), strength=0.4, resize_mode=1),
+    )
+    req = await stored_request(harness, r.job_id)
+    assert req.mode == Mode.IMG2IMG and req.denoising_strength == 0.4 and req.resize_mode == 1
+    assert (req.width, req.height) == (96, 64)  # no size given: the source's
+    src = Image.open(io.BytesIO(req.init_image))
+    assert src.format == "PNG" and src.size == (96, 64) and req.mask_image is None
+    await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == r.job_id)
+    await service.record_result_messages(r.job_id, [7001])
+    rr = await service.reroll(actor(user=11), 7001)
+    again = await stored_request(harness, rr.job_id)
+    assert again.mode == Mode.IMG2IMG and again.init_image == req.init_image and again.seed != req.seed
+
+
+async def test_inpaint_mask_of_another_size_is_resized_and_transparency_is_a_mask(harness) -> None:
+    service = await harness.open(start=False)
+    mask = png((48, 32), "L", 255)
+    r = await service.submit_imagine(
+        actor(),
+        ImagineOptions(
+            prompt="x",
+            init_image=png(),
+            mask_image=mask,
+            mask_blur=8,
+            masked_only=True,
+            fill=2,
+            width=64,
+            height=64,
+        ),
+    )
+    req = await stored_request(harness, r.job_id)
+    assert (
+        req.mode == Mode.INPAINT and req.mask_blur == 8 and req.inpaint_full_res and req.inpainting_fill == 2
+    )
+    assert Image.open(io.BytesIO(req.mask_image)).size == (96, 64)  # A1111 resizes a mask to the source
+    assert (req.width, req.height) == (64, 64)  # an explicit size wins
+    # A source with transparent pixels and no mask: the transparent part is repainted.
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 255, 255))
+    rgba.paste((0, 0, 0, 0), (0, 0, 32, 64))
+    buf = io.BytesIO()
+    rgba.save(buf, format="PNG")
+    r = await service.submit_imagine(actor(user=12), ImagineOptions(prompt="x", init_image=buf.getvalue()))
+    req = await stored_request(harness, r.job_id)
+    mask_img = Image.open(io.BytesIO(req.mask_image))
+    assert req.mode == Mode.INPAINT and mask_img.getpixel((5, 5)) == 255 and mask_img.getpixel((50, 5)) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "words"),
+    [
+        ({"init_image": b"definitely not an image"}, "image.invalid", "not an image"),
+        ({"init_image": png()[:60]}, "image.invalid", "damaged"),
+        ({"init_image": png((300, 300))}, "image.too_large", "megapixels"),
+        ({"init_image": png(), "strength": 1.5}, "invalid", "between 0 and 1"),
+        ({"init_image": png(), "strength": -0.1}, "invalid", "between 0 and 1"),
+        ({"mask_image": png()}, "invalid", "source image"),
+        ({"strength": 0.5}, "invalid", "only apply with a source image"),
+        ({"init_image": png(), "mask_image": png(color=(0, 0, 0))}, "image.mask", "all black"),
+        ({"init_image": png(), "hires": True}, "invalid", "text-to-image"),
+        ({"hires_scale": 2.0, "hires": False}, "invalid", "only apply with hires on"),
+        (
+            {"hires": True, "hires_scale": 3.0, "width": 512, "height": 512},
+            "limit.pixels",
+            "Hires fix would make",
+        ),
+        ({"hires": True, "upscaler": "ESRGAN"}, "invalid", "upscaler"),
+        ({"hires": True, "hires_steps": 99}, "limit.steps", "hires_steps"),
+    ],
+)
+async def test_bad_image_and_mode_options_are_clear_errors(tmp_path, options, code, words) -> None:
+    h = Harness(tmp_path, max_input_pixels=200 * 200)
+    try:
+        service = await h.open(start=False)
+        with pytest.raises(UserError) as err:
+            await service.submit_imagine(actor(), ImagineOptions(prompt="x", **options))
+        assert err.value.code == code and words in str(err.value), str(err.value)
+    finally:
+        await h.close()
+
+
+async def test_hires_options_are_stored(harness) -> None:
+    service = await harness.open(start=False)
+    r = await service.submit_imagine(
+        actor(),
+        ImagineOptions(prompt="x", width=256, height=256, hires_scale=2.0, hires_steps=5, upscaler="Lanczos"),
+    )
+    req = await stored_request(harness, r.job_id)
+    assert (
+        req.enable_hr
+        and req.hr_scale == 2.0
+        and req.hr_second_pass_steps == 5
+        and req.hr_upscaler == "Lanczos"
+    )
+    assert req.mode == Mode.TXT2IMG
+
+
+async def test_an_earlier_job_is_a_source_for_those_who_can_see_it(harness) -> None:
+    service = await harness.open()
+    events = service.events()
+    first = await service.submit_imagine(actor(), ImagineOptions(prompt="a fox", steps=3))
+    done = await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == first.job_id)
+    r = await service.submit_imagine(actor(user=13), ImagineOptions(prompt="a cat", source_job=first.job_id))
+    req = await stored_request(harness, r.job_id)
+    expected = Image.open(io.BytesIO(done.images[0].png)).convert("RGB").tobytes()
+    assert req.mode == Mode.IMG2IMG
+    assert Image.open(io.BytesIO(req.init_image)).convert("RGB").tobytes() == expected
+    with pytest.raises(UserError) as err:  # another guild's job is not visible
+        await service.submit_imagine(
+            actor(user=14, guild=2), ImagineOptions(prompt="x", source_job=first.job_id)
+        )
+    assert err.value.code == "not_found"
+    with pytest.raises(UserError) as err:
+        await service.submit_imagine(
+            actor(), ImagineOptions(prompt="x", source_job=first.job_id, init_image=png())
+        )
+    assert "not both" in str(err.value)
+
+
+async def test_unknown_lora_is_refused_before_queueing_with_the_closest_names(tmp_path) -> None:
+    loras = tmp_path / "Lora"
+    (loras / "styles").mkdir(parents=True)
+    for name in ("detail_tweaker", "styles/watercolor", "add_brightness"):
+        (loras / f"{name}.safetensors").write_bytes(b"x")
+    h = Harness(tmp_path)
+    h.settings = dataclasses.replace(
+        h.settings, engine=dataclasses.replace(h.settings.engine, lora_dirs=(str(loras),))
+    )
+    try:
+        service = await h.open(start=False)
+        assert service.lora_names() == ["add_brightness", "detail_tweaker", "watercolor"]
+        with pytest.raises(UserError) as err:
+            await service.submit_imagine(actor(), ImagineOptions(prompt="a fox <lora:detail_twaker:0.8>"))
+        assert err.value.code == "lora" and "'detail_tweaker'" in str(err.value)
+        with pytest.raises(UserError) as err:
+            await service.submit_imagine(actor(), ImagineOptions(prompt="x <lora:zzzzqqq:1>"))
+        assert "'zzzzqqq'" in str(err.value) and "/loras" in str(err.value)
+        r = await service.submit_imagine(actor(), ImagineOptions(prompt="a fox <lora:watercolor:0.5>"))
+        assert r.job_id > 0
+    finally:
+        await h.close()
+
+
+async def test_guild_limits_follow_admin_changes(harness) -> None:
+    service = await harness.open(start=False)
+    before = await service.guild_limits(actor())
+    assert before.max_pixels == 1024 * 1024 and before.max_steps == 50
+    await service.admin_set_limit(actor(user=1, manage_guild=True), "max_pixels", 512 * 512)
+    assert (await service.guild_limits(actor())).max_pixels == 512 * 512
+    assert (await service.guild_limits(actor(guild=2))).max_pixels == 1024 * 1024
+
+
+def test_fit_size_keeps_the_aspect_within_the_limit() -> None:
+    assert fit_size(96, 64, 1024 * 1024) == (96, 64)
+    w, h = fit_size(4000, 3000, 1024 * 1024)
+    assert w * h <= 1024 * 1024 and w % 8 == 0 and h % 8 == 0 and abs(w / h - 4 / 3) < 0.02
+    assert fit_size(20, 20, 1024 * 1024) == (64, 64)
