@@ -117,18 +117,13 @@ class DiffusersEngine:
         on_progress: Callable[[int, Progress], None] | None = None,
         should_cancel: Callable[[int], bool] | None = None,
     ) -> list[GenerationResult | BaseException]:
-        """Compatible requests one after another (one shared loop comes with the GPU issue)."""
-        results: list[GenerationResult | BaseException] = []
-        for index, request in enumerate(requests):
-            progress = (lambda p, i=index: on_progress(i, p)) if on_progress else None
-            cancel = (lambda i=index: should_cancel(i)) if should_cancel else None
-            try:
-                results.append(self.generate(request, on_progress=progress, should_cancel=cancel))
-            except Exception as exc:  # one failed job must not take the others with it
-                if not isinstance(exc, (GenerationError, GenerationCancelled)):
-                    log.exception("job %d of a batch failed", index)
-                results.append(exc)
-        return results
+        """Compatible txt2img jobs in one denoising loop (``core.engine.batch``), others one by one.
+
+        Each image equals its job run alone; a failing or cancelled job leaves the others running.
+        """
+        from core.engine import batch
+
+        return batch.generate_batch(self, requests, on_progress, should_cancel)
 
     def generate(
         self,

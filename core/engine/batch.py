@@ -1,0 +1,419 @@
+"""Several compatible txt2img jobs in one denoising loop, each image as if its job ran alone.
+
+A batch shares the model, size, sampler, steps, RNG source, eta and LoRA set (``GenerationRequest.batch_key``
+plus ``networks_key``); everything else stays per job: prompt schedule (editing and alternation at A1111's
+step counter), ``AND`` parts and weights, negative prompt, CFG scale, seeds, variation seed and ENSD.
+
+Per step:
+
+1. the latents of all jobs go through ``scheduler.scale_model_input`` together (one sigma for all);
+2. each job asks the engine for its UNet inputs (``DiffusersEngine.unet_inputs``: [uncond, cond…] in one
+   row block when their token lengths agree, separately otherwise), and all row blocks of equal token
+   length go through the UNet in ONE call. Nothing is padded that a job alone would not pad, so
+   every row sees exactly the conditioning it sees alone;
+3. each job's CFG (uncond + Σ wᵢ·s·(condᵢ − uncond)) is computed on its own rows;
+4. one ``scheduler.step`` for the whole batch: diffusers' schedulers work per element, and their per-sample
+   state (multistep histories, Heun's first-stage sample, Brownian trees) is sliced when a job leaves.
+
+Step noise comes from each job's own :class:`~core.engine.rng.ImageRNG` (:class:`BatchNoise`), so ancestral
+and SDE samplers draw what each job draws alone. A cancelled job's rows leave the batch before the next
+step; a job whose prompt or inputs are bad fails alone before the loop starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from core.engine import models
+from core.types import (
+    GenerationCancelled,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    Mode,
+    Progress,
+)
+
+log = logging.getLogger(__name__)
+
+Outcome = GenerationResult | BaseException
+
+
+@dataclasses.dataclass
+class _Job:
+    index: int  # position in the caller's list
+    plan: Any  # diffusers_engine._Plan
+    image_rng: Any = None  # rng.ImageRNG
+    latents: torch.Tensor | None = None  # final latents once the loop is done
+
+    @property
+    def count(self) -> int:
+        return len(self.plan.seeds)
+
+
+class BatchNoise:
+    """The step noise of several jobs' :class:`ImageRNG`\\ s, stacked in batch order (active jobs only)."""
+
+    def __init__(self, jobs: list[_Job]) -> None:
+        self.jobs = jobs
+
+    def first(self) -> torch.Tensor:
+        return torch.cat([job.image_rng.first() for job in self.jobs])
+
+    def next(self) -> torch.Tensor:
+        return torch.cat([job.image_rng.next() for job in self.jobs])
+
+
+# -- grouping -------------------------------------------------------------------------------------------
+
+
+def batch_key(engine, request: GenerationRequest) -> tuple | None:
+    """Jobs with equal keys share one loop; None: this job runs alone (not txt2img, or a bad prompt)."""
+    from core.engine.networks import networks_key
+
+    if request.mode != Mode.TXT2IMG or request.enable_hr:
+        return None
+    try:
+        positive, _ = engine.interpret(request)
+    except GenerationError:
+        return None  # it fails alone, with the message generate() gives
+    return (*request.batch_key(), networks_key(positive.networks), request.eta)
+
+
+def group_requests(
+    engine, requests: Sequence[GenerationRequest], max_batch: int | None = None
+) -> list[list[int]]:
+    """Indices of ``requests`` in groups of compatible jobs (first-seen order, at most ``max_batch`` each)."""
+    groups: dict[Any, list[list[int]]] = {}
+    order: list[list[int]] = []
+    for index, request in enumerate(requests):
+        key = batch_key(engine, request)
+        if key is None:
+            order.append([index])
+            continue
+        runs = groups.setdefault(key, [])
+        if not runs or (max_batch and len(runs[-1]) >= max_batch):
+            runs.append([])
+            order.append(runs[-1])
+        runs[-1].append(index)
+    return order
+
+
+def generate_batch(
+    engine,
+    requests: Sequence[GenerationRequest],
+    on_progress: Callable[[int, Progress], None] | None = None,
+    should_cancel: Callable[[int], bool] | None = None,
+) -> list[Outcome]:
+    """``DiffusersEngine.generate_batch``: compatible jobs together, the others one by one."""
+    results: list[Outcome | None] = [None] * len(requests)
+    for group in group_requests(engine, requests):
+        if len(group) > 1:
+            try:
+                with engine._lock:
+                    outcomes = run_group(
+                        engine, [requests[i] for i in group], group, on_progress, should_cancel
+                    )
+            except torch.OutOfMemoryError:
+                models._free_memory()
+                log.warning("a batch of %d jobs ran out of memory; running them one by one", len(group))
+                outcomes = None
+            if outcomes is not None:
+                for index, outcome in zip(group, outcomes, strict=True):
+                    results[index] = outcome
+                continue
+        for index in group:
+            results[index] = _alone(engine, requests[index], index, on_progress, should_cancel)
+    return results  # type: ignore[return-value]
+
+
+def _alone(engine, request, index, on_progress, should_cancel) -> Outcome:
+    progress = (lambda p: on_progress(index, p)) if on_progress else None
+    cancel = (lambda: should_cancel(index)) if should_cancel else None
+    try:
+        return engine.generate(request, on_progress=progress, should_cancel=cancel)
+    except Exception as exc:  # one failed job must not take the others with it
+        if not isinstance(exc, (GenerationError, GenerationCancelled)):
+            log.exception("job %d of a batch failed", index)
+        return exc
+
+
+# -- one group --------------------------------------------------------------------------------------------
+
+
+def load_model(engine, request: GenerationRequest) -> models.LoadedModel:
+    """As ``DiffusersEngine._generate`` step 2: the request's model (LRU) with its VAE and VAE switches."""
+    source = models.resolve_model(engine.settings, request.model, allow_paths=engine.allow_paths)
+    if request.vae:
+        source = dataclasses.replace(source, vae=models.resolve_vae(engine.settings, request.vae))
+    model = engine.models.get(source, engine.device, engine.dtype)
+    if engine.settings.vae_tiling:
+        model.pipe.vae.enable_tiling()
+    if engine.settings.vae_slicing:
+        model.pipe.vae.enable_slicing()
+    return model
+
+
+def run_group(
+    engine,
+    requests: Sequence[GenerationRequest],
+    indices: Sequence[int],
+    on_progress: Callable[[int, Progress], None] | None = None,
+    should_cancel: Callable[[int], bool] | None = None,
+) -> list[Outcome]:
+    """Run compatible ``requests`` (caller's ``indices``) in one loop; the engine lock must be held."""
+    from core.engine.diffusers_engine import RunStats
+
+    stats = RunStats()
+    start = time.perf_counter()
+    outcomes: dict[int, Outcome] = {}
+    valid: list[tuple[int, GenerationRequest, Any]] = []
+    for index, request in zip(indices, requests, strict=True):
+        try:
+            engine.check_inputs(request)
+            valid.append((index, request, engine.interpret(request)))
+        except GenerationError as exc:
+            outcomes[index] = exc
+    if valid:
+        try:
+            _run_valid(engine, valid, stats, start, outcomes, on_progress, should_cancel)
+        except GenerationError as exc:  # shared by all: the model, the LoRA set
+            for index, _, _ in valid:
+                outcomes.setdefault(index, exc)
+    return [outcomes[i] for i in indices]
+
+
+def _run_valid(engine, valid, stats, start, outcomes, on_progress, should_cancel) -> None:
+    model = load_model(engine, valid[0][1])
+    stats.load = time.perf_counter() - start
+    t = time.perf_counter()
+    jobs: list[_Job] = []
+    with engine.extra_networks(model, valid[0][2][0].networks):
+        for index, request, interpretations in valid:
+            try:
+                jobs.append(_Job(index, engine.encode_prompt(request, model, interpretations)))
+            except GenerationError as exc:
+                outcomes[index] = exc
+        engine._sync()
+        stats.encode = time.perf_counter() - t
+        if not jobs:
+            return
+        finished = denoise_batch(engine, jobs, stats, outcomes, on_progress, should_cancel)
+    if not finished:
+        return
+    t = time.perf_counter()
+    images = engine.decode(model, torch.cat([job.latents for job in finished]))
+    engine._sync()
+    stats.decode = time.perf_counter() - t
+    t = time.perf_counter()
+    pngs = []
+    for job in finished:
+        mine, images = images[: job.count], images[job.count :]
+        pngs.append(tuple(engine._png(job.plan, i, image) for i, image in enumerate(mine)))
+    stats.png = time.perf_counter() - t
+    stats.total = time.perf_counter() - start
+    engine.last_stats = stats
+    timings = {
+        "load": stats.load,
+        "encode": stats.encode,
+        "denoise": sum(stats.steps),
+        "decode": stats.decode,
+        "png": stats.png,
+        "total": stats.total,
+        "batch_jobs": float(len(jobs)),
+    }
+    for job, generated in zip(finished, pngs, strict=True):
+        outcomes[job.index] = GenerationResult(
+            images=generated, model_name=model.name, model_hash=model.hash, timings=dict(timings)
+        )
+
+
+@torch.no_grad()
+def denoise_batch(
+    engine,
+    jobs: list[_Job],
+    stats,
+    outcomes: dict[int, Outcome],
+    on_progress: Callable[[int, Progress], None] | None = None,
+    should_cancel: Callable[[int], bool] | None = None,
+) -> list[_Job]:
+    """The shared loop (as ``DiffusersEngine.denoise`` for one job); returns the jobs that finished."""
+    from core.engine import rng
+
+    first = jobs[0].plan
+    model, request = first.model, first.request
+    pipe = model.pipe
+    # 4. Timesteps: one scheduler; per-image state (Brownian trees) seeded with every image's seed
+    scheduler = engine.make_scheduler(
+        dataclasses.replace(first, seeds=[s for j in jobs for s in j.plan.seeds])
+    )
+    scheduler.set_timesteps(request.steps, device=engine.device)
+    timesteps = scheduler.timesteps
+    # 5. Initial noise: each job's own ImageRNG (seeds, variation seed, ENSD, source)
+    factor = model.vae_scale_factor
+    shape = (pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+    active: list[_Job] = []
+    for job in jobs:
+        plan = job.plan
+        try:
+            job.image_rng = rng.ImageRNG(
+                shape,
+                plan.seeds,
+                subseeds=plan.subseeds if plan.request.subseed_strength > 0 else None,
+                subseed_strength=plan.request.subseed_strength,
+                source=plan.rng_source,
+                device=engine.device,
+                eta_noise_seed_delta=plan.ensd,
+            )
+            active.append(job)
+        except ValueError as exc:
+            outcomes[job.index] = GenerationError(str(exc))
+    if not active:
+        return []
+    if len(active) < len(jobs):
+        scheduler = engine.make_scheduler(
+            dataclasses.replace(first, seeds=[s for j in active for s in j.plan.seeds])
+        )
+        scheduler.set_timesteps(request.steps, device=engine.device)
+    noise = BatchNoise(active)
+    latents = noise.first().to(engine.device, model.dtype) * scheduler.init_noise_sigma
+    # 6. Extra step arguments (eta, equal in a batch) and SDXL's added conditioning
+    step_kwargs = {}
+    if request.eta is not None and "eta" in _step_parameters(scheduler):
+        step_kwargs["eta"] = request.eta
+    time_ids = None
+    if model.kind == "sdxl":
+        time_ids = torch.tensor(
+            [[request.height, request.width, 0, 0, request.height, request.width]],
+            dtype=model.dtype,
+            device=engine.device,
+        )
+    # 7. Denoising loop
+    total = len(timesteps)
+    preview_every = engine.settings.preview_every
+    with rng.scheduler_noise(scheduler, noise):
+        for i, t in enumerate(timesteps):
+            if should_cancel is not None:
+                keep = [job for job in active if not should_cancel(job.index)]
+                if len(keep) < len(active):
+                    for job in active:
+                        if job not in keep:
+                            outcomes[job.index] = GenerationCancelled("cancelled")
+                    if not keep:
+                        return []
+                    latents = drop_rows(scheduler, latents, _rows(active, keep))
+                    active[:] = keep  # BatchNoise sees the same list
+            step_start = time.perf_counter()
+            noise_pred = guided_noise_batch(
+                engine, active, latents, scheduler, t, counter=i, time_ids=time_ids
+            )
+            latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+            engine._sync()
+            stats.steps.append(time.perf_counter() - step_start)
+            if on_progress is not None:
+                done = min(request.steps, max(1, round((i + 1) * request.steps / total)))
+                want_preview = preview_every and (done % preview_every == 0) and i + 1 < total
+                row = 0
+                for job in active:
+                    preview = engine._preview(model, latents[row : row + job.count]) if want_preview else None
+                    row += job.count
+                    on_progress(job.index, Progress(step=done, total=request.steps, preview_png=preview))
+    row = 0
+    for job in active:
+        job.latents = latents[row : row + job.count]
+        row += job.count
+    return list(active)
+
+
+def guided_noise_batch(engine, jobs: list[_Job], latents, scheduler, t, *, counter: int, time_ids=None):
+    """Every job's A1111 CFG with ``AND``; UNet rows of equal token length share one call."""
+    unet = jobs[0].plan.model.pipe.unet
+    model_input = scheduler.scale_model_input(latents, t)
+    # (job, call) row blocks, grouped by token length
+    blocks: list[tuple[int, torch.Tensor, torch.Tensor, dict | None]] = []
+    owner: list[int] = []
+    row = 0
+    for position, job in enumerate(jobs):
+        x = model_input[row : row + job.count]
+        row += job.count
+        for repeats, embeds, added in engine.unet_inputs(job.plan, counter, job.count, time_ids):
+            blocks.append((embeds.shape[1], torch.cat([x] * repeats) if repeats > 1 else x, embeds, added))
+            owner.append(position)
+    outputs: list[torch.Tensor | None] = [None] * len(blocks)
+    for length in dict.fromkeys(b[0] for b in blocks):
+        members = [k for k, b in enumerate(blocks) if b[0] == length]
+        x = torch.cat([blocks[k][1] for k in members])
+        embeds = torch.cat([blocks[k][2] for k in members])
+        added = None
+        if blocks[members[0]][3] is not None:
+            added = {name: torch.cat([blocks[k][3][name] for k in members]) for name in blocks[members[0]][3]}
+        out = unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+        for k, piece in zip(members, out.split([blocks[k][1].shape[0] for k in members]), strict=True):
+            outputs[k] = piece
+    results = []
+    for position, job in enumerate(jobs):
+        out = torch.cat([o for o, p in zip(outputs, owner, strict=True) if p == position])
+        count = job.count
+        out_uncond, out_conds = out[:count], out[count:]
+        result = out_uncond
+        s = job.plan.request.cfg_scale
+        for index, part in enumerate(job.plan.positive):
+            cond = out_conds[index * count : (index + 1) * count]
+            result = result + (part.weight * s) * (cond - out_uncond)
+        results.append(result)
+    return torch.cat(results)
+
+
+# -- leaving the batch --------------------------------------------------------------------------------------
+
+
+def _rows(active: list[_Job], keep: list[_Job]) -> list[int]:
+    rows, row = [], 0
+    for job in active:
+        if job in keep:
+            rows.extend(range(row, row + job.count))
+        row += job.count
+    return rows
+
+
+def drop_rows(scheduler, latents: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``latents[rows]``, and the same rows of every per-sample tensor the scheduler keeps between steps.
+
+    Per-sample state is what has the latents' shape (DPM-Solver/UniPC histories, Heun/DPM2's first-stage
+    sample, LMS derivatives) plus the Brownian trees of the SDE samplers (one per image).
+    """
+    index = torch.tensor(rows, device=latents.device)
+    shape = latents.shape
+
+    def cut(value):
+        if isinstance(value, torch.Tensor) and value.shape == shape:
+            return value.index_select(0, index)
+        if isinstance(value, list):
+            return [cut(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(cut(v) for v in value)
+        return value
+
+    for name, value in list(vars(scheduler).items()):
+        if name == "noise_sampler" and value is not None:
+            trees = getattr(value, "trees", None)
+            if trees is None or not getattr(value, "batched", False) or len(trees) != shape[0]:
+                raise GenerationError("this sampler cannot drop images from a running batch")
+            value.trees = [trees[r] for r in rows]
+            continue
+        new = cut(value)
+        if new is not value:
+            setattr(scheduler, name, new)
+    return latents.index_select(0, index)
+
+
+def _step_parameters(scheduler) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(scheduler.step).parameters)

@@ -1,0 +1,179 @@
+"""Several jobs in one denoising loop: every image equals its job run alone (decoded floats, 1e-4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.engine import batch
+from core.engine.diffusers_engine import DiffusersEngine
+from core.types import GenerationCancelled, GenerationError, GenerationRequest, GenerationResult, Mode
+from tests.core.engine.conftest import engine_settings
+
+TOLERANCE = 1e-4
+
+BASE = dict(width=64, height=64, steps=4, rng="cpu")
+JOBS = [
+    GenerationRequest(
+        prompt="a red [cat:dog:2] on a chair",
+        negative_prompt="blurry",
+        cfg_scale=7.0,
+        seed=11,
+        count=1,
+        **BASE,
+    ),
+    GenerationRequest(
+        prompt="a red cat AND a (blue:1.3) chair :0.6",
+        negative_prompt="",
+        cfg_scale=4.5,
+        seed=22,
+        count=2,
+        **BASE,
+    ),
+    GenerationRequest(
+        prompt="an astronaut",
+        negative_prompt="low quality, " * 40,
+        cfg_scale=9.0,
+        seed=33,
+        subseed=7,
+        subseed_strength=0.4,
+        eta_noise_seed_delta=31337,
+        count=1,
+        **BASE,
+    ),
+]
+
+
+class DecodeSpy:
+    """Wraps ``engine.decode`` to keep the latents it decodes (to compare float images, not PNGs)."""
+
+    def __init__(self, engine: DiffusersEngine) -> None:
+        self.latents: list[torch.Tensor] = []
+        self._decode = engine.decode
+        engine.decode = self  # instance attribute: only this engine
+
+    def __call__(self, model, latents):
+        self.latents.append(latents.clone())
+        return self._decode(model, latents)
+
+
+@torch.no_grad()
+def decoded(engine: DiffusersEngine, latents: torch.Tensor) -> torch.Tensor:
+    """The VAE's float image for each latent, one at a time (the reference decode)."""
+    vae = next(iter(engine.models._models.values())).pipe.vae  # the loaded model
+    return torch.cat(
+        [vae.decode(row[None] / vae.config.scaling_factor, return_dict=False)[0] for row in latents]
+    )
+
+
+def max_diff(engine: DiffusersEngine, alone: torch.Tensor, batched: torch.Tensor) -> float:
+    a, b = decoded(engine, alone), decoded(engine, batched)
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    return float((a - b).abs().max())
+
+
+def alone_and_batched(engine: DiffusersEngine, jobs, **kwargs):
+    spy = DecodeSpy(engine)
+    alone = [engine.generate(job) for job in jobs]
+    alone_latents = list(spy.latents)
+    spy.latents.clear()
+    together = engine.generate_batch(jobs, **kwargs)
+    return alone, alone_latents, together, list(spy.latents)
+
+
+def split(latents: torch.Tensor, counts) -> list[torch.Tensor]:
+    return list(latents.split(list(counts)))
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Euler a", "DPM++ 2M", "Heun", "DPM++ SDE"])
+def test_each_image_equals_its_job_alone(tiny_sd15, sampler) -> None:
+    engine = DiffusersEngine(engine_settings(tiny_sd15))
+    jobs = [job.replace(sampler=sampler) for job in JOBS]
+    alone, alone_latents, together, batch_latents = alone_and_batched(engine, jobs)
+    assert len(batch_latents) == 1, "one loop and one VAE call for the whole batch"
+    assert engine.last_stats.steps and together[0].timings["batch_jobs"] == 3.0
+    pieces = split(batch_latents[0], [j.count for j in jobs])
+    worst = 0.0
+    for single, latents, piece, result in zip(alone, alone_latents, pieces, together, strict=True):
+        assert isinstance(result, GenerationResult)
+        assert [i.seed for i in result.images] == [i.seed for i in single.images]
+        assert [i.infotext for i in result.images] == [i.infotext for i in single.images]
+        worst = max(worst, max_diff(engine, latents, piece))
+    assert worst <= TOLERANCE, f"{sampler}: max abs difference {worst}"
+    print(f"{sampler}: max abs difference batched vs alone {worst:.2e}")
+    assert not torch.allclose(pieces[0], pieces[2], atol=1e-2)  # the jobs really differ
+    engine.close()
+
+
+def test_sdxl_batch_equals_jobs_alone(tiny_sdxl) -> None:
+    engine = DiffusersEngine(engine_settings(tiny_sdxl))
+    jobs = [JOBS[0], JOBS[1].replace(negative_prompt="ugly")]
+    _, alone_latents, _, batch_latents = alone_and_batched(engine, jobs)
+    pieces = split(batch_latents[0], [j.count for j in jobs])
+    for latents, piece in zip(alone_latents, pieces, strict=True):
+        assert max_diff(engine, latents, piece) <= TOLERANCE
+    engine.close()
+
+
+def test_a_cancelled_job_leaves_the_batch_and_the_others_finish(tiny_sd15) -> None:
+    engine = DiffusersEngine(engine_settings(tiny_sd15))
+    jobs = [job.replace(sampler="DPM++ 2M") for job in JOBS]
+    spy = DecodeSpy(engine)
+    alone = [engine.generate(job) for job in (jobs[0], jobs[2])]
+    alone_latents = list(spy.latents)
+    spy.latents.clear()
+    progress: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    together = engine.generate_batch(
+        jobs,
+        on_progress=lambda i, p: progress[i].append(p.step),
+        should_cancel=lambda i: i == 1 and len(progress[1]) >= 2,
+    )
+    assert isinstance(together[1], GenerationCancelled)
+    assert progress == {0: [1, 2, 3, 4], 1: [1, 2], 2: [1, 2, 3, 4]}
+    assert batch_latents_shape(spy) == (2, 4, 8, 8)  # job 1's two images left the batch
+    pieces = split(spy.latents[0], [1, 1])
+    for latents, piece, single, result in zip(
+        alone_latents, pieces, alone, (together[0], together[2]), strict=True
+    ):
+        assert max_diff(engine, latents, piece) <= TOLERANCE
+        assert [i.seed for i in result.images] == [i.seed for i in single.images]
+    engine.close()
+
+
+def batch_latents_shape(spy: DecodeSpy) -> tuple[int, ...]:
+    assert len(spy.latents) == 1
+    return tuple(spy.latents[0].shape)
+
+
+def test_a_failing_job_fails_alone(tiny_sd15) -> None:
+    engine = DiffusersEngine(engine_settings(tiny_sd15))
+    jobs = [
+        JOBS[0],
+        JOBS[0].replace(prompt="a cat <lora:nosuchlora:1>"),
+        JOBS[0].replace(prompt="a [cat"),
+        JOBS[2],
+    ]
+    together = engine.generate_batch(jobs)
+    assert isinstance(together[0], GenerationResult) and isinstance(together[3], GenerationResult)
+    assert isinstance(together[1], GenerationError) and "nosuchlora" in str(together[1])
+    assert isinstance(together[2], GenerationResult)  # "[cat" is literal text in A1111, not an error
+    assert together[0].timings["batch_jobs"] == 3.0
+    engine.close()
+
+
+def test_incompatible_jobs_run_one_by_one(tiny_sd15) -> None:
+    engine = DiffusersEngine(engine_settings(tiny_sd15))
+    jobs = [
+        JOBS[0],
+        JOBS[0].replace(steps=3),  # another step count
+        JOBS[0].replace(prompt="a cat <lora:other:1>"),  # another LoRA set
+        JOBS[0].replace(mode=Mode.IMG2IMG),  # not txt2img
+        JOBS[1],
+    ]
+    assert batch.group_requests(engine, jobs) == [[0, 4], [1], [2], [3]]
+    assert batch.group_requests(engine, [JOBS[0]] * 5, max_batch=2) == [[0, 1], [2, 3], [4]]
+    assert batch.group_requests(engine, [JOBS[0], JOBS[0].replace(eta=0.5)]) == [[0], [1]]
+    results = engine.generate_batch(jobs[:2])
+    assert all(isinstance(r, GenerationResult) for r in results)
+    assert "batch_jobs" not in results[0].timings  # ran alone through generate()
+    engine.close()
