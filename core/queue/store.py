@@ -33,6 +33,23 @@ JOBS_CHANNEL = "chant_jobs"  # NOTIFY on submit / cancel so workers wake up at o
 # but only the lease holder can store a result (``complete`` checks the lease): nothing is stored twice.
 _ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
 
+
+def batch_key(request: GenerationRequest) -> tuple:
+    """Jobs with equal keys may share one engine call: ``batch_key()``, the LoRA set and eta.
+
+    Torch-free (tags are read as ``core.prompt`` reads them); a job with a bad tag gets a key of its
+    own, so it fails alone.
+    """
+    from core.engine.networks import networks_key
+    from core.prompt.text import extract_networks, strip_comments
+
+    try:
+        networks = networks_key(extract_networks(strip_comments(request.prompt)[0])[1])
+    except ValueError:
+        networks = ("unreadable", request.prompt)
+    return (*request.batch_key(), networks, request.eta)
+
+
 _CLAIM_PG = text(
     """
     WITH picked AS (
@@ -99,7 +116,7 @@ class JobStore:
             for job_id, guild_id, user_id, cost, params, attempts in rows:
                 # A job retried after its worker died runs alone: if it kills the worker again,
                 # it takes no innocent batch-mates with it.
-                key = ("retry", job_id) if attempts else GenerationRequest.from_dict(params).batch_key()
+                key = ("retry", job_id) if attempts else batch_key(GenerationRequest.from_dict(params))
                 out.append(QueuedJob(job_id, guild_id, user_id, max(cost / STANDARD_COST, 1e-6), key))
             return sorted(out, key=lambda j: j.job_id)
 

@@ -128,3 +128,18 @@ def test_chant_queue_weight_and_status(tmp_path, monkeypatch, capsys) -> None:
     assert "jobs: none" in capsys.readouterr().out
     assert main(["worker"]) == 2  # SQLite: the worker runs inside `chant run`
     assert "PostgreSQL" in capsys.readouterr().out
+
+
+def test_jobs_with_other_loras_or_eta_never_share_an_engine_call() -> None:
+    from core.queue.store import batch_key
+    from core.types import GenerationRequest
+
+    plain = GenerationRequest(prompt="a cat", seed=1)
+    assert batch_key(plain) == batch_key(plain.replace(prompt="a dog, (red:1.2)", seed=2, cfg_scale=3))
+    with_lora = plain.replace(prompt="a cat <lora:shiny:0.8>")
+    assert batch_key(with_lora) != batch_key(plain)
+    assert batch_key(with_lora) == batch_key(plain.replace(prompt="<lora:shiny:0.8> a dog"))
+    assert batch_key(with_lora) != batch_key(plain.replace(prompt="a cat <lora:shiny:0.5>"))
+    assert batch_key(plain.replace(prompt="a cat # <lora:shiny:1> in a comment")) == batch_key(plain)
+    assert batch_key(plain.replace(eta=0.5)) != batch_key(plain)
+    assert batch_key(plain.replace(width=768)) != batch_key(plain)
