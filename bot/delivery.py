@@ -37,6 +37,7 @@ from core.types import GeneratedImage
 log = logging.getLogger(__name__)
 
 REROLL = "🔁"
+VARIATION = "🔀"
 DELETE = "❌"
 INFO = "ℹ️"
 INFO_EMOJIS = ("ℹ️", "ℹ")  # with and without the variation selector
@@ -336,8 +337,9 @@ class Delivery:
         )
         if record:
             await self.service.record_result_messages(job.id, [message.id])
-        with contextlib.suppress(discord.HTTPException):
-            await message.add_reaction(REROLL)
+        for emoji in (REROLL, VARIATION):
+            with contextlib.suppress(discord.HTTPException):
+                await message.add_reaction(emoji)
         return message
 
     async def _delete_status(self, t: Tracked | None, job: JobView) -> None:

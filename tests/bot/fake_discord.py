@@ -7,7 +7,9 @@ Runs inside the test's event loop on 127.0.0.1. The bot under test is pointed at
 * serves the gateway: HELLO, IDENTIFY -> READY + GUILD_CREATE, HEARTBEAT -> ACK, RESUME -> replay of
   the events the client missed + RESUMED,
 * injects INTERACTION_CREATE and MESSAGE_REACTION_ADD events, can drop the gateway connection,
-* answers one chosen request with a 429 and ``retry_after`` (the client must retry after the delay).
+* answers one chosen request with a 429 and ``retry_after`` (the client must retry after the delay),
+* serves attachment bytes (uploads given to :meth:`FakeDiscord.add_attachment`, and files the bot posted)
+  at loopback "CDN" URLs, as Discord's CDN serves an interaction's attachments.
 
 Only what discord.py 2.7 needs is implemented; unknown routes answer 404 and are recorded too.
 """
@@ -96,12 +98,15 @@ class FakeDiscord:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.reject_login = False  # answer GET /users/@me with 401 (a wrong token)
+        self.files: dict[str, tuple[bytes, str]] = {}  # CDN path -> (bytes, content type)
+        self.cdn_fetches: list[str] = []  # CDN paths the bot downloaded
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> FakeDiscord:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{tail:.*}", self._cdn)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -128,6 +133,34 @@ class FakeDiscord:
 
     def new_id(self) -> int:
         return next(self._ids)
+
+    # -- attachments (the CDN) -----------------------------------------------------------------------
+    def add_attachment(
+        self, filename: str, data: bytes, content_type: str | None = "image/png"
+    ) -> dict[str, Any]:
+        """An uploaded file, served at a loopback CDN URL; pass it to :meth:`interaction`."""
+        aid = self.new_id()
+        path = f"/attachments/{aid}/{filename}"
+        self.files[path] = (data, content_type or "application/octet-stream")
+        out: dict[str, Any] = {
+            "id": str(aid),
+            "filename": filename,
+            "size": len(data),
+            "url": f"http://127.0.0.1:{self.port}{path}",
+            "proxy_url": f"http://127.0.0.1:{self.port}{path}",
+        }
+        if content_type is not None:
+            out["content_type"] = content_type
+        return out
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        path = "/attachments/" + request.match_info["tail"]
+        self.cdn_fetches.append(path)
+        await self._notify()
+        if path not in self.files:
+            return web.Response(status=404, text="not found")
+        data, content_type = self.files[path]
+        return web.Response(body=data, headers={"Content-Type": content_type})
 
     # -- waiting -----------------------------------------------------------------------------------
     async def _notify(self) -> None:
@@ -337,8 +370,12 @@ class FakeDiscord:
         permissions: int = 0,
         type: int = 2,
         subcommand: str | None = None,
+        attachments: list[dict[str, Any]] | None = None,
     ) -> tuple[int, str]:
-        """Send INTERACTION_CREATE for an application command; returns (interaction id, token)."""
+        """Send INTERACTION_CREATE for an application command; returns (interaction id, token).
+
+        ``attachments`` (from :meth:`add_attachment`) go into ``data.resolved``; an option of type 11
+        refers to one by its id."""
         iid = self.new_id()
         token = f"itoken-{iid}"
         opts = options or []
@@ -360,6 +397,8 @@ class FakeDiscord:
                 self.guilds[guild_id].attachment_size_limit if guild_id in self.guilds else 10 * 1024 * 1024
             ),
         }
+        if attachments:
+            data["data"]["resolved"] = {"attachments": {a["id"]: a for a in attachments}}
         if guild_id is not None:
             member = self._member(guild_id, user_id, roles)
             member["permissions"] = str(permissions)
@@ -616,6 +655,8 @@ class FakeDiscord:
             }
             for name, data in files
         ]
+        for name, data in files:
+            self.files[f"/attachments/{mid}/{name}"] = (data, "image/png")
         ref = body.get("message_reference")
         message = {
             "id": str(mid),

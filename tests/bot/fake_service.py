@@ -18,6 +18,7 @@ from PIL import Image, PngImagePlugin
 
 from core.services import (
     Actor,
+    GuildLimits,
     ImagineOptions,
     JobCancelled,
     JobDone,
@@ -70,6 +71,8 @@ class FakeService:
         self.calls: list[tuple[str, tuple]] = []
         self.posted: dict[int, list[int]] = {}
         self.max_steps = 50
+        self.max_pixels: dict[int | None, int] = {}  # per guild; 1024² unless set
+        self.loras = ["add_detail", "detail_tweaker", "watercolor"]
         self._ids = itertools.count(1)
         self._subscribers: list[asyncio.Queue[JobEvent]] = []
         self._queue: asyncio.Queue[int] = asyncio.Queue()
@@ -221,7 +224,12 @@ class FakeService:
         return self._new_job(actor, request, "reroll", job.id)
 
     async def variation(self, actor: Actor, message_id: int) -> Receipt:
-        raise UserError("unsupported", "variations are not in the fake service")
+        self.calls.append(("variation", (actor, message_id)))
+        job = await self.job_for_message(message_id)
+        if job is None:
+            raise UserError("not_found", "that message is not a chant result")
+        request = job.request.replace(subseed=random.randrange(2**32), subseed_strength=0.25)
+        return self._new_job(actor, request, "variation", job.id)
 
     async def show(self, actor: Actor, job_id: int) -> JobView:
         job = self.jobs.get(job_id)
@@ -307,6 +315,12 @@ class FakeService:
     async def admin_stats(self, actor: Actor) -> dict[str, int | float]:
         await self._require_admin(actor)
         return {"jobs": len(self.jobs), "images": sum(len(i) for i in self.images.values())}
+
+    async def guild_limits(self, actor: Actor) -> GuildLimits:
+        return GuildLimits(self.max_steps, self.max_pixels.get(actor.guild_id, 1024 * 1024), 4, 4096 * 4096)
+
+    def lora_names(self) -> list[str]:
+        return list(self.loras)
 
     def model_names(self) -> list[str]:
         return ["fake", "fake-xl"]

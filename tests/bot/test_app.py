@@ -80,9 +80,23 @@ async def test_startup_identifies_syncs_commands_and_never_logs_the_token(bot: R
         "count",
         "model",
         "clip_skip",
+        "lora",
+        "hires",
+        "hires_scale",
+        "hires_steps",
+        "hires_strength",
+        "upscaler",
     ]
     count = next(o for o in imagine_cmd["options"] if o["name"] == "count")
     assert (count["min_value"], count["max_value"]) == (1, 4)
+    assert next(o for o in imagine_cmd["options"] if o["name"] == "lora")["autocomplete"] is True
+    img2img = next(c for c in sync.json if c["name"] == "img2img")
+    types = {o["name"]: o["type"] for o in img2img["options"]}
+    assert types["image"] == types["mask"] == 11 and types["job"] == 4  # attachments, integer
+    strength = next(o for o in img2img["options"] if o["name"] == "strength")
+    assert (strength["min_value"], strength["max_value"]) == (0, 1)
+    assert len(img2img["options"]) <= 25 and len(imagine_cmd["options"]) <= 25  # Discord's maximum
+    assert "loras" in names
     admin = next(c for c in sync.json if c["name"] == "admin")
     assert int(admin["default_member_permissions"]) == 1 << 5
 

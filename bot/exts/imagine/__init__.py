@@ -1,4 +1,4 @@
-"""/imagine and the result reactions (🔁 reroll, ❌ delete, ℹ️ parameters)."""
+"""/imagine, /img2img, /loras and the result reactions (🔁 reroll, 🔀 variation, ❌ delete, ℹ️ parameters)."""
 
 from __future__ import annotations
 

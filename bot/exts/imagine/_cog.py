@@ -9,9 +9,32 @@ from discord.ext import commands
 
 from bot import render
 from bot.actors import actor_from_interaction, actor_from_reaction
-from bot.delivery import DELETE, INFO_EMOJIS, REROLL
+from bot.delivery import DELETE, INFO_EMOJIS, REROLL, VARIATION
 from bot.errors import new_error_id, user_error_text
-from bot.options import Cfg, ClipSkip, Count, Model, Sampler, Seed, Size, Steps, preset_autocomplete
+from bot.options import (
+    FILLS,
+    RESIZE_MODES,
+    Cfg,
+    ClipSkip,
+    Count,
+    Fill,
+    HiresScale,
+    HiresSteps,
+    Lora,
+    MaskBlur,
+    Model,
+    ResizeMode,
+    Sampler,
+    Seed,
+    Size,
+    SourceJob,
+    Steps,
+    Strength,
+    Upscaler,
+    lora_tag,
+    preset_autocomplete,
+    read_attachment,
+)
 from core.services import Actor, ImagineOptions, UserError
 
 log = logging.getLogger(__name__)
@@ -44,6 +67,12 @@ class ImagineCog(commands.Cog):
         count="number of images",
         model="configured model name",
         clip_skip="CLIP skip, A1111 numbering (1 = last layer)",
+        lora="add a LoRA to the prompt (<lora:name:1>); /loras lists them",
+        hires="hires fix: generate, upscale, then refine at the larger size",
+        hires_scale="hires fix: upscale factor (default 2)",
+        hires_steps="hires fix: second-pass steps (0 = as many as the first pass)",
+        hires_strength="hires fix: denoising strength of the second pass (default 0.7)",
+        upscaler="hires fix: Latent or Lanczos (image) upscaling",
     )
     @app_commands.autocomplete(preset=preset_autocomplete)
     async def imagine(
@@ -60,18 +89,19 @@ class ImagineCog(commands.Cog):
         count: Count | None = None,
         model: Model | None = None,
         clip_skip: ClipSkip | None = None,
+        lora: Lora | None = None,
+        hires: bool | None = None,
+        hires_scale: HiresScale | None = None,
+        hires_steps: HiresSteps | None = None,
+        hires_strength: Strength | None = None,
+        upscaler: Upscaler | None = None,
     ) -> None:
         # 1. Acknowledge at once: everything after this may take as long as it needs.
-        await interaction.response.defer(thinking=True)
-        interaction.extras["public_defer"] = True
-        self.delivery.remember_upload_limit(
-            interaction.guild_id, getattr(interaction, "filesize_limit", None)
-        )
-        refuse_dm_if_configured(self.bot, interaction.guild_id)
+        await self._defer(interaction)
         # 2. Translate and submit; core validates limits, banned words, the prompt and the quota.
         width, height = size if size else (None, None)
         options = ImagineOptions(
-            prompt=prompt,
+            prompt=f"{prompt} {lora_tag(lora)}" if lora else prompt,
             negative=negative,
             preset=preset,
             width=width,
@@ -83,7 +113,119 @@ class ImagineCog(commands.Cog):
             count=count,
             model=model,
             clip_skip=clip_skip,
+            hires=hires,
+            hires_scale=hires_scale,
+            hires_steps=hires_steps,
+            hires_strength=hires_strength,
+            upscaler=upscaler,
         )
+        await self._submit(interaction, options)
+
+    @app_commands.command(name="img2img", description="Repaint an image: img2img, or inpaint with a mask")
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    @app_commands.describe(
+        prompt="the prompt, A1111 syntax",
+        image="the source image (PNG, JPEG or WebP); transparent pixels are repainted",
+        job="instead of an image: the job id (see /history) whose first image is the source",
+        mask="inpaint: white = repaint, black = keep (resized to the source if its size differs)",
+        strength="denoising strength: 0 keeps the source, 1 ignores it (default 0.75)",
+        resize_mode="how the source is fitted to the size (A1111 resize modes)",
+        mask_blur="inpaint: mask blur in pixels (default 4)",
+        masked_only="inpaint: work on the masked area only, at full resolution",
+        fill="inpaint: what the masked area starts from (default original)",
+        negative="negative prompt",
+        preset="one of your or the server's presets (options you give here win)",
+        size="output size (default: the source's, within this server's limit)",
+        steps="sampling steps",
+        cfg="CFG scale",
+        sampler="A1111 sampler name",
+        seed="seed (-1 = random)",
+        count="number of images",
+        model="configured model name",
+        clip_skip="CLIP skip, A1111 numbering (1 = last layer)",
+        lora="add a LoRA to the prompt (<lora:name:1>)",
+    )
+    @app_commands.autocomplete(preset=preset_autocomplete)
+    async def img2img(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 6000],
+        image: discord.Attachment | None = None,
+        job: SourceJob | None = None,
+        mask: discord.Attachment | None = None,
+        strength: Strength | None = None,
+        resize_mode: ResizeMode | None = None,
+        mask_blur: MaskBlur | None = None,
+        masked_only: bool | None = None,
+        fill: Fill | None = None,
+        negative: app_commands.Range[str, 0, 6000] | None = None,
+        preset: str | None = None,
+        size: Size | None = None,
+        steps: Steps | None = None,
+        cfg: Cfg | None = None,
+        sampler: Sampler | None = None,
+        seed: Seed | None = None,
+        count: Count | None = None,
+        model: Model | None = None,
+        clip_skip: ClipSkip | None = None,
+        lora: Lora | None = None,
+    ) -> None:
+        await self._defer(interaction)
+        if image is None and job is None:
+            raise UserError("invalid", "Attach a source image (image:) or name a job to start from (job:).")
+        # Only the interaction's own attachments are read (Discord's CDN URLs), never a typed URL.
+        init = await read_attachment(image, "source image") if image is not None else None
+        mask_bytes = await read_attachment(mask, "mask") if mask is not None else None
+        width, height = size if size else (None, None)
+        options = ImagineOptions(
+            prompt=f"{prompt} {lora_tag(lora)}" if lora else prompt,
+            negative=negative,
+            preset=preset,
+            width=width,
+            height=height,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            seed=seed,
+            count=count,
+            model=model,
+            clip_skip=clip_skip,
+            init_image=init,
+            mask_image=mask_bytes,
+            source_job=job,
+            strength=strength,
+            resize_mode=RESIZE_MODES[resize_mode] if resize_mode else None,
+            mask_blur=mask_blur,
+            masked_only=masked_only,
+            fill=FILLS[fill] if fill else None,
+        )
+        await self._submit(interaction, options)
+
+    @app_commands.command(name="loras", description="List the LoRAs this bot has (for <lora:name:weight>)")
+    @app_commands.describe(search="only names containing this")
+    async def loras(self, interaction: discord.Interaction, search: str | None = None) -> None:
+        names = self.service.lora_names()
+        if search:
+            names = [n for n in names if search.lower() in n.lower()]
+        if not names:
+            text = "No LoRAs match that." if search else "This bot has no LoRAs installed."
+        else:
+            listed = ", ".join(f"`{n}`" for n in names)
+            text = render.truncate(
+                f"{len(names)} LoRA(s) — use `<lora:NAME:1>` in a prompt or the `lora` option:\n{listed}",
+                render.MESSAGE_LIMIT,
+            )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    async def _defer(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        interaction.extras["public_defer"] = True
+        self.delivery.remember_upload_limit(
+            interaction.guild_id, getattr(interaction, "filesize_limit", None)
+        )
+        refuse_dm_if_configured(self.bot, interaction.guild_id)
+
+    async def _submit(self, interaction: discord.Interaction, options: ImagineOptions) -> None:
         receipt = await self.service.submit_imagine(actor_from_interaction(interaction), options)
         # 3. The status message: queue position now, progress later (edited by the delivery task).
         message = await interaction.edit_original_response(
@@ -91,7 +233,9 @@ class ImagineCog(commands.Cog):
         )
         channel_id = interaction.channel_id or 0
         # Track before recording: a result whose status message is recorded can be posted at once.
-        self.delivery.track(receipt.job_id, channel_id, interaction.guild_id, message.id, prompt=prompt)
+        self.delivery.track(
+            receipt.job_id, channel_id, interaction.guild_id, message.id, prompt=options.prompt
+        )
         await self.service.record_status_message(receipt.job_id, channel_id, message.id)
 
     # -- reactions on results (raw events: also messages from before a restart) ----------------------
@@ -100,7 +244,7 @@ class ImagineCog(commands.Cog):
         if self.bot.user is not None and payload.user_id == self.bot.user.id:
             return
         name = payload.emoji.name if payload.emoji.id is None else None
-        if name not in (REROLL, DELETE, *INFO_EMOJIS):
+        if name not in (REROLL, VARIATION, DELETE, *INFO_EMOJIS):
             return
         actor = actor_from_reaction(payload)
         try:
@@ -109,6 +253,8 @@ class ImagineCog(commands.Cog):
                 return  # not a chant result: ignore reactions on other messages
             if name == REROLL:
                 await self._reroll(actor, payload)
+            elif name == VARIATION:
+                await self._reroll(actor, payload, variation=True)
             elif name == DELETE:
                 await self._delete(actor, payload)
             else:
@@ -120,14 +266,20 @@ class ImagineCog(commands.Cog):
             log.exception("error %s handling %s on message %s", error_id, name, payload.message_id)
             await self._dm(payload.user_id, f"Something went wrong on our side (error id `{error_id}`).")
 
-    async def _reroll(self, actor: Actor, payload: discord.RawReactionActionEvent) -> None:
-        receipt = await self.service.reroll(actor, payload.message_id)
+    async def _reroll(
+        self, actor: Actor, payload: discord.RawReactionActionEvent, *, variation: bool = False
+    ) -> None:
+        """🔁 a new seed, or 🔀 a variation (same seed, a variation seed mixed in); a reply either way."""
+        if variation:
+            receipt = await self.service.variation(actor, payload.message_id)
+        else:
+            receipt = await self.service.reroll(actor, payload.message_id)
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
         reference = discord.MessageReference(
             message_id=payload.message_id, channel_id=payload.channel_id, fail_if_not_exists=False
         )
         status = await channel.send(
-            f"<@{actor.user_id}> 🔁 "
+            f"<@{actor.user_id}> {VARIATION if variation else REROLL} "
             + render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id),
             reference=reference,
             allowed_mentions=discord.AllowedMentions.none(),
