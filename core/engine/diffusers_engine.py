@@ -11,6 +11,7 @@ compares the images).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import threading
@@ -81,6 +82,17 @@ class _Plan:
     unet_cache: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Start:
+    """img2img / inpaint / hires second pass: where the loop starts instead of pure noise."""
+
+    latents: torch.Tensor  # the clean source latents, one row per image
+    strength: float  # denoising strength: how far down the schedule the loop starts
+    steps: int | None = None  # hires: run exactly this many steps (A1111 passes ``steps`` to sample_img2img)
+    keep: torch.Tensor | None = None  # inpaint: 1 where the source is kept, (1, 1, h, w) at latent size
+    fill: int = 1  # inpainting_fill: 2 latent noise, 3 latent nothing in the masked area
+
+
 class DiffusersEngine:
     """The real engine. Thread-safe: one generation at a time per engine (a lock)."""
 
@@ -96,6 +108,9 @@ class DiffusersEngine:
         self._lock = threading.Lock()
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        from core.engine import accel
+
+        accel.install(self)  # compile / warm-up / CPU offload, applied to each model when it loads
 
     # -- the Engine protocol ---------------------------------------------------------------------
 
@@ -146,8 +161,9 @@ class DiffusersEngine:
     def _generate(self, request, on_progress, should_cancel) -> GenerationResult:
         stats = RunStats()
         start = time.perf_counter()
-        # 1. Check inputs
+        # 1. Check inputs; decode and prepare the source image and mask (img2img, inpaint)
         self.check_inputs(request)
+        init = self.prepare_init(request)
         # 2. Load the model (LRU)
         source = models.resolve_model(self.settings, request.model, allow_paths=self.allow_paths)
         if request.vae:
@@ -157,6 +173,10 @@ class DiffusersEngine:
             model.pipe.vae.enable_tiling()
         if self.settings.vae_slicing:
             model.pipe.vae.enable_slicing()
+        if init is not None and model.pipe.unet.config.in_channels != 4:
+            raise GenerationError(
+                "this model is an inpainting model (9-channel UNet); img2img/inpaint need a regular model here"
+            )
         stats.load = time.perf_counter() - start
         # 3. Interpret the prompts; apply the job's extra networks (<lora:…>, <hypernet:…>) until the
         #    last step, and encode the prompt (A1111 schedules, AND, emphasis, CLIP skip, embeddings)
@@ -166,11 +186,21 @@ class DiffusersEngine:
             plan = self.encode_prompt(request, model, interpretations)
             self._sync()
             stats.encode = time.perf_counter() - t
-            # 4.-7. Noise, timesteps, denoising loop
-            latents = self.denoise(plan, stats, on_progress, should_cancel)
-        # 8. Decode and write PNGs with A1111's parameters
+            # 4.-7. Noise (or the source image's latents), timesteps, denoising loop
+            start_from = self.image_start(model, init, request) if init is not None else None
+            hires_steps = (request.hr_second_pass_steps or request.steps) if request.enable_hr else 0
+            progress = (0, request.steps + hires_steps) if request.enable_hr else None
+            latents = self.denoise(plan, stats, on_progress, should_cancel, start=start_from, progress=progress)
+        # 7b. Hires fix: upscale, then a second img2img pass with the hires prompt's schedule
+        if request.enable_hr:
+            latents = self.hires_pass(plan, latents, stats, on_progress, should_cancel)
+        # 8. Decode (inpaint: paste back and composite the original) and write PNGs with A1111's parameters
         t = time.perf_counter()
         images = self.decode(model, latents)
+        if init is not None and init.overlay is not None:
+            from core.engine import image_modes
+
+            images = [image_modes.apply_overlay(image, init.paste_to, init.overlay) for image in images]
         self._sync()
         stats.decode = time.perf_counter() - t
         t = time.perf_counter()
@@ -198,10 +228,7 @@ class DiffusersEngine:
 
     def check_inputs(self, request: GenerationRequest) -> None:
         r = request
-        if r.mode != Mode.TXT2IMG or r.enable_hr:
-            raise GenerationError(
-                "only txt2img is available in this version (img2img/inpaint/hires fix are not)"
-            )
+        self.check_image_inputs(r)
         for name, side in (("width", r.width), ("height", r.height)):
             if not 64 <= side <= MAX_SIDE or side % 8:
                 raise GenerationError(f"{name} must be a multiple of 8 between 64 and {MAX_SIDE}, not {side}")
@@ -222,8 +249,175 @@ class DiffusersEngine:
         if r.clip_skip is not None and not 1 <= r.clip_skip <= 12:
             raise GenerationError(f"CLIP skip must be between 1 and 12, not {r.clip_skip}")
 
-    def interpret(self, request: GenerationRequest):
-        """(positive, negative) ``core.prompt`` interpretations, scheduled in A1111's step counts."""
+    def check_image_inputs(self, request: GenerationRequest) -> None:
+        """img2img / inpaint / hires fix options (the images themselves are decoded by ``prepare_init``)."""
+        from core.engine import image_modes
+
+        r = request
+        if r.mode not in (Mode.TXT2IMG, Mode.IMG2IMG, Mode.INPAINT):
+            raise GenerationError(f"unknown mode {r.mode!r}")
+        if r.mode != Mode.TXT2IMG:
+            if r.init_image is None:
+                raise GenerationError(f"{r.mode} needs a source image")
+            if not 0.0 <= r.denoising_strength <= 1.0:
+                raise GenerationError(f"denoising strength must be between 0 and 1, not {r.denoising_strength}")
+            if r.resize_mode not in image_modes.RESIZE_MODES:
+                raise GenerationError(
+                    f"resize mode must be 0 (just resize), 1 (crop and resize) or 2 (resize and fill), not {r.resize_mode}"
+                )
+            if r.enable_hr:
+                raise GenerationError("hires fix is a txt2img option; it cannot be combined with img2img/inpaint")
+        elif r.init_image is not None or r.mask_image is not None:
+            raise GenerationError("txt2img takes no source image or mask; use img2img or inpaint")
+        if r.mode == Mode.IMG2IMG and r.mask_image is not None:
+            raise GenerationError("a mask needs the inpaint mode")
+        if r.mode == Mode.INPAINT:
+            if not 0 <= r.mask_blur <= 64:
+                raise GenerationError(f"mask blur must be between 0 and 64, not {r.mask_blur}")
+            if r.inpainting_fill not in image_modes.FILL_MODES:
+                raise GenerationError(
+                    "masked content must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing), "
+                    f"not {r.inpainting_fill}"
+                )
+            if not 0 <= r.inpaint_full_res_padding <= 256:
+                raise GenerationError(
+                    f"masked-only padding must be between 0 and 256, not {r.inpaint_full_res_padding}"
+                )
+        if r.enable_hr:
+            if r.hr_upscaler not in image_modes.upscaler_names():
+                raise GenerationError(
+                    f"unknown hires upscaler {r.hr_upscaler!r}; use one of: {', '.join(image_modes.upscaler_names())}"
+                )
+            if not 0.0 < r.hr_denoising_strength <= 1.0:
+                raise GenerationError(
+                    f"hires denoising strength must be above 0 and at most 1, not {r.hr_denoising_strength}"
+                )
+            if not 0 <= r.hr_second_pass_steps <= MAX_STEPS:
+                raise GenerationError(f"hires steps must be between 0 and {MAX_STEPS}, not {r.hr_second_pass_steps}")
+            if not 1.0 <= r.hr_scale <= 4.0:
+                raise GenerationError(f"hires upscale must be between 1 and 4, not {r.hr_scale}")
+            if r.hr_resize_x < 0 or r.hr_resize_y < 0:
+                raise GenerationError("hires resize width and height must not be negative")
+            to_x, to_y, tx, ty = image_modes.hires_target(
+                r.width, r.height, r.hr_scale, r.hr_resize_x, r.hr_resize_y
+            )
+            if max(to_x, to_y) > MAX_SIDE or min(to_x - 8 * tx, to_y - 8 * ty) < 64:
+                raise GenerationError(f"the hires size {to_x}x{to_y} must be between 64 and {MAX_SIDE} a side")
+            steps = r.hr_second_pass_steps or r.steps
+            if steps / min(r.hr_denoising_strength, 0.999) > 1000:
+                raise GenerationError("hires denoising strength is too small for that many hires steps")
+
+    def prepare_init(self, request: GenerationRequest):
+        """The source image (and mask) decoded and prepared as A1111 does; None for txt2img."""
+        if request.mode == Mode.TXT2IMG:
+            return None
+        from core.engine import image_modes
+
+        limit = self.settings.max_input_megapixels
+        try:
+            source = image_modes.load_image(request.init_image, max_megapixels=limit, what="source image")
+            mask = None
+            if request.mask_image is not None:
+                mask = image_modes.load_image(request.mask_image, max_megapixels=limit, what="mask image")
+            return image_modes.prepare_init(
+                source,
+                request.width,
+                request.height,
+                resize_mode=request.resize_mode,
+                mask=mask,
+                inpaint=request.mode == Mode.INPAINT,
+                mask_blur=request.mask_blur,
+                inpainting_fill=request.inpainting_fill,
+                full_res=request.inpaint_full_res,
+                full_res_padding=request.inpaint_full_res_padding,
+            )
+        except ValueError as exc:
+            raise GenerationError(str(exc)) from None
+
+    def image_start(self, model: models.LoadedModel, init, request: GenerationRequest) -> _Start:
+        """The source's latents (and the latent keep-mask) for the img2img / inpaint loop."""
+        latents = self.encode_images(model, [init.image]).repeat(request.count, 1, 1, 1)
+        keep = None
+        if init.mask is not None:
+            keep = (1.0 - torch.from_numpy(init.mask))[None, None].to(self.device, latents.dtype)
+        return _Start(latents=latents, strength=request.denoising_strength, keep=keep, fill=init.fill)
+
+    @torch.no_grad()
+    def encode_images(self, model: models.LoadedModel, images: Sequence[Any]) -> torch.Tensor:
+        """VAE-encode PIL images to latents (× the VAE's scaling factor).
+
+        We take the latent distribution's mean: deterministic, where A1111's ``get_first_stage_encoding``
+        samples it with the global torch RNG (the SD VAE's std is ~1e-3 of the mean's scale, so the two
+        differ by far less than the sampler's noise).
+        """
+        import numpy as np
+
+        vae = model.pipe.vae
+        upcast = (
+            model.kind == "sdxl" and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        )
+        arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images]
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2.0 - 1.0
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
+            latents = dist.mean * vae.config.scaling_factor
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        return latents.to(model.dtype)
+
+    def hires_pass(self, plan: _Plan, latents, stats: RunStats, on_progress=None, should_cancel=None):
+        """A1111's hires fix second pass: upscale the first pass, then img2img at the hires size.
+
+        "Latent*" upscalers interpolate the latents; "Lanczos"/"Nearest"/"None" decode, resize with PIL and
+        encode again. The second pass uses the hires prompt (or the prompt) scheduled with A1111's hires
+        rebasing, the same seeds (fresh noise at the new size), ``hr_second_pass_steps`` (0 = steps) steps
+        at ``hr_denoising_strength``.
+        """
+        from core.engine import image_modes, samplers
+
+        request, model = plan.request, plan.model
+        factor = model.vae_scale_factor
+        to_x, to_y, tx, ty = image_modes.hires_target(
+            request.width, request.height, request.hr_scale, request.hr_resize_x, request.hr_resize_y
+        )
+        if request.hr_upscaler in image_modes.LATENT_UPSCALERS:
+            mode, antialias = image_modes.LATENT_UPSCALERS[request.hr_upscaler]
+            kwargs = {"antialias": antialias} if mode in ("bilinear", "bicubic") else {}
+            upscaled = torch.nn.functional.interpolate(
+                latents.float(), size=(to_y // factor, to_x // factor), mode=mode, **kwargs
+            ).to(latents.dtype)
+        else:
+            images = self.decode(model, latents)
+            images = [image_modes.upscale_image(image, to_x, to_y, request.hr_upscaler) for image in images]
+            upscaled = self.encode_images(model, images)
+        if tx or ty:
+            h, w = upscaled.shape[2], upscaled.shape[3]
+            upscaled = upscaled[:, :, ty // 2 : h - (ty + 1) // 2, tx // 2 : w - (tx + 1) // 2]
+        hires_steps = request.hr_second_pass_steps or request.steps
+        second_order = samplers.is_second_order(request.sampler)
+        hires_total = hires_steps * 2 if second_order else hires_steps
+        hr_request = request.replace(
+            prompt=request.hr_prompt or request.prompt,
+            negative_prompt=request.hr_negative_prompt or request.negative_prompt,
+        )
+        interpretations = self.interpret(hr_request, hires_steps=hires_total)
+        with self.extra_networks(model, interpretations[0].networks):
+            hr_plan = self.encode_prompt(hr_request, model, interpretations)
+            hr_plan = dataclasses.replace(
+                hr_plan, request=request, seeds=plan.seeds, subseeds=plan.subseeds, ensd=plan.ensd
+            )
+            start = _Start(latents=upscaled, strength=request.hr_denoising_strength, steps=hires_steps)
+            progress = (request.steps, request.steps + hires_steps)
+            return self.denoise(hr_plan, stats, on_progress, should_cancel, start=start, progress=progress)
+
+    def interpret(self, request: GenerationRequest, *, hires_steps: int | None = None):
+        """(positive, negative) ``core.prompt`` interpretations, scheduled in A1111's step counts.
+
+        ``hires_steps`` (the hires pass's scheduling steps): the hires pass's schedule (A1111's rebasing).
+        """
         from core.engine import samplers
         from core.prompt.errors import PromptError
         from core.prompt.interpret import interpret
@@ -235,12 +429,16 @@ class DiffusersEngine:
         schedule_steps = request.steps * 2 if samplers.is_second_order(request.sampler) else request.steps
         try:
             positive = interpret(
-                request.prompt, schedule_steps, use_old_scheduling=self.settings.use_old_scheduling
+                request.prompt,
+                schedule_steps,
+                hires_steps=hires_steps,
+                use_old_scheduling=self.settings.use_old_scheduling,
             )
             negative = interpret(
                 request.negative_prompt,
                 schedule_steps,
                 negative=True,
+                hires_steps=hires_steps,
                 use_old_scheduling=self.settings.use_old_scheduling,
             )
         except PromptError as exc:
@@ -329,18 +527,53 @@ class DiffusersEngine:
             raise GenerationError(str(exc)) from None
 
     @torch.no_grad()
-    def denoise(self, plan: _Plan, stats: RunStats, on_progress=None, should_cancel=None) -> torch.Tensor:
+    def denoise(
+        self,
+        plan: _Plan,
+        stats: RunStats,
+        on_progress=None,
+        should_cancel=None,
+        *,
+        start: _Start | None = None,
+        progress: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """The sampling loop: txt2img from noise, or (``start``) img2img/inpaint/hires from latents.
+
+        img2img as A1111's k-diffusion samplers: ``t_enc = int(min(strength, 0.999) * steps)`` and the last
+        ``t_enc + 1`` steps of the full schedule run; with ``start.steps`` (hires) the schedule has
+        ``int(steps / strength)`` steps and exactly ``start.steps`` run. The prompt schedule keeps the full
+        step count and its counter starts at 0 on the first step that runs (A1111 §4.5). ``progress`` is
+        (steps done before this loop, total steps reported).
+        """
         from core.engine import rng
 
         model, request = plan.model, plan.request
         pipe = model.pipe
-        # 4. Timesteps
+        # 4. Timesteps (img2img: the tail of the full schedule)
         scheduler = self.make_scheduler(plan)
-        scheduler.set_timesteps(request.steps, device=self.device)
+        if start is None:
+            total_steps = run_steps = request.steps
+        else:
+            strength = min(start.strength, 0.999)
+            if start.steps is not None:
+                run_steps = start.steps
+                total_steps = int(run_steps / strength)
+            else:
+                total_steps = request.steps
+                run_steps = int(strength * total_steps) + 1
+        scheduler.set_timesteps(total_steps, device=self.device)
         timesteps = scheduler.timesteps
+        if start is not None:
+            begin = (total_steps - run_steps) * scheduler.order
+            timesteps = timesteps[begin:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(begin)
         # 5. Initial noise (A1111: image i uses seed + i, shape (4, H/8, W/8))
         factor = model.vae_scale_factor
-        shape = (pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+        if start is None:
+            shape = (pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+        else:
+            shape = tuple(start.latents.shape[1:])
         try:
             image_rng = rng.ImageRNG(
                 shape,
@@ -353,20 +586,34 @@ class DiffusersEngine:
             )
         except ValueError as exc:
             raise GenerationError(str(exc)) from None
-        latents = image_rng.first().to(self.device, model.dtype) * scheduler.init_noise_sigma
+        noise = image_rng.first().to(self.device, model.dtype)
+        init = keep = None
+        if start is None:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            # A1111: the source latents, noised to the first step that runs; inpaint's "latent noise" /
+            # "latent nothing" replace the masked area first (with the same seed's noise / zeros).
+            init, keep = start.latents.to(self.device, model.dtype), start.keep
+            if keep is not None and start.fill == 2:
+                init = init * keep + noise * (1 - keep)
+            elif keep is not None and start.fill == 3:
+                init = init * keep
+            latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(noise.shape[0]))
         # 6. Extra step arguments (eta) and SDXL's added conditioning
         step_kwargs = {}
         if request.eta is not None and "eta" in _step_parameters(scheduler):
             step_kwargs["eta"] = request.eta
         time_ids = None
         if model.kind == "sdxl":
+            height, width = shape[1] * factor, shape[2] * factor
             time_ids = torch.tensor(
-                [[request.height, request.width, 0, 0, request.height, request.width]],
+                [[height, width, 0, 0, height, width]],
                 dtype=model.dtype,
                 device=self.device,
             )
         # 7. Denoising loop
         total = len(timesteps)
+        done_before, report_total = progress or (0, run_steps)
         preview_every = self.settings.preview_every
         with rng.scheduler_noise(scheduler, image_rng):
             for i, t in enumerate(timesteps):
@@ -375,14 +622,20 @@ class DiffusersEngine:
                 step_start = time.perf_counter()
                 noise_pred = self.guided_noise(plan, latents, scheduler, t, counter=i, time_ids=time_ids)
                 latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                if keep is not None and i + 1 < total:
+                    # Inpaint: outside the mask the latents follow the source, noised to the next step.
+                    source = scheduler.add_noise(init, noise, timesteps[i + 1 : i + 2].repeat(noise.shape[0]))
+                    latents = source * keep + latents * (1 - keep)
                 self._sync()
                 stats.steps.append(time.perf_counter() - step_start)
                 if on_progress is not None:
-                    done = min(request.steps, max(1, round((i + 1) * request.steps / total)))
+                    done = min(run_steps, max(1, round((i + 1) * run_steps / total)))
                     preview = None
                     if preview_every and (done % preview_every == 0) and i + 1 < total:
                         preview = self._preview(model, latents)
-                    on_progress(Progress(step=done, total=request.steps, preview_png=preview))
+                    on_progress(Progress(step=done_before + done, total=report_total, preview_png=preview))
+        if keep is not None:
+            latents = latents * (1 - keep) + init * keep  # A1111: samples * nmask + init_latent * mask
         return latents
 
     def unet_inputs(self, plan: _Plan, counter: int, count: int, time_ids=None) -> list[tuple[int, Any, Any]]:
@@ -501,6 +754,7 @@ class DiffusersEngine:
             ensd=plan.ensd,
             rng=plan.rng_source,
             extra={
+                **_image_mode_infotext(request),
                 "Eta": request.eta,
                 "Emphasis": None if self.settings.emphasis == "Original" else self.settings.emphasis,
             },
@@ -508,6 +762,22 @@ class DiffusersEngine:
         return GeneratedImage(
             png=infotext.png_with_infotext(image, text), seed=seed, subseed=subseed, infotext=text
         )
+
+
+def _image_mode_infotext(request: GenerationRequest) -> dict[str, Any]:
+    """A1111's extra parameters for inpaint and hires fix (None values are left out)."""
+    extra: dict[str, Any] = {}
+    if request.mode == Mode.INPAINT:
+        extra["Mask blur"] = request.mask_blur or None
+        if request.inpaint_full_res:
+            extra["Inpaint area"] = "Only masked"
+            extra["Masked area padding"] = request.inpaint_full_res_padding
+    if request.enable_hr:
+        if request.hr_prompt and request.hr_prompt != request.prompt:
+            extra["Hires prompt"] = request.hr_prompt
+        if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
+            extra["Hires negative prompt"] = request.hr_negative_prompt
+    return extra
 
 
 def _step_parameters(scheduler) -> set[str]:
