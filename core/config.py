@@ -75,6 +75,8 @@ class EngineSettings:
     preview_every: int = 5
     compile: str = "off"  # off | default | cuda-graphs
     max_batch: int = 8
+    warmup_sizes: tuple[str, ...] = ("512x512",)  # WxH compiled/warmed up at start (compile != off)
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8)  # batch sizes warmed up at start (compile != off)
     vae_tiling: bool = False
     vae_slicing: bool = False
     cpu_offload: bool = False

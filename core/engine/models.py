@@ -422,6 +422,7 @@ class ModelCache:
         self.allow_pickle = allow_pickle
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
+        self.on_load = None  # called with each newly loaded or adopted model (compile, offload)
 
     def get(self, source: ModelSource, device, dtype) -> LoadedModel:
         key = (source, str(device), str(dtype))
@@ -435,11 +436,15 @@ class ModelCache:
                 del old
                 _free_memory()
             model = load_model(source, device, dtype, allow_pickle=self.allow_pickle)
+            if self.on_load is not None:
+                self.on_load(model)
             self._models[key] = model
             return model
 
     def put(self, model: LoadedModel) -> None:
         """Adopt an already built model (benchmarks with random weights)."""
+        if self.on_load is not None:
+            self.on_load(model)
         with self._lock:
             self._models[(model.source, str(model.device), str(model.dtype))] = model
             while len(self._models) > self.max_loaded:
