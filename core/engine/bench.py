@@ -5,6 +5,18 @@ Default: the tiny random-weight SD1.x model on the CPU (built on the fly, no dow
 skeletons with random weights (no download) — meant for a GPU (``--device cuda``). Both our engine
 and ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` run the same components, scheduler,
 size, steps, CFG and initial latents, interleaved; the ratio compares medians (ours / diffusers).
+
+``--scenario`` picks what is measured (``all`` runs every one):
+
+- ``single``: one job, per stage, against diffusers' pipeline (above);
+- ``batch-sweep``: images/s of N different jobs in one ``generate_batch`` loop vs the same N jobs one at
+  a time, for N in ``--batch-sizes``;
+- ``queue``: ``--users`` jobs from ``--guilds`` guilds submitted at once through the real queue
+  (ChantService + worker on a temporary SQLite database, ``engine.max_batch`` = ``--max-batch``),
+  images/s from the first submit to the last result, against the same with ``max_batch`` 1;
+- ``memory``: peak memory of one job, of a full batch, and of one job with model CPU offload;
+- ``warmup``: ``--compile`` (off | default | cuda-graphs) compile + warm-up time for the configured
+  sizes and ``--batch-sizes``, then the first job's time.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_SIZE = {"tiny": 64, "sd15": 512, "sdxl": 1024}
+SCENARIOS = ("single", "batch-sweep", "queue", "memory", "warmup", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=1, help="images per job")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (after one warm-up)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="single")
+    parser.add_argument(
+        "--batch-sizes", default="1,2,4,8", help="comma-separated job counts (batch-sweep, warmup)"
+    )
+    parser.add_argument("--users", type=int, default=16, help="jobs submitted at once (queue)")
+    parser.add_argument("--guilds", type=int, default=4, help="guilds they come from (queue)")
+    parser.add_argument("--max-batch", type=int, default=8, help="engine.max_batch (queue, memory)")
+    parser.add_argument("--compile", choices=("off", "default", "cuda-graphs"), default="off")
 
 
 def _random_weight_model(shapes: str, device, dtype, source):
@@ -109,61 +130,118 @@ def _peak_memory_mb(device) -> float:
 
 
 def run(args: argparse.Namespace, settings) -> dict[str, Any]:
-    import dataclasses
-    import os
+    import torch
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    bench = _Bench(args, settings)
+    try:
+        scenarios = SCENARIOS[:-1] if args.scenario == "all" else (args.scenario,)
+        result: dict[str, Any] = {"scenario": args.scenario}
+        for name in scenarios:
+            result.update(SCENARIO_FUNCS[name](bench))
+        result.update(
+            {
+                "shapes": args.shapes,
+                "device": str(bench.engine.device),
+                "card": torch.cuda.get_device_name(bench.engine.device)
+                if bench.engine.device.type == "cuda"
+                else "cpu",
+                "dtype": str(bench.engine.dtype).removeprefix("torch."),
+                "threads": torch.get_num_threads(),
+                "size": f"{bench.size}x{bench.size}",
+                "steps": args.steps,
+                "sampler": args.sampler,
+            }
+        )
+        return result
+    finally:
+        bench.close()
+
+
+class _Bench:
+    """The engine and model every scenario uses (built once)."""
+
+    def __init__(self, args: argparse.Namespace, settings) -> None:
+        self.args = args
+        self.settings = settings
+        self._setup(args, settings)
+
+    def close(self) -> None:
+        self.engine.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def sync(self) -> None:
+        import torch
+
+        if self.engine.device.type == "cuda":
+            torch.cuda.synchronize(self.engine.device)
+
+    def _setup(self, args, settings) -> None:
+        import dataclasses
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+
+        from core.config import ModelSettings
+        from core.engine import models
+        from core.engine.diffusers_engine import DiffusersEngine
+        from core.types import GenerationRequest
+
+        if args.shapes != "tiny" and not args.random_weights:
+            raise SystemExit("chant bench engine: --shapes sd15/sdxl needs --random-weights (no download)")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        size = args.size or DEFAULT_SIZE[args.shapes]
+        tmp = Path(tempfile.mkdtemp(prefix="chant-bench-"))
+        engine_settings = dataclasses.replace(
+            settings.engine,
+            device=args.device,
+            dtype=args.dtype,
+            models={"bench": ModelSettings(source=str(tmp))},
+            default_model="bench",
+            embedding_dirs=(),
+            preview_every=0,
+            max_loaded_models=1,
+        )
+        engine = DiffusersEngine(engine_settings)
+        source = models.resolve_model(engine_settings, "bench")
+        if args.shapes == "tiny":
+            from core.engine.tiny import build_tiny_sd15
+
+            tiny = build_tiny_sd15(tmp / "tiny")
+            source = dataclasses.replace(source, location=str(tiny.single_file), config=str(tiny.config))
+            model = models.load_model(source, engine.device, engine.dtype)
+            source = models.resolve_model(engine_settings, "bench")
+            model.source = source
+        else:
+            model = _random_weight_model(args.shapes, engine.device, engine.dtype, source)
+        engine.models.put(model)
+
+        request = GenerationRequest(
+            prompt="a photograph of an astronaut riding a horse, highly detailed",
+            negative_prompt="blurry, low quality",
+            steps=args.steps,
+            cfg_scale=args.cfg,
+            sampler=args.sampler,
+            seed=1234,
+            width=size,
+            height=size,
+            count=args.count,
+            model="bench",
+            rng="cpu",
+        )
+        self.engine, self.model, self.tmp, self.size, self.request = engine, model, tmp, size, request
+        self.engine_settings = engine_settings
+
+
+def _single(bench: _Bench) -> dict[str, Any]:
     import diffusers
     import torch
 
-    from core.config import ModelSettings
-    from core.engine import models, rng, samplers
-    from core.engine.diffusers_engine import DiffusersEngine
-    from core.types import GenerationRequest
+    from core.engine import rng, samplers
 
-    if args.shapes != "tiny" and not args.random_weights:
-        raise SystemExit("chant bench engine: --shapes sd15/sdxl needs --random-weights (no download)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    size = args.size or DEFAULT_SIZE[args.shapes]
-    tmp = Path(tempfile.mkdtemp(prefix="chant-bench-"))
-    engine_settings = dataclasses.replace(
-        settings.engine,
-        device=args.device,
-        dtype=args.dtype,
-        models={"bench": ModelSettings(source=str(tmp))},
-        default_model="bench",
-        embedding_dirs=(),
-        preview_every=0,
-        max_loaded_models=1,
-    )
-    engine = DiffusersEngine(engine_settings)
-    source = models.resolve_model(engine_settings, "bench")
-    if args.shapes == "tiny":
-        from core.engine.tiny import build_tiny_sd15
-
-        tiny = build_tiny_sd15(tmp / "tiny")
-        source = dataclasses.replace(source, location=str(tiny.single_file), config=str(tiny.config))
-        model = models.load_model(source, engine.device, engine.dtype)
-        source = models.resolve_model(engine_settings, "bench")
-        model.source = source
-    else:
-        model = _random_weight_model(args.shapes, engine.device, engine.dtype, source)
-    engine.models.put(model)
-
-    request = GenerationRequest(
-        prompt="a photograph of an astronaut riding a horse, highly detailed",
-        negative_prompt="blurry, low quality",
-        steps=args.steps,
-        cfg_scale=args.cfg,
-        sampler=args.sampler,
-        seed=1234,
-        width=size,
-        height=size,
-        count=args.count,
-        model="bench",
-        rng="cpu",
-    )
+    args, engine, model, request, size = bench.args, bench.engine, bench.model, bench.request, bench.size
+    sync = bench.sync
     pipe_cls = type(model.pipe)
     pipe = pipe_cls(**model.pipe.components)
     pipe.set_progress_bar_config(disable=True)
@@ -172,10 +250,6 @@ def run(args: argparse.Namespace, settings) -> dict[str, Any]:
         [1234 + i for i in range(args.count)],
         source="cpu",
     ).first()
-
-    def sync() -> None:
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize(engine.device)
 
     def ours() -> Any:
         start = time.perf_counter()
@@ -221,15 +295,7 @@ def run(args: argparse.Namespace, settings) -> dict[str, Any]:
     ours_total = statistics.median(our_runs)
     ours_without_png = statistics.median(total - png for total, png in zip(our_runs, our_png, strict=True))
     theirs_total = statistics.median(their_runs)
-    result = {
-        "shapes": args.shapes,
-        "device": str(engine.device),
-        "card": torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "cpu",
-        "dtype": str(engine.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(),
-        "size": f"{size}x{size}",
-        "steps": args.steps,
-        "sampler": args.sampler,
+    return {
         "cfg": args.cfg,
         "images_per_job": args.count,
         "repeats": len(our_runs),
@@ -253,6 +319,230 @@ def run(args: argparse.Namespace, settings) -> dict[str, Any]:
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
     }
-    engine.close()
-    shutil.rmtree(tmp, ignore_errors=True)
-    return result
+
+
+def _jobs(bench: _Bench, n: int) -> list:
+    """``n`` different jobs (prompt, seed, CFG) that fit one batch."""
+    subjects = ("a horse", "a castle", "a red fox", "a lighthouse", "a forest", "a city", "a cat", "a ship")
+    return [
+        bench.request.replace(
+            prompt=f"a photograph of {subjects[i % len(subjects)]}, highly detailed, [day:night:0.5]",
+            seed=1000 + i,
+            cfg_scale=bench.args.cfg + (i % 3),
+        )
+        for i in range(n)
+    ]
+
+
+def _batch_sizes(bench: _Bench) -> list[int]:
+    try:
+        sizes = [int(v) for v in bench.args.batch_sizes.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(
+            f"--batch-sizes must be comma-separated integers, not {bench.args.batch_sizes!r}"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise SystemExit("--batch-sizes must be positive integers")
+    return sizes
+
+
+def _batch_sweep(bench: _Bench) -> dict[str, Any]:
+    """images/s of N jobs in one loop vs the same jobs one at a time."""
+    engine = bench.engine
+    repeats = max(1, bench.args.repeats)
+    engine.generate_batch(_jobs(bench, 2))  # warm-up
+    rows = []
+    for n in _batch_sizes(bench):
+        jobs = _jobs(bench, n)
+        images = n * bench.request.count
+        together, alone = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            results = engine.generate_batch(jobs)
+            bench.sync()
+            together.append(time.perf_counter() - start)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                raise SystemExit(f"batch of {n} failed: {failed[0]}")
+            start = time.perf_counter()
+            for job in jobs:
+                engine.generate(job)
+            bench.sync()
+            alone.append(time.perf_counter() - start)
+        t_batch, t_alone = statistics.median(together), statistics.median(alone)
+        rows.append(
+            {
+                "jobs": n,
+                "batched_images_per_s": round(images / t_batch, 3),
+                "one_at_a_time_images_per_s": round(images / t_alone, 3),
+                "speedup": round(t_alone / t_batch, 3),
+            }
+        )
+    return {"batch_sweep": rows}
+
+
+def _queue(bench: _Bench) -> dict[str, Any]:
+    """Jobs from several guilds submitted at once through ChantService + worker (SQLite), images/s."""
+    import asyncio
+
+    runs = {}
+    for max_batch in dict.fromkeys((1, bench.args.max_batch)):
+        runs[max_batch] = asyncio.run(_queue_run(bench, max_batch))
+    base = runs[1]["images_per_s"]
+    return {
+        "queue": [
+            {"max_batch": mb, **r, "speedup_vs_max_batch_1": round(r["images_per_s"] / base, 3)}
+            for mb, r in runs.items()
+        ]
+    }
+
+
+async def _queue_run(bench: _Bench, max_batch: int) -> dict[str, Any]:
+    import dataclasses
+
+    from core.bootstrap import bootstrap, open_database
+    from core.config import LimitSettings, QueueSettings
+    from core.services import Actor, ImagineOptions, JobDone, JobFailed
+
+    args, users = bench.args, bench.args.users
+    folder = Path(tempfile.mkdtemp(prefix="chant-bench-queue-", dir=bench.tmp))
+    engine = _KeepOpen(bench.engine)  # the service closes its engine on stop; the next run needs it
+    settings = dataclasses.replace(
+        bench.settings,
+        engine=dataclasses.replace(bench.engine_settings, max_batch=max_batch),
+        database=dataclasses.replace(bench.settings.database, url=f"sqlite+aiosqlite:///{folder}/bench.db"),
+        limits=LimitSettings(
+            max_steps=max(args.steps, 50),
+            max_pixels=max(bench.size * bench.size, 1024 * 1024),
+            max_images=max(args.count, 4),
+            max_queued_per_user=users,
+            max_queued_per_guild=users,
+            max_queued_global=users,
+        ),
+        queue=QueueSettings(poll_interval_s=0.05, lease_seconds=600.0),
+    )
+    db = await open_database(settings)
+    service = await bootstrap(settings, db=db, engine=engine, worker=True)
+    events = service.events()
+    try:
+        start = time.perf_counter()
+        for i in range(users):
+            guild = 1 + i % args.guilds
+            await service.submit_imagine(
+                Actor(user_id=100 * guild + i, guild_id=guild, channel_id=guild),
+                ImagineOptions(
+                    prompt=_jobs(bench, i + 1)[i].prompt,
+                    negative=bench.request.negative_prompt,
+                    width=bench.size,
+                    height=bench.size,
+                    steps=args.steps,
+                    cfg=args.cfg + i % 3,
+                    sampler=args.sampler,
+                    seed=1000 + i,
+                    count=args.count,
+                    model="bench",
+                ),
+            )
+        submitted = time.perf_counter() - start
+        await service.start()
+        done = failed = 0
+        async for event in events:
+            if isinstance(event, JobDone):
+                done += 1
+            elif isinstance(event, JobFailed):
+                failed += 1
+            if done + failed == users:
+                break
+        seconds = time.perf_counter() - start
+    finally:
+        await service.stop()
+        await db.dispose()
+    if failed:
+        raise SystemExit(f"queue bench: {failed} of {users} jobs failed")
+    return {
+        "jobs": users,
+        "guilds": args.guilds,
+        "submit_s": round(submitted, 3),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(users * args.count / seconds, 3),
+    }
+
+
+class _KeepOpen:
+    """The engine, except that ``close()`` does nothing."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def close(self) -> None:
+        pass
+
+
+def _memory(bench: _Bench) -> dict[str, Any]:
+    """Peak memory of one job, a full batch, and one job with model CPU offload (CUDA: allocated)."""
+    import torch
+
+    from core.engine import accel
+
+    engine, device = bench.engine, bench.engine.device
+    out: dict[str, Any] = {
+        "memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS (monotonic)"
+    }
+
+    def peak(jobs) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        engine.generate_batch(jobs)
+        return round(_peak_memory_mb(device), 1)
+
+    out["peak_mb_batch_1"] = peak(_jobs(bench, 1))
+    out[f"peak_mb_batch_{bench.args.max_batch}"] = peak(_jobs(bench, bench.args.max_batch))
+    accel.enable_cpu_offload(bench.model, device)  # last: the hooks stay on this model
+    out["peak_mb_batch_1_cpu_offload"] = peak(_jobs(bench, 1))
+    return out
+
+
+def _warmup(bench: _Bench) -> dict[str, Any]:
+    """Compile (CUDA) and warm-up time for the configured sizes and ``--batch-sizes``; first job after."""
+    import dataclasses
+
+    from core.engine import accel
+
+    engine, model, args = bench.engine, bench.model, bench.args
+    engine.settings = dataclasses.replace(
+        engine.settings,
+        compile=args.compile,
+        warmup_sizes=(f"{bench.size}x{bench.size}",),
+        batch_buckets=tuple(_batch_sizes(bench)),
+    )
+    compiled = args.compile != "off" and engine.device.type == "cuda"
+    start = time.perf_counter()
+    if compiled:
+        accel.compile_unet(model, args.compile)
+    report = accel.warmup(engine, model)
+    warm = time.perf_counter() - start
+    start = time.perf_counter()
+    engine.generate(bench.request)
+    bench.sync()
+    return {
+        "warmup_compile": args.compile
+        if compiled or args.compile == "off"
+        else f"off (asked {args.compile}; compile needs CUDA)",
+        "warmup_s": round(warm, 3),
+        "warmup_shapes_s": report["shapes"],
+        "first_job_after_warmup_s": round(time.perf_counter() - start, 3),
+    }
+
+
+SCENARIO_FUNCS = {
+    "single": _single,
+    "batch-sweep": _batch_sweep,
+    "queue": _queue,
+    "memory": _memory,
+    "warmup": _warmup,
+}

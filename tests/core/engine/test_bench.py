@@ -24,3 +24,20 @@ def test_bench_reports_every_stage_and_the_ratio() -> None:
     ):
         assert result[key] > 0, key
     assert result["device"] == "cpu" and result["shapes"] == "tiny"
+
+
+def test_bench_scenarios_run_on_the_tiny_model() -> None:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    options = "--scenario all --steps 2 --repeats 1 --threads 1 --batch-sizes 1,2 --users 4 --guilds 2"
+    args = parser.parse_args([*options.split(), "--max-batch", "2", "--compile", "cuda-graphs"])
+    result = bench.run(args, Settings())
+    assert [row["jobs"] for row in result["batch_sweep"]] == [1, 2]
+    assert all(row["speedup"] > 0 for row in result["batch_sweep"])
+    assert [(row["max_batch"], row["jobs"], row["guilds"]) for row in result["queue"]] == [
+        (1, 4, 2),
+        (2, 4, 2),
+    ]
+    assert result["peak_mb_batch_1"] > 0 and result["peak_mb_batch_1_cpu_offload"] > 0
+    assert result["warmup_compile"].startswith("off (asked cuda-graphs")
+    assert list(result["warmup_shapes_s"]) == ["64x64/b1", "64x64/b2"]
