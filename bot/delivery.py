@@ -161,6 +161,22 @@ class Delivery:
                 log.exception("could not render event %r", event)
 
     async def post_backlog(self) -> None:
+        # Jobs queued before a restart: track their status messages again, so progress goes on.
+        live = getattr(self.service, "live_status_jobs", None)
+        if live is not None:
+            try:
+                for job, reply_to in await live():
+                    if job.id not in self.tracked and job.status_message_id is not None:
+                        self.track(
+                            job.id,
+                            job.channel_id,
+                            job.guild_id,
+                            job.status_message_id,
+                            reply_to=reply_to,
+                            prompt=job.request.prompt,
+                        )
+            except Exception:
+                log.exception("could not restore the live status of queued jobs")
         for job in await self.service.unposted_results():
             if job.state == "done":
                 images = await self.service.job_images(job.id)

@@ -96,8 +96,9 @@ def load_mask(data: bytes, size: tuple[int, int], *, max_pixels: int) -> bytes:
 
 
 def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """The source's size, scaled down to ``max_pixels`` if needed, in multiples of 8 (at least 64)."""
-    scale = min(1.0, (max_pixels / (width * height)) ** 0.5)
+    """The source's size, scaled to fit ``max_pixels`` (and up to 64 on the short side), in multiples
+    of 8, keeping the aspect ratio as well as those allow."""
+    scale = min(max(1.0, 64 / min(width, height)), (max_pixels / (width * height)) ** 0.5)
     w = max(64, int(width * scale) // 8 * 8)
     h = max(64, int(height * scale) // 8 * 8)
     while w * h > max_pixels and (w > 64 or h > 64):

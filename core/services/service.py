@@ -644,6 +644,27 @@ class ChantService:
                     out.append(await self._view(s, job))
             return out
 
+    async def live_status_jobs(self, limit: int = 1000) -> list[tuple[JobView, int | None]]:
+        """Queued and running jobs that have a status message (restart recovery: the bot tracks them
+        again, so their live progress continues), each with the result message a reroll or variation
+        answers (its parent's first result), or None."""
+        async with self.db.session() as s:
+            repos = Repositories(s)
+            rows = await s.scalars(
+                select(Job)
+                .where(Job.state.in_(("queued", "running")), Job.status_message_id.is_not(None))
+                .order_by(Job.id)
+                .limit(limit)
+            )
+            out = []
+            for job in rows:
+                reply_to = None
+                if job.parent_id is not None and job.kind in ("reroll", "variation"):
+                    parent_messages = await repos.jobs.result_message_ids(job.parent_id)
+                    reply_to = parent_messages[0] if parent_messages else None
+                out.append((await self._view(s, job), reply_to))
+            return out
+
     async def delete_result(self, actor: Actor, message_id: int) -> JobView:
         async with self.db.transaction(write=True) as s:
             repos = Repositories(s)

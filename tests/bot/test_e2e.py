@@ -281,3 +281,105 @@ async def test_three_guilds_flooding_are_served_interleaved(tmp_path: Path, fake
         # rounds of three (+1 for the job running when they arrived) — far ahead of the floods' ends.
         assert sequence.rindex("C") <= served_before_c + 6, (served_before_c, sequence)
         assert sequence.rindex("C") < min(sequence.rindex("A"), sequence.rindex("B")), sequence
+
+
+def png_bytes(size=(48, 32), color=(20, 120, 220)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def test_img2img_attachments_are_checked_and_variation_replies(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with chant(tmp_path, fake):
+        # A corrupt upload: core opens it with Pillow and refuses it privately, before queueing.
+        broken = fake.add_attachment("broken.png", png_bytes()[:80])
+        _, token = await fake.interaction(
+            "img2img",
+            [opt("prompt", "a fox"), opt("image", broken["id"], 11)],
+            guild_id=GUILD_A,
+            channel_id=CHANNEL_A,
+            user_id=ALICE,
+            attachments=[broken],
+        )
+        (refusal,) = await fake.wait_call("POST", rf"/webhooks/\d+/{token}", timeout=30)
+        assert refusal.json["flags"] & 64 and "damaged" in refusal.json["content"], refusal.json
+        # A good one: queued as img2img, the result is posted with 🔁 and 🔀.
+        good = fake.add_attachment("fox.png", png_bytes())
+        await fake.interaction(
+            "img2img",
+            [
+                opt("prompt", "a fox"),
+                opt("image", good["id"], 11),
+                opt("strength", 0.5, 10),
+                opt("steps", 4, 4),
+            ],
+            guild_id=GUILD_A,
+            channel_id=CHANNEL_A,
+            user_id=ALICE,
+            attachments=[good],
+        )
+        (first,) = await fake.wait_call(
+            "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), timeout=30
+        )
+        assert "96×64" in first.json["content"]  # no size given: the source's, up to 64 on the short side
+        original = int(first.response["id"])
+        await fake.wait_call("PUT", rf"/channels/{CHANNEL_A}/messages/{original}/reactions/🔀/@me")
+        # 🔀: the same seed, a variation seed mixed in, as a reply.
+        await fake.react(original, "🔀", user_id=BOB, channel_id=CHANNEL_A, guild_id=GUILD_A)
+        posts = await fake.wait_call(
+            "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), count=2, timeout=30
+        )
+        second = posts[1]
+        assert int(second.json["message_reference"]["message_id"]) == original
+        assert seed_of(second) == seed_of(first)
+        assert "Variation seed strength: 0.25" in parameters(second)
+
+
+async def test_jobs_queued_before_a_restart_get_live_progress_after_it(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    write_config(tmp_path, "max_batch = 1\n")
+    async with chant(tmp_path, fake, step_delay=0.3) as proc:
+        tokens = []
+        for n in range(2):  # the first runs, the second waits behind it
+            _, token = await fake.interaction(
+                "imagine",
+                [opt("prompt", f"slow job {n}"), opt("steps", 20, 4)],
+                guild_id=GUILD_A,
+                channel_id=CHANNEL_A,
+                user_id=ALICE + n,
+            )
+            tokens.append(token)
+        statuses = [
+            (await fake.wait_call("PATCH", rf"/webhooks/\d+/{t}/messages/@original", timeout=30))[0]
+            for t in tokens
+        ]
+        (waiting_status,) = [c for c in statuses if "in the queue" in c.json["content"]]
+        waiting = int(waiting_status.response["id"])
+        waiting_prompt = f"slow job {statuses.index(waiting_status)}"
+        assert await proc.stop() == 0, proc.output[-3000:]
+    before = len(fake.calls)
+    async with chant(tmp_path, fake, step_delay=0.1):
+        # The new process edits the waiting job's status message with a progress bar...
+        await fake.wait_until(
+            lambda: any(
+                c.method == "PATCH"
+                and c.path == f"/channels/{CHANNEL_A}/messages/{waiting}"
+                and "/20`" in ((c.json or {}).get("content") or "")
+                for c in fake.calls[before:]
+            ),
+            30,
+            "a progress edit of the job queued before the restart",
+        )
+        # ...and then posts its result and removes the status message.
+        await fake.wait_until(
+            lambda: any(
+                c.method == "POST" and c.files and parameters(c).startswith(waiting_prompt)
+                for c in fake.calls[before:]
+            ),
+            30,
+            "the result of the job queued before the restart",
+        )
+        await fake.wait_call("DELETE", rf"/channels/{CHANNEL_A}/messages/{waiting}", timeout=10)

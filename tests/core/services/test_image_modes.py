@@ -190,3 +190,27 @@ def test_fit_size_keeps_the_aspect_within_the_limit() -> None:
     w, h = fit_size(4000, 3000, 1024 * 1024)
     assert w * h <= 1024 * 1024 and w % 8 == 0 and h % 8 == 0 and abs(w / h - 4 / 3) < 0.02
     assert fit_size(20, 20, 1024 * 1024) == (64, 64)
+    assert fit_size(48, 32, 1024 * 1024) == (96, 64)
+
+
+async def test_live_status_jobs_lists_waiting_jobs_with_status_messages_and_reply_targets(harness) -> None:
+    service = await harness.open()
+    events = service.events()
+    first = await service.submit_imagine(actor(), ImagineOptions(prompt="a fox", steps=3))
+    await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == first.job_id)
+    await service.record_result_messages(first.job_id, [9001])
+    await service.stop()  # nothing runs from here: the next jobs stay queued
+    await harness.db.dispose()
+    harness.service = None
+    service = await harness.open(start=False)
+    plain = await service.submit_imagine(actor(user=21), ImagineOptions(prompt="b", steps=3))
+    var = await service.variation(actor(user=22), 9001)
+    silent = await service.submit_imagine(actor(user=23), ImagineOptions(prompt="c", steps=3))
+    await service.record_status_message(plain.job_id, 100, 8001)
+    await service.record_status_message(var.job_id, 100, 8002)
+    live = await service.live_status_jobs()
+    assert [(j.id, j.status_message_id, reply) for j, reply in live] == [
+        (plain.job_id, 8001, None),
+        (var.job_id, 8002, 9001),
+    ]
+    assert silent.job_id not in [j.id for j, _ in live]  # no status message: nothing to edit
