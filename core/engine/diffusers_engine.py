@@ -1,4 +1,5 @@
-"""``DiffusersEngine``: txt2img with diffusers' UNet, VAE and schedulers and A1111's semantics.
+"""``DiffusersEngine``: txt2img, img2img, inpaint and hires fix with diffusers' UNet, VAE and schedulers
+and A1111's semantics (the image preprocessing lives in ``core.engine.image_modes``).
 
 We use the pipelines' components but run our own denoising loop, because A1111 needs things the
 pipelines do not do: per-step prompt schedules (editing, alternation) counted in model calls,
@@ -193,7 +194,9 @@ class DiffusersEngine:
             start_from = self.image_start(model, init, request) if init is not None else None
             hires_steps = (request.hr_second_pass_steps or request.steps) if request.enable_hr else 0
             progress = (0, request.steps + hires_steps) if request.enable_hr else None
-            latents = self.denoise(plan, stats, on_progress, should_cancel, start=start_from, progress=progress)
+            latents = self.denoise(
+                plan, stats, on_progress, should_cancel, start=start_from, progress=progress
+            )
         # 7b. Hires fix: upscale, then a second img2img pass with the hires prompt's schedule
         if request.enable_hr:
             latents = self.hires_pass(plan, latents, stats, on_progress, should_cancel)
@@ -263,13 +266,17 @@ class DiffusersEngine:
             if r.init_image is None:
                 raise GenerationError(f"{r.mode} needs a source image")
             if not 0.0 <= r.denoising_strength <= 1.0:
-                raise GenerationError(f"denoising strength must be between 0 and 1, not {r.denoising_strength}")
+                raise GenerationError(
+                    f"denoising strength must be between 0 and 1, not {r.denoising_strength}"
+                )
             if r.resize_mode not in image_modes.RESIZE_MODES:
                 raise GenerationError(
                     f"resize mode must be 0 (just resize), 1 (crop and resize) or 2 (resize and fill), not {r.resize_mode}"
                 )
             if r.enable_hr:
-                raise GenerationError("hires fix is a txt2img option; it cannot be combined with img2img/inpaint")
+                raise GenerationError(
+                    "hires fix is a txt2img option; it cannot be combined with img2img/inpaint"
+                )
         elif r.init_image is not None or r.mask_image is not None:
             raise GenerationError("txt2img takes no source image or mask; use img2img or inpaint")
         if r.mode == Mode.IMG2IMG and r.mask_image is not None:
@@ -296,7 +303,9 @@ class DiffusersEngine:
                     f"hires denoising strength must be above 0 and at most 1, not {r.hr_denoising_strength}"
                 )
             if not 0 <= r.hr_second_pass_steps <= MAX_STEPS:
-                raise GenerationError(f"hires steps must be between 0 and {MAX_STEPS}, not {r.hr_second_pass_steps}")
+                raise GenerationError(
+                    f"hires steps must be between 0 and {MAX_STEPS}, not {r.hr_second_pass_steps}"
+                )
             if not 1.0 <= r.hr_scale <= 4.0:
                 raise GenerationError(f"hires upscale must be between 1 and 4, not {r.hr_scale}")
             if r.hr_resize_x < 0 or r.hr_resize_y < 0:
@@ -305,7 +314,9 @@ class DiffusersEngine:
                 r.width, r.height, r.hr_scale, r.hr_resize_x, r.hr_resize_y
             )
             if max(to_x, to_y) > MAX_SIDE or min(to_x - 8 * tx, to_y - 8 * ty) < 64:
-                raise GenerationError(f"the hires size {to_x}x{to_y} must be between 64 and {MAX_SIDE} a side")
+                raise GenerationError(
+                    f"the hires size {to_x}x{to_y} must be between 64 and {MAX_SIDE} a side"
+                )
             steps = r.hr_second_pass_steps or r.steps
             if steps / min(r.hr_denoising_strength, 0.999) > 1000:
                 raise GenerationError("hires denoising strength is too small for that many hires steps")
@@ -547,6 +558,13 @@ class DiffusersEngine:
         ``int(steps / strength)`` steps and exactly ``start.steps`` run. The prompt schedule keeps the full
         step count and its counter starts at 0 on the first step that runs (A1111 §4.5). ``progress`` is
         (steps done before this loop, total steps reported).
+
+        Inpaint (``start.keep``): after every step the kept area is reset to the source latents noised to
+        the next step (``scheduler.add_noise``, as diffusers' inpaint pipeline does), and after the last
+        step to the clean source latents (A1111's ``samples * nmask + init_latent * mask``). A1111 blends
+        the model's x0 prediction instead of x; that needs per-scheduler x0 algebra (sigma vs alpha space,
+        eps vs v), while the noised blend works for every diffusers scheduler alike. The kept area ends
+        identical either way; only the repainted area's view of its border differs slightly.
         """
         from core.engine import rng
 
