@@ -135,7 +135,17 @@ HiresSteps = app_commands.Range[int, 0, 150]
 SourceJob = app_commands.Range[int, 1, 2**53]
 ResizeMode = Literal["just resize", "crop and resize", "resize and fill"]
 Fill = Literal["fill", "original", "latent noise", "latent nothing"]
-Upscaler = Literal["Latent", "Lanczos"]
+Upscaler = Literal[
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+    "Lanczos",
+    "Nearest",
+    "None",
+]
 RESIZE_MODES = {"just resize": 0, "crop and resize": 1, "resize and fill": 2}  # A1111's numbers
 FILLS = {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}
 

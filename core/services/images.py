@@ -25,7 +25,7 @@ class SourceImage:
     png: bytes
     width: int
     height: int
-    alpha_mask: bytes | None  # a mask (white = repaint) from transparent pixels, if there are any
+    transparent: bool  # it has transparent pixels: kept as RGBA, the engine repaints them (inpaint)
 
 
 def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
@@ -65,19 +65,15 @@ def _png(img: Image.Image) -> bytes:
 
 
 def load_source(data: bytes, *, max_pixels: int, what: str = "source image") -> SourceImage:
-    """The source image as PNG (RGB, or RGBA when it has transparent pixels)."""
+    """The source image as PNG: RGB, or RGBA when it has transparent pixels (A1111 repaints those when
+    no mask is given; the engine derives that mask and flattens the rest onto white)."""
     img = _open(data, what, max_pixels)
-    alpha_mask = None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
-        alpha = rgba.getchannel("A")
-        if alpha.getextrema()[0] < 255:
-            # A1111: transparent pixels of the source are the ones to repaint.
-            alpha_mask = _png(alpha.point(lambda a: 255 if a < 128 else 0))
-        img = rgba.convert("RGB")
-    else:
-        img = img.convert("RGB")
-    return SourceImage(_png(img), img.width, img.height, alpha_mask)
+        if rgba.getchannel("A").getextrema()[0] < 255:
+            return SourceImage(_png(rgba), rgba.width, rgba.height, True)
+    img = img.convert("RGB")
+    return SourceImage(_png(img), img.width, img.height, False)
 
 
 def load_mask(data: bytes, size: tuple[int, int], *, max_pixels: int) -> bytes:

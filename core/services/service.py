@@ -62,7 +62,18 @@ MAX_SEED = 2**32 - 1
 # 🔀: the same request and seed, plus a random A1111 variation seed mixed in at this strength: close
 # to the original (composition kept), visibly different in the details.
 VARIATION_STRENGTH = 0.25
-UPSCALERS = ("Latent", "Lanczos")  # hires fix upscalers the engine knows
+# Hires fix upscalers the engine knows (core.engine.image_modes.upscaler_names(); a test keeps them equal).
+UPSCALERS = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+    "Lanczos",
+    "Nearest",
+    "None",
+)
 MAX_HIRES_SCALE = 4.0
 DEFAULT_SECONDS_PER_UNIT = 2.0  # GPU seconds per standard image until the queue has measured some
 DEFAULT_SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DDIM", "LMS", "Heun")
@@ -377,10 +388,11 @@ class ChantService:
             mask = (
                 load_mask(o.mask_image, (source.width, source.height), max_pixels=max_input)
                 if o.mask_image is not None
-                else source.alpha_mask
+                else None
             )
+            inpaint = mask is not None or source.transparent  # transparent pixels are repainted
             changes.update(
-                init_image=source.png, mask_image=mask, mode=Mode.INPAINT if mask else Mode.IMG2IMG
+                init_image=source.png, mask_image=mask, mode=Mode.INPAINT if inpaint else Mode.IMG2IMG
             )
             if o.width is None and o.height is None:  # no size asked for: the source's, within the limit
                 changes["width"], changes["height"] = fit_size(
@@ -504,17 +516,17 @@ class ChantService:
             if r.hr_upscaler not in UPSCALERS:
                 raise UserError(
                     "invalid",
-                    f"I do not know the upscaler {r.hr_upscaler!r}; choose {' or '.join(UPSCALERS)}.",
+                    f"I do not know the upscaler {r.hr_upscaler!r}; choose one of: {', '.join(UPSCALERS)}.",
                 )
             if not 1.0 <= r.hr_scale <= MAX_HIRES_SCALE:
                 raise UserError(
                     "invalid",
                     f"hires_scale must be between 1 and {MAX_HIRES_SCALE:g} (you gave {r.hr_scale:g}).",
                 )
-            if not 0.0 <= r.hr_denoising_strength <= 1.0:
+            if not 0.0 < r.hr_denoising_strength <= 1.0:
                 raise UserError(
                     "invalid",
-                    f"hires_strength must be between 0 and 1 (you gave {r.hr_denoising_strength:g}).",
+                    f"hires_strength must be above 0 and at most 1 (you gave {r.hr_denoising_strength:g}).",
                 )
             if not 0 <= r.hr_second_pass_steps <= lim["max_steps"]:
                 raise UserError(

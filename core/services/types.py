@@ -76,7 +76,7 @@ class ImagineOptions:
     hires_scale: float | None = None
     hires_steps: int | None = None  # 0 = as many as the first pass
     hires_strength: float | None = None
-    upscaler: str | None = None  # Latent | Lanczos
+    upscaler: str | None = None  # Latent, Lanczos, ... (see core.services.service.UPSCALERS)
 
 
 @dataclass(frozen=True)

@@ -152,3 +152,64 @@ async def test_real_engine_imagine_reroll_and_a_prompt_error(tmp_path: Path, fak
         )
         (refusal,) = await fake.wait_call("POST", rf"/webhooks/\d+/{token}")
         assert refusal.json["flags"] & EPHEMERAL and "column 12" in refusal.json["content"], refusal.json
+
+
+def png_bytes(size=(64, 64), color=(200, 40, 40), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def test_real_engine_img2img_and_inpaint_from_attachments(
+    tmp_path: Path, fake: FakeDiscord, tiny_model
+):
+    async with real_chant(tmp_path, fake, tiny_model):
+        source = fake.add_attachment("source.png", png_bytes())
+        mask = png_bytes((32, 32), 0, "L")  # another size than the source: stretched to it, as A1111
+        half = Image.open(io.BytesIO(mask))
+        half.paste(255, (0, 0, 16, 32))
+        buf = io.BytesIO()
+        half.save(buf, format="PNG")
+        mask_att = fake.add_attachment("mask.png", buf.getvalue())
+        await fake.interaction(
+            "img2img",
+            [
+                opt("prompt", "a blue fox"),
+                opt("image", source["id"], 11),
+                opt("strength", 0.6, 10),
+                opt("steps", 4, 4),
+                opt("seed", 99, 4),
+            ],
+            guild_id=GUILD_A,
+            channel_id=CHANNEL_A,
+            user_id=ALICE,
+            attachments=[source],
+        )
+        (plain,) = await fake.wait_call(
+            "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), timeout=60
+        )
+        params = parameters(plain)
+        assert params.splitlines()[0] == "a blue fox" and "Denoising strength: 0.6" in params, params
+        assert "Seed: 99" in params and "Size: 64x64" in params
+        await fake.interaction(
+            "img2img",
+            [
+                opt("prompt", "a blue fox"),
+                opt("image", source["id"], 11),
+                opt("mask", mask_att["id"], 11),
+                opt("mask_blur", 0, 4),
+                opt("steps", 4, 4),
+                opt("seed", 99, 4),
+            ],
+            guild_id=GUILD_A,
+            channel_id=CHANNEL_A,
+            user_id=BOB,
+            attachments=[source, mask_att],
+        )
+        posts = await fake.wait_call(
+            "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), count=2, timeout=60
+        )
+        inpainted = Image.open(io.BytesIO(posts[1].files[0][1])).convert("RGB")
+        # Only the white (left) half is repainted; the kept half is the source's pixels again.
+        assert inpainted.getpixel((60, 30)) == (200, 40, 40)
+        assert inpainted.getpixel((4, 30)) != (200, 40, 40)

@@ -77,8 +77,14 @@ async def test_inpaint_mask_of_another_size_is_resized_and_transparency_is_a_mas
     rgba.save(buf, format="PNG")
     r = await service.submit_imagine(actor(user=12), ImagineOptions(prompt="x", init_image=buf.getvalue()))
     req = await stored_request(harness, r.job_id)
-    mask_img = Image.open(io.BytesIO(req.mask_image))
-    assert req.mode == Mode.INPAINT and mask_img.getpixel((5, 5)) == 255 and mask_img.getpixel((50, 5)) == 0
+    kept = Image.open(io.BytesIO(req.init_image))
+    assert req.mode == Mode.INPAINT and req.mask_image is None  # the engine repaints what is transparent
+    assert kept.mode == "RGBA" and kept.getpixel((5, 5))[3] == 0 and kept.getpixel((50, 5))[3] == 255
+    # An opaque RGBA upload is plain img2img.
+    buf = io.BytesIO()
+    Image.new("RGBA", (64, 64), (0, 0, 255, 255)).save(buf, format="PNG")
+    r = await service.submit_imagine(actor(user=13), ImagineOptions(prompt="x", init_image=buf.getvalue()))
+    assert (await stored_request(harness, r.job_id)).mode == Mode.IMG2IMG
 
 
 @pytest.mark.parametrize(
@@ -100,6 +106,7 @@ async def test_inpaint_mask_of_another_size_is_resized_and_transparency_is_a_mas
             "Hires fix would make",
         ),
         ({"hires": True, "upscaler": "ESRGAN"}, "invalid", "upscaler"),
+        ({"hires": True, "hires_strength": 0.0}, "invalid", "above 0"),
         ({"hires": True, "hires_steps": 99}, "limit.steps", "hires_steps"),
     ],
 )
@@ -183,6 +190,16 @@ async def test_guild_limits_follow_admin_changes(harness) -> None:
     await service.admin_set_limit(actor(user=1, manage_guild=True), "max_pixels", 512 * 512)
     assert (await service.guild_limits(actor())).max_pixels == 512 * 512
     assert (await service.guild_limits(actor(guild=2))).max_pixels == 1024 * 1024
+
+
+def test_upscaler_names_match_the_engine() -> None:
+    from typing import get_args
+
+    from bot.options import Upscaler
+    from core.engine.image_modes import upscaler_names
+    from core.services.service import UPSCALERS
+
+    assert list(UPSCALERS) == upscaler_names() == list(get_args(Upscaler))
 
 
 def test_fit_size_keeps_the_aspect_within_the_limit() -> None:
