@@ -80,8 +80,9 @@ def batch_key(engine, request: GenerationRequest) -> tuple | None:
     if request.mode != Mode.TXT2IMG or request.enable_hr:
         return None
     try:
+        engine.check_inputs(request)
         positive, _ = engine.interpret(request)
-    except GenerationError:
+    except (GenerationError, ValueError):
         return None  # it fails alone, with the message generate() gives
     return (*request.batch_key(), networks_key(positive.networks), request.eta)
 
