@@ -179,6 +179,7 @@ async def test_info_reaction_dms_parameters_and_delete_needs_owner_or_admin(bot:
     dm_channel = BOB + 1
     (params,) = await fake.wait_call("POST", rf"/channels/{dm_channel}/messages")
     assert "Seed: 42" in params.json["content"] and "job #1" in params.json["content"]
+    assert "/img2img job:1" in params.json["content"]  # the "use as source" path
     # BOB is neither the owner nor an admin: refused, privately, and nothing is deleted.
     await fake.react(mid, "❌", user_id=BOB, channel_id=CHANNEL_A, guild_id=GUILD_A)
     await fake.wait_call("POST", rf"/channels/{dm_channel}/messages", count=2)

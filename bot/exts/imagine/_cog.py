@@ -298,8 +298,13 @@ class ImagineCog(commands.Cog):
 
     async def _info(self, actor: Actor, job) -> None:
         images = await self.service.job_images(job.id)
-        for image in images[:4]:
-            await self._dm(actor.user_id, render.parameters_text(image.infotext, job_id=job.id))
+        hint = f"\nStart from this image: `/img2img job:{job.id}` · 🔀 on the result makes a variation."
+        for n, image in enumerate(images[:4]):
+            tail = hint if n == 0 else ""
+            text = render.parameters_text(
+                image.infotext, job_id=job.id, limit=render.MESSAGE_LIMIT - len(tail)
+            )
+            await self._dm(actor.user_id, text + tail)
 
     async def _dm(self, user_id: int, text: str) -> None:
         try:
