@@ -96,7 +96,6 @@ class LimitSettings:
     max_queued_per_guild: int = 50
     max_queued_global: int = 500
     max_prompt_chars: int = 6000
-    max_input_pixels: int = 4096 * 4096  # largest source image or mask users may upload (img2img)
 
 
 @dataclass(frozen=True)

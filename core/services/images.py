@@ -40,7 +40,7 @@ def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
                 raise UserError(
                     "image.too_large",
                     f"The {what} is {width}×{height} ({width * height / 1e6:.1f} megapixels); this bot "
-                    f"accepts at most {max_pixels / 1e6:.1f} megapixels. Send a smaller image.",
+                    f"accepts at most {max_pixels / 1e6:g} megapixels. Send a smaller image.",
                 )
             img.load()
     except UserError:

@@ -383,7 +383,7 @@ class ChantService:
             if given:
                 raise UserError("invalid", f"{', '.join(given)} only apply with a source image.")
         else:
-            max_input = self.settings.limits.max_input_pixels
+            max_input = self._max_input_pixels()
             source = load_source(data, max_pixels=max_input)
             mask = (
                 load_mask(o.mask_image, (source.width, source.height), max_pixels=max_input)
@@ -432,6 +432,10 @@ class ChantService:
             return request.replace(**changes) if changes else request
         except (TypeError, ValueError) as exc:
             raise UserError("invalid", f"One of the options has the wrong type: {exc}.") from None
+
+    def _max_input_pixels(self) -> int:
+        """The engine's limit for uploaded sources and masks (``engine.max_input_megapixels``)."""
+        return int(self.settings.engine.max_input_megapixels * 1_000_000)
 
     async def _job_source(self, s, actor: Actor, job_id: int) -> bytes:
         """The first image of a job the actor may see (the "use as source" path)."""
@@ -586,7 +590,7 @@ class ChantService:
             max_steps=lim["max_steps"],
             max_pixels=lim["max_pixels"],
             max_images=lim["max_images"],
-            max_input_pixels=self.settings.limits.max_input_pixels,
+            max_input_pixels=self._max_input_pixels(),
         )
 
     def _check_text(self, r: GenerationRequest, guild: Guild | None) -> None:

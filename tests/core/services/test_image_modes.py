@@ -111,7 +111,10 @@ async def test_inpaint_mask_of_another_size_is_resized_and_transparency_is_a_mas
     ],
 )
 async def test_bad_image_and_mode_options_are_clear_errors(tmp_path, options, code, words) -> None:
-    h = Harness(tmp_path, max_input_pixels=200 * 200)
+    h = Harness(tmp_path)
+    h.settings = dataclasses.replace(
+        h.settings, engine=dataclasses.replace(h.settings.engine, max_input_megapixels=0.04)
+    )
     try:
         service = await h.open(start=False)
         with pytest.raises(UserError) as err:
