@@ -81,6 +81,7 @@ class _Plan:
     ensd: int
     empty: Cond | None = None  # the empty prompt's encoding, when pad_cond_uncond is on
     unet_cache: dict = field(default_factory=dict)
+    image_cond: torch.Tensor | None = None  # inpainting UNets: [mask, masked-image latents] per image
 
 
 @dataclass
@@ -177,9 +178,11 @@ class DiffusersEngine:
             model.pipe.vae.enable_tiling()
         if self.settings.vae_slicing:
             model.pipe.vae.enable_slicing()
-        if init is not None and model.pipe.unet.config.in_channels != 4:
+        in_channels = model.pipe.unet.config.in_channels
+        if init is not None and in_channels not in (4, 9):
             raise GenerationError(
-                "this model is an inpainting model (9-channel UNet); img2img/inpaint need a regular model here"
+                f"this model's UNet takes {in_channels} input channels; img2img and inpaint work with "
+                "regular (4) and inpainting (9) models"
             )
         stats.load = time.perf_counter() - start
         # 3. Interpret the prompts; apply the job's extra networks (<lora:…>, <hypernet:…>) until the
@@ -192,6 +195,8 @@ class DiffusersEngine:
             stats.encode = time.perf_counter() - t
             # 4.-7. Noise (or the source image's latents), timesteps, denoising loop
             start_from = self.image_start(model, init, request) if init is not None else None
+            if init is not None and in_channels == 9:
+                plan.image_cond = self.inpainting_conditioning(model, init, request.count)
             hires_steps = (request.hr_second_pass_steps or request.steps) if request.enable_hr else 0
             progress = (0, request.steps + hires_steps) if request.enable_hr else None
             latents = self.denoise(
@@ -357,21 +362,41 @@ class DiffusersEngine:
         return _Start(latents=latents, strength=request.denoising_strength, keep=keep, fill=init.fill)
 
     @torch.no_grad()
+    def inpainting_conditioning(self, model: models.LoadedModel, init, count: int) -> torch.Tensor:
+        """A1111's ``inpainting_image_conditioning`` for 9-channel UNets: the rounded repaint mask (all
+        ones for img2img) at latent size, then the latents of the source with the masked area set to
+        grey (0 in [-1, 1]; ``inpainting_mask_weight`` 1)."""
+        import numpy as np
+
+        width, height = init.image.size
+        if init.work_mask is None:
+            mask = torch.ones(1, 1, height, width)
+        else:
+            values = np.asarray(init.work_mask.convert("L"), dtype=np.float32) / 255.0
+            mask = torch.round(torch.from_numpy(values))[None, None]
+        pixels = _to_pixels([init.image])
+        latents = self.encode_pixels(model, pixels * (1.0 - mask))
+        small = torch.nn.functional.interpolate(mask, size=latents.shape[-2:])
+        cond = torch.cat([small.to(latents.device, latents.dtype), latents], dim=1)
+        return cond.repeat(count, 1, 1, 1)
+
+    @torch.no_grad()
     def encode_images(self, model: models.LoadedModel, images: Sequence[Any]) -> torch.Tensor:
         """VAE-encode PIL images to latents (× the VAE's scaling factor).
 
         We take the latent distribution's mean: deterministic, where A1111's ``get_first_stage_encoding``
-        samples it with the global torch RNG (the SD VAE's std is ~1e-3 of the mean's scale, so the two
-        differ by far less than the sampler's noise).
+        samples it with the global torch RNG, so A1111 itself is not repeatable there (the posterior's
+        std is small next to the noise the sampler adds).
         """
-        import numpy as np
+        return self.encode_pixels(model, _to_pixels(images))
 
+    @torch.no_grad()
+    def encode_pixels(self, model: models.LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+        """VAE-encode a [-1, 1] image batch (N, 3, H, W) to latents (the distribution's mean)."""
         vae = model.pipe.vae
         upcast = (
             model.kind == "sdxl" and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
         )
-        arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images]
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2.0 - 1.0
         if upcast:
             vae.to(torch.float32)
         try:
@@ -718,6 +743,8 @@ class DiffusersEngine:
         count = latents.shape[0]
         unet = plan.model.pipe.unet
         model_input = scheduler.scale_model_input(latents, t)
+        if plan.image_cond is not None:  # inpainting UNet: [latents, mask, masked-image latents]
+            model_input = torch.cat([model_input, plan.image_cond.to(model_input.dtype)], dim=1)
         outputs = []
         for repeats, embeds, added in self.unet_inputs(plan, counter, count, time_ids):
             x = torch.cat([model_input] * repeats) if repeats > 1 else model_input
@@ -783,6 +810,14 @@ class DiffusersEngine:
         return GeneratedImage(
             png=infotext.png_with_infotext(image, text), seed=seed, subseed=subseed, infotext=text
         )
+
+
+def _to_pixels(images: Sequence[Any]) -> torch.Tensor:
+    """PIL images as one (N, 3, H, W) float tensor in [-1, 1]."""
+    import numpy as np
+
+    arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2.0 - 1.0
 
 
 def _image_mode_infotext(request: GenerationRequest) -> dict[str, Any]:

@@ -287,6 +287,7 @@ class PreparedInit:
     overlay: Image.Image | None = None  # RGBA original with alpha = kept, composited over the result
     paste_to: tuple[int, int, int, int] | None = None  # masked only: (x, y, w, h) in the source
     fill: int = 1  # inpainting_fill
+    work_mask: Image.Image | None = None  # the repaint mask at width x height (inpainting models' input)
 
 
 def prepare_init(
@@ -347,6 +348,7 @@ def prepare_init(
         overlay=overlay,
         paste_to=paste_to,
         fill=inpainting_fill,
+        work_mask=work_mask,
     )
 
 

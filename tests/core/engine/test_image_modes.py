@@ -383,3 +383,33 @@ def test_images_over_the_megapixel_limit_are_refused(tiny_sd15) -> None:
     with pytest.raises(GenerationError, match=r"the limit is 0\.001 megapixels"):
         engine.generate(img2img())
     engine.close()
+
+
+def test_inpainting_models_get_the_mask_and_masked_image_as_extra_input(tiny_sd15) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    engine = DiffusersEngine(engine_settings(tiny_sd15))
+    engine.generate(GenerationRequest(**{**SMALL, "steps": 1}))
+    model = next(iter(engine.models._models.values()))
+    torch.manual_seed(0)
+    model.pipe.unet = UNet2DConditionModel.from_config({**model.pipe.unet.config, "in_channels": 9}).eval()
+    inputs: list[torch.Tensor] = []
+    model.pipe.unet.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    source = pixels(png(noise_image()))
+    out = pixels(engine.generate(inpaint(mask_blur=0, denoising_strength=1.0)).images[0].png)
+    outside = np.ones((64, 64), bool)
+    outside[24:40, 24:40] = False
+    assert np.array_equal(out[outside], source[outside])
+    assert np.abs(out[26:38, 26:38] - source[26:38, 26:38]).mean() > 20
+    x = inputs[0]
+    assert x.shape[1] == 9
+    mask = x[0, 4]  # channel 4: the repaint mask at latent size (64 / 8), rounded
+    assert mask[3:5, 3:5].eq(1).all() and mask[0].eq(0).all() and set(mask.unique().tolist()) == {0.0, 1.0}
+    inputs.clear()
+    engine.generate(img2img())
+    assert inputs[0][0, 4].eq(1).all()  # img2img: everything may change
+    model.pipe.unet = UNet2DConditionModel.from_config({**model.pipe.unet.config, "in_channels": 8})
+    with pytest.raises(GenerationError, match="takes 8 input channels"):
+        engine.generate(img2img())
+    engine.close()
