@@ -38,6 +38,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "-n", "--count", type=int, default=1, metavar="COUNT", help="images (seeds seed..seed+COUNT-1)"
     )
     p.add_argument("-o", "--output", default="out.png", metavar="FILE", help="out.png, then out-1.png, ...")
+    image = p.add_argument_group("img2img / inpaint (A1111 options)")
+    image.add_argument("--init-image", default=None, metavar="FILE", help="source image: img2img")
+    image.add_argument("--mask", default=None, metavar="FILE", help="inpaint mask (white = repaint)")
+    image.add_argument(
+        "--inpaint", action="store_true", help="inpaint the source's transparent pixels (no --mask)"
+    )
+    image.add_argument("--strength", type=float, default=0.75, metavar="X", help="denoising strength")
+    image.add_argument(
+        "--resize-mode", type=int, choices=(0, 1, 2), default=0, help="0 just resize, 1 crop, 2 fill"
+    )
+    image.add_argument("--mask-blur", type=int, default=4, metavar="N")
+    image.add_argument(
+        "--fill", type=int, choices=(0, 1, 2, 3), default=1, help="0 fill, 1 original, 2 noise, 3 nothing"
+    )
+    image.add_argument("--masked-only", action="store_true", help='"Only masked" inpaint area')
+    image.add_argument("--padding", type=int, default=32, metavar="N", help="masked-only padding")
+    hires = p.add_argument_group("hires fix (txt2img)")
+    hires.add_argument("--hires", action="store_true", help="enable hires fix")
+    hires.add_argument("--hr-scale", type=float, default=2.0, metavar="X")
+    hires.add_argument("--hr-size", default=None, metavar="WxH", help="resize to (0 keeps the aspect)")
+    hires.add_argument("--hr-upscaler", default="Latent", metavar="NAME", help="Latent, Lanczos, ...")
+    hires.add_argument("--hr-steps", type=int, default=0, metavar="N", help="0 = same as --steps")
+    hires.add_argument("--hr-strength", type=float, default=0.7, metavar="X")
+    hires.add_argument("--hr-prompt", default="", metavar="TEXT")
+    hires.add_argument("--hr-negative", default="", metavar="TEXT")
     p.set_defaults(func=_generate)
 
 
@@ -57,10 +82,16 @@ def output_paths(output: str, count: int) -> list[Path]:
 
 
 def _generate(args: argparse.Namespace, settings) -> int:
-    from core.types import GenerationCancelled, GenerationError, GenerationRequest
+    from core.types import GenerationCancelled, GenerationError, GenerationRequest, Mode
 
     try:
         width, height = parse_size(args.size)
+        hr_x, hr_y = parse_size(args.hr_size) if args.hr_size else (0, 0)
+        init_image = Path(args.init_image).read_bytes() if args.init_image else None
+        mask_image = Path(args.mask).read_bytes() if args.mask else None
+    except OSError as exc:
+        print(f"chant generate: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"chant generate: {exc}", file=sys.stderr)
         return 2
@@ -81,6 +112,24 @@ def _generate(args: argparse.Namespace, settings) -> int:
         model=args.model,
         clip_skip=args.clip_skip,
         rng=args.rng,
+        mode=Mode.INPAINT if (mask_image or args.inpaint) else Mode.IMG2IMG if init_image else Mode.TXT2IMG,
+        init_image=init_image,
+        mask_image=mask_image,
+        denoising_strength=args.strength,
+        resize_mode=args.resize_mode,
+        mask_blur=args.mask_blur,
+        inpainting_fill=args.fill,
+        inpaint_full_res=args.masked_only,
+        inpaint_full_res_padding=args.padding,
+        enable_hr=args.hires,
+        hr_scale=args.hr_scale,
+        hr_resize_x=hr_x,
+        hr_resize_y=hr_y,
+        hr_upscaler=args.hr_upscaler,
+        hr_second_pass_steps=args.hr_steps,
+        hr_denoising_strength=args.hr_strength,
+        hr_prompt=args.hr_prompt,
+        hr_negative_prompt=args.hr_negative,
     )
     from tqdm import tqdm
 

@@ -413,3 +413,29 @@ def test_inpainting_models_get_the_mask_and_masked_image_as_extra_input(tiny_sd1
     with pytest.raises(GenerationError, match="takes 8 input channels"):
         engine.generate(img2img())
     engine.close()
+
+
+def test_chant_generate_takes_image_mode_options(tiny_sd15, tmp_path, capsys, monkeypatch) -> None:
+    from core.cli import main
+    from core.engine.infotext import parse_infotext
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHANT_CONFIG", "")
+    noise_image(96, 64).save(tmp_path / "src.png")
+    square_mask((96, 64), (40, 20, 60, 40)).save(tmp_path / "mask.png")
+    common = ["--model", str(tiny_sd15.folder), "--device", "cpu", "--seed", "1", "--steps", "2"]
+    args = ["--init-image", "src.png", "--mask", "mask.png", "--strength", "0.6", "--masked-only"]
+    assert main(["generate", "a cat", *common, "--size", "64x64", *args, "-o", "inpaint.png"]) == 0
+    image = Image.open(tmp_path / "inpaint.png")
+    params = parse_infotext(image.info["parameters"])
+    assert image.size == (96, 64) and params["Denoising strength"] == "0.6"
+    assert params["Inpaint area"] == "Only masked"
+    hires = ["--hires", "--hr-size", "96x0", "--hr-upscaler", "Lanczos", "--hr-steps", "1"]
+    assert main(["generate", "a cat", *common, "--size", "64x64", *hires, "-o", "hires.png"]) == 0
+    assert Image.open(tmp_path / "hires.png").size == (96, 96)
+    assert main(["generate", "a cat", *common, "--init-image", "missing.png"]) == 2
+    assert "cannot read missing.png" in capsys.readouterr().err
+    assert (
+        main(["generate", "a cat", *common, "--size", "64x64", "--init-image", "src.png", "--inpaint"]) == 1
+    )
+    assert "transparent pixels" in capsys.readouterr().err
