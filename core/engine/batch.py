@@ -51,6 +51,7 @@ class _Job:
     plan: Any  # diffusers_engine._Plan
     image_rng: Any = None  # rng.ImageRNG
     latents: torch.Tensor | None = None  # final latents once the loop is done
+    cancelled: bool = False  # cancelled, but its rows could not leave the batch
 
     @property
     def count(self) -> int:
@@ -301,15 +302,19 @@ def denoise_batch(
     with rng.scheduler_noise(scheduler, noise):
         for i, t in enumerate(timesteps):
             if should_cancel is not None:
-                keep = [job for job in active if not should_cancel(job.index)]
+                keep = [job for job in active if not job.cancelled and not should_cancel(job.index)]
                 if len(keep) < len(active):
                     for job in active:
                         if job not in keep:
                             outcomes[job.index] = GenerationCancelled("cancelled")
                     if not keep:
                         return []
-                    latents = drop_rows(scheduler, latents, _rows(active, keep))
-                    active[:] = keep  # BatchNoise sees the same list
+                    try:
+                        latents = drop_rows(scheduler, latents, _rows(active, keep))
+                        active[:] = keep  # BatchNoise sees the same list
+                    except GenerationError:  # state we cannot slice: the rows run on, unused
+                        for job in active:
+                            job.cancelled = job.cancelled or job not in keep
             step_start = time.perf_counter()
             noise_pred = guided_noise_batch(
                 engine, active, latents, scheduler, t, counter=i, time_ids=time_ids
@@ -322,14 +327,17 @@ def denoise_batch(
                 want_preview = preview_every and (done % preview_every == 0) and i + 1 < total
                 row = 0
                 for job in active:
-                    preview = engine._preview(model, latents[row : row + job.count]) if want_preview else None
+                    rows = latents[row : row + job.count]
                     row += job.count
+                    if job.cancelled:
+                        continue
+                    preview = engine._preview(model, rows) if want_preview else None
                     on_progress(job.index, Progress(step=done, total=request.steps, preview_png=preview))
     row = 0
     for job in active:
         job.latents = latents[row : row + job.count]
         row += job.count
-    return list(active)
+    return [job for job in active if not job.cancelled]
 
 
 def guided_noise_batch(engine, jobs: list[_Job], latents, scheduler, t, *, counter: int, time_ids=None):
@@ -391,6 +399,12 @@ def drop_rows(scheduler, latents: torch.Tensor, rows: list[int]) -> torch.Tensor
     """
     index = torch.tensor(rows, device=latents.device)
     shape = latents.shape
+    sampler = getattr(scheduler, "noise_sampler", None)
+    tree = getattr(sampler, "tree", sampler)
+    if sampler is not None and (
+        not getattr(tree, "batched", False) or len(getattr(tree, "trees", ())) != shape[0]
+    ):
+        raise GenerationError("this sampler cannot drop images from a running batch")
 
     def cut(value):
         if isinstance(value, torch.Tensor) and value.shape == shape:
@@ -402,11 +416,8 @@ def drop_rows(scheduler, latents: torch.Tensor, rows: list[int]) -> torch.Tensor
         return value
 
     for name, value in list(vars(scheduler).items()):
-        if name == "noise_sampler" and value is not None:
-            trees = getattr(value, "trees", None)
-            if trees is None or not getattr(value, "batched", False) or len(trees) != shape[0]:
-                raise GenerationError("this sampler cannot drop images from a running batch")
-            value.trees = [trees[r] for r in rows]
+        if name == "noise_sampler" and value is not None:  # BrownianTreeNoiseSampler(BatchedBrownianTree)
+            tree.trees = [tree.trees[r] for r in rows]
             continue
         new = cut(value)
         if new is not value:
