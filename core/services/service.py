@@ -242,7 +242,7 @@ class ChantService:
         return Receipt(job_id, position, eta)
 
     async def _estimate_seconds(self, request: GenerationRequest) -> float:
-        units = request.width * request.height * request.steps * request.count / STANDARD_COST
+        units = _work_units(request)
         rate = await self._throughput()
         return round(units / rate if rate else units * DEFAULT_SECONDS_PER_UNIT, 3)
 
@@ -1256,6 +1256,21 @@ class ChantService:
                 raise
             except Exception:
                 log.exception("polling for finished jobs failed")
+
+
+def _work_units(r: GenerationRequest) -> float:
+    """Standard images' worth of GPU work: img2img runs the strength's tail of the steps (as A1111
+    does) and hires fix adds a second pass at the upscaled size."""
+    steps = r.steps if r.mode == Mode.TXT2IMG else max(1, int(r.steps * r.denoising_strength))
+    pixel_steps = r.width * r.height * steps
+    if r.enable_hr:
+        if r.hr_resize_x and r.hr_resize_y:
+            w, h = r.hr_resize_x, r.hr_resize_y
+        else:
+            w, h = int(r.width * r.hr_scale), int(r.height * r.hr_scale)
+        second = r.hr_second_pass_steps or r.steps
+        pixel_steps += w * h * max(1, int(second * r.hr_denoising_strength))
+    return pixel_steps * r.count / STANDARD_COST
 
 
 class _Over(Exception):
