@@ -126,6 +126,9 @@ def generate_batch(
                 models._free_memory()
                 log.warning("a batch of %d jobs ran out of memory; running them one by one", len(group))
                 outcomes = None
+            except Exception:  # an unexpected failure: find out alone which job it was
+                log.exception("a batch of %d jobs failed; running them one by one", len(group))
+                outcomes = None
             if outcomes is not None:
                 for index, outcome in zip(group, outcomes, strict=True):
                     results[index] = outcome

@@ -204,3 +204,14 @@ def test_a_cancelled_job_whose_rows_cannot_leave_runs_on_unseen(tiny_sd15, monke
     assert batch_latents_shape(spy) == (1, 4, 8, 8)
     assert together[0].images[0].seed == alone.images[0].seed
     engine.close()
+
+
+def test_an_unexpected_batch_failure_reruns_the_jobs_one_by_one(tiny_sd15, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(batch, "guided_noise_batch", broken)
+    engine = DiffusersEngine(engine_settings(tiny_sd15))
+    results = engine.generate_batch([JOBS[0].replace(steps=2), JOBS[2].replace(steps=2)])
+    assert all(isinstance(r, GenerationResult) and "batch_jobs" not in r.timings for r in results)
+    engine.close()
