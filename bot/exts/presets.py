@@ -7,7 +7,21 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actors import actor_from_interaction
-from bot.options import Cfg, ClipSkip, Count, Model, Sampler, Seed, Size, Steps, preset_autocomplete
+from bot.options import (
+    Cfg,
+    ClipSkip,
+    Count,
+    HiresScale,
+    HiresSteps,
+    Model,
+    Sampler,
+    Seed,
+    Size,
+    Steps,
+    Strength,
+    Upscaler,
+    preset_autocomplete,
+)
 from bot.render import truncate
 from core.services import ImagineOptions, PresetView
 
@@ -28,6 +42,12 @@ def describe_options(options: ImagineOptions) -> str:
         "count",
         "model",
         "clip_skip",
+        "hires",
+        "hires_scale",
+        "hires_steps",
+        "hires_strength",
+        "upscaler",
+        "strength",
     ):
         value = getattr(options, name)
         if value not in (None, ""):
@@ -67,6 +87,12 @@ class PresetCog(commands.GroupCog, group_name="preset", group_description="Your 
         count: Count | None = None,
         model: Model | None = None,
         clip_skip: ClipSkip | None = None,
+        hires: bool | None = None,
+        hires_scale: HiresScale | None = None,
+        hires_steps: HiresSteps | None = None,
+        hires_strength: Strength | None = None,
+        upscaler: Upscaler | None = None,
+        strength: Strength | None = None,
     ) -> None:
         await interaction.response.defer(ephemeral=True)
         width, height = size if size else (None, None)
@@ -82,11 +108,17 @@ class PresetCog(commands.GroupCog, group_name="preset", group_description="Your 
             count=count,
             model=model,
             clip_skip=clip_skip,
+            hires=hires,
+            hires_scale=hires_scale,
+            hires_steps=hires_steps,
+            hires_strength=hires_strength,
+            upscaler=upscaler,
+            strength=strength,
         )
         has_options = any(
             v is not None
             for v in (prompt, negative, size, steps, cfg, sampler, seed, count, model, clip_skip)
-        )
+        ) or any(v is not None for v in (hires, hires_scale, hires_steps, hires_strength, upscaler, strength))
         use_last = from_last_job or not has_options
         await self.service.save_preset(
             actor_from_interaction(interaction),

@@ -77,6 +77,7 @@ UPSCALERS = (
 MAX_HIRES_SCALE = 4.0
 DEFAULT_SECONDS_PER_UNIT = 2.0  # GPU seconds per standard image until the queue has measured some
 DEFAULT_SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DDIM", "LMS", "Heun")
+HIRES_FIELDS = ("hires", "hires_scale", "hires_steps", "hires_strength", "upscaler")
 PRESET_FIELDS = (
     "prompt",
     "negative",
@@ -88,6 +89,8 @@ PRESET_FIELDS = (
     "count",
     "model",
     "clip_skip",
+    *HIRES_FIELDS,
+    "strength",  # applies when the preset is used with a source image (/img2img)
 )
 SETTABLE_LIMITS = (*GUILD_LIMIT_FIELDS,)
 RATE_CACHE_S = 5.0  # how long a throughput measurement is reused for ETAs and estimates
@@ -356,6 +359,15 @@ class ChantService:
             )
         except (TypeError, ValueError) as exc:
             raise UserError("invalid", f"One of the options has the wrong type: {exc}.") from None
+        # A preset's hires fix applies to text-to-image, its strength to image-to-image.
+        has_source = options.init_image is not None or options.source_job is not None
+        from_preset = {
+            name: preset[name]
+            for name in (("strength",) if has_source else HIRES_FIELDS)
+            if getattr(options, name) is None and preset.get(name) is not None
+        }
+        if from_preset:
+            options = dataclasses.replace(options, **from_preset)
         request = await self._image_modes(s, actor, guild, options, request)
         self._check_limits(request, guild)
         self._check_text(request, guild)
@@ -903,6 +915,16 @@ class ChantService:
                 "model": r.model,
                 "clip_skip": r.clip_skip,
             }
+            if r.enable_hr:
+                params.update(
+                    hires=True,
+                    hires_scale=r.hr_scale,
+                    hires_steps=r.hr_second_pass_steps,
+                    hires_strength=r.hr_denoising_strength,
+                    upscaler=r.hr_upscaler,
+                )
+            if r.mode != Mode.TXT2IMG:
+                params["strength"] = r.denoising_strength
         elif options is not None:
             params = {f: getattr(options, f) for f in PRESET_FIELDS}
         else:

@@ -246,3 +246,28 @@ async def test_live_status_jobs_lists_waiting_jobs_with_status_messages_and_repl
         (var.job_id, 8002, 9001),
     ]
     assert silent.job_id not in [j.id for j, _ in live]  # no status message: nothing to edit
+
+
+async def test_presets_carry_hires_for_text_and_strength_for_image_sources(harness) -> None:
+    service = await harness.open(start=False)
+    a = actor()
+    await service.save_preset(
+        a,
+        "big",
+        ImagineOptions(prompt="", width=256, height=256, hires_scale=2.0, upscaler="Lanczos", strength=0.3),
+    )
+    r = await service.submit_imagine(a, ImagineOptions(prompt="a fox", preset="big", steps=2))
+    req = await stored_request(harness, r.job_id)
+    assert req.enable_hr and req.hr_scale == 2.0 and req.hr_upscaler == "Lanczos" and req.mode == Mode.TXT2IMG
+    # Saved from the last job: its hires settings come along.
+    await service.save_preset(a, "again", None, from_last_job=True)
+    (again,) = [p for p in await service.list_presets(a) if p.name == "again"]
+    assert (
+        again.options.hires is True
+        and again.options.hires_scale == 2.0
+        and again.options.upscaler == "Lanczos"
+    )
+    # With a source image the preset's hires fix is left out and its strength used.
+    r3 = await service.submit_imagine(a, ImagineOptions(prompt="x", preset="big", init_image=png()))
+    req3 = await stored_request(harness, r3.job_id)
+    assert req3.mode == Mode.IMG2IMG and not req3.enable_hr and req3.denoising_strength == 0.3
