@@ -166,3 +166,25 @@ async def test_size_choices_follow_the_guilds_limit(bot: RunningBot) -> None:
     assert await sizes() == ["512x512", "512x768", "768x512"]
     service.max_pixels[GUILD_A] = 1024 * 1024
     assert "1024x1024" in await sizes()
+
+
+def test_the_bot_and_lora_listing_load_no_torch(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "Lora").mkdir()
+    (tmp_path / "Lora" / "style.safetensors").write_bytes(b"x")
+    code = (
+        "import sys, dataclasses\n"
+        "import bot.app, bot.delivery, bot.options, bot.exts.imagine._cog\n"
+        "from core.config import Settings\n"
+        "from core.services.service import ChantService\n"
+        "s = Settings()\n"
+        f"s = dataclasses.replace(s, engine=dataclasses.replace(s.engine, lora_dirs=({str(tmp_path / 'Lora')!r},)))\n"
+        "names = ChantService.lora_names(type('S', (), {'settings': s})())\n"
+        "assert names == ['style'], names\n"
+        "bad = [m for m in ('torch', 'diffusers', 'transformers', 'safetensors') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
