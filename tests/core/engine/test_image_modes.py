@@ -439,3 +439,33 @@ def test_chant_generate_takes_image_mode_options(tiny_sd15, tmp_path, capsys, mo
         main(["generate", "a cat", *common, "--size", "64x64", "--init-image", "src.png", "--inpaint"]) == 1
     )
     assert "transparent pixels" in capsys.readouterr().err
+
+
+def test_img2img_equals_the_diffusers_img2img_pipeline_on_the_same_timesteps(
+    sd15_engine, monkeypatch
+) -> None:
+    """A1111 runs int(0.5 * 4) + 1 = 3 of 4 steps; diffusers' pipeline runs int(0.75 * 4) = 3: the same
+    timesteps. With the VAE mean (our choice) and the same CPU noise, the images are equal."""
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as module
+
+    from core.engine import samplers
+
+    request = img2img(denoising_strength=0.5, rng="cpu", sampler="Euler", negative_prompt="fog")
+    ours = pixels(sd15_engine.generate(request).images[0].png)
+    model = next(iter(sd15_engine.models._models.values()))
+    pipe = StableDiffusionImg2ImgPipeline(**model.pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = samplers.make_scheduler(model.scheduler_config, "Euler", "Automatic")
+    monkeypatch.setattr(module, "retrieve_latents", lambda out, generator=None: out.latent_dist.mean)
+    theirs = pipe(
+        "a cat",
+        image=noise_image(),
+        strength=0.75,
+        num_inference_steps=4,
+        guidance_scale=7.0,
+        negative_prompt="fog",
+        generator=torch.Generator("cpu").manual_seed(3),
+    ).images[0]
+    assert np.array_equal(ours, np.asarray(theirs).astype(np.int16))
