@@ -213,3 +213,31 @@ async def test_real_engine_img2img_and_inpaint_from_attachments(
         # Only the white (left) half is repainted; the kept half is the source's pixels again.
         assert inpainted.getpixel((60, 30)) == (200, 40, 40)
         assert inpainted.getpixel((4, 30)) != (200, 40, 40)
+
+        # Hires fix on /imagine: 64² generated, then a second pass at 128².
+        await fake.interaction(
+            "imagine",
+            [
+                opt("prompt", "a tall tower"),
+                opt("size", "64x64"),
+                opt("steps", 2, 4),
+                opt("hires", True, 5),
+                opt("hires_scale", 2.0, 10),
+                opt("hires_steps", 2, 4),
+                opt("upscaler", "Lanczos"),
+            ],
+            guild_id=GUILD_A,
+            channel_id=CHANNEL_A,
+            user_id=ALICE,
+        )
+        posts = await fake.wait_call(
+            "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), count=3, timeout=60
+        )
+        hires = posts[2]
+        assert Image.open(io.BytesIO(hires.files[0][1])).size == (128, 128)
+        params = parameters(hires)
+        assert (
+            "Hires upscale: 2" in params
+            and "Hires steps: 2" in params
+            and "Hires upscaler: Lanczos" in params
+        )
