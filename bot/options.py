@@ -99,7 +99,7 @@ class ModelTransformer(app_commands.Transformer):
         return _choices(interaction.client.service.model_names(), str(value))  # type: ignore[attr-defined]
 
 
-_LORA_RE = re.compile(r"^[\w .()+\-/]{1,100}$")
+_LORA_RE = re.compile(r"^[^:<>\x00-\x1f]{1,100}$")  # nothing that could end the tag early
 
 
 def lora_tag(name: str, weight: float = 1.0) -> str:
