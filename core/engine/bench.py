@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_SIZE = {"tiny": 64, "sd15": 512, "sdxl": 1024}
+QUEUE_EVENT_TIMEOUT_S = 300.0
 SCENARIOS = ("single", "batch-sweep", "queue", "warmup", "memory", "all")  # memory last: it offloads
 
 
@@ -405,6 +406,7 @@ def _queue(bench: _Bench) -> dict[str, Any]:
 
 
 async def _queue_run(bench: _Bench, max_batch: int) -> dict[str, Any]:
+    import asyncio
     import dataclasses
 
     from core.bootstrap import bootstrap, open_database
@@ -453,13 +455,17 @@ async def _queue_run(bench: _Bench, max_batch: int) -> dict[str, Any]:
         submitted = time.perf_counter() - start
         await service.start()
         done = failed = 0
-        async for event in events:
+        while done + failed < users:
+            try:  # a stuck queue ends the benchmark instead of hanging it
+                event = await asyncio.wait_for(anext(events), QUEUE_EVENT_TIMEOUT_S)
+            except TimeoutError:
+                raise SystemExit(
+                    f"queue bench: no result for {QUEUE_EVENT_TIMEOUT_S:.0f}s ({done + failed} of {users} done)"
+                ) from None
             if isinstance(event, JobDone):
                 done += 1
             elif isinstance(event, JobFailed):
                 failed += 1
-            if done + failed == users:
-                break
         seconds = time.perf_counter() - start
     finally:
         await service.stop()
