@@ -115,7 +115,7 @@ def generate_batch(
 ) -> list[Outcome]:
     """``DiffusersEngine.generate_batch``: compatible jobs together, the others one by one."""
     results: list[Outcome | None] = [None] * len(requests)
-    for group in group_requests(engine, requests):
+    for group in group_requests(engine, requests, engine.settings.max_batch):
         if len(group) > 1:
             try:
                 with engine._lock:

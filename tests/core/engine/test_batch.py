@@ -215,3 +215,12 @@ def test_an_unexpected_batch_failure_reruns_the_jobs_one_by_one(tiny_sd15, monke
     results = engine.generate_batch([JOBS[0].replace(steps=2), JOBS[2].replace(steps=2)])
     assert all(isinstance(r, GenerationResult) and "batch_jobs" not in r.timings for r in results)
     engine.close()
+
+
+def test_engine_max_batch_caps_one_loop(tiny_sd15) -> None:
+    engine = DiffusersEngine(engine_settings(tiny_sd15, max_batch=2))
+    jobs = [JOBS[0].replace(steps=1, seed=seed) for seed in (1, 2, 3)]
+    results = engine.generate_batch(jobs)
+    assert [r.timings.get("batch_jobs") for r in results] == [2.0, 2.0, None]
+    assert [r.images[0].seed for r in results] == [1, 2, 3]
+    engine.close()
