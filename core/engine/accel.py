@@ -49,6 +49,8 @@ def install(engine) -> None:
         raise ValueError(f"engine.batch_buckets must be positive, not {list(engine.settings.batch_buckets)}")
     if engine.settings.compile != "off" or engine.settings.cpu_offload:
         engine.models.on_load = lambda model: prepare_model(engine, model)
+    if engine.settings.cpu_offload:
+        engine.models.load_device = torch.device("cpu")  # never the whole model on the GPU at once
 
 
 def prepare_model(engine, model) -> None:

@@ -423,6 +423,7 @@ class ModelCache:
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
         self.on_load = None  # called with each newly loaded or adopted model (compile, offload)
+        self.load_device = None  # load here instead of the run device (model CPU offload: "cpu")
 
     def get(self, source: ModelSource, device, dtype) -> LoadedModel:
         key = (source, str(device), str(dtype))
@@ -435,7 +436,7 @@ class ModelCache:
                 log.info("unloading model %s (LRU, max_loaded_models=%d)", old.name, self.max_loaded)
                 del old
                 _free_memory()
-            model = load_model(source, device, dtype, allow_pickle=self.allow_pickle)
+            model = load_model(source, self.load_device or device, dtype, allow_pickle=self.allow_pickle)
             if self.on_load is not None:
                 self.on_load(model)
             self._models[key] = model

@@ -39,6 +39,7 @@ def test_cpu_offload_is_accepted_and_changes_no_image(tiny_sd15) -> None:
     expected = latents_of(plain, REQUEST)
     got = latents_of(offload, REQUEST)
     model = next(iter(offload.models._models.values()))
+    assert offload.models.load_device == torch.device("cpu") and plain.models.load_device is None
     assert all(hasattr(getattr(model.pipe, n), "_hf_hook") for n in ("text_encoder", "unet", "vae"))
     assert torch.equal(expected, got)
     jobs = [REQUEST, REQUEST.replace(seed=4, prompt="a dog")]
