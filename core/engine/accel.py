@@ -67,6 +67,8 @@ def prepare_model(engine, model) -> None:
         log.warning("engine.compile=%s needs CUDA; running eager on %s", settings.compile, engine.device)
         return
     compile_unet(model, settings.compile)
+    # batched UNet calls are padded to the warmed-up row counts (cond + uncond per image)
+    engine.unet_row_buckets = tuple(sorted({2 * b for b in settings.batch_buckets}))
     warmup(engine, model)
 
 

@@ -365,7 +365,7 @@ def guided_noise_batch(engine, jobs: list[_Job], latents, scheduler, t, *, count
         added = None
         if blocks[members[0]][3] is not None:
             added = {name: torch.cat([blocks[k][3][name] for k in members]) for name in blocks[members[0]][3]}
-        out = unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+        out = _unet_call(unet, x, t, embeds, added, getattr(engine, "unet_row_buckets", ()))
         for k, piece in zip(members, out.split([blocks[k][1].shape[0] for k in members]), strict=True):
             outputs[k] = piece
     results = []
@@ -380,6 +380,25 @@ def guided_noise_batch(engine, jobs: list[_Job], latents, scheduler, t, *, count
             result = result + (part.weight * s) * (cond - out_uncond)
         results.append(result)
     return torch.cat(results)
+
+
+def _unet_call(unet, x, t, embeds, added, buckets: Sequence[int]):
+    """One UNet call; with ``buckets`` (compiled UNet) the rows are padded up to the next bucket.
+
+    Padding repeats the last row and is cut off again: rows do not see each other, so the real rows'
+    outputs do not change, and a compiled UNet (CUDA graphs) meets only the shapes it was warmed up for.
+    """
+    rows = x.shape[0]
+    target = next((b for b in sorted(buckets) if b >= rows), rows)
+    if target > rows:
+
+        def pad(tensor):
+            return torch.cat([tensor, tensor[-1:].expand(target - rows, *tensor.shape[1:])])
+
+        x, embeds = pad(x), pad(embeds)
+        added = None if added is None else {name: pad(value) for name, value in added.items()}
+    out = unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+    return out[:rows]
 
 
 # -- leaving the batch --------------------------------------------------------------------------------------

@@ -224,3 +224,20 @@ def test_engine_max_batch_caps_one_loop(tiny_sd15) -> None:
     assert [r.timings.get("batch_jobs") for r in results] == [2.0, 2.0, None]
     assert [r.images[0].seed for r in results] == [1, 2, 3]
     engine.close()
+
+
+def test_rows_padded_to_compile_buckets_change_no_image(tiny_sd15) -> None:
+    engine = DiffusersEngine(engine_settings(tiny_sd15))
+    engine.unet_row_buckets = (4, 16)  # set by core.engine.accel for a compiled UNet on CUDA
+    calls = []
+    engine.generate(JOBS[0].replace(steps=1))  # loads the model
+    model = next(iter(engine.models._models.values()))
+    unet_forward = model.pipe.unet.forward
+    model.pipe.unet.forward = lambda x, *a, **k: calls.append(x.shape[0]) or unet_forward(x, *a, **k)
+    jobs = [job.replace(sampler="Euler a") for job in JOBS]
+    _, alone_latents, _, batch_latents = alone_and_batched(engine, jobs)
+    batched_calls = calls[-8:]  # 4 steps, two token lengths each
+    assert set(batched_calls) <= {4, 16}
+    for latents, piece in zip(alone_latents, split(batch_latents[0], [j.count for j in jobs]), strict=True):
+        assert max_diff(engine, latents, piece) <= TOLERANCE
+    engine.close()
