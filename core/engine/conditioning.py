@@ -319,6 +319,8 @@ class PromptEncoder:
             return scaled
         original_mean = z.mean()
         new_mean = scaled.mean()
+        if new_mean == 0:  # A1111 would divide by zero and yield a NaN (black) image: leave it unscaled
+            return scaled
         return scaled * (original_mean / new_mean)
 
 

@@ -113,9 +113,6 @@ class DiffusersEngine:
         from core.engine import accel
 
         accel.install(self)  # compile / warm-up / CPU offload, applied to each model when it loads
-        from core.engine import accel
-
-        accel.install(self)  # compile / warm-up / CPU offload, applied to each model when it loads
 
     # -- the Engine protocol ---------------------------------------------------------------------
 

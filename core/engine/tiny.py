@@ -84,7 +84,25 @@ def _scheduler():
     return PNDMScheduler.from_config(SD15_SCHEDULER)
 
 
+def _trained_looking_norms(pipe) -> None:
+    """Give every LayerNorm/GroupNorm a random affine part, as trained weights have.
+
+    Freshly initialised norms (weight 1, bias 0) make each text-encoder token vector average exactly
+    zero, so A1111's emphasis mean restoration divides 0 by 0 on a tiny model — something no real
+    checkpoint does. Seeded by the builder's ``torch.manual_seed``.
+    """
+    for component in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if component is None:
+            continue
+        for module in component.modules():
+            if isinstance(module, torch.nn.LayerNorm) and module.elementwise_affine:
+                with torch.no_grad():
+                    module.weight.uniform_(0.5, 1.5)
+                    module.bias.normal_(0.0, 0.2)
+
+
 def _finish(pipe, root: Path, arch: str) -> TinyModel:
+    _trained_looking_norms(pipe)
     folder = root / "diffusers"
     config = root / "config"
     pipe.save_pretrained(folder, safe_serialization=True)
