@@ -51,7 +51,8 @@ def diffusers_image(
 
 
 @pytest.mark.parametrize(
-    ("engine_fixture", "negative"), [("sd15_engine", "blurry, low quality"), ("sdxl_engine", "")]
+    ("engine_fixture", "negative"),
+    [("sd15_engine", "blurry, low quality"), ("sd2_engine", "blurry"), ("sdxl_engine", "")],
 )
 def test_plain_prompt_equals_the_diffusers_pipeline(engine_fixture, negative, request) -> None:
     engine = request.getfixturevalue(engine_fixture)
@@ -64,7 +65,7 @@ def test_plain_prompt_equals_the_diffusers_pipeline(engine_fixture, negative, re
     )
     theirs = diffusers_image(model, prompt, negative or None, 1234)
     assert np.array_equal(pixels(ours.images[0].png), theirs)
-    assert pixels(ours.images[0].png).std() > 1  # not a blank image
+    assert pixels(ours.images[0].png).std() > 5  # not a blank (NaN) image
 
 
 def test_same_request_twice_gives_the_same_png(sd15_engine) -> None:
