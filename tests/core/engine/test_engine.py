@@ -362,3 +362,28 @@ def test_deterministic_samplers_equal_the_pipeline_with_the_same_scheduler(sd15_
     )
     theirs = diffusers_image(model, "a cat", "dog", 5, sampler=sampler)
     assert np.array_equal(pixels(ours.images[0].png), theirs)
+
+
+def test_embeddings_work_in_the_negative_prompt(tiny_sd15, tmp_path) -> None:
+    """EasyNegative-style: a textual inversion named in the negative prompt stands for its vectors."""
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    from core.prompt.tokens import ClipTokenizer
+
+    te = CLIPTextModel.from_pretrained(tiny_sd15.folder / "text_encoder", local_files_only=True)
+    ids = ClipTokenizer.default().encode("blurry grainy")
+    vectors = te.get_input_embeddings().weight[ids].detach().clone()
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    save_file({"emb_params": vectors}, str(folder / "badquality.safetensors"))
+    engine = DiffusersEngine(engine_settings(tiny_sd15, embedding_dirs=(str(folder),)))
+    try:
+        request = GenerationRequest(prompt="a cat", sampler="Euler", seed=3, **SMALL)
+        with_embedding = pixels(engine.generate(request.replace(negative_prompt="badquality")).images[0].png)
+        with_words = pixels(engine.generate(request.replace(negative_prompt="blurry grainy")).images[0].png)
+        plain = pixels(engine.generate(request.replace(negative_prompt="")).images[0].png)
+    finally:
+        engine.close()
+    assert np.abs(with_embedding - with_words).max() <= 1
+    assert np.abs(with_embedding - plain).max() > 1  # the negative really changed the image
