@@ -126,10 +126,19 @@ class Delivery:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def until_done(self, coro: Any) -> Any:
+        """Run ``coro`` so that a shutdown gives it the grace period instead of cancelling it.
+
+        For the steps after a job is queued (post its status message, record the message id): cut
+        between the two, the job would lose its live status after a restart.
+        """
+        return await asyncio.shield(self._spawn(coro))
 
     async def _run(self) -> None:
         events = self._events = self.service.events()

@@ -35,7 +35,7 @@ from bot.options import (
     preset_autocomplete,
     read_attachment,
 )
-from core.services import Actor, ImagineOptions, UserError
+from core.services import Actor, ImagineOptions, Receipt, UserError
 
 log = logging.getLogger(__name__)
 
@@ -227,15 +227,16 @@ class ImagineCog(commands.Cog):
 
     async def _submit(self, interaction: discord.Interaction, options: ImagineOptions) -> None:
         receipt = await self.service.submit_imagine(actor_from_interaction(interaction), options)
+        await self.delivery.until_done(self._post_queued(interaction, receipt, options.prompt))
+
+    async def _post_queued(self, interaction: discord.Interaction, receipt: Receipt, prompt: str) -> None:
         # 3. The status message: queue position now, progress later (edited by the delivery task).
         message = await interaction.edit_original_response(
             content=render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id)
         )
         channel_id = interaction.channel_id or 0
         # Track before recording: a result whose status message is recorded can be posted at once.
-        self.delivery.track(
-            receipt.job_id, channel_id, interaction.guild_id, message.id, prompt=options.prompt
-        )
+        self.delivery.track(receipt.job_id, channel_id, interaction.guild_id, message.id, prompt=prompt)
         await self.service.record_status_message(receipt.job_id, channel_id, message.id)
 
     # -- reactions on results (raw events: also messages from before a restart) ----------------------
@@ -274,6 +275,11 @@ class ImagineCog(commands.Cog):
             receipt = await self.service.variation(actor, payload.message_id)
         else:
             receipt = await self.service.reroll(actor, payload.message_id)
+        await self.delivery.until_done(self._post_requeued(actor, payload, receipt, variation))
+
+    async def _post_requeued(
+        self, actor: Actor, payload: discord.RawReactionActionEvent, receipt: Receipt, variation: bool
+    ) -> None:
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
         reference = discord.MessageReference(
             message_id=payload.message_id, channel_id=payload.channel_id, fail_if_not_exists=False
