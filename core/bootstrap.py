@@ -42,6 +42,11 @@ def build_engine(settings: Settings, env: Mapping[str, str] | None = None):
         return FakeEngine(step_delay_s=step_delay)
     from core.engine import create_engine
 
+    if not settings.engine.models:
+        log.warning(
+            "no model configured: every job will fail until you add one under [engine.models] "
+            "(see config.example.toml)"
+        )
     return create_engine(settings.engine)
 
 
