@@ -255,7 +255,8 @@ class Worker:
         def should_cancel(i: int) -> bool:
             return ids[i] in self._cancelled
 
-        renew = asyncio.create_task(self._renew_loop(ids))
+        done = asyncio.Event()
+        renew = asyncio.create_task(self._renew_loop(ids, done))
         try:
             try:
                 results = await asyncio.to_thread(
@@ -264,7 +265,10 @@ class Worker:
             except Exception as exc:  # the engine call as a whole failed: every job in it failed
                 results = [exc] * len(ids)
         finally:
-            renew.cancel()
+            # Let a renewal in flight finish rather than cancel it inside its write transaction: a
+            # cancelled SQLite write can keep the write lock and stall every other writer.
+            done.set()
+            await renew
         elapsed = time.monotonic() - start
         costs = [self._cost(job_id) for job_id in ids]
         total_cost = sum(costs) or 1.0
@@ -313,10 +317,14 @@ class Worker:
                 return job.cost
         return 1.0
 
-    async def _renew_loop(self, ids: list[int]) -> None:
+    async def _renew_loop(self, ids: list[int], done: asyncio.Event) -> None:
         interval = max(0.05, min(self.store.lease.total_seconds() / 3, self.poll_interval_s))
         while True:
-            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(done.wait(), interval)
+                return
+            except TimeoutError:
+                pass
             try:
                 mine = await self.store.renew(ids)
             except Exception:
