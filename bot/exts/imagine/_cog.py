@@ -47,6 +47,14 @@ def refuse_dm_if_configured(bot: commands.Bot, guild_id: int | None) -> None:
         )
 
 
+def _options(prompt: str, lora: str | None, size: tuple[int, int] | None, **fields) -> ImagineOptions:
+    """The options both commands share: a ``lora`` choice appends its tag, ``size`` splits in two."""
+    width, height = size if size else (None, None)
+    return ImagineOptions(
+        prompt=f"{prompt} {lora_tag(lora)}" if lora else prompt, width=width, height=height, **fields
+    )
+
+
 class ImagineCog(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
@@ -99,13 +107,12 @@ class ImagineCog(commands.Cog):
         # 1. Acknowledge at once: everything after this may take as long as it needs.
         await self._defer(interaction)
         # 2. Translate and submit; core validates limits, banned words, the prompt and the quota.
-        width, height = size if size else (None, None)
-        options = ImagineOptions(
-            prompt=f"{prompt} {lora_tag(lora)}" if lora else prompt,
+        options = _options(
+            prompt,
+            lora,
+            size,
             negative=negative,
             preset=preset,
-            width=width,
-            height=height,
             steps=steps,
             cfg=cfg,
             sampler=sampler,
@@ -176,13 +183,12 @@ class ImagineCog(commands.Cog):
         # Only the interaction's own attachments are read (Discord's CDN URLs), never a typed URL.
         init = await read_attachment(image, "source image") if image is not None else None
         mask_bytes = await read_attachment(mask, "mask") if mask is not None else None
-        width, height = size if size else (None, None)
-        options = ImagineOptions(
-            prompt=f"{prompt} {lora_tag(lora)}" if lora else prompt,
+        options = _options(
+            prompt,
+            lora,
+            size,
             negative=negative,
             preset=preset,
-            width=width,
-            height=height,
             steps=steps,
             cfg=cfg,
             sampler=sampler,
