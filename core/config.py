@@ -74,7 +74,8 @@ class EngineSettings:
     eta_noise_seed_delta: int = 0
     preview_every: int = 5
     compile: str = "off"  # off | default | cuda-graphs
-    max_batch: int = 8
+    max_batch: int = 0  # most images in one denoising loop; 0 = as many as free VRAM holds (8 on a CPU)
+    vae_decode_batch: int = 8  # latents per VAE decode call (0 = the whole batch at once)
     warmup_sizes: tuple[str, ...] = ("512x512",)  # WxH compiled/warmed up at start (compile != off)
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8)  # batch sizes warmed up at start (compile != off)
     vae_tiling: bool = False

@@ -45,6 +45,10 @@ def install(engine) -> None:
         )
     for size in engine.settings.warmup_sizes:
         parse_size(size)
+    if engine.settings.max_batch < 0:
+        raise ValueError(f"engine.max_batch must be 0 (from free VRAM) or more, not {engine.settings.max_batch}")
+    if engine.settings.vae_decode_batch < 0:
+        raise ValueError(f"engine.vae_decode_batch must be 0 (all at once) or more, not {engine.settings.vae_decode_batch}")
     if any(b < 1 for b in engine.settings.batch_buckets):
         raise ValueError(f"engine.batch_buckets must be positive, not {list(engine.settings.batch_buckets)}")
     if engine.settings.compile != "off" or engine.settings.cpu_offload:

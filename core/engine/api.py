@@ -35,6 +35,11 @@ class Engine(Protocol):
         """Run compatible requests (equal ``batch_key()``); one result or exception per request."""
         ...
 
+    def batch_capacity(self, request: GenerationRequest) -> int:
+        """Most images one ``generate_batch`` loop of jobs like ``request`` should hold (at least 1):
+        ``engine.max_batch``, or with 0 an estimate from the memory free now at the job's size."""
+        ...
+
     def model_names(self) -> list[str]:
         """Configured model names (for autocomplete)."""
         ...

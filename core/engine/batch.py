@@ -89,21 +89,34 @@ def batch_key(engine, request: GenerationRequest) -> tuple | None:
 
 
 def group_requests(
-    engine, requests: Sequence[GenerationRequest], max_batch: int | None = None
+    engine,
+    requests: Sequence[GenerationRequest],
+    max_images: int | Callable[[GenerationRequest], int] | None = None,
 ) -> list[list[int]]:
-    """Indices of ``requests`` in groups of compatible jobs (first-seen order, at most ``max_batch`` each)."""
+    """Indices of ``requests`` in groups of compatible jobs, first-seen order.
+
+    A group holds at most ``max_images`` images (a number, or a function of the group's first request:
+    ``engine.batch_capacity``); a job with more images than that runs alone.
+    """
     groups: dict[Any, list[list[int]]] = {}
     order: list[list[int]] = []
+    limits: dict[Any, int] = {}
+    images: dict[int, int] = {}  # id(group) -> images in it
     for index, request in enumerate(requests):
         key = batch_key(engine, request)
         if key is None:
             order.append([index])
             continue
+        if key not in limits:
+            limit = max_images(request) if callable(max_images) else max_images
+            limits[key] = limit or 10**9
         runs = groups.setdefault(key, [])
-        if not runs or (max_batch and len(runs[-1]) >= max_batch):
+        if not runs or images[id(runs[-1])] + request.count > limits[key]:
             runs.append([])
             order.append(runs[-1])
+            images[id(runs[-1])] = 0
         runs[-1].append(index)
+        images[id(runs[-1])] += request.count
     return order
 
 
@@ -115,7 +128,7 @@ def generate_batch(
 ) -> list[Outcome]:
     """``DiffusersEngine.generate_batch``: compatible jobs together, the others one by one."""
     results: list[Outcome | None] = [None] * len(requests)
-    for group in group_requests(engine, requests, engine.settings.max_batch):
+    for group in group_requests(engine, requests, engine.batch_capacity):
         if len(group) > 1:
             try:
                 with engine._lock:
@@ -217,10 +230,11 @@ def _run_valid(engine, valid, stats, start, outcomes, on_progress, should_cancel
     engine._sync()
     stats.decode = time.perf_counter() - t
     t = time.perf_counter()
-    pngs = []
-    for job in finished:
+    pool, futures = engine._png_pool(), []
+    for job in finished:  # every image of every job encoded in parallel
         mine, images = images[: job.count], images[job.count :]
-        pngs.append(tuple(engine._png(job.plan, i, image) for i, image in enumerate(mine)))
+        futures.append([pool.submit(engine._png, job.plan, i, image) for i, image in enumerate(mine)])
+    pngs = [tuple(f.result() for f in job_futures) for job_futures in futures]
     stats.png = time.perf_counter() - t
     stats.total = time.perf_counter() - start
     engine.last_stats = stats

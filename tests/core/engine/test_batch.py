@@ -176,7 +176,11 @@ def test_incompatible_jobs_run_one_by_one(tiny_sd15) -> None:
         JOBS[1],
     ]
     assert batch.group_requests(engine, jobs) == [[0, 4], [1], [2], [3]]
-    assert batch.group_requests(engine, [JOBS[0]] * 5, max_batch=2) == [[0, 1], [2, 3], [4]]
+    assert batch.group_requests(engine, [JOBS[0]] * 5, max_images=2) == [[0, 1], [2, 3], [4]]
+    # the limit counts images: JOBS[1] makes two
+    assert batch.group_requests(engine, [JOBS[1], JOBS[1], JOBS[1]], max_images=5) == [[0, 1], [2]]
+    assert batch.group_requests(engine, [JOBS[1], JOBS[1]], max_images=1) == [[0], [1]]
+    assert batch.group_requests(engine, [JOBS[0], JOBS[1]], max_images=lambda r: 3) == [[0, 1]]
     assert batch.group_requests(engine, [JOBS[0], JOBS[0].replace(eta=0.5)]) == [[0], [1]]
     results = engine.generate_batch(jobs[:2])
     assert all(isinstance(r, GenerationResult) for r in results)

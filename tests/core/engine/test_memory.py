@@ -1,0 +1,115 @@
+"""Batch sizing from free VRAM (core.engine.memory), VAE decode in chunks, PNGs encoded in parallel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.engine import memory
+from core.engine.diffusers_engine import DiffusersEngine
+from core.types import GenerationRequest
+from tests.core.engine.conftest import engine_settings
+
+GiB = 2**30
+JOB = GenerationRequest(prompt="a red cat", width=64, height=64, steps=2, seed=5, rng="cpu")
+
+
+def test_capacity_divides_the_usable_free_memory() -> None:
+    footprint = memory.Footprint(per_image=1 * GiB, fixed=GiB // 2, decode=3 * GiB)
+    # 85 % of 20 GiB = 17 GiB, minus the fixed 0.5 GiB -> 16 images of 1 GiB
+    assert memory.capacity(20 * GiB, footprint) == 16
+    assert memory.capacity(20 * GiB, footprint, ceiling=10) == 10
+    assert memory.capacity(20 * GiB, footprint, buckets=(1, 2, 4, 8)) == 8
+    assert memory.capacity(20 * GiB, footprint, buckets=(1, 3, 6, 12)) == 12
+    assert memory.capacity(GiB, footprint) == 1  # not even one fits: the job still runs, alone
+    assert memory.capacity(0, footprint, buckets=(2, 4)) == 1
+    assert memory.capacity(10**15, footprint) == memory.AUTO_MAX
+
+
+def test_measure_runs_the_unet_at_one_and_two_images_and_one_decode_chunk(tiny_sd15) -> None:
+    """The footprint comes from metering real runs: per image = peak(2 images) - peak(1 image)."""
+    engine = DiffusersEngine(engine_settings(tiny_sd15, vae_decode_batch=3))
+    engine.generate(JOB)  # loads the model
+    model = next(iter(engine.models._models.values()))
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    hooks = [
+        model.pipe.unet.register_forward_pre_hook(lambda m, args: seen.append(("unet", tuple(args[0].shape)))),
+        model.pipe.vae.decoder.register_forward_pre_hook(
+            lambda m, args: seen.append(("vae", tuple(args[0].shape)))
+        ),
+    ]
+
+    def meter(device, run) -> int:  # pretend bytes: 1000 per UNet row + 500, 7000 per decoded latent
+        start = len(seen)
+        run()
+        kind, shape = seen[start]
+        return shape[0] * 1000 + 500 if kind == "unet" else shape[0] * 7000
+
+    try:
+        footprint = memory.measure(engine, model, 96, 64, peak=meter)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == [("unet", (2, 4, 8, 12)), ("unet", (4, 4, 8, 12)), ("vae", (3, 4, 8, 12))]
+    assert footprint == memory.Footprint(per_image=2000, fixed=500, decode=21000)
+    engine.close()
+
+
+def test_engine_capacity_is_the_setting_or_the_cpu_default(tiny_sd15) -> None:
+    engine = DiffusersEngine(engine_settings(tiny_sd15, max_batch=3))
+    assert engine.batch_capacity(JOB) == 3
+    engine.close()
+    engine = DiffusersEngine(engine_settings(tiny_sd15, max_batch=0))
+    assert engine.batch_capacity(JOB) == memory.CPU_AUTO
+    engine.close()
+    with pytest.raises(ValueError, match="max_batch"):
+        DiffusersEngine(engine_settings(tiny_sd15, max_batch=-1))
+    with pytest.raises(ValueError, match="vae_decode_batch"):
+        DiffusersEngine(engine_settings(tiny_sd15, vae_decode_batch=-2))
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_decoding_in_chunks_gives_the_same_images(tiny_sd15, chunk) -> None:
+    whole = DiffusersEngine(engine_settings(tiny_sd15, vae_decode_batch=0))
+    chunked = DiffusersEngine(engine_settings(tiny_sd15, vae_decode_batch=chunk))
+    whole.generate(JOB)
+    chunked.generate(JOB)
+    model_whole = next(iter(whole.models._models.values()))
+    model_chunked = next(iter(chunked.models._models.values()))
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    calls: list[int] = []
+    hook = model_chunked.pipe.vae.decoder.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    try:
+        a = whole.decode_latents(model_whole, latents)
+        b = chunked.decode_latents(model_chunked, latents)
+    finally:
+        hook.remove()
+    assert calls == ([1, 1, 1] if chunk == 1 else [2, 1])
+    assert a.shape == b.shape == (3, 3, 64, 64)
+    assert (a - b).abs().max().item() <= 1e-5
+    whole.close()
+    chunked.close()
+
+
+def test_parallel_png_encoding_keeps_every_image_with_its_own_seed(tiny_sd15) -> None:
+    import io
+
+    from PIL import Image
+
+    engine = DiffusersEngine(engine_settings(tiny_sd15))
+    together = engine.generate(JOB.replace(count=3))
+    alone = engine.generate(JOB.replace(seed=6))  # image 2 of the batch, on its own
+    assert [image.seed for image in together.images] == [5, 6, 7]
+    pixels = []
+    for image in together.images:
+        with Image.open(io.BytesIO(image.png)) as png:
+            assert f"Seed: {image.seed}," in png.text["parameters"]
+            pixels.append(png.convert("RGB").tobytes())
+    assert len(set(pixels)) == 3
+    with Image.open(io.BytesIO(alone.images[0].png)) as png:
+        single = png.convert("RGB").tobytes()
+    # the second PNG holds the second image (a seed of its own gives the same pixels, up to rounding)
+    diff = [abs(a - b) for a, b in zip(pixels[1], single, strict=True)]
+    assert max(diff) <= 1
+    assert max(abs(a - b) for a, b in zip(pixels[0], single, strict=True)) > 1
+    engine.close()
