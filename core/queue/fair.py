@@ -50,6 +50,7 @@ class QueuedJob:
     user_id: int
     cost: float = 1.0  # see request_cost
     batch_key: Hashable = None  # jobs with equal keys may share one engine call
+    images: int = 1  # images the job makes (batches are sized in images)
 
     @property
     def queue_key(self) -> Hashable:

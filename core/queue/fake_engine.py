@@ -70,12 +70,14 @@ class FakeEngine:
         samplers: Sequence[str] = FAKE_SAMPLERS,
         preview_every: int = 5,
         image_size: int = 32,
+        capacity: int = 8,
     ) -> None:
         self.step_delay_s = step_delay_s
         self._models = list(models)
         self._samplers = list(samplers)
         self.preview_every = preview_every
         self.image_size = image_size
+        self.capacity = capacity  # images per call when the worker asks (engine.max_batch = 0)
         self.calls: list[list[int]] = []  # seeds of each engine call (batches show as one call)
         self.steps_run: list[int] = []  # sampler steps each engine call ran before it ended
         self._lock = threading.Lock()
@@ -91,6 +93,9 @@ class FakeEngine:
 
     def close(self) -> None:
         self.closed = True
+
+    def batch_capacity(self, request: GenerationRequest) -> int:
+        return self.capacity
 
     def generate(
         self,

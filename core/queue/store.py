@@ -116,8 +116,11 @@ class JobStore:
             for job_id, guild_id, user_id, cost, params, attempts in rows:
                 # A job retried after its worker died runs alone: if it kills the worker again,
                 # it takes no innocent batch-mates with it.
-                key = ("retry", job_id) if attempts else batch_key(GenerationRequest.from_dict(params))
-                out.append(QueuedJob(job_id, guild_id, user_id, max(cost / STANDARD_COST, 1e-6), key))
+                request = GenerationRequest.from_dict(params)
+                key = ("retry", job_id) if attempts else batch_key(request)
+                out.append(
+                    QueuedJob(job_id, guild_id, user_id, max(cost / STANDARD_COST, 1e-6), key, request.count)
+                )
             return sorted(out, key=lambda j: j.job_id)
 
     async def guild_weights(self) -> dict[int, float]:

@@ -1,9 +1,15 @@
 """The worker: a thin asyncio loop around :mod:`core.queue.fair` and the engine.
 
-One loop per GPU. Each turn it syncs the scheduler with the jobs table (the source of truth), asks
-``fair.next_batch`` for the next compatible jobs, claims them in SQL under a lease, runs the engine
-in a thread (``asyncio.to_thread``), forwards progress, stores the images and reports to a
-:class:`WorkerListener` (the service in-process; PostgreSQL NOTIFY in a ``chant worker`` process).
+One loop per GPU. Each turn it syncs the scheduler with the jobs table (the source of truth), takes
+the front of the fair order, claims the first job and the compatible jobs right behind it (up to the
+batch's image capacity: ``engine.max_batch``, or what the engine says fits in free VRAM) in SQL under a
+lease, runs the engine in a thread (``asyncio.to_thread``), forwards progress, stores the images and
+reports to a :class:`WorkerListener` (the service in-process; PostgreSQL NOTIFY in a ``chant worker``
+process).
+
+Storing a batch's results (database writes, listener calls) overlaps the engine running the next
+batch: the GPU does not wait for the database. Results are stored in the order their batches ran, and
+``stop()`` waits for every one of them.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ class Worker:
         engine,
         *,
         listener: WorkerListener | None = None,
-        max_batch: int = 1,
+        max_batch: int = 1,  # most images per engine call; 0 = ask ``engine.batch_capacity(request)``
         poll_interval_s: float = 1.0,
         recover_all_on_start: bool = False,
         default_weight: float = 1.0,
@@ -69,7 +75,7 @@ class Worker:
         self.store = store
         self.engine = engine
         self.listener: WorkerListener = listener or NullListener()
-        self.max_batch = max(1, max_batch)
+        self.max_batch = max(0, max_batch)
         self.poll_interval_s = poll_interval_s
         self.recover_all_on_start = recover_all_on_start
         # Caps are the service's business (it refuses at submit); the worker schedules what is there.
@@ -82,8 +88,11 @@ class Worker:
         self._task: asyncio.Task | None = None
         self._last_recover = 0.0
         self._max_seen = 0  # newest job id the scheduler has seen
-        self.candidates = max(8, 2 * self.max_batch)  # front of the fair order offered to claim
+        # front of the fair order offered to claim (batch-mates are looked for among them)
+        self.candidates = max(8, 2 * self.max_batch) if self.max_batch else 64
         self.served: deque[int] = deque(maxlen=10_000)  # job ids in start order (tests, stats)
+        self._settling: asyncio.Task | None = None  # storing the last batch's results
+        self.engine_busy_s = 0.0  # seconds spent inside engine calls (benchmarks: GPU utilisation)
 
     # ------------------------------------------------------------------ control
 
@@ -115,6 +124,15 @@ class Worker:
                 await self._task
             finally:
                 self._task = None
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait until the results of every batch run so far are stored."""
+        while self._settling is not None:
+            task = self._settling
+            await asyncio.shield(task)
+            if self._settling is task:
+                self._settling = None
 
     # ------------------------------------------------------------------ the loop
 
@@ -173,13 +191,15 @@ class Worker:
             for c in candidates[:index]:  # skipped: another worker holds them
                 self.fair.cancel(c.job_id)
             batch = list(claimed)
-            if self.max_batch > 1:
+            room = await self._capacity(claimed[0]) - claimed[0].request.count
+            if room > 0:
                 key = candidates[index].batch_key
                 mates = []
-                for c in candidates[index + 1 :]:
-                    if c.batch_key != key or len(mates) >= self.max_batch - 1:
+                for c in candidates[index + 1 :]:  # the run of compatible jobs right behind it
+                    if c.batch_key != key or c.images > room:
                         break
                     mates.append(c.job_id)
+                    room -= c.images
                 if mates:
                     batch += await self.store.claim(mates)
             now = time.monotonic()
@@ -188,6 +208,20 @@ class Worker:
                 if c.job_id in got:
                     self.fair.take(c.job_id, now)
             return batch
+
+    async def _capacity(self, first: Claimed) -> int:
+        """Images one engine call may take for jobs like ``first``: the configured maximum, or the
+        engine's estimate (``batch_capacity``: free VRAM at that size; measured once per size)."""
+        if self.max_batch:
+            return self.max_batch
+        estimate = getattr(self.engine, "batch_capacity", None)
+        if estimate is None:
+            return 1
+        try:
+            return max(1, int(await asyncio.to_thread(estimate, first.request)))
+        except Exception:
+            log.exception("job %s: the engine could not size its batch; it runs alone", first.job_id)
+            return 1
 
     async def _recover(self, *, all_running: bool = False) -> None:
         _, failed = await self.store.recover(all_running=all_running)
@@ -257,6 +291,7 @@ class Worker:
 
         done = asyncio.Event()
         renew = asyncio.create_task(self._renew_loop(ids, done))
+        engine_start = time.monotonic()
         try:
             try:
                 results = await asyncio.to_thread(
@@ -265,25 +300,45 @@ class Worker:
             except Exception as exc:  # the engine call as a whole failed: every job in it failed
                 results = [exc] * len(ids)
         finally:
-            # Let a renewal in flight finish rather than cancel it inside its write transaction: a
-            # cancelled SQLite write can keep the write lock and stall every other writer.
+            self.engine_busy_s += time.monotonic() - engine_start
             done.set()
-            await renew
         elapsed = time.monotonic() - start
         costs = [self._cost(job_id) for job_id in ids]
         total_cost = sum(costs) or 1.0
-        for k, (job_id, result) in enumerate(zip(ids, results, strict=True)):
-            share = elapsed * costs[k] / total_cost
+        now = time.monotonic()
+        for k, job_id in enumerate(ids):
+            if job_id in self.fair:
+                self.fair.finish(job_id, now if k == 0 else None, cost=total_cost if k == 0 else None)
+        shares = [elapsed * cost / total_cost for cost in costs]
+        # The next batch may start now; its results are stored after these (the chain keeps the order).
+        self._settling = asyncio.create_task(
+            self._settle_batch(self._settling, renew, ids, results, shares), name="chant-settle"
+        )
+        if self._stopping:
+            await self.drain()
+
+    async def _settle_batch(
+        self,
+        previous: asyncio.Task | None,
+        renew: asyncio.Task,
+        ids: list[int],
+        results: Sequence[GenerationResult | BaseException],
+        shares: list[float],
+    ) -> None:
+        """Store one batch's outcomes, after the batch before it; the lease is renewed until then."""
+        # Let a renewal in flight finish rather than cancel it inside its write transaction: a
+        # cancelled SQLite write can keep the write lock and stall every other writer.
+        await renew
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        for job_id, result, share in zip(ids, results, shares, strict=True):
             try:
                 await self._settle(job_id, result, share)
             except Exception:
                 log.exception("job %s: could not store its outcome", job_id)
             self._running.pop(job_id, None)
             self._cancelled.discard(job_id)
-        now = time.monotonic()
-        for k, job_id in enumerate(ids):
-            if job_id in self.fair:
-                self.fair.finish(job_id, now if k == 0 else None, cost=total_cost if k == 0 else None)
 
     async def _settle(
         self, job_id: int, result: GenerationResult | BaseException, gpu_seconds: float

@@ -143,3 +143,92 @@ def test_jobs_with_other_loras_or_eta_never_share_an_engine_call() -> None:
     assert batch_key(plain.replace(prompt="a cat # <lora:shiny:1> in a comment")) == batch_key(plain)
     assert batch_key(plain.replace(eta=0.5)) != batch_key(plain)
     assert batch_key(plain.replace(width=768)) != batch_key(plain)
+
+
+async def test_batches_are_sized_in_images_by_the_engine(tmp_path) -> None:
+    """engine.max_batch = 0: the worker asks the engine how many images fit (here 4)."""
+    h = Harness(tmp_path, max_images=4)
+    h.engine.capacity = 4
+    assert h.settings.engine.max_batch == 0
+    service = await h.open(start=False)
+    for guild, count in ((1, 2), (2, 2), (3, 1), (4, 3), (5, 1)):
+        await service.submit_imagine(
+            actor(user=guild, guild=guild), ImagineOptions(prompt="x", steps=1, count=count, seed=guild * 10)
+        )
+    events = service.events()
+    await service.start()
+    for _ in range(5):
+        await wait_for(events, lambda e: isinstance(e, JobDone))
+    # jobs in fair order make 2, 2, 1, 3, 1 images: 2+2 fill the first call, 1+3 the second
+    assert [len(call) for call in h.engine.calls] == [2, 2, 1]
+    assert [call[0] for call in h.engine.calls] == [10, 30, 50]
+    await h.close()
+
+
+async def test_an_engine_without_an_estimate_runs_one_job_per_call(tmp_path) -> None:
+    class NoEstimate:
+        def __init__(self, engine) -> None:
+            self._engine = engine
+
+        def __getattr__(self, name):
+            if name == "batch_capacity":
+                raise AttributeError(name)
+            return getattr(self._engine, name)
+
+    h = Harness(tmp_path)
+    service = await h.open(start=False, engine=NoEstimate(h.engine))
+    for guild in (1, 2, 3):
+        await service.submit_imagine(actor(user=guild, guild=guild), ImagineOptions(prompt="x", steps=1))
+    events = service.events()
+    await service.start()
+    for _ in range(3):
+        await wait_for(events, lambda e: isinstance(e, JobDone))
+    assert [len(call) for call in h.engine.calls] == [1, 1, 1]
+    await h.close()
+
+
+async def test_storing_results_overlaps_the_next_engine_call(tmp_path) -> None:
+    """The GPU does not wait for the database: batch 2 starts while batch 1's results are written,
+    results are still stored in batch order, and stop() waits for the last ones."""
+    import asyncio
+    import time
+
+    from core.services import JobDone as Done
+
+    h = Harness(tmp_path)
+    h.engine.capacity = 1
+    service = await h.open(start=False)
+    store = service.worker.store
+    complete = store.complete
+    log: list[tuple[str, int, float]] = []
+
+    async def slow_complete(job_id, result, gpu_seconds):
+        log.append(("store-start", job_id, time.monotonic()))
+        await asyncio.sleep(0.3)
+        ok = await complete(job_id, result, gpu_seconds)
+        log.append(("store-end", job_id, time.monotonic()))
+        return ok
+
+    store.complete = slow_complete
+    generate_batch = h.engine.generate_batch
+
+    def recording(requests, **kwargs):
+        log.append(("engine-start", requests[0].seed, time.monotonic()))
+        return generate_batch(requests, **kwargs)
+
+    h.engine.generate_batch = recording
+    ids = []
+    for guild in (1, 2, 3):
+        r = await service.submit_imagine(
+            actor(user=guild, guild=guild), ImagineOptions(prompt="x", steps=1, seed=guild)
+        )
+        ids.append(r.job_id)
+    events = service.events()
+    await service.start()
+    done = [(await wait_for(events, lambda e: isinstance(e, Done))).job.id for _ in range(2)]
+    assert done == ids[:2]  # in batch order
+    starts = {key: t for kind, key, t in log if kind == "engine-start"}
+    first_stored = next(t for kind, key, t in log if kind == "store-end" and key == ids[0])
+    assert starts[2] < first_stored  # the second engine call did not wait for the first store
+    await h.close()  # stop waits for the third job's store
+    assert [key for kind, key, _ in log if kind == "store-end"] == ids
