@@ -450,11 +450,21 @@ class DiffusersEngine:
         "Latent*" upscalers interpolate the latents; "Lanczos"/"Nearest"/"None" decode, resize with PIL and
         encode again. The second pass uses the hires prompt (or the prompt) scheduled with A1111's hires
         rebasing, the same seeds (fresh noise at the new size), ``hr_second_pass_steps`` (0 = steps) steps
-        at ``hr_denoising_strength``.
+        at ``hr_denoising_strength``. (``core.engine.batch`` runs the same three parts for several jobs.)
         """
-        from core.engine import image_modes, samplers
-
         request, model = plan.request, plan.model
+        upscaled = self.hires_upscale(model, request, latents)
+        interpretations = self.hires_interpret(request)
+        with self.extra_networks(model, interpretations[0].networks):
+            hr_plan = self.hires_plan(plan, interpretations)
+            start, progress = hires_start(request, upscaled)
+            return self.denoise(hr_plan, stats, on_progress, should_cancel, start=start, progress=progress)
+
+    def hires_upscale(self, model: models.LoadedModel, request: GenerationRequest, latents) -> torch.Tensor:
+        """The first pass's latents (any number of rows of jobs with ``request``'s hires geometry and
+        upscaler) upscaled to the hires size and cropped to the hires resize box."""
+        from core.engine import image_modes
+
         factor = model.vae_scale_factor
         to_x, to_y, tx, ty = image_modes.hires_target(
             request.width, request.height, request.hr_scale, request.hr_resize_x, request.hr_resize_y
@@ -472,22 +482,26 @@ class DiffusersEngine:
         if tx or ty:
             h, w = upscaled.shape[2], upscaled.shape[3]
             upscaled = upscaled[:, :, ty // 2 : h - (ty + 1) // 2, tx // 2 : w - (tx + 1) // 2]
+        return upscaled
+
+    def hires_interpret(self, request: GenerationRequest):
+        """The hires pass's (positive, negative) interpretations: the hires prompt (or the prompt),
+        scheduled with A1111's hires rebasing."""
+        from core.engine import samplers
+
         hires_steps = request.hr_second_pass_steps or request.steps
         second_order = samplers.is_second_order(request.sampler)
         hires_total = hires_steps * 2 if second_order else hires_steps
-        hr_request = request.replace(
-            prompt=request.hr_prompt or request.prompt,
-            negative_prompt=request.hr_negative_prompt or request.negative_prompt,
+        return self.interpret(_hires_request(request), hires_steps=hires_total)
+
+    def hires_plan(self, plan: _Plan, interpretations) -> _Plan:
+        """The hires pass's plan: its prompt encoded (inside the hires prompt's extra networks), the first
+        pass's request, seeds and ENSD."""
+        request = plan.request
+        hr_plan = self.encode_prompt(_hires_request(request), plan.model, interpretations)
+        return dataclasses.replace(
+            hr_plan, request=request, seeds=plan.seeds, subseeds=plan.subseeds, ensd=plan.ensd
         )
-        interpretations = self.interpret(hr_request, hires_steps=hires_total)
-        with self.extra_networks(model, interpretations[0].networks):
-            hr_plan = self.encode_prompt(hr_request, model, interpretations)
-            hr_plan = dataclasses.replace(
-                hr_plan, request=request, seeds=plan.seeds, subseeds=plan.subseeds, ensd=plan.ensd
-            )
-            start = _Start(latents=upscaled, strength=request.hr_denoising_strength, steps=hires_steps)
-            progress = (request.steps, request.steps + hires_steps)
-            return self.denoise(hr_plan, stats, on_progress, should_cancel, start=start, progress=progress)
 
     def interpret(self, request: GenerationRequest, *, hires_steps: int | None = None):
         """(positive, negative) ``core.prompt`` interpretations, scheduled in A1111's step counts.
@@ -631,69 +645,20 @@ class DiffusersEngine:
         from core.engine import rng
 
         model, request = plan.model, plan.request
-        pipe = model.pipe
         # 4. Timesteps (img2img: the tail of the full schedule)
         scheduler = self.make_scheduler(plan)
-        if start is None:
-            total_steps = run_steps = request.steps
-        else:
-            strength = min(start.strength, 0.999)
-            if start.steps is not None:
-                run_steps = start.steps
-                total_steps = int(run_steps / strength)
-            else:
-                total_steps = request.steps
-                run_steps = int(strength * total_steps) + 1
-        scheduler.set_timesteps(total_steps, device=self.device)
-        timesteps = scheduler.timesteps
-        if start is not None:
-            begin = (total_steps - run_steps) * scheduler.order
-            timesteps = timesteps[begin:]
-            if hasattr(scheduler, "set_begin_index"):
-                scheduler.set_begin_index(begin)
+        timesteps, run_steps = schedule(scheduler, request.steps, start, self.device)
         # 5. Initial noise (A1111: image i uses seed + i, shape (4, H/8, W/8))
-        factor = model.vae_scale_factor
-        if start is None:
-            shape = (pipe.unet.config.in_channels, request.height // factor, request.width // factor)
-        else:
-            shape = tuple(start.latents.shape[1:])
+        shape = latent_shape(model, request, start)
         try:
-            image_rng = rng.ImageRNG(
-                shape,
-                plan.seeds,
-                subseeds=plan.subseeds if request.subseed_strength > 0 else None,
-                subseed_strength=request.subseed_strength,
-                source=plan.rng_source,
-                device=self.device,
-                eta_noise_seed_delta=plan.ensd,
-            )
+            image_rng = self.image_rng(plan, shape)
         except ValueError as exc:
             raise GenerationError(str(exc)) from None
         noise = image_rng.first().to(self.device, model.dtype)
-        init = keep = None
-        if start is None:
-            latents = noise * scheduler.init_noise_sigma
-        else:
-            # A1111: the source latents, noised to the first step that runs; inpaint's "latent noise" /
-            # "latent nothing" replace the masked area first (with the same seed's noise / zeros).
-            init, keep = start.latents.to(self.device, model.dtype), start.keep
-            if keep is not None and start.fill == 2:
-                init = init * keep + noise * (1 - keep)
-            elif keep is not None and start.fill == 3:
-                init = init * keep
-            latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(noise.shape[0]))
+        latents, init, keep = start_latents(scheduler, start, noise, timesteps, self.device, model.dtype)
         # 6. Extra step arguments (eta) and SDXL's added conditioning
-        step_kwargs = {}
-        if request.eta is not None and "eta" in _step_parameters(scheduler):
-            step_kwargs["eta"] = request.eta
-        time_ids = None
-        if model.kind == "sdxl":
-            height, width = shape[1] * factor, shape[2] * factor
-            time_ids = torch.tensor(
-                [[height, width, 0, 0, height, width]],
-                dtype=model.dtype,
-                device=self.device,
-            )
+        step_kwargs = step_arguments(scheduler, request)
+        time_ids = self.time_ids(model, shape)
         # 7. Denoising loop
         total = len(timesteps)
         done_before, report_total = progress or (0, run_steps)
@@ -707,8 +672,7 @@ class DiffusersEngine:
                 latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
                 if keep is not None and i + 1 < total:
                     # Inpaint: outside the mask the latents follow the source, noised to the next step.
-                    source = scheduler.add_noise(init, noise, timesteps[i + 1 : i + 2].repeat(noise.shape[0]))
-                    latents = source * keep + latents * (1 - keep)
+                    latents = keep_source(scheduler, latents, init, noise, keep, timesteps[i + 1 : i + 2])
                 self._sync()
                 stats.steps.append(time.perf_counter() - step_start)
                 if on_progress is not None:
@@ -718,8 +682,36 @@ class DiffusersEngine:
                         preview = self._preview(model, latents)
                     on_progress(Progress(step=done_before + done, total=report_total, preview_png=preview))
         if keep is not None:
-            latents = latents * (1 - keep) + init * keep  # A1111: samples * nmask + init_latent * mask
+            latents = keep_final(latents, init, keep)
         return latents
+
+    def image_rng(self, plan: _Plan, shape: Sequence[int]):
+        """The job's :class:`~core.engine.rng.ImageRNG` (seeds, variation seed, ENSD, source); ValueError
+        for seeds it cannot take."""
+        from core.engine import rng
+
+        request = plan.request
+        return rng.ImageRNG(
+            shape,
+            plan.seeds,
+            subseeds=plan.subseeds if request.subseed_strength > 0 else None,
+            subseed_strength=request.subseed_strength,
+            source=plan.rng_source,
+            device=self.device,
+            eta_noise_seed_delta=plan.ensd,
+        )
+
+    def time_ids(self, model: models.LoadedModel, shape: Sequence[int]) -> torch.Tensor | None:
+        """SDXL's added ``time_ids`` for latents of ``shape`` (C, h, w); None for other models."""
+        if model.kind != "sdxl":
+            return None
+        factor = model.vae_scale_factor
+        height, width = shape[1] * factor, shape[2] * factor
+        return torch.tensor(
+            [[height, width, 0, 0, height, width]],
+            dtype=model.dtype,
+            device=self.device,
+        )
 
     def unet_inputs(self, plan: _Plan, counter: int, count: int, time_ids=None) -> list[tuple[int, Any, Any]]:
         """The UNet calls for the conditioning at ``counter``: (repeats, embeds, added_cond_kwargs).
@@ -874,6 +866,93 @@ class DiffusersEngine:
         return GeneratedImage(
             png=infotext.png_with_infotext(image, text), seed=seed, subseed=subseed, infotext=text
         )
+
+
+# -- the loop's parts, shared with core.engine.batch ---------------------------------------------------
+
+
+def schedule(scheduler, steps: int, start: _Start | None, device) -> tuple[torch.Tensor, int]:
+    """Set ``scheduler``'s timesteps; returns (the timesteps that run, the steps they count as).
+
+    txt2img: all ``steps``. img2img (``start``): A1111's ``t_enc = int(min(strength, 0.999) * steps)``, the
+    last ``t_enc + 1`` steps of the full schedule; hires (``start.steps``): a schedule of
+    ``int(start.steps / strength)`` steps of which the last ``start.steps`` run.
+    """
+    if start is None:
+        total_steps = run_steps = steps
+    else:
+        strength = min(start.strength, 0.999)
+        if start.steps is not None:
+            run_steps = start.steps
+            total_steps = int(run_steps / strength)
+        else:
+            total_steps = steps
+            run_steps = int(strength * total_steps) + 1
+    scheduler.set_timesteps(total_steps, device=device)
+    timesteps = scheduler.timesteps
+    if start is not None:
+        begin = (total_steps - run_steps) * scheduler.order
+        timesteps = timesteps[begin:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin)
+    return timesteps, run_steps
+
+
+def latent_shape(model: models.LoadedModel, request: GenerationRequest, start: _Start | None) -> tuple:
+    """One image's noise shape: (UNet channels, H/8, W/8), or the start latents' shape."""
+    if start is not None:
+        return tuple(start.latents.shape[1:])
+    factor = model.vae_scale_factor
+    return (model.pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+
+
+def start_latents(scheduler, start: _Start | None, noise, timesteps, device, dtype):
+    """The loop's first latents, plus (inpaint) the source latents and keep mask it blends back:
+    ``(latents, init, keep)``; ``init`` and ``keep`` are None without ``start.keep``."""
+    if start is None:
+        return noise * scheduler.init_noise_sigma, None, None
+    # A1111: the source latents, noised to the first step that runs; inpaint's "latent noise" /
+    # "latent nothing" replace the masked area first (with the same seed's noise / zeros).
+    init, keep = start.latents.to(device, dtype), start.keep
+    if keep is not None and start.fill == 2:
+        init = init * keep + noise * (1 - keep)
+    elif keep is not None and start.fill == 3:
+        init = init * keep
+    latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(noise.shape[0]))
+    return latents, init, keep
+
+
+def keep_source(scheduler, latents, init, noise, keep, next_timestep) -> torch.Tensor:
+    """Inpaint, after a step: the kept area set to the source latents noised to ``next_timestep``."""
+    source = scheduler.add_noise(init, noise, next_timestep.repeat(noise.shape[0]))
+    return source * keep + latents * (1 - keep)
+
+
+def keep_final(latents, init, keep) -> torch.Tensor:
+    """Inpaint, after the last step: A1111's ``samples * nmask + init_latent * mask``."""
+    return latents * (1 - keep) + init * keep
+
+
+def step_arguments(scheduler, request: GenerationRequest) -> dict[str, Any]:
+    """Extra ``scheduler.step`` arguments: eta where the scheduler takes one."""
+    if request.eta is not None and "eta" in _step_parameters(scheduler):
+        return {"eta": request.eta}
+    return {}
+
+
+def _hires_request(request: GenerationRequest) -> GenerationRequest:
+    """The request with the hires prompt and negative prompt (each defaulting to the first pass's)."""
+    return request.replace(
+        prompt=request.hr_prompt or request.prompt,
+        negative_prompt=request.hr_negative_prompt or request.negative_prompt,
+    )
+
+
+def hires_start(request: GenerationRequest, upscaled: torch.Tensor) -> tuple[_Start, tuple[int, int]]:
+    """The hires pass's start (the upscaled latents) and progress (steps before it, steps in all)."""
+    hires_steps = request.hr_second_pass_steps or request.steps
+    start = _Start(latents=upscaled, strength=request.hr_denoising_strength, steps=hires_steps)
+    return start, (request.steps, request.steps + hires_steps)
 
 
 def _to_pixels(images: Sequence[Any]) -> torch.Tensor:
