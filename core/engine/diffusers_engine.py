@@ -114,6 +114,7 @@ class DiffusersEngine:
             torch.set_num_threads(settings.threads)
         from core.engine import accel
 
+        import_diffusers()
         accel.install(self)  # compile / warm-up / CPU offload, applied to each model when it loads
 
     # -- the Engine protocol ---------------------------------------------------------------------
@@ -131,6 +132,29 @@ class DiffusersEngine:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+
+    def preload(self) -> dict[str, Any]:
+        """Load the default model before the first job (the worker calls this when it starts): with
+        ``engine.compile`` on, this is where the UNet compiles and warms up for ``warmup_sizes`` ×
+        ``batch_buckets``; with ``max_batch = 0`` on CUDA, the batch memory of each warm-up size is
+        measured too. Returns what it did, with times (logged by the worker)."""
+        from core.engine import accel, batch
+
+        start = time.perf_counter()
+        request = GenerationRequest(prompt="")
+        with self._lock:
+            model = batch.load_model(self, request)
+        report: dict[str, Any] = {"model": model.name, "load_s": round(time.perf_counter() - start, 3)}
+        warmup = accel.last_warmup(model)
+        if warmup is not None:
+            report["warmup"] = warmup
+        if self.settings.max_batch == 0 and self.device.type == "cuda":
+            sizes = {}
+            for size in self.settings.warmup_sizes:
+                width, height = accel.parse_size(size)
+                sizes[size] = self.batch_capacity(request.replace(width=width, height=height))
+            report["batch_capacity"] = sizes
+        return report
 
     def batch_capacity(self, request: GenerationRequest) -> int:
         """Most images one denoising loop of jobs like ``request`` takes: ``engine.max_batch``, or (0) what
@@ -953,6 +977,25 @@ def hires_start(request: GenerationRequest, upscaled: torch.Tensor) -> tuple[_St
     hires_steps = request.hr_second_pass_steps or request.steps
     start = _Start(latents=upscaled, strength=request.hr_denoising_strength, steps=hires_steps)
     return start, (request.steps, request.steps + hires_steps)
+
+
+def import_diffusers() -> None:
+    """Resolve every diffusers class the engine uses, in the thread that builds the engine.
+
+    diffusers imports its classes lazily on first attribute access, and that is not thread-safe: when
+    two threads touch it first at the same time (the worker preloading a model while the bot lists
+    samplers), one of them can get ``ImportError: cannot import name 'StableDiffusionPipeline'`` or a
+    missing scheduler class, for the life of the process. Done once here, later accesses are plain
+    attribute reads.
+    """
+    import diffusers
+
+    from core.engine import samplers
+
+    names = {row.cls_name for row in samplers.SAMPLERS.values()}
+    names |= {"StableDiffusionPipeline", "StableDiffusionXLPipeline", "AutoencoderKL", "UNet2DConditionModel"}
+    for name in sorted(names):
+        getattr(diffusers, name)
 
 
 def _to_pixels(images: Sequence[Any]) -> torch.Tensor:

@@ -93,6 +93,7 @@ class Worker:
         self.served: deque[int] = deque(maxlen=10_000)  # job ids in start order (tests, stats)
         self._settling: asyncio.Task | None = None  # storing the last batch's results
         self.engine_busy_s = 0.0  # seconds spent inside engine calls (benchmarks: GPU utilisation)
+        self.batches = 0  # engine calls made
 
     # ------------------------------------------------------------------ control
 
@@ -137,6 +138,7 @@ class Worker:
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> None:
+        await self._preload()
         while not self._stopping:  # recover orphans first (retry if the database is not up yet)
             try:
                 await self._recover(all_running=self.recover_all_on_start)
@@ -157,6 +159,19 @@ class Worker:
                 worked = False
             if not worked and not self._stopping:
                 await self._idle()
+
+    async def _preload(self) -> None:
+        """Load (compile, warm up) the default model before claiming jobs, so no user waits for it."""
+        preload = getattr(self.engine, "preload", None)
+        if preload is None or self._stopping:
+            return
+        start = time.monotonic()
+        try:
+            report = await asyncio.to_thread(preload)
+        except Exception as exc:  # no default model, a broken file: jobs will say so one by one
+            log.warning("could not preload the default model (%s); loading it with the first job", exc)
+            return
+        log.info("engine ready in %.1fs: %s", time.monotonic() - start, report)
 
     async def step(self) -> bool:
         """One turn: sync, pick, claim, run. False when there was nothing to do."""
@@ -292,6 +307,7 @@ class Worker:
         done = asyncio.Event()
         renew = asyncio.create_task(self._renew_loop(ids, done))
         engine_start = time.monotonic()
+        self.batches += 1
         try:
             try:
                 results = await asyncio.to_thread(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -113,3 +115,59 @@ def test_parallel_png_encoding_keeps_every_image_with_its_own_seed(tiny_sd15) ->
     assert max(diff) <= 1
     assert max(abs(a - b) for a, b in zip(pixels[0], single, strict=True)) > 1
     engine.close()
+
+
+def test_preload_loads_the_default_model_before_the_first_job(tiny_sd15) -> None:
+    engine = DiffusersEngine(engine_settings(tiny_sd15))
+    assert not engine.models._models
+    report = engine.preload()
+    assert report["model"] == "tiny" and report["load_s"] > 0
+    assert "warmup" not in report  # compile is off: nothing to warm up
+    loaded = list(engine.models._models.values())
+    assert len(loaded) == 1
+    result = engine.generate(JOB)
+    assert list(engine.models._models.values()) == loaded  # the job used the preloaded model
+    assert result.timings["load"] < report["load_s"]
+    engine.close()
+
+
+def test_preloading_in_a_thread_while_another_thread_lists_samplers(tiny_sd15) -> None:
+    """diffusers' lazy imports are not thread-safe; the engine resolves them where it is built.
+
+    Without that, this exact sequence (what ``chant run`` does at start) failed with
+    "cannot import name 'StableDiffusionPipeline'" in the preload thread, or with a scheduler class
+    missing from diffusers for every later job. Fresh interpreter: imports are per process.
+    """
+    import subprocess
+    import sys
+
+    code = f"""
+import threading
+from core.config import EngineSettings, ModelSettings
+from core.engine import create_engine
+from core.types import GenerationRequest
+model = ModelSettings(source={str(tiny_sd15.single_file)!r}, config={str(tiny_sd15.config)!r})
+engine = create_engine(EngineSettings(device="cpu", models={{"tiny": model}}, default_model="tiny",
+                                      embedding_dirs=()))
+errors = []
+def preload():
+    try:
+        engine.preload()
+    except Exception as exc:
+        errors.append(repr(exc))
+thread = threading.Thread(target=preload)
+thread.start()
+import diffusers
+from core.engine import samplers
+engine.sampler_names()
+samplers.resolve("Euler a", None)
+samplers.schedule_types("Euler a")
+thread.join()
+assert not errors, errors
+result = engine.generate(GenerationRequest(prompt="a cat", sampler="Euler a", steps=1, width=64, height=64))
+print("ok", len(result.images))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok 1")

@@ -232,3 +232,37 @@ async def test_storing_results_overlaps_the_next_engine_call(tmp_path) -> None:
     assert starts[2] < first_stored  # the second engine call did not wait for the first store
     await h.close()  # stop waits for the third job's store
     assert [key for kind, key, _ in log if kind == "store-end"] == ids
+
+
+async def test_the_worker_preloads_the_engine_before_claiming_and_survives_a_failed_preload(tmp_path) -> None:
+    order: list[str] = []
+
+    class Preloading:
+        def __init__(self, engine, fail: bool) -> None:
+            self._engine, self.fail = engine, fail
+
+        def preload(self):
+            order.append("preload")
+            if self.fail:
+                raise RuntimeError("no default model")
+            return {"model": "fake"}
+
+        def generate_batch(self, requests, **kwargs):
+            order.append("generate")
+            return self._engine.generate_batch(requests, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self._engine, name)
+
+    for fail in (False, True):
+        order.clear()
+        folder = tmp_path / str(fail)
+        folder.mkdir()
+        h = Harness(folder)
+        service = await h.open(start=False, engine=Preloading(h.engine, fail))
+        await service.submit_imagine(actor(), ImagineOptions(prompt="x", steps=1))
+        events = service.events()
+        await service.start()
+        await wait_for(events, lambda e: isinstance(e, JobDone))
+        assert order == ["preload", "generate"]
+        await h.close()
