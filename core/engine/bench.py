@@ -52,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--users", type=int, default=16, help="jobs submitted at once (queue)")
     parser.add_argument("--guilds", type=int, default=4, help="guilds they come from (queue)")
-    parser.add_argument("--max-batch", type=int, default=8, help="engine.max_batch (queue, memory)")
+    parser.add_argument(
+        "--max-batch", type=int, default=8, help="engine.max_batch in images (queue, memory); 0 = from free VRAM"
+    )
     parser.add_argument("--compile", choices=("off", "default", "cuda-graphs"), default="off")
 
 
@@ -206,6 +208,8 @@ class _Bench:
             compile=args.compile,
             warmup_sizes=(f"{size}x{size}",),
             batch_buckets=tuple(_parse_batch_sizes(args.batch_sizes)),
+            # the engine takes every batch the scenarios hand it (0: what free VRAM holds)
+            max_batch=0 if args.max_batch == 0 else max(args.max_batch, *_parse_batch_sizes(args.batch_sizes)),
         )
         engine = DiffusersEngine(engine_settings)
         source = models.resolve_model(engine_settings, "bench")
@@ -372,6 +376,7 @@ def _batch_sweep(bench: _Bench) -> dict[str, Any]:
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
                 raise SystemExit(f"batch of {n} failed: {failed[0]}")
+            loop_jobs = results[0].timings.get("batch_jobs", 1.0)
             start = time.perf_counter()
             for job in jobs:
                 engine.generate(job)
@@ -384,6 +389,7 @@ def _batch_sweep(bench: _Bench) -> dict[str, Any]:
                 "batched_images_per_s": round(images / t_batch, 3),
                 "one_at_a_time_images_per_s": round(images / t_alone, 3),
                 "speedup": round(t_alone / t_batch, 3),
+                "jobs_in_first_loop": int(loop_jobs),  # < jobs: the engine split the batch (memory)
             }
         )
     return {"batch_sweep": rows}
@@ -467,6 +473,8 @@ async def _queue_run(bench: _Bench, max_batch: int) -> dict[str, Any]:
             elif isinstance(event, JobFailed):
                 failed += 1
         seconds = time.perf_counter() - start
+        worker = service.worker
+        busy, batches = worker.engine_busy_s, worker.batches
     finally:
         await service.stop()
         await db.dispose()
@@ -478,6 +486,11 @@ async def _queue_run(bench: _Bench, max_batch: int) -> dict[str, Any]:
         "submit_s": round(submitted, 3),
         "seconds": round(seconds, 3),
         "images_per_s": round(users * args.count / seconds, 3),
+        "engine_calls": batches,
+        "images_per_engine_call": round(users * args.count / max(batches, 1), 2),
+        # share of the wall time (submit to last result) the engine was running: the rest is queue,
+        # database and Discord-side overhead the GPU waits for
+        "engine_busy_share": round(busy / seconds, 3),
     }
 
 
@@ -495,28 +508,61 @@ class _KeepOpen:
 
 
 def _memory(bench: _Bench) -> dict[str, Any]:
-    """Peak memory of one job, a full batch, and one job with model CPU offload (CUDA: allocated)."""
+    """Peak memory of one job, a full batch, one job with VAE tiling + slicing, one with model CPU
+    offload (CUDA: max allocated and max reserved by PyTorch; a card also needs its CUDA context), and on
+    CUDA the batch size ``engine.max_batch = 0`` would pick now (measured footprint, free memory)."""
+    import dataclasses
+
     import torch
 
-    from core.engine import accel
+    from core.engine import accel, memory
 
-    engine, device = bench.engine, bench.engine.device
+    engine, device, model = bench.engine, bench.engine.device, bench.model
+    cuda = device.type == "cuda"
     out: dict[str, Any] = {
-        "memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS (monotonic)"
+        "memory_kind": "cuda max_memory_allocated / max_memory_reserved"
+        if cuda
+        else "process max RSS (monotonic)"
     }
 
-    def peak(jobs) -> float:
-        if device.type == "cuda":
+    def peak(name: str, jobs) -> None:
+        if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        engine.generate_batch(jobs)
-        return round(_peak_memory_mb(device), 1)
+        results = engine.generate_batch(jobs)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            out[f"{name}_failed"] = str(failed[0])
+            return
+        out[f"peak_mb_{name}"] = round(_peak_memory_mb(device), 1)
+        if cuda:
+            out[f"peak_reserved_mb_{name}"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
 
-    out["peak_mb_batch_1"] = peak(_jobs(bench, 1))
-    out[f"peak_mb_batch_{bench.args.max_batch}"] = peak(_jobs(bench, bench.args.max_batch))
-    accel.enable_cpu_offload(bench.model, device)  # last: the hooks stay on this model
-    out["peak_mb_batch_1_cpu_offload"] = peak(_jobs(bench, 1))
+    size = bench.size
+    if cuda:
+        footprint = memory.measure(engine, model, size, size)
+        free = memory.free_bytes(device)
+        out["auto_batch"] = {
+            "per_image_mb": round(footprint.per_image / 2**20, 1),
+            "fixed_mb": round(footprint.fixed / 2**20, 1),
+            "vae_decode_chunk_mb": round(footprint.decode / 2**20, 1),
+            "free_mb": round(free / 2**20),
+            "images": memory.capacity(free, footprint),
+        }
+    n = bench.args.max_batch or (out["auto_batch"]["images"] if cuda else memory.CPU_AUTO)
+    peak("batch_1", _jobs(bench, 1))
+    peak(f"batch_{n}", _jobs(bench, n))
+    saved = engine.settings
+    engine.settings = dataclasses.replace(saved, vae_tiling=True, vae_slicing=True)
+    try:
+        peak("batch_1_vae_tiling", _jobs(bench, 1))
+    finally:
+        engine.settings = saved
+        model.pipe.vae.disable_tiling()
+        model.pipe.vae.disable_slicing()
+    accel.enable_cpu_offload(model, device)  # last: the hooks stay on this model
+    peak("batch_1_cpu_offload", _jobs(bench, 1))
     return out
 
 

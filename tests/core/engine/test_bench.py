@@ -39,5 +39,10 @@ def test_bench_scenarios_run_on_the_tiny_model() -> None:
         (2, 4, 2),
     ]
     assert result["peak_mb_batch_1"] > 0 and result["peak_mb_batch_1_cpu_offload"] > 0
+    assert result["peak_mb_batch_2"] > 0 and result["peak_mb_batch_1_vae_tiling"] > 0
+    assert [row["jobs_in_first_loop"] for row in result["batch_sweep"]] == [1, 2]
+    # max_batch 1: one engine call per job; 2: the worker pairs compatible jobs
+    assert [row["engine_calls"] for row in result["queue"]] == [4, 2]
+    assert all(0 < row["engine_busy_share"] <= 1 for row in result["queue"])
     assert result["warmup_compile"].startswith("off (asked cuda-graphs")
     assert list(result["warmup_shapes_s"]) == ["64x64/b1", "64x64/b2"]
