@@ -81,9 +81,25 @@ class GenerationRequest:
         return cls(**kwargs)
 
     def batch_key(self) -> tuple[Any, ...]:
-        """Jobs with equal keys may share one denoising loop (see the GPU throughput work)."""
-        return (self.model, self.vae, self.width, self.height, self.sampler, self.schedule_type,
-                self.steps, self.mode, self.enable_hr, self.clip_skip, self.rng)
+        """Jobs with equal keys may share one denoising loop: what shapes the shared loop is equal.
+
+        img2img / inpaint add the denoising strength (where the loop starts); hires fix adds the hires
+        geometry and second pass (resize box, or the scale when there is none; upscaler; steps; strength).
+        Per job, not in the key: prompts, CFG, seeds, variation seed, ENSD, count, and the source image,
+        mask, mask blur, masked content, resize mode and masked-only options. (The engine adds the LoRA
+        sets and eta: ``core.engine.batch.batch_key``.)
+        """
+        key: tuple[Any, ...] = (self.model, self.vae, self.width, self.height, self.sampler,
+                                self.schedule_type, self.steps, self.mode, self.enable_hr, self.clip_skip,
+                                self.rng)
+        if self.mode != Mode.TXT2IMG:
+            key += (self.denoising_strength,)
+        if self.enable_hr:
+            resize = (self.hr_resize_x, self.hr_resize_y)
+            size = resize if any(resize) else self.hr_scale  # a resize box overrides the scale
+            key += (size, self.hr_upscaler, self.hr_second_pass_steps or self.steps,
+                    self.hr_denoising_strength)
+        return key
 
 
 @dataclass(frozen=True)
