@@ -13,7 +13,9 @@ size, steps, CFG and initial latents, interleaved; the ratio compares medians (o
   a time, for N in ``--batch-sizes``;
 - ``queue``: ``--users`` jobs from ``--guilds`` guilds submitted at once through the real queue
   (ChantService + worker on a temporary SQLite database, ``engine.max_batch`` = ``--max-batch``),
-  images/s from the first submit to the last result, against the same with ``max_batch`` 1;
+  images/s from the worker's start (all jobs queued) to the last result announced, and with the
+  submits counted too, against the same with ``max_batch`` 1; engine calls, images per call, the
+  engine's busy share and the idle time per engine call (queue + database overhead the GPU waits for);
 - ``memory``: peak memory of one job, of a full batch, and of one job with model CPU offload;
 - ``warmup``: ``--compile`` (off | default | cuda-graphs) compile + warm-up time for the configured
   sizes and ``--batch-sizes``, then the first job's time.
@@ -459,6 +461,7 @@ async def _queue_run(bench: _Bench, max_batch: int) -> dict[str, Any]:
                 ),
             )
         submitted = time.perf_counter() - start
+        started = time.perf_counter()
         await service.start()
         done = failed = 0
         while done + failed < users:
@@ -472,7 +475,7 @@ async def _queue_run(bench: _Bench, max_batch: int) -> dict[str, Any]:
                 done += 1
             elif isinstance(event, JobFailed):
                 failed += 1
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - started
         worker = service.worker
         busy, batches = worker.engine_busy_s, worker.batches
     finally:
@@ -484,13 +487,17 @@ async def _queue_run(bench: _Bench, max_batch: int) -> dict[str, Any]:
         "jobs": users,
         "guilds": args.guilds,
         "submit_s": round(submitted, 3),
+        # from the worker's start (every job queued) to the last result announced
         "seconds": round(seconds, 3),
         "images_per_s": round(users * args.count / seconds, 3),
+        "images_per_s_incl_submit": round(users * args.count / (seconds + submitted), 3),
         "engine_calls": batches,
         "images_per_engine_call": round(users * args.count / max(batches, 1), 2),
         # share of the wall time (submit to last result) the engine was running: the rest is queue,
         # database and Discord-side overhead the GPU waits for
         "engine_busy_share": round(busy / seconds, 3),
+        # wall time from the worker's start to the last result, outside engine calls, per call
+        "idle_s_per_engine_call": round((seconds - busy) / max(batches, 1), 4),
     }
 
 

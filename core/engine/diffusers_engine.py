@@ -198,7 +198,8 @@ class DiffusersEngine:
         on_progress: Callable[[int, Progress], None] | None = None,
         should_cancel: Callable[[int], bool] | None = None,
     ) -> list[GenerationResult | BaseException]:
-        """Compatible txt2img jobs in one denoising loop (``core.engine.batch``), others one by one.
+        """Compatible jobs (txt2img, img2img, inpaint, hires fix) in one denoising loop
+        (``core.engine.batch``), at most ``batch_capacity`` images per loop; others one by one.
 
         Each image equals its job run alone; a failing or cancelled job leaves the others running.
         """

@@ -94,12 +94,14 @@ def measure(engine, model, width: int, height: int, *, peak=cuda_peak) -> Footpr
             }
         unet(x, torch.tensor(999, device=device), encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)
 
+    unet_rows(2)  # unmetered: lazy allocations, and with CPU offload the UNet's weights move in here
     one = peak(device, lambda: unet_rows(2))
     two = peak(device, lambda: unet_rows(4))
     chunk = engine.settings.vae_decode_batch or 1
     vae_latents = torch.zeros(chunk, pipe.vae.config.latent_channels, *latent, device=device, dtype=model.dtype)
     decode = peak(device, lambda: engine.decode_latents(model, vae_latents))
-    per_image = max(two - one, 1)
+    # two <= one makes no sense (an allocator artefact): then count all of one image's bytes per image
+    per_image = two - one if two > one else max(one, 1)
     footprint = Footprint(per_image=per_image, fixed=max(one - per_image, 0), decode=decode)
     log.info(
         "batch memory at %dx%d: %.0f MiB per image, %.0f MiB fixed (decode %.0f MiB)",

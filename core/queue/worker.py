@@ -389,7 +389,9 @@ class Worker:
         return 1.0
 
     async def _renew_loop(self, ids: list[int], done: asyncio.Event) -> None:
-        interval = max(0.05, min(self.store.lease.total_seconds() / 3, self.poll_interval_s))
+        # At the poll interval (it also tells us of jobs cancelled elsewhere) but not more than twice a
+        # second (each renewal is a database write other writers wait for); always 3 times per lease.
+        interval = min(self.store.lease.total_seconds() / 3, max(0.5, self.poll_interval_s))
         while True:
             try:
                 await asyncio.wait_for(done.wait(), interval)

@@ -134,6 +134,8 @@ class ChantService:
         self._announced: set[int] = set()  # finished jobs this process already announced
         self._started: set[int] = set()
         self._positions: dict[int, int] = {}
+        self._announcer: asyncio.Task | None = None  # recomputing queue positions (one at a time)
+        self._announce_again = False
         self._tasks: list[asyncio.Task] = []
         self._pg_conn: Any = None
         self._rate: float | None = None
@@ -1179,6 +1181,9 @@ class ChantService:
             await self.worker.stop()
             if self.engine is not None and hasattr(self.engine, "close"):
                 self.engine.close()  # frees the GPU (the service's worker owned the engine)
+        if self._announcer is not None:
+            self._tasks.append(self._announcer)
+            self._announcer = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -1200,10 +1205,25 @@ class ChantService:
             self._started = set(sorted(self._started)[10_000:])
         self._positions.pop(job_id, None)
         self.hub.publish(JobStarted(job_id))
-        try:
-            await self._announce_positions()
-        except Exception:
-            log.exception("could not update queue positions")
+        self._positions_changed()
+
+    def _positions_changed(self) -> None:
+        """Recompute and announce queue positions soon, in the background: a worker starting a batch of
+        16 jobs must not wait for 16 queue scans (the GPU would idle), and the scans coalesce."""
+        if self._announcer is not None and not self._announcer.done():
+            self._announce_again = True
+            return
+        self._announcer = asyncio.create_task(self._announce_loop(), name="chant-positions")
+
+    async def _announce_loop(self) -> None:
+        while True:
+            self._announce_again = False
+            try:
+                await self._announce_positions()
+            except Exception:
+                log.exception("could not update queue positions")
+            if not self._announce_again:
+                return
 
     async def job_progress(
         self, job_id: int, step: int, total: int, eta_s: float | None, preview_png: bytes | None
