@@ -215,29 +215,44 @@ class JobStore:
 
     async def complete(self, job_id: int, result: GenerationResult, gpu_seconds: float) -> bool:
         """Store the images and mark the job done; False if the job is no longer ours (cancelled)."""
-        now = utcnow()
         async with self.db.transaction(write=True) as s:
-            res = await s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == "running", Job.lease_owner == self.worker_id)
-                .values(
-                    state="done",
-                    finished_at=now,
-                    gpu_seconds=gpu_seconds,
-                    model_hash=result.model_hash[:16] if result.model_hash else None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    error=None,
-                )
-                .execution_options(synchronize_session=False)
+            return await self._complete(s, job_id, result, gpu_seconds)
+
+    async def complete_many(self, items: Sequence[tuple[int, GenerationResult, float]]) -> set[int]:
+        """:meth:`complete` for a batch's jobs in ONE transaction (one commit, not one per job);
+        returns the ids stored (the others are no longer ours). All or nothing on an error."""
+        done: set[int] = set()
+        async with self.db.transaction(write=True) as s:
+            for job_id, result, gpu_seconds in items:
+                if await self._complete(s, job_id, result, gpu_seconds):
+                    done.add(job_id)
+        return done
+
+    async def _complete(
+        self, s: AsyncSession, job_id: int, result: GenerationResult, gpu_seconds: float
+    ) -> bool:
+        now = utcnow()
+        res = await s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "running", Job.lease_owner == self.worker_id)
+            .values(
+                state="done",
+                finished_at=now,
+                gpu_seconds=gpu_seconds,
+                model_hash=result.model_hash[:16] if result.model_hash else None,
+                lease_owner=None,
+                lease_expires_at=None,
+                error=None,
             )
-            if res.rowcount != 1:
-                return False
-            repos = Repositories(s)
-            await repos.jobs.add_images(job_id, result.images)
-            await repos.quotas.commit(job_id, actual={"gpu_seconds": gpu_seconds})
-            if self.is_postgres:
-                await _notify(s, EVENTS_CHANNEL, {"t": "done", "id": job_id})
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != 1:
+            return False
+        repos = Repositories(s)
+        await repos.jobs.add_images(job_id, result.images)
+        await repos.quotas.commit(job_id, actual={"gpu_seconds": gpu_seconds})
+        if self.is_postgres:
+            await _notify(s, EVENTS_CHANNEL, {"t": "done", "id": job_id})
         return True
 
     async def fail(self, job_id: int, reason: str, *, only_if_ours: bool = True) -> bool:

@@ -348,9 +348,28 @@ class Worker:
         if previous is not None:
             with contextlib.suppress(Exception):
                 await previous
+        # The finished jobs' images in one transaction (one commit for the batch); if that fails, one
+        # by one below, so one bad row cannot take its batch-mates' images with it.
+        stored: set[int] | None = None
+        finished = [
+            (job_id, result, share)
+            for job_id, result, share in zip(ids, results, shares, strict=True)
+            if isinstance(result, GenerationResult)
+        ]
+        if len(finished) > 1:
+            try:
+                stored = await self.store.complete_many(finished)
+            except Exception:
+                log.exception("storing %d results together failed; storing them one by one", len(finished))
         for job_id, result, share in zip(ids, results, shares, strict=True):
             try:
-                await self._settle(job_id, result, share)
+                if stored is not None and isinstance(result, GenerationResult):
+                    if job_id in stored:
+                        await self.listener.job_finished(job_id)
+                    else:
+                        log.info("job %s finished but is no longer ours (cancelled or lease lost)", job_id)
+                else:
+                    await self._settle(job_id, result, share)
             except Exception:
                 log.exception("job %s: could not store its outcome", job_id)
             self._running.pop(job_id, None)

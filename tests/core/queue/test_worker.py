@@ -209,7 +209,7 @@ async def test_storing_results_overlaps_the_next_engine_call(tmp_path) -> None:
         log.append(("store-end", job_id, time.monotonic()))
         return ok
 
-    store.complete = slow_complete
+    store.complete = slow_complete  # batches of one job: complete(), not complete_many()
     generate_batch = h.engine.generate_batch
 
     def recording(requests, **kwargs):
@@ -266,3 +266,37 @@ async def test_the_worker_preloads_the_engine_before_claiming_and_survives_a_fai
         await wait_for(events, lambda e: isinstance(e, JobDone))
         assert order == ["preload", "generate"]
         await h.close()
+
+
+async def test_a_batch_is_stored_in_one_transaction_and_falls_back_to_one_by_one(tmp_path) -> None:
+    assert await _store_calls(tmp_path / "ok", broken=False) == ["many:3"]
+    assert await _store_calls(tmp_path / "broken", broken=True) == ["many:3", "one", "one", "one"]
+
+
+async def _store_calls(folder, *, broken: bool) -> list[str]:
+    folder.mkdir()
+    h = Harness(folder)
+    service = await h.open(start=False)
+    store = service.worker.store
+    calls: list[str] = []
+    many, one = store.complete_many, store.complete
+
+    async def complete_many(items):
+        calls.append(f"many:{len(items)}")
+        if broken:
+            raise RuntimeError("disk full")
+        return await many(items)
+
+    async def complete(job_id, result, gpu_seconds):
+        calls.append("one")
+        return await one(job_id, result, gpu_seconds)
+
+    store.complete_many, store.complete = complete_many, complete
+    for guild in (1, 2, 3):
+        await service.submit_imagine(actor(user=guild, guild=guild), ImagineOptions(prompt="x", steps=1))
+    events = service.events()
+    await service.start()
+    done = [await wait_for(events, lambda e: isinstance(e, JobDone)) for _ in range(3)]
+    assert all(len(event.images) == 1 for event in done)
+    await h.close()
+    return calls
