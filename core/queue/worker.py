@@ -35,6 +35,7 @@ from core.types import (
 log = logging.getLogger(__name__)
 
 OOM_MESSAGE = "The GPU ran out of memory for this job. Try a smaller size or fewer images."
+SETTLE_GATE_TIMEOUT_S = 2.0  # results wait at most this long for the next batch's claim
 PROGRESS_MIN_INTERVAL_S = 0.25  # progress notes per job at most this often (last step always)
 
 
@@ -92,6 +93,7 @@ class Worker:
         self.candidates = max(8, 2 * self.max_batch) if self.max_batch else 64
         self.served: deque[int] = deque(maxlen=10_000)  # job ids in start order (tests, stats)
         self._settling: asyncio.Task | None = None  # storing the last batch's results
+        self._settle_gate: asyncio.Event | None = None  # opens once the next batch is claimed
         self.engine_busy_s = 0.0  # seconds spent inside engine calls (benchmarks: GPU utilisation)
         self.batches = 0  # engine calls made
 
@@ -129,6 +131,7 @@ class Worker:
 
     async def drain(self) -> None:
         """Wait until the results of every batch run so far are stored."""
+        self._open_settle_gate()
         while self._settling is not None:
             task = self._settling
             await asyncio.shield(task)
@@ -180,7 +183,10 @@ class Worker:
             self._last_recover = time.monotonic()
             await self._recover()
         await self.sync(full=full)
-        claimed = await self.claim_next()
+        try:
+            claimed = await self.claim_next()
+        finally:
+            self._open_settle_gate()  # the last batch's results may be written now
         if not claimed:
             return False
         await self.run_batch(claimed)
@@ -223,6 +229,11 @@ class Worker:
                 if c.job_id in got:
                     self.fair.take(c.job_id, now)
             return batch
+
+    def _open_settle_gate(self) -> None:
+        if self._settle_gate is not None:
+            self._settle_gate.set()
+            self._settle_gate = None
 
     async def _capacity(self, first: Claimed) -> int:
         """Images one engine call may take for jobs like ``first``: the configured maximum, or the
@@ -327,8 +338,12 @@ class Worker:
                 self.fair.finish(job_id, now if k == 0 else None, cost=total_cost if k == 0 else None)
         shares = [elapsed * cost / total_cost for cost in costs]
         # The next batch may start now; its results are stored after these (the chain keeps the order).
+        # Writing waits until the next batch is claimed: on SQLite the claim needs the write lock, and
+        # the engine would otherwise wait for this batch's whole write transaction.
+        self._open_settle_gate()
+        gate = self._settle_gate = asyncio.Event()
         self._settling = asyncio.create_task(
-            self._settle_batch(self._settling, renew, ids, results, shares), name="chant-settle"
+            self._settle_batch(self._settling, renew, ids, results, shares, gate), name="chant-settle"
         )
         if self._stopping:
             await self.drain()
@@ -340,8 +355,11 @@ class Worker:
         ids: list[int],
         results: Sequence[GenerationResult | BaseException],
         shares: list[float],
+        gate: asyncio.Event,
     ) -> None:
-        """Store one batch's outcomes, after the batch before it; the lease is renewed until then."""
+        """Store one batch's outcomes, after the batch before it and after the next batch's claim."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gate.wait(), SETTLE_GATE_TIMEOUT_S)
         # Let a renewal in flight finish rather than cancel it inside its write transaction: a
         # cancelled SQLite write can keep the write lock and stall every other writer.
         await renew

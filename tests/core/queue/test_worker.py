@@ -210,6 +210,15 @@ async def test_storing_results_overlaps_the_next_engine_call(tmp_path) -> None:
         return ok
 
     store.complete = slow_complete  # batches of one job: complete(), not complete_many()
+    claim = store.claim
+
+    async def recording_claim(ids, **kwargs):
+        got = await claim(ids, **kwargs)
+        for c in got:
+            log.append(("claimed", c.job_id, time.monotonic()))
+        return got
+
+    store.claim = recording_claim
     generate_batch = h.engine.generate_batch
 
     def recording(requests, **kwargs):
@@ -230,6 +239,10 @@ async def test_storing_results_overlaps_the_next_engine_call(tmp_path) -> None:
     starts = {key: t for kind, key, t in log if kind == "engine-start"}
     first_stored = next(t for kind, key, t in log if kind == "store-end" and key == ids[0])
     assert starts[2] < first_stored  # the second engine call did not wait for the first store
+    # and the first store began only once the second job was claimed (SQLite: one writer at a time)
+    claimed_2 = next(t for kind, key, t in log if kind == "claimed" and key == ids[1])
+    first_store_start = next(t for kind, key, t in log if kind == "store-start" and key == ids[0])
+    assert claimed_2 <= first_store_start
     await h.close()  # stop waits for the third job's store
     assert [key for kind, key, _ in log if kind == "store-end"] == ids
 
