@@ -320,15 +320,16 @@ class Worker:
         engine_start = time.monotonic()
         self.batches += 1
         try:
-            try:
-                results = await asyncio.to_thread(
-                    self.engine.generate_batch, requests, on_progress=on_progress, should_cancel=should_cancel
-                )
-            except Exception as exc:  # the engine call as a whole failed: every job in it failed
-                results = [exc] * len(ids)
+            results = await asyncio.to_thread(
+                self.engine.generate_batch, requests, on_progress=on_progress, should_cancel=should_cancel
+            )
+        except Exception as exc:  # the engine call as a whole failed: every job in it failed
+            results = [exc] * len(ids)
+        except BaseException:  # cancelled: the renewal ends with us
+            done.set()
+            raise
         finally:
             self.engine_busy_s += time.monotonic() - engine_start
-            done.set()
         elapsed = time.monotonic() - start
         costs = [self._cost(job_id) for job_id in ids]
         total_cost = sum(costs) or 1.0
@@ -343,7 +344,7 @@ class Worker:
         self._open_settle_gate()
         gate = self._settle_gate = asyncio.Event()
         self._settling = asyncio.create_task(
-            self._settle_batch(self._settling, renew, ids, results, shares, gate), name="chant-settle"
+            self._settle_batch(self._settling, (renew, done), ids, results, shares, gate), name="chant-settle"
         )
         if self._stopping:
             await self.drain()
@@ -351,21 +352,29 @@ class Worker:
     async def _settle_batch(
         self,
         previous: asyncio.Task | None,
-        renew: asyncio.Task,
+        renewal: tuple[asyncio.Task, asyncio.Event],
         ids: list[int],
         results: Sequence[GenerationResult | BaseException],
         shares: list[float],
         gate: asyncio.Event,
     ) -> None:
-        """Store one batch's outcomes, after the batch before it and after the next batch's claim."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(gate.wait(), SETTLE_GATE_TIMEOUT_S)
-        # Let a renewal in flight finish rather than cancel it inside its write transaction: a
-        # cancelled SQLite write can keep the write lock and stall every other writer.
-        await renew
-        if previous is not None:
-            with contextlib.suppress(Exception):
-                await previous
+        """Store one batch's outcomes, after the batch before it and after the next batch's claim.
+
+        The jobs' lease is renewed until their results are written, so a waiting result is never
+        taken for an orphan.
+        """
+        renew, done = renewal
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gate.wait(), SETTLE_GATE_TIMEOUT_S)
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+        finally:
+            # Let a renewal in flight finish rather than cancel it inside its write transaction: a
+            # cancelled SQLite write can keep the write lock and stall every other writer.
+            done.set()
+            await renew
         # The finished jobs' images in one transaction (one commit for the batch); if that fails, one
         # by one below, so one bad row cannot take its batch-mates' images with it.
         stored: set[int] | None = None
