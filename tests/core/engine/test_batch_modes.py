@@ -6,8 +6,6 @@ As tests/core/engine/test_batch.py: decoded float images within 1e-4 (CPU, fp32)
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -17,30 +15,11 @@ from core.engine import batch
 from core.engine.diffusers_engine import DiffusersEngine
 from core.types import GenerationCancelled, GenerationError, GenerationRequest, GenerationResult, Mode
 from tests.core.engine.conftest import engine_settings
+from tests.core.engine.test_batch import DecodeSpy, decoded
+from tests.core.engine.test_image_modes import noise_image, pixels, png, square_mask
 
 TOLERANCE = 1e-4
 BASE = {"width": 64, "height": 64, "steps": 4, "rng": "cpu"}
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
-
-
-def noise_image(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:
-    values = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return Image.fromarray(values, "RGB")
-
-
-def square_mask(size=(64, 64), box=(24, 24, 40, 40)) -> Image.Image:
-    mask = Image.new("L", size, 0)
-    mask.paste(255, box)
-    return mask
 
 
 def holed(seed: int) -> Image.Image:
@@ -148,38 +127,16 @@ HIRES = [
 ]
 
 
-class Decodes:
-    """Wraps ``engine.decode`` to keep the latents of every call (hires' pixel upscalers decode too)."""
-
-    def __init__(self, engine: DiffusersEngine) -> None:
-        self.calls: list[torch.Tensor] = []
-        self._decode = engine.decode
-        engine.decode = self  # instance attribute: only this engine
-
-    def __call__(self, model, latents):
-        self.calls.append(latents.clone())
-        return self._decode(model, latents)
-
-
-@torch.no_grad()
-def decoded(engine: DiffusersEngine, latents: torch.Tensor) -> torch.Tensor:
-    """The VAE's float image for each latent, one at a time (the reference decode)."""
-    vae = next(iter(engine.models._models.values())).pipe.vae
-    return torch.cat(
-        [vae.decode(row[None] / vae.config.scaling_factor, return_dict=False)[0] for row in latents]
-    )
-
-
 def alone_and_batched(engine: DiffusersEngine, jobs, **kwargs):
     """Each job alone (its result and final latents), then all together (results, every decode's latents)."""
-    spy = Decodes(engine)
+    spy = DecodeSpy(engine)
     alone = []
     for job in jobs:
-        spy.calls.clear()
-        alone.append((engine.generate(job), spy.calls[-1]))
-    spy.calls.clear()
+        spy.latents.clear()
+        alone.append((engine.generate(job), spy.latents[-1]))
+    spy.latents.clear()
     together = engine.generate_batch(jobs, **kwargs)
-    return alone, together, list(spy.calls)
+    return alone, together, list(spy.latents)
 
 
 def assert_as_alone(engine, alone, results, final_latents, what: str) -> float:
@@ -266,7 +223,7 @@ def test_inpainting_unet_gets_each_jobs_own_mask_and_masked_image(tiny_sd15) -> 
     assert x[0, 4, 3:5, 3:5].eq(1).all() and x[0, 4, 2, 2] == 0  # job 0's mask: 24..40 = latent 3..4
     assert x[2, 4, 2:4, 2:4].eq(1).all() and x[2, 4, 5, 5] == 0  # job 1's: the hole 16..32 = latent 2..3
     # Job 1 cancelled after step 2: its latents and image_cond rows leave; job 0 still equals alone.
-    spy = Decodes(engine)
+    spy = DecodeSpy(engine)
     progress: dict[int, list[int]] = {0: [], 1: []}
     inputs.clear()
     together = engine.generate_batch(
@@ -278,7 +235,7 @@ def test_inpainting_unet_gets_each_jobs_own_mask_and_masked_image(tiny_sd15) -> 
     assert together[0].timings["batch_jobs"] == 2.0
     assert [tuple(x.shape[:2]) for x in inputs] == [(8, 9), (8, 9), (2, 9), (2, 9)]
     assert inputs[-1][0, 4, 3:5, 3:5].eq(1).all() and inputs[-1][0, 4, 2, 2] == 0  # job 0's own mask
-    assert_as_alone(engine, alone[:1], together[:1], spy.calls[-1], "inpaint, 9-channel UNet, cancel")
+    assert_as_alone(engine, alone[:1], together[:1], spy.latents[-1], "inpaint, 9-channel UNet, cancel")
     engine.close()
 
 
@@ -361,12 +318,12 @@ def test_a_bad_source_or_mask_fails_only_its_job(engine) -> None:
 )
 def test_a_cancelled_job_leaves_and_the_others_equal_alone(engine, jobs, sampler, cancel_at, steps) -> None:
     jobs = [job.replace(sampler=sampler) for job in jobs]
-    spy = Decodes(engine)
+    spy = DecodeSpy(engine)
     alone = []
     for job in (jobs[0], jobs[2]):
-        spy.calls.clear()
-        alone.append((engine.generate(job), spy.calls[-1]))
-    spy.calls.clear()
+        spy.latents.clear()
+        alone.append((engine.generate(job), spy.latents[-1]))
+    spy.latents.clear()
     progress: dict[int, list[int]] = {0: [], 1: [], 2: []}
     together = engine.generate_batch(
         jobs,
@@ -376,6 +333,6 @@ def test_a_cancelled_job_leaves_and_the_others_equal_alone(engine, jobs, sampler
     assert isinstance(together[1], GenerationCancelled)
     assert progress[0] == progress[2] == list(range(1, steps + 1))
     assert progress[1] == list(range(1, cancel_at + 1))
-    assert spy.calls[-1].shape[0] == 2  # job 1's two images left the batch
+    assert spy.latents[-1].shape[0] == 2  # job 1's two images left the batch
     assert together[0].timings["batch_jobs"] == together[2].timings["batch_jobs"] == 3.0  # one loop
-    assert_as_alone(engine, alone, [together[0], together[2]], spy.calls[-1], f"cancel {sampler}")
+    assert_as_alone(engine, alone, [together[0], together[2]], spy.latents[-1], f"cancel {sampler}")
