@@ -40,10 +40,6 @@ class Engine(Protocol):
         ``engine.max_batch``, or with 0 an estimate from the memory free now at the job's size."""
         ...
 
-    def preload(self) -> dict:
-        """Optional: load (and compile/warm up) the default model before the first job; returns a report."""
-        ...
-
     def model_names(self) -> list[str]:
         """Configured model names (for autocomplete)."""
         ...

@@ -164,7 +164,9 @@ class Worker:
                 await self._idle()
 
     async def _preload(self) -> None:
-        """Load (compile, warm up) the default model before claiming jobs, so no user waits for it."""
+        """Load (compile, warm up) the default model before claiming jobs, so no user waits for it.
+
+        ``preload()`` is optional (not part of the ``Engine`` protocol): ``DiffusersEngine`` has it."""
         preload = getattr(self.engine, "preload", None)
         if preload is None or self._stopping:
             return
@@ -346,8 +348,6 @@ class Worker:
         self._settling = asyncio.create_task(
             self._settle_batch(self._settling, (renew, done), ids, results, shares, gate), name="chant-settle"
         )
-        if self._stopping:
-            await self.drain()
 
     async def _settle_batch(
         self,
