@@ -1,0 +1,64 @@
+"""Every value range of a generation request, defined once (torch-free, imports nothing of chant).
+
+The bot's option types, the services' request checks and the engine's ``check_inputs`` all import these,
+so a value one of them accepts is never refused by another after it was queued and charged.
+"""
+
+from __future__ import annotations
+
+# Seeds: A1111 accepts any 32-bit unsigned seed; -1 means "random".
+MAX_SEED = 2**32 - 1
+RANDOM_SEED = -1
+# A random seed is drawn as A1111 draws it: ``random.randrange(RANDOM_SEED_BOUND)``.
+RANDOM_SEED_BOUND = 4294967294
+
+# Image size: a multiple of 8 (the VAE's factor) between these, a side.
+MIN_SIDE = 64
+MAX_SIDE = 4096
+SIDE_MULTIPLE = 8
+
+MIN_STEPS = 1
+MAX_STEPS = 150
+MAX_HIRES_STEPS = 150  # 0 = the first pass's step count
+
+MIN_COUNT = 1
+MAX_COUNT = 16  # the engine's bound; the bot offers fewer (BOT_MAX_COUNT)
+BOT_MAX_COUNT = 4
+
+MIN_CFG = -100.0
+MAX_CFG = 100.0
+BOT_MIN_CFG = 1.0  # what Discord's option offers
+BOT_MAX_CFG = 30.0
+
+MIN_CLIP_SKIP = 1
+MAX_CLIP_SKIP = 12
+
+MIN_STRENGTH = 0.0  # img2img denoising strength (and variation strength)
+MAX_STRENGTH = 1.0
+
+MIN_MASK_BLUR = 0
+MAX_MASK_BLUR = 64
+MIN_PADDING = 0  # "masked only" padding, pixels
+MAX_PADDING = 256
+
+MIN_HIRES_SCALE = 1.0
+MAX_HIRES_SCALE = 4.0
+
+# A1111's img2img resize modes and inpaint "masked content" fills.
+RESIZE_MODES = {0: "Just resize", 1: "Crop and resize", 2: "Resize and fill"}
+FILL_MODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+
+# Hires fix upscalers built into the engine, by A1111's names: latent interpolation modes, then image
+# resamplers (decode, resize, encode).
+LATENT_UPSCALERS = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+)
+IMAGE_UPSCALERS = ("Lanczos", "Nearest", "None")
+UPSCALERS = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
+
+RNG_SOURCES = ("gpu", "cpu", "nv")
