@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core import ranges
 from core.engine.image_modes import blur_mask
 from core.engine.postprocess.detect import Detection, Detector
 
@@ -45,6 +46,26 @@ class DetailerOptions:
     inpaint_height: int = 0
     steps: int = 0  # 0 = the job's steps
     cfg_scale: float | None = None  # None = the job's CFG scale
+
+    def check(self) -> None:
+        """A ``ValueError`` naming the first value outside its range (``core/ranges.py``)."""
+        if not ranges.MIN_CONFIDENCE <= self.confidence <= ranges.MAX_CONFIDENCE:
+            raise ValueError(f"detailer confidence must be between 0 and 1, not {self.confidence}")
+        if not 0 <= self.max_detections <= ranges.MAX_DETECTIONS:
+            raise ValueError(f"detailer max detections must be 0 to {ranges.MAX_DETECTIONS}, not {self.max_detections}")
+        if abs(self.dilate_erode) > ranges.MAX_DILATE_ERODE:
+            raise ValueError(f"detailer dilate/erode must be within ±{ranges.MAX_DILATE_ERODE}, not {self.dilate_erode}")
+        if not ranges.MIN_MASK_BLUR <= self.mask_blur <= ranges.MAX_MASK_BLUR:
+            raise ValueError(f"detailer mask blur must be {ranges.MIN_MASK_BLUR} to {ranges.MAX_MASK_BLUR}, not {self.mask_blur}")
+        if not ranges.MIN_STRENGTH <= self.denoising_strength <= ranges.MAX_STRENGTH:
+            raise ValueError(f"detailer denoising strength must be between 0 and 1, not {self.denoising_strength}")
+        if not ranges.MIN_PADDING <= self.inpaint_padding <= ranges.MAX_PADDING:
+            raise ValueError(f"detailer inpaint padding must be {ranges.MIN_PADDING} to {ranges.MAX_PADDING}, not {self.inpaint_padding}")
+        if self.steps and not ranges.MIN_STEPS <= self.steps <= ranges.MAX_STEPS:
+            raise ValueError(f"detailer steps must be 0 (the job's) or {ranges.MIN_STEPS} to {ranges.MAX_STEPS}, not {self.steps}")
+        for side in (self.inpaint_width, self.inpaint_height):
+            if side and not (ranges.MIN_SIDE <= side <= ranges.MAX_SIDE and side % ranges.SIDE_MULTIPLE == 0):
+                raise ValueError(f"detailer inpaint size must be 0 (the job's) or a multiple of 8 from 64 to 4096, not {side}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +132,10 @@ def detail(
     inpaint: InpaintCall,
 ) -> DetailResult:
     """Run every pass over ``image``; ``detector_for(name)`` gives a detector (e.g. ``Detectors.get``)."""
+    if len(passes) > ranges.MAX_DETAILER_PASSES:
+        raise ValueError(f"at most {ranges.MAX_DETAILER_PASSES} detailer passes, not {len(passes)}")
+    for options in passes:
+        options.check()
     image = image.convert("RGB")
     regions: list[tuple[Detection, ...]] = []
     index = 0

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageChops, ImageFilter
 
+from core import ranges
 from core.engine.postprocess.detect import Detection, Detector
 from core.engine.postprocess.files import (
     WEIGHT_SUFFIXES,
@@ -111,7 +112,7 @@ def restore_faces(
 ) -> tuple[Image.Image, list[Detection]]:
     """Every face the detector finds (with landmarks) restored in place, then blended by ``visibility``
     (A1111: 1 = the restored image, 0 = the original). Returns the image and the faces restored."""
-    if not 0.0 <= visibility <= 1.0:
+    if not ranges.MIN_VISIBILITY <= visibility <= ranges.MAX_VISIBILITY:
         raise ValueError(f"face restoration visibility must be between 0 and 1, not {visibility}")
     original = image.convert("RGB")
     faces = [d for d in detector.detect(original, confidence) if len(d.landmarks) == 5]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core import ranges
 from core.config import PostprocessSettings
 from core.engine.postprocess.files import (
     WEIGHT_SUFFIXES,
@@ -160,8 +161,10 @@ class Upscalers:
         self, image: Image.Image, name: str, scale: float, *, progress: TileProgress | None = None
     ) -> Image.Image:
         """A1111's ``Upscaler.upscale``: to ``int(side * scale) // 8 * 8`` on each side."""
-        if not scale > 0:
-            raise ValueError(f"upscale factor must be positive, not {scale}")
+        if not ranges.MIN_UPSCALE_FACTOR <= scale <= ranges.MAX_UPSCALE_FACTOR:
+            raise ValueError(
+                f"upscale factor must be from {ranges.MIN_UPSCALE_FACTOR:g} to {ranges.MAX_UPSCALE_FACTOR:g}, not {scale:g}"
+            )
         width, height = int(image.width * scale) // 8 * 8, int(image.height * scale) // 8 * 8
         if width < 8 or height < 8:
             raise ValueError(f"a {image.width}x{image.height} image scaled by {scale} is smaller than 8 pixels")

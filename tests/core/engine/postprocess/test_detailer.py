@@ -148,3 +148,23 @@ def test_an_inpaint_of_the_wrong_size_is_an_error(bad) -> None:
 
     with pytest.raises(ValueError, match=r"the inpaint returned a \(10, 10\) image"):
         detail(_noise(), [DetailerOptions(model="stub")], lambda n: StubDetector([Detection(bad, 1.0)]), shrink)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"confidence": 1.5}, "confidence must be between 0 and 1, not 1.5"),
+        ({"dilate_erode": -200}, "dilate/erode must be within ±128, not -200"),
+        ({"inpaint_width": 500}, "multiple of 8 from 64 to 4096, not 500"),
+        ({"steps": 500}, "steps must be 0 .the job's. or 1 to 150, not 500"),
+        ({"max_detections": -1}, "max detections must be 0 to 20, not -1"),
+    ],
+)
+def test_out_of_range_options_are_refused_before_anything_runs(change: dict, message: str) -> None:
+    inpaint = RepaintEverything()
+    options = DetailerOptions(model="stub", **change)
+    with pytest.raises(ValueError, match=message):
+        detail(_noise(), [options], lambda n: StubDetector([Detection((10, 8, 30, 28), 0.9)]), inpaint)
+    assert inpaint.calls == []
+    with pytest.raises(ValueError, match="at most 2 detailer passes, not 3"):
+        detail(_noise(), [DetailerOptions(model="stub")] * 3, lambda n: StubDetector([]), inpaint)

@@ -107,6 +107,12 @@ def test_four_from_a_two_x_model_runs_it_twice(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(ups.upscale_by(image, "x2", 4)), np.asarray(twice))
 
 
+def test_upscale_factor_out_of_range_is_refused(tmp_path: Path) -> None:
+    build_tiny_upscaler("Compact", tmp_path / "x4.safetensors", scale=4)
+    with pytest.raises(ValueError, match="upscale factor must be from 1 to 8, not 9"):
+        _upscalers(tmp_path).upscale_by(_image(), "x4", 9)
+
+
 def test_upscale_to_covers_the_box_then_resizes_exactly(tmp_path: Path) -> None:
     build_tiny_upscaler("Compact", tmp_path / "x4.safetensors", scale=4)
     ups = _upscalers(tmp_path)
@@ -174,3 +180,19 @@ def test_plain_pickle_upscaler_loads_only_when_allowed(tmp_path: Path) -> None:
         _upscalers(tmp_path).load("plain")
     model = _upscalers(tmp_path, allow_pickle=True).load("plain")
     assert model.architecture == "Compact"
+
+
+def test_spandrel_imports_without_leaving_a_torchvision_stand_in_behind() -> None:
+    import importlib.util
+    import sys
+
+    from core.engine.postprocess.spandrel_loader import import_spandrel
+
+    assert import_spandrel().__name__ == "spandrel"
+    module = sys.modules.get("torchvision")
+    if module is None:  # not installed here (the CPU wheel set): nothing may pretend it is
+        assert importlib.util.find_spec("torchvision") is None
+        with pytest.raises(ModuleNotFoundError):
+            import torchvision  # noqa: F401
+    else:  # a working torchvision (a GPU install) was used as is
+        assert module.__spec__ is not None
