@@ -31,7 +31,7 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
 
 def _axis_weights(starts: list[int], index: int, length: int, scale: int) -> torch.Tensor:
     """One tile's blend weights along one axis, in output pixels (``length`` input pixels long)."""
-    j = torch.arange(length * scale, dtype=torch.float64) + 0.5
+    j = torch.arange(length * scale, dtype=torch.float32) + 0.5
     weight = torch.ones_like(j)
     if index > 0:  # band shared with the previous tile: [start, previous end)
         shared = (starts[index - 1] + length - starts[index]) * scale
@@ -70,7 +70,7 @@ def run_tiled(
     tile_h, tile_w = min(tile, height), min(tile, width)
     ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
     result = torch.zeros(1, channels, height * scale, width * scale, dtype=torch.float32)
-    total = torch.zeros(1, 1, height * scale, width * scale, dtype=torch.float64)
+    total = torch.zeros(1, 1, height * scale, width * scale, dtype=torch.float32)
     done = 0
     for iy, y in enumerate(ys):
         wy = _axis_weights(ys, iy, tile_h, scale)
@@ -80,9 +80,9 @@ def run_tiled(
                 raise ValueError(f"the model returned {tuple(out.shape[-2:])} for a {tile_h}x{tile_w} tile at scale {scale}")
             weight = torch.outer(wy, _axis_weights(xs, ix, tile_w, scale))[None, None]
             region = (..., slice(y * scale, (y + tile_h) * scale), slice(x * scale, (x + tile_w) * scale))
-            result[region] += out * weight.float()
+            result[region] += out.mul_(weight)
             total[region] += weight
             done += 1
             if progress:
                 progress(done, len(ys) * len(xs))
-    return result / total.float()
+    return result.div_(total)
