@@ -87,6 +87,26 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class PostprocessSettings:
+    """Upscalers, face restoration, the detailer's detectors and the /describe tagger (their model folders)."""
+
+    upscaler_dirs: tuple[str, ...] = (
+        "models/ESRGAN", "models/RealESRGAN", "models/DAT", "models/SwinIR", "models/HAT", "models/ScuNET",
+    )
+    upscale_tile: int = 192  # A1111 "Tile size for ESRGAN upscalers"; 0 = the whole image at once
+    upscale_tile_overlap: int = 8  # A1111 "Tile overlap for ESRGAN upscalers" (input pixels)
+    face_restorer_dirs: tuple[str, ...] = ("models/GFPGAN", "models/Codeformer")
+    face_restoration_model: str = "GFPGAN"  # GFPGAN | CodeFormer (A1111's names) or a file stem
+    codeformer_weight: float = 0.5  # A1111 "CodeFormer weight": 0 = strongest effect, 1 = weakest
+    face_detector: str = "face_detection_yunet_2023mar"  # detector (file stem) that finds faces to restore
+    detector_dirs: tuple[str, ...] = ("models/adetailer",)
+    tagger_dirs: tuple[str, ...] = ("models/interrogators",)
+    tagger: str = "wd-vit-tagger-v3"  # default /describe tagger: a folder with model.onnx + selected_tags.csv
+    tagger_general_threshold: float = 0.35
+    tagger_character_threshold: float = 0.85
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     """Defaults for every guild; admins change them per guild with /admin."""
 
@@ -116,6 +136,7 @@ class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     log_level: str = "INFO"
 
 

@@ -62,3 +62,14 @@ IMAGE_UPSCALERS = ("Lanczos", "Nearest", "None")
 UPSCALERS = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
 
 RNG_SOURCES = ("gpu", "cpu", "nv")
+
+# Post-processing (core/engine/postprocess): upscaling, face restoration, the detailer and the tagger.
+MIN_UPSCALE_FACTOR = 1.0  # /upscale "by" (A1111 extras allows up to 8)
+MAX_UPSCALE_FACTOR = 8.0
+MIN_VISIBILITY = 0.0  # face restoration visibility (A1111 "GFPGAN/CodeFormer visibility") and CodeFormer weight
+MAX_VISIBILITY = 1.0
+MIN_CONFIDENCE = 0.0  # detector confidence and tagger thresholds
+MAX_CONFIDENCE = 1.0
+MAX_DILATE_ERODE = 128  # detailer mask growth, pixels, either sign (ADetailer's slider)
+MAX_DETECTIONS = 20  # detailer regions per pass (0 = all)
+MAX_DETAILER_PASSES = 2  # ADetailer's default number of tabs
