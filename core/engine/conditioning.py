@@ -159,6 +159,7 @@ class _EncoderSpec:
     pad_zero: bool  # ids after the first end token become 0 (OpenCLIP)
     layer: str  # "skip" (SD1, CLIP skip honoured) | "last" | "penultimate" (no final norm)
     pooled: bool = False
+    clean: str = "clip"  # the text clean-up of A1111's tokenizer for it (core.prompt.tokens.CLEAN_STYLES)
 
 
 def _final_layer_norm(module):
@@ -192,10 +193,19 @@ class PromptEncoder:
                 raise ValueError("SDXL needs two text encoders")
             self.encoders = [
                 _EncoderSpec(text_encoder, "clip_l", pad_zero=False, layer="penultimate"),
-                _EncoderSpec(text_encoder_2, "clip_g", pad_zero=True, layer="penultimate", pooled=True),
+                _EncoderSpec(
+                    text_encoder_2,
+                    "clip_g",
+                    pad_zero=True,
+                    layer="penultimate",
+                    pooled=True,
+                    clean="open_clip",
+                ),
             ]
         elif kind == "sd2":
-            self.encoders = [_EncoderSpec(text_encoder, "clip_l", pad_zero=True, layer="last")]
+            self.encoders = [
+                _EncoderSpec(text_encoder, "clip_l", pad_zero=True, layer="last", clean="open_clip")
+            ]
         else:
             self.encoders = [_EncoderSpec(text_encoder, "clip_l", pad_zero=False, layer="skip")]
         layers = text_encoder.config.num_hidden_layers
@@ -217,7 +227,7 @@ class PromptEncoder:
         return widths
 
     # 1. tokens
-    def tokenize(self, texts: Sequence[str]):
+    def tokenize(self, texts: Sequence[str], clean: str = "clip"):
         from core.prompt.tokens import tokenize_text
 
         counts = {name: emb.count for name, emb in self.embeddings.items()}
@@ -227,6 +237,7 @@ class PromptEncoder:
                 embeddings=counts,
                 emphasis=self.emphasis,
                 comma_padding_backtrack=self.comma_padding_backtrack,
+                clean=clean,
             )
             for text in texts
         ]
@@ -235,24 +246,21 @@ class PromptEncoder:
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> list[Cond]:
         """Encode ``texts`` together, as one A1111 batch (emphasis means are shared across it)."""
-        tokenized = self.tokenize(texts)
-        n_chunks = max(len(t.chunks) for t in tokenized)
-        empty = ((BOS,) + (EOS,) * 76, (1.0,) * 77, ())
+        # Each encoder's own tokenizer (SDXL: CLIP-L's and OpenCLIP-G's clean-ups differ on HTML entities).
+        tokenized = {spec.clean: self.tokenize(texts, spec.clean) for spec in self.encoders}
+        lengths = {max(len(t.chunks) for t in tok) for tok in tokenized.values()}
+        if len(lengths) > 1:  # A1111 cannot concatenate the two encoders' outputs either
+            raise GenerationError(
+                "this prompt has a different length for SDXL's two tokenizers (an HTML entity such as "
+                "&amp; next to '<'?); write the character itself"
+            )
+        n_chunks = lengths.pop()
         pieces: list[torch.Tensor] = []
         pooled: torch.Tensor | None = None
         for c in range(n_chunks):
-            rows = [
-                (t.chunks[c].tokens, t.chunks[c].multipliers, t.chunks[c].fixes)
-                if c < len(t.chunks)
-                else empty
-                for t in tokenized
-            ]
-            ids = torch.tensor([r[0] for r in rows], dtype=torch.long, device=self.device)
-            # float32 as in A1111 (a half-precision encoder output is promoted for the emphasis maths)
-            multipliers = torch.tensor([r[1] for r in rows], dtype=torch.float32, device=self.device)
-            fixes = [r[2] for r in rows]
             outputs = []
             for spec in self.encoders:
+                ids, multipliers, fixes = self._chunk_batch(tokenized[spec.clean], c)
                 z, pool = self._run_encoder(spec, ids, fixes)
                 outputs.append(self._apply_emphasis(z, multipliers))
                 if c == 0 and pool is not None:
@@ -260,6 +268,18 @@ class PromptEncoder:
             pieces.append(torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0])
         embeds = torch.cat(pieces, dim=1).to(self.dtype)
         return [Cond(embeds[i], None if pooled is None else pooled[i]) for i in range(len(texts))]
+
+    def _chunk_batch(self, tokenized, c: int):
+        """Chunk ``c`` of every text (an empty chunk where a text has fewer): ids, multipliers, fixes."""
+        empty = ((BOS,) + (EOS,) * 76, (1.0,) * 77, ())
+        rows = [
+            (t.chunks[c].tokens, t.chunks[c].multipliers, t.chunks[c].fixes) if c < len(t.chunks) else empty
+            for t in tokenized
+        ]
+        ids = torch.tensor([r[0] for r in rows], dtype=torch.long, device=self.device)
+        # float32 as in A1111 (a half-precision encoder output is promoted for the emphasis maths)
+        multipliers = torch.tensor([r[1] for r in rows], dtype=torch.float32, device=self.device)
+        return ids, multipliers, [r[2] for r in rows]
 
     def zeros(self) -> Cond:
         """SDXL's conditioning for an empty negative prompt (A1111 ``force_zero_negative_prompt``)."""

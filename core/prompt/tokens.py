@@ -1,24 +1,34 @@
 """CLIP BPE tokens and A1111's 75-token chunker (A1111-SEMANTICS §7 and §10).
 
 ``ClipTokenizer`` is OpenAI CLIP's byte-level BPE in pure Python over the vocabulary shipped in
-``data/bpe_simple_vocab_16e6.txt.gz`` (MIT, from OpenAI CLIP via open_clip), with the text
-clean-up of Hugging Face's ``CLIPTokenizer`` (NFC, whitespace runs to one space, lowercase), so
-``encode`` gives the ids ``CLIPTokenizer`` gives. ``tokenize_text`` is A1111's ``tokenize_line``:
-ids and multipliers only; the engine turns them into tensors.
+``data/bpe_simple_vocab_16e6.txt.gz`` (MIT, from OpenAI CLIP via open_clip), with the text clean-up
+of the tokenizer A1111 runs for each encoder (``CLEAN_STYLES``):
+
+- ``"clip"``: transformers 4's slow ``CLIPTokenizer`` with ftfy installed, A1111's tokenizer for SD1
+  and SDXL's CLIP-L: ``ftfy.fix_text``, whitespace runs to one space, ``str.lower()``; the special
+  tokens are split off first (the tokenizer's added-token trie);
+- ``"open_clip"``: open_clip's ``SimpleTokenizer``, A1111's for SD2 and SDXL's OpenCLIP-G: the same
+  plus ``html.unescape`` twice after ftfy.
+
+ftfy uncurls quotes, undoes ligatures and full-width forms and NFC-normalizes, so ``don’t``,
+``ﬁne`` and ``ＡＢＣ`` give A1111's ids. ``tokenize_text`` is A1111's ``tokenize_line``: ids and
+multipliers only; the engine turns them into tensors.
 """
 
 from __future__ import annotations
 
 import gzip
+import heapq
+import html
 import itertools
 import math
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import ftfy
 import regex
 
 from core.prompt.attention import parse_attention_cached
@@ -37,7 +47,21 @@ _PATTERN = regex.compile(
 _ASCII_PATTERN = re.compile(
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\t\n\x0b\x0c\r a-z0-9]+"
 )
-_SPACES = regex.compile(r"\s+")
+# Text that ftfy and html.unescape leave as it is: printable ASCII, the whitespace ftfy keeps, no "&".
+# Most prompts are; they skip the clean-up (ftfy costs ~0.2 ms a text).
+_PLAIN_ASCII = re.compile(r"[\x20-\x25\x27-\x7e\t\n\r\x0c]*")
+_SPACES = regex.compile(r"\s+")  # ``regex``'s \s, as both tokenizers (it leaves out \x1c-\x1f)
+_SPECIAL = re.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
+CLEAN_STYLES = ("clip", "open_clip")
+
+
+@lru_cache(maxsize=4096)
+def clean_text(text: str, style: str = "clip") -> str:
+    """The lowercased text A1111's tokenizer runs BPE on (``style``: see the module docstring)."""
+    text = ftfy.fix_text(text)
+    if style == "open_clip":
+        text = html.unescape(html.unescape(text)).strip()
+    return _SPACES.sub(" ", text).strip().lower()
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -80,14 +104,19 @@ class ClipTokenizer:
     def merges(self) -> list[tuple[str, str]]:
         return list(self._merges)
 
-    def encode(self, text: str) -> list[int]:
-        if text.isascii():
+    def encode(self, text: str, clean: str = "clip") -> list[int]:
+        """The ids A1111's tokenizer gives ``text``; ``clean`` is the tokenizer's text clean-up."""
+        if clean not in CLEAN_STYLES:
+            raise ValueError(f"clean must be one of {', '.join(CLEAN_STYLES)}, not {clean!r}")
+        if _PLAIN_ASCII.fullmatch(text):
             words = _ASCII_PATTERN.findall(text.lower())
+        elif clean == "clip":
+            # transformers splits the special tokens off first and cleans the text between them.
+            words = []
+            for i, piece in enumerate(_SPECIAL.split(text)):
+                words.extend([piece] if i % 2 else _PATTERN.findall(clean_text(piece, clean)))
         else:
-            text = _SPACES.sub(" ", unicodedata.normalize("NFC", text))
-            # Character by character, like the tokenizers library: no final-sigma rule.
-            text = "".join(c.lower() for c in text) if "Σ" in text else text.lower()
-            words = _PATTERN.findall(text)
+            words = _PATTERN.findall(clean_text(text, clean))
         ids: list[int] = []
         cache = self._cache
         for word in words:
@@ -102,23 +131,42 @@ class ClipTokenizer:
     def _bpe(self, word: str) -> tuple[int, ...]:
         chars = "".join(self._byte_encoder[b] for b in word.encode("utf-8"))
         parts = [*chars[:-1], chars[-1] + "</w>"]
+        return tuple(self._vocab[p] for p in self._merge(parts) if p)
+
+    def _merge(self, parts: list[str]) -> list[str]:
+        """CLIP's BPE merges in O(n log n); ``parts`` become the merged symbols ("" where merged away).
+
+        The reference loop (transformers' ``bpe``) finds the lowest-ranked pair, merges every
+        occurrence left to right, and looks again: quadratic, seconds for a 6,000-letter word. A heap
+        of (rank, left position) over a linked list makes the same merges in the same order, because a
+        merge only creates pairs of a higher rank than its own (every merge's parts are made by
+        lower-ranked merges; ``tests/core/prompt/test_tokens.py`` checks this over the vocabulary): all
+        occurrences of one rank are merged, leftmost first, before any higher rank.
+        """
         ranks = self._ranks
-        while len(parts) > 1:
-            best = min(itertools.pairwise(parts), key=lambda pair: ranks.get(pair, math.inf))
-            if best not in ranks:
-                break
-            first, second = best
-            merged: list[str] = []
-            i = 0
-            while i < len(parts):
-                if i < len(parts) - 1 and parts[i] == first and parts[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        return tuple(self._vocab[p] for p in parts)
+        n = len(parts)
+        after = [*range(1, n), -1]
+        before = [*range(-1, n - 1)]
+        heap = [
+            (r, i) for i, pair in enumerate(itertools.pairwise(parts)) if (r := ranks.get(pair)) is not None
+        ]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = after[i]
+            if j < 0 or ranks.get((parts[i], parts[j])) != rank:
+                continue  # stale: a neighbour was merged since it was pushed
+            parts[i] += parts[j]
+            parts[j] = ""
+            k = after[i] = after[j]
+            if k >= 0:
+                before[k] = i
+                if (r := ranks.get((parts[i], parts[k]))) is not None:
+                    heapq.heappush(heap, (r, i))
+            h = before[i]
+            if h >= 0 and (r := ranks.get((parts[h], parts[i]))) is not None:
+                heapq.heappush(heap, (r, h))
+        return parts
 
 
 @dataclass(frozen=True)
@@ -162,14 +210,14 @@ class TokenizedPrompt:
 class _Embeddings:
     """Registered names by first token id, longest first (A1111 ``register_embedding_by_name``)."""
 
-    def __init__(self, embeddings: Mapping[str, int], tokenizer: ClipTokenizer) -> None:
+    def __init__(self, embeddings: Mapping[str, int], tokenizer: ClipTokenizer, clean: str) -> None:
         self.by_first: dict[int, list[tuple[tuple[int, ...], str, int]]] = {}
         for name, vectors in embeddings.items():
             if type(vectors) is not int or not 1 <= vectors <= CHUNK:
                 raise ValueError(
                     f"embedding {name!r}: vectors must be an integer from 1 to {CHUNK}, not {vectors!r}"
                 )
-            ids = tuple(tokenizer.encode(name))
+            ids = tuple(tokenizer.encode(name, clean))
             if not ids:
                 raise ValueError(f"embedding name {name!r} has no tokens")
             entries = self.by_first.setdefault(ids[0], [])
@@ -193,13 +241,15 @@ def tokenize_text(
     emphasis: str = "Original",
     comma_padding_backtrack: int = 20,
     tokenizer: ClipTokenizer | None = None,
+    clean: str = "clip",
 ) -> TokenizedPrompt:
     """A1111's ``tokenize_line`` for one scheduled text.
 
     ``emphasis`` "None" takes the text whole at weight 1.0 (brackets and BREAK literal); the other
     modes give the same ids and multipliers (they differ in how the engine applies them).
     ``embeddings`` maps textual-inversion names to their vector counts; names match by token ids,
-    longest first. Upstream bug kept on purpose (A1111-SEMANTICS §10.4): comma backtracking moves an
+    longest first. ``clean``: the encoder's tokenizer clean-up (``CLEAN_STYLES``; "open_clip" for SD2
+    and SDXL's second encoder). Upstream bug kept on purpose (A1111-SEMANTICS §10.4): comma backtracking moves an
     embedding's placeholder tokens to the next chunk but leaves its fix in the previous chunk
     (pointing into its padding), so chant's conditioning equals A1111's; the engine must clip fixes
     to the 77-token chunk as A1111's ``EmbeddingsWithFixes`` does.
@@ -211,7 +261,7 @@ def tokenize_text(
             f"comma_padding_backtrack must be a non-negative integer, not {comma_padding_backtrack!r}"
         )
     tok = tokenizer or ClipTokenizer.default()
-    db = _Embeddings(embeddings, tok) if embeddings else None
+    db = _Embeddings(embeddings, tok, clean) if embeddings else None
     parsed = parse_attention_cached(text) if emphasis != "None" else ((text, 1.0),)
 
     chunks: list[Chunk] = []
@@ -239,7 +289,7 @@ def tokenize_text(
         if segment == "BREAK" and weight == -1:
             close()
             continue
-        ids = tok.encode(segment)
+        ids = tok.encode(segment, clean)
         position = 0
         n = len(ids)
         bulk = db is None or not any(t in db.by_first for t in ids)

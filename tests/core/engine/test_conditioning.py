@@ -113,6 +113,32 @@ def test_sdxl_concatenates_both_encoders_and_pools_the_first_chunk(sdxl) -> None
     assert zeros.embeds.abs().sum() == 0 and zeros.pooled.abs().sum() == 0
 
 
+def test_sdxl_encoders_get_their_own_tokenizer_clean_up(sdxl) -> None:
+    # ftfy keeps "&amp;" in text with a "<" (it looks like HTML); only open_clip (OpenCLIP-G) unescapes it.
+    one, two = sdxl
+    text = "a <3 &amp; b"
+    l_ids = ClipTokenizer.default().encode(text, "clip")
+    g_ids = ClipTokenizer.default().encode(text, "open_clip")
+    assert len(l_ids) == len(g_ids) + 2  # "&", "amp", ";" against "&"
+    cond = PromptEncoder("sdxl", one, two).encode([text])[0]
+    l_row, g_row = [49406, *l_ids, 49407], [49406, *g_ids, 49407]
+    with torch.no_grad():
+        l_out = one(input_ids=torch.tensor([l_row + [49407] * (77 - len(l_row))]), output_hidden_states=True)
+        g_out = two(input_ids=torch.tensor([g_row + [0] * (77 - len(g_row))]), output_hidden_states=True)
+    assert torch.equal(cond.embeds[:, :32], l_out.hidden_states[-2][0])
+    assert torch.equal(cond.embeds[:, 32:], g_out.hidden_states[-2][0])
+    # Pasted punctuation is cleaned for both: a curly apostrophe encodes as the typed one.
+    encoder = PromptEncoder("sdxl", one, two)
+    assert torch.equal(encoder.encode(["don’t ﬁne"])[0].embeds, encoder.encode(["don't fine"])[0].embeds)
+
+
+def test_sdxl_refuses_a_prompt_its_two_tokenizers_chunk_differently(sdxl) -> None:
+    one, two = sdxl
+    text = "a <3 " + "&amp; " * 30  # 92 tokens for CLIP-L (2 chunks), 32 for OpenCLIP-G (1 chunk)
+    with pytest.raises(GenerationError, match="two tokenizers"):
+        PromptEncoder("sdxl", one, two).encode([text])
+
+
 def test_stack_conds_repeats_the_last_token_vector() -> None:
     a, b = torch.randn(77, 4), torch.randn(154, 4)
     stacked = stack_conds([a, b])
