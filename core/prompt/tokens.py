@@ -39,20 +39,28 @@ COMMA = 267  # ",</w>"
 CHUNK = 75
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 _DATA = Path(__file__).with_name("data") / "bpe_simple_vocab_16e6.txt.gz"
-_PATTERN = regex.compile(
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-    regex.IGNORECASE,
-)
-# The same pattern for lowercased ASCII text, in the faster ``re`` (\s here is Unicode White_Space).
-_ASCII_PATTERN = re.compile(
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\t\n\x0b\x0c\r a-z0-9]+"
-)
+_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# The same for lowercased ASCII text, in the faster ``re`` (\s here is Unicode White_Space).
+_ASCII_WORDS = r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\t\n\x0b\x0c\r a-z0-9]+"
+# Each tokenizer's special tokens, matched as words (ids BOS and EOS): OpenAI's names in transformers,
+# open_clip's own in open_clip, where "<|endoftext|>" is plain text.
+_SPECIALS = {"clip": ("<|startoftext|>", "<|endoftext|>"), "open_clip": ("<start_of_text>", "<end_of_text>")}
+_PATTERNS = {
+    style: (
+        regex.compile("|".join(map(re.escape, names)) + "|" + _WORDS, regex.IGNORECASE),
+        re.compile("|".join(map(re.escape, names)) + "|" + _ASCII_WORDS),
+    )
+    for style, names in _SPECIALS.items()
+}
+_SPECIAL_IDS = {
+    name: (id_,) for names in _SPECIALS.values() for name, id_ in zip(names, (BOS, EOS), strict=True)
+}
 # Text that ftfy and html.unescape leave as it is: printable ASCII, the whitespace ftfy keeps, no "&".
 # Most prompts are; they skip the clean-up (ftfy costs ~0.2 ms a text).
 _PLAIN_ASCII = re.compile(r"[\x20-\x25\x27-\x7e\t\n\r\x0c]*")
 _SPACES = regex.compile(r"\s+")  # ``regex``'s \s, as both tokenizers (it leaves out \x1c-\x1f)
-_SPECIAL = re.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
-CLEAN_STYLES = ("clip", "open_clip")
+_CLIP_SPLIT = re.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
+CLEAN_STYLES = tuple(_SPECIALS)
 
 
 @lru_cache(maxsize=4096)
@@ -91,7 +99,7 @@ class ClipTokenizer:
         self._vocab = {w: i for i, w in enumerate(words)}
         self._merges: list[tuple[str, str]] = merges  # type: ignore[assignment]
         self._ranks = {m: i for i, m in enumerate(merges)}
-        self._cache: dict[str, tuple[int, ...]] = {"<|startoftext|>": (BOS,), "<|endoftext|>": (EOS,)}
+        self._cache: dict[str, tuple[int, ...]] = {}
 
     @classmethod
     @lru_cache(maxsize=1)
@@ -108,19 +116,21 @@ class ClipTokenizer:
         """The ids A1111's tokenizer gives ``text``; ``clean`` is the tokenizer's text clean-up."""
         if clean not in CLEAN_STYLES:
             raise ValueError(f"clean must be one of {', '.join(CLEAN_STYLES)}, not {clean!r}")
+        pattern, ascii_pattern = _PATTERNS[clean]
         if _PLAIN_ASCII.fullmatch(text):
-            words = _ASCII_PATTERN.findall(text.lower())
+            words = ascii_pattern.findall(text.lower())
         elif clean == "clip":
             # transformers splits the special tokens off first and cleans the text between them.
             words = []
-            for i, piece in enumerate(_SPECIAL.split(text)):
-                words.extend([piece] if i % 2 else _PATTERN.findall(clean_text(piece, clean)))
+            for i, piece in enumerate(_CLIP_SPLIT.split(text)):
+                words.extend([piece] if i % 2 else pattern.findall(clean_text(piece, clean)))
         else:
-            words = _PATTERN.findall(clean_text(text, clean))
+            words = pattern.findall(clean_text(text, clean))
         ids: list[int] = []
         cache = self._cache
         for word in words:
-            cached = cache.get(word)
+            # A style's pattern yields only its own special names as one word.
+            cached = cache.get(word) or _SPECIAL_IDS.get(word)
             if cached is None:
                 cached = cache[word] = self._bpe(word)
                 if len(cache) > 100_000:

@@ -39,15 +39,23 @@ def a1111(hf_bpe):
     ``fix_text``, ``regex`` whitespace runs to one space, strip, ``str.lower``) or of open_clip's
     ``SimpleTokenizer.encode`` (SD2, SDXL OpenCLIP-G: ``html.unescape`` twice after ``fix_text``),
     then transformers' BPE. transformers 5's CLIPTokenizer no longer runs ftfy (its NFC/whitespace/
-    lowercase normalizer is a no-op on cleaned text), so the clean-up is composed here."""
+    lowercase normalizer is a no-op on cleaned text), so the clean-up is composed here. open_clip's
+    special tokens are ``<start_of_text>``/``<end_of_text>``; OpenAI's names are plain text there (spaced
+    out, they split into the same words without being taken whole by transformers)."""
 
     def spaces(text: str) -> str:
         return regex.sub(r"\s+", " ", text).strip()
 
     def reference(text: str, style: str = "clip") -> list[int]:
-        if style == "open_clip":
-            return hf_bpe(spaces(html.unescape(html.unescape(ftfy.fix_text(text))).strip()).lower())
         ids: list[int] = []
+        if style == "open_clip":
+            cleaned = spaces(html.unescape(html.unescape(ftfy.fix_text(text))).strip()).lower()
+            for i, piece in enumerate(re.split("(<start_of_text>|<end_of_text>)", cleaned)):
+                if i % 2:
+                    ids.append(BOS if piece == "<start_of_text>" else EOS)
+                else:
+                    ids += hf_bpe(re.sub(r"<\|(startoftext|endoftext)\|>", r"<| \1 |>", piece))
+            return ids
         for i, piece in enumerate(re.split(r"(<\|startoftext\|>|<\|endoftext\|>)", text)):
             ids += hf_bpe(piece if i % 2 else spaces(ftfy.fix_text(piece)).lower())
         return ids
@@ -81,6 +89,7 @@ PROMPTS = [
     "x\u00a0y\u2009thin\u3000ideographic\u200bzero\u202fnarrow",
     "\x1b[31mred\x1b[0m terminal, tab\x0bvertical, bell\x07",
     "<|endoftext|> inside, <|ENDOFTEXT|> upper, <|startoftext|>",
+    "open_clip's <start_of_text> and <END_OF_TEXT>, x<|endoftext|>|y",
 ]
 
 
@@ -103,6 +112,10 @@ def test_the_clean_up_is_what_makes_pasted_prompts_tokenize_like_typed_ones():
     # ftfy leaves entities alone in text that looks like HTML; only open_clip unescapes them then.
     assert TOK.encode("a <3 &amp; b") != TOK.encode("a <3 & b")
     assert TOK.encode("a <3 &amp; b", "open_clip") == TOK.encode("a <3 & b", "open_clip")
+    # Each tokenizer has its own special-token names.
+    assert TOK.encode("a<|endoftext|>b") == [A, EOS, *TOK.encode("b")]
+    assert TOK.encode("a<end_of_text>b", "open_clip") == [A, EOS, *TOK.encode("b")]
+    assert TOK.encode("<|endoftext|>", "open_clip") == TOK.encode("<| endoftext |>", "open_clip")
     with pytest.raises(ValueError, match="clean must be one of"):
         TOK.encode("a", "nfc")
 
