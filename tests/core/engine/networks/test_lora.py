@@ -154,6 +154,28 @@ def test_two_loras_add_their_updates(
     assert_bit_identical(unet, before)
 
 
+def test_updates_are_added_in_activation_order(unet, text_encoder, kohya_file, lora_dir) -> None:
+    """A1111 adds each LoRA's update to the weight in activation order; float32 sums follow the order."""
+    from core.engine.networks.activate import UNET, LoraUse, MergedWeights, merge_loras
+
+    _, sd = peft_lora(unet, UNET_TARGETS, seed=11)
+    write_safetensors(lora_dir / "other.safetensors", kohya_tensors(sd, "lora_unet_", alpha=8.0))
+    files = {"other": load_lora_file(lora_dir / "other.safetensors"), "kohya_style": load_lora_file(kohya_file)}
+
+    def merged_in(order: list[str]) -> dict[str, torch.Tensor]:
+        merged = MergedWeights("cpu")
+        merge_loras({UNET: unet}, [LoraUse(n, files[n], 0.7, 0.7, None) for n in order], merged)
+        state = {k: v.clone() for k, v in unet.state_dict().items()}
+        merged.restore()
+        return state
+
+    other_first, kohya_first = merged_in(["other", "kohya_style"]), merged_in(["kohya_style", "other"])
+    assert any(not torch.equal(other_first[k], kohya_first[k]) for k in other_first)  # order is visible
+    with _activate(unet, text_encoder, lora_dir, lora("other", "0.7"), lora("kohya_style", "0.7")) as active:
+        assert [name for name, _ in active.loras] == ["other", "kohya_style"]
+        assert all(torch.equal(v, other_first[k]) for k, v in unet.state_dict().items())
+
+
 def test_same_lora_twice_counts_twice(unet, text_encoder, kohya_file, lora_dir) -> None:
     w = unet.mid_block.attentions[0].transformer_blocks[0].attn1.to_q.weight
     base = w.detach().clone()
