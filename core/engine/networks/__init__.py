@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.engine.networks.hashes import addnet_hash, lora_hashes_infotext
 from core.engine.networks.resolve import (
+    check_extra_networks,
     check_network_name,
     list_network_files,
     list_networks,
@@ -58,6 +59,7 @@ __all__ = [
     "activate_for_pipeline",
     "activate_networks",
     "addnet_hash",
+    "check_extra_networks",
     "check_network_name",
     "list_network_files",
     "list_networks",

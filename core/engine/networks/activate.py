@@ -26,13 +26,10 @@ from core.engine.networks.lora import (
     load_lora_file,
     merge_loras,
 )
-from core.engine.networks.resolve import resolve_network_file
+from core.engine.networks.resolve import HYPERNETWORK_EXTS, LORA_EXTS, resolve_network_file
 from core.engine.networks.spec import ExtraNetworkLike, NetworkRequest, networks_key, parse_networks
 
 log = logging.getLogger(__name__)
-
-LORA_EXTS = (".safetensors",)
-HYPERNETWORK_EXTS = (".pt",)
 
 T = TypeVar("T")
 
