@@ -228,6 +228,15 @@ def parse_infotext(text: str) -> dict[str, str]:
     return res
 
 
+def parse_hashes(value: str) -> dict[str, str]:
+    """``"name: 0123456789ab, other: ..."`` (``Lora hashes``, ``TI hashes``) as a dict, as A1111 reads
+    it when pasting (a later duplicate name wins); {} for text that is not such a list."""
+    pairs = [item.split(":", 1) for item in value.split(",") if item.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        return {}
+    return {name.strip(): digest.strip() for name, digest in pairs}
+
+
 def png_with_infotext(image: Image.Image, infotext: str, *, compress_level: int = 4) -> bytes:
     """PNG bytes of ``image`` with a ``parameters`` text chunk (tEXt, or iTXt for non-Latin-1 text)."""
     info = PngImagePlugin.PngInfo()

@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from core.engine.networks.hashes import lora_hashes_infotext
 from core.engine.networks.hypernetwork import Hypernetwork, HypernetworkHooks, load_hypernetwork_file
 from core.engine.networks.lora import (
     TEXT_ENCODER,
@@ -93,11 +92,6 @@ class ActiveNetworks:
     @property
     def key(self) -> tuple:
         return networks_key(self.request)
-
-    def infotext_params(self) -> dict[str, str]:
-        """Extra A1111 parameters for the PNG: ``{"Lora hashes": "name: 0123456789ab, ..."}``."""
-        value = lora_hashes_infotext(self.loras)
-        return {"Lora hashes": value} if value else {}
 
 
 _ACTIVE_ATTR = "_chant_networks_active"

@@ -47,9 +47,7 @@ def check_network_name(name: str, what: str = "network") -> str:
         raise ValueError(f"empty {what} name")
     # 240 bytes a part leaves room for the extension within the file systems' 255.
     if len(name) > NAME_MAX_CHARS or any(len(part.encode()) > 240 for part in re.split(r"[/\\]", name)):
-        raise ValueError(
-            f"{what} name {name[:40]!r}… is too long for a file name ({len(name)} characters)"
-        )
+        raise ValueError(f"{what} name {name[:40]!r}… is too long for a file name ({len(name)} characters)")
     if "\x00" in name:
         raise ValueError(f"{what} name {name!r} contains a NUL character")
     if any(unicodedata.category(c) == "Cc" for c in name):

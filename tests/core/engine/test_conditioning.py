@@ -176,3 +176,66 @@ def test_embedding_files_in_unknown_layouts_are_refused(tmp_path: Path) -> None:
     vectors = read_embedding_file(tmp_path / "xl.safetensors")
     assert set(vectors) == {"clip_l", "clip_g"}
     assert Embedding("xl", vectors).count == 2
+
+
+def _sha12(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def test_ti_hashes_as_a1111_writes_them(sd1, sdxl, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    for name, width in (("good", 32), ("bad,name", 32), ("xl", None)):
+        vectors = {"emb_params": torch.randn(2, width)} if width else {}
+        if not width:
+            vectors = {"clip_l": torch.randn(1, 32), "clip_g": torch.randn(1, 64)}
+        save_file(vectors, str(tmp_path / f"{name}.safetensors"))
+    library = EmbeddingLibrary([tmp_path])
+    encoder = PromptEncoder("sd1", sd1, embeddings=library.for_widths({"clip_l": 32}))
+    encoder.encode(["blurry, bad,name"])  # A1111 encodes the negative prompt first
+    encoder.encode(["a good cat BREAK good", "plain"])
+    good, bad = _sha12(tmp_path / "good.safetensors"), _sha12(tmp_path / "bad,name.safetensors")
+    # each call's embeddings go in front; ":" and "," leave the names
+    assert encoder.ti_hashes_infotext() == {"TI hashes": f"good: {good}, badname: {bad}"}
+    assert PromptEncoder("sd1", sd1).ti_hashes_infotext() == {}
+    one, two = sdxl
+    xl = PromptEncoder("sdxl", one, two, embeddings=library.for_widths({"clip_l": 32, "clip_g": 64}))
+    xl.encode(["an xl photo"])  # both encoders report it, as in A1111
+    xl_hash = _sha12(tmp_path / "xl.safetensors")
+    assert xl.ti_hashes_infotext() == {"TI hashes": f"xl: {xl_hash}, xl: {xl_hash}"}
+
+
+def _damaged_files(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.randn(1, 32)}, str(folder / "whole.safetensors"))
+    data = (folder / "whole.safetensors").read_bytes()
+    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (folder / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    (folder / "empty.safetensors").write_bytes(b"")
+    torch.save({"string_to_param": {"*": torch.randn(1, 32)}}, folder / "whole_pt.pt")
+    pt = (folder / "whole_pt.pt").read_bytes()
+    (folder / "truncated_pt.pt").write_bytes(pt[: len(pt) // 2])
+    (folder / "garbage_pt.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    torch.save({"string_to_param": {"*": "not a tensor"}}, folder / "wrong_pt.pt")
+    save_file({"clip_l": torch.randn(3), "clip_g": torch.randn(1, 64)}, str(folder / "flat_xl.safetensors"))
+
+
+DAMAGED = ["truncated", "garbage", "empty", "truncated_pt", "garbage_pt", "wrong_pt", "flat_xl"]
+
+
+def test_damaged_embedding_files_are_skipped_and_named_when_used(sd1, tmp_path: Path, caplog) -> None:
+    _damaged_files(tmp_path)
+    with caplog.at_level("WARNING"):
+        found = EmbeddingLibrary([tmp_path]).for_widths({"clip_l": 32})
+    assert {n for n, e in found.items() if e.error is None} == {"whole", "whole_pt"}
+    assert {n for n, e in found.items() if e.error is not None} == set(DAMAGED)
+    assert all(f"{n}." in caplog.text for n in DAMAGED)  # logged with the file
+    encoder = PromptEncoder("sd1", sd1, embeddings=found)
+    plain = encoder.encode(["a whole cat on a mat"])[0].embeds  # unrelated prompts are unaffected
+    assert torch.isfinite(plain).all()
+    for name in DAMAGED:
+        with pytest.raises(GenerationError, match=rf"embedding '{name}' in this prompt is damaged: {name}\."):
+            encoder.encode([f"a cat, {name}"])
