@@ -62,3 +62,20 @@ IMAGE_UPSCALERS = ("Lanczos", "Nearest", "None")
 UPSCALERS = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
 
 RNG_SOURCES = ("gpu", "cpu", "nv")
+
+# A1111 1.10's schedule types (``sd_schedulers.schedulers``), by label. Before 1.9 a sampler name could end
+# in one ("DPM++ 2M Karras"); infotext from then is read with it split off.
+SCHEDULE_TYPES = (
+    "Automatic",
+    "Uniform",
+    "Karras",
+    "Exponential",
+    "Polyexponential",
+    "SGM Uniform",
+    "KL Optimal",
+    "Align Your Steps",
+    "Simple",
+    "Normal",
+    "DDIM",
+    "Beta",
+)
