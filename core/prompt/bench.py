@@ -81,7 +81,7 @@ def run(args, settings) -> dict:
         explain_and_tokens(prompt)
 
     def cold_bpe() -> None:
-        tok._cache.clear()
+        tok.clear_cache()
         cold()
 
     cold_us = _median_us(cold, args.repeat)
@@ -89,7 +89,7 @@ def run(args, settings) -> dict:
     long_word = "".join(letters.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6000))
 
     def long_word_bpe() -> None:
-        tok._cache.clear()
+        tok.clear_cache()
         tok.encode(long_word)
 
     return {

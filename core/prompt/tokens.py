@@ -61,9 +61,10 @@ _PLAIN_ASCII = re.compile(r"[\x20-\x25\x27-\x7e\t\n\r\x0c]*")
 _SPACES = regex.compile(r"\s+")  # ``regex``'s \s, as both tokenizers (it leaves out \x1c-\x1f)
 _CLIP_SPLIT = re.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
 CLEAN_STYLES = tuple(_SPECIALS)
+_CACHE_CHARS = 1_000_000  # BPE word cache: about 100,000 words, or 166 6,000-letter ones
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def clean_text(text: str, style: str = "clip") -> str:
     """The lowercased text A1111's tokenizer runs BPE on (``style``: see the module docstring)."""
     text = ftfy.fix_text(text)
@@ -100,11 +101,17 @@ class ClipTokenizer:
         self._merges: list[tuple[str, str]] = merges  # type: ignore[assignment]
         self._ranks = {m: i for i, m in enumerate(merges)}
         self._cache: dict[str, tuple[int, ...]] = {}
+        self._cached_chars = 0  # the cache is bounded by the letters it holds, not its entries
 
     @classmethod
     @lru_cache(maxsize=1)
     def default(cls) -> ClipTokenizer:
         return cls()
+
+    def clear_cache(self) -> None:
+        """Forget the BPE of the words seen so far (benchmarks of a cold start)."""
+        self._cache.clear()
+        self._cached_chars = 0
 
     def vocab(self) -> dict[str, int]:
         return dict(self._vocab)
@@ -132,9 +139,10 @@ class ClipTokenizer:
             # A style's pattern yields only its own special names as one word.
             cached = cache.get(word) or _SPECIAL_IDS.get(word)
             if cached is None:
+                if self._cached_chars > _CACHE_CHARS:
+                    self.clear_cache()
                 cached = cache[word] = self._bpe(word)
-                if len(cache) > 100_000:
-                    cache.clear()
+                self._cached_chars += len(word)
             ids.extend(cached)
         return ids
 

@@ -169,7 +169,7 @@ def _words(seed: int, count: int, length: int, alphabet: str) -> list[str]:
     ids=lambda w: f"{w[:12]}..{len(w)}",
 )
 def test_long_words_tokenize_as_transformers(hf_bpe, word):
-    TOK._cache.clear()
+    TOK.clear_cache()
     assert TOK.encode(word) == hf_bpe(word)
 
 
@@ -177,7 +177,7 @@ def test_long_words_tokenize_as_transformers(hf_bpe, word):
 @given(st.text(st.sampled_from("aeilnorst"), min_size=1, max_size=80))
 def test_words_of_few_letters_tokenize_as_transformers(hf_bpe, word):
     # Few letters: many overlapping and repeated pairs, where merge order matters most.
-    TOK._cache.clear()
+    TOK.clear_cache()
     assert TOK.encode(word) == hf_bpe(word)
 
 
@@ -311,3 +311,15 @@ def test_bad_embeddings_are_rejected(bad):
 def test_bad_backtrack_is_rejected():
     with pytest.raises(ValueError, match="comma_padding_backtrack"):
         tokenize_text("x", comma_padding_backtrack=-1)
+
+
+def test_the_word_cache_is_bounded_by_letters(monkeypatch) -> None:
+    from core.prompt import tokens
+
+    monkeypatch.setattr(tokens, "_CACHE_CHARS", 20_000)
+    tok = ClipTokenizer()
+    words = _words(4, 12, 6000, "abcdefghijklmnopqrstuvwxyz")
+    for word in words:
+        tok.encode(word)
+        assert sum(map(len, tok._cache)) <= 20_000 + 6000
+    assert tok.encode(words[-1]) == TOK.encode(words[-1])
