@@ -323,3 +323,11 @@ def test_the_word_cache_is_bounded_by_letters(monkeypatch) -> None:
         tok.encode(word)
         assert sum(map(len, tok._cache)) <= 20_000 + 6000
     assert tok.encode(words[-1]) == TOK.encode(words[-1])
+
+
+def test_core_prompt_needs_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, core.prompt as p; p.tokenize_text('don’t ﬁne'); sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -137,6 +137,7 @@ def test_listing_and_parsing_load_no_torch() -> None:
 
     code = (
         "import sys, core.engine.networks as n; n.list_networks(['.']); n.networks_key([]);"
+        "n.check_extra_networks([], lora_dirs=['.'], hypernetwork_dirs=[]); n.lora_hashes_param([], ['.']);"
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     root = Path(__file__).resolve().parents[4]
