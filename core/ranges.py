@@ -63,6 +63,23 @@ UPSCALERS = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
 
 RNG_SOURCES = ("gpu", "cpu", "nv")
 
+# A1111 1.10's schedule types (``sd_schedulers.schedulers``), by label. Before 1.9 a sampler name could end
+# in one ("DPM++ 2M Karras"); infotext from then is read with it split off.
+SCHEDULE_TYPES = (
+    "Automatic",
+    "Uniform",
+    "Karras",
+    "Exponential",
+    "Polyexponential",
+    "SGM Uniform",
+    "KL Optimal",
+    "Align Your Steps",
+    "Simple",
+    "Normal",
+    "DDIM",
+    "Beta",
+)
+
 # Post-processing (core/engine/postprocess): upscaling, face restoration, the detailer and the tagger.
 MIN_UPSCALE_FACTOR = 1.0  # /upscale "by" (A1111 extras allows up to 8)
 MAX_UPSCALE_FACTOR = 8.0

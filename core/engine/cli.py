@@ -14,18 +14,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         "generate",
         help="generate images from a prompt (A1111 semantics) and write PNGs with A1111 infotext",
         description="Generate images. --model takes a configured name or a path to a diffusers "
-        "folder or a single .safetensors file.",
+        "folder or a single .safetensors file. --infotext reproduces an A1111 image's settings; "
+        "options given as well override them.",
     )
-    p.add_argument("prompt", help="the prompt, A1111 syntax")
-    p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
-    p.add_argument("--steps", type=int, default=20, metavar="N")
-    p.add_argument("--cfg", type=float, default=7.0, metavar="X", help="CFG scale (default 7)")
+    # Defaults are GenerationRequest's: None here means "not given", so --infotext can fill it.
+    p.add_argument("prompt", nargs="?", default=None, help="the prompt, A1111 syntax")
     p.add_argument(
-        "--sampler", default="Euler a", metavar="NAME", help='A1111 sampler name (default "Euler a")'
+        "--infotext",
+        default=None,
+        metavar="FILE|TEXT|-",
+        help="A1111 parameters to reproduce: a PNG/JPEG/WebP made by A1111 or chant, a text file, "
+        "the text itself, or - for standard input",
     )
-    p.add_argument("--schedule", default="Automatic", metavar="TYPE", help="A1111 schedule type")
-    p.add_argument("--seed", type=int, default=-1, metavar="N", help="-1 = random (default)")
-    p.add_argument("--size", default="512x512", metavar="WxH", help="image size (default 512x512)")
+    p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="default 20")
+    p.add_argument("--cfg", type=float, default=None, metavar="X", help="CFG scale (default 7)")
+    p.add_argument("--sampler", default=None, metavar="NAME", help='A1111 sampler name (default "Euler a")')
+    p.add_argument("--schedule", default=None, metavar="TYPE", help="A1111 schedule type (default Automatic)")
+    p.add_argument("--seed", type=int, default=None, metavar="N", help="-1 = random (default)")
+    p.add_argument("--size", default=None, metavar="WxH", help="image size (default 512x512)")
     p.add_argument(
         "--model", default=None, metavar="NAME|PATH", help="configured name, or a folder/file path"
     )
@@ -35,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default from config")
     p.add_argument(
-        "-n", "--count", type=int, default=1, metavar="COUNT", help="images (seeds seed..seed+COUNT-1)"
+        "-n", "--count", type=int, default=None, metavar="COUNT", help="images (seeds seed..seed+COUNT-1)"
     )
     p.add_argument("-o", "--output", default="out.png", metavar="FILE", help="out.png, then out-1.png, ...")
     image = p.add_argument_group("img2img / inpaint (A1111 options)")
@@ -44,26 +51,149 @@ def register(sub: argparse._SubParsersAction) -> None:
     image.add_argument(
         "--inpaint", action="store_true", help="inpaint the source's transparent pixels (no --mask)"
     )
-    image.add_argument("--strength", type=float, default=0.75, metavar="X", help="denoising strength")
+    image.add_argument("--strength", type=float, default=None, metavar="X", help="denoising strength (0.75)")
     image.add_argument(
-        "--resize-mode", type=int, choices=(0, 1, 2), default=0, help="0 just resize, 1 crop, 2 fill"
+        "--resize-mode",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="0 just resize (default), 1 crop, 2 fill",
     )
-    image.add_argument("--mask-blur", type=int, default=4, metavar="N")
+    image.add_argument("--mask-blur", type=int, default=None, metavar="N", help="default 4")
     image.add_argument(
-        "--fill", type=int, choices=(0, 1, 2, 3), default=1, help="0 fill, 1 original, 2 noise, 3 nothing"
+        "--fill",
+        type=int,
+        choices=(0, 1, 2, 3),
+        default=None,
+        help="0 fill, 1 original (default), 2 noise, 3 nothing",
     )
-    image.add_argument("--masked-only", action="store_true", help='"Only masked" inpaint area')
-    image.add_argument("--padding", type=int, default=32, metavar="N", help="masked-only padding")
+    image.add_argument("--masked-only", action="store_true", default=None, help='"Only masked" inpaint area')
+    image.add_argument("--padding", type=int, default=None, metavar="N", help="masked-only padding (32)")
     hires = p.add_argument_group("hires fix (txt2img)")
-    hires.add_argument("--hires", action="store_true", help="enable hires fix")
-    hires.add_argument("--hr-scale", type=float, default=2.0, metavar="X")
+    hires.add_argument("--hires", action="store_true", default=None, help="enable hires fix")
+    hires.add_argument("--hr-scale", type=float, default=None, metavar="X", help="default 2")
     hires.add_argument("--hr-size", default=None, metavar="WxH", help="resize to (0 keeps the aspect)")
-    hires.add_argument("--hr-upscaler", default="Latent", metavar="NAME", help="Latent, Lanczos, ...")
-    hires.add_argument("--hr-steps", type=int, default=0, metavar="N", help="0 = same as --steps")
-    hires.add_argument("--hr-strength", type=float, default=0.7, metavar="X")
-    hires.add_argument("--hr-prompt", default="", metavar="TEXT")
-    hires.add_argument("--hr-negative", default="", metavar="TEXT")
+    hires.add_argument("--hr-upscaler", default=None, metavar="NAME", help="Latent (default), Lanczos, ...")
+    hires.add_argument("--hr-steps", type=int, default=None, metavar="N", help="0 = same as --steps")
+    hires.add_argument("--hr-strength", type=float, default=None, metavar="X", help="default 0.7")
+    hires.add_argument("--hr-prompt", default=None, metavar="TEXT")
+    hires.add_argument("--hr-negative", default=None, metavar="TEXT")
     p.set_defaults(func=_generate)
+
+
+# GenerationRequest field <- option, for the options that are one field each.
+_FIELDS = {
+    "prompt": "prompt",
+    "negative_prompt": "negative",
+    "steps": "steps",
+    "cfg_scale": "cfg",
+    "sampler": "sampler",
+    "schedule_type": "schedule",
+    "seed": "seed",
+    "count": "count",
+    "model": "model",
+    "clip_skip": "clip_skip",
+    "rng": "rng",
+    "denoising_strength": "strength",
+    "resize_mode": "resize_mode",
+    "mask_blur": "mask_blur",
+    "inpainting_fill": "fill",
+    "inpaint_full_res": "masked_only",
+    "inpaint_full_res_padding": "padding",
+    "enable_hr": "hires",
+    "hr_scale": "hr_scale",
+    "hr_upscaler": "hr_upscaler",
+    "hr_second_pass_steps": "hr_steps",
+    "hr_denoising_strength": "hr_strength",
+    "hr_prompt": "hr_prompt",
+    "hr_negative_prompt": "hr_negative",
+}
+
+
+def read_infotext(value: str, stdin=None) -> str:
+    """``--infotext``: ``-`` reads standard input; an existing file is an image (its A1111 parameters) or
+    text; anything else is the parameters text itself. OSError/ValueError say what is wrong."""
+    from core.engine.infotext import infotext_of_file
+
+    if value == "-":
+        return (stdin or sys.stdin).read()
+    path = Path(value)
+    try:
+        is_file = "\n" not in value and path.is_file()
+    except OSError:  # e.g. a one-line text too long to be a file name
+        is_file = False
+    if is_file:
+        data = path.read_bytes()
+        try:
+            text = infotext_of_file(data)
+        except OSError:  # not an image: a text file
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path.name} is neither an image nor UTF-8 text") from None
+        if text is None:
+            raise ValueError(f"{path.name} holds no A1111 parameters")
+        return text
+    if re.fullmatch(r"[^\n]*\.(png|jpe?g|webp|txt)", value, re.IGNORECASE):
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
+def match_model(settings, name: str | None, model_hash: str | None) -> str | None:
+    """The configured model an infotext names: by name (or file stem), else by A1111 short hash.
+
+    None when the infotext names no model; ValueError when it names one that is not configured.
+    """
+    if not name and not model_hash:
+        return None
+    from core.engine.models import short_hash
+
+    models = settings.models
+    for key, model in models.items():
+        if name and name.lower() in (key.lower(), Path(model.source).stem.lower()):
+            return key
+    for key, model in models.items():
+        path = Path(model.source).expanduser()
+        if model_hash and path.is_file() and short_hash(path) == model_hash.lower()[:10]:
+            return key
+    configured = ", ".join(models) or "none"
+    raise ValueError(
+        f"the infotext's model {name or '?'} [{model_hash or 'no hash'}] is not configured "
+        f"(configured: {configured}); give --model NAME to use one of yours"
+    )
+
+
+def request_from_args(args: argparse.Namespace, settings) -> tuple[object, tuple[str, ...]]:
+    """The request: GenerationRequest's defaults, then the infotext's settings, then the options given.
+
+    Returns it with the infotext keys chant does not reproduce. ValueError/OSError say what is wrong.
+    """
+    from core.engine.infotext import settings_from_infotext
+    from core.types import GenerationRequest, Mode
+
+    fields: dict = {}
+    ignored: tuple[str, ...] = ()
+    if args.infotext is not None:
+        found = settings_from_infotext(read_infotext(args.infotext))
+        fields.update(found.fields)
+        ignored = found.ignored
+        if args.model is None:
+            fields["model"] = match_model(settings, found.model_name, found.model_hash)
+    fields.update(
+        {field: getattr(args, opt) for field, opt in _FIELDS.items() if getattr(args, opt) is not None}
+    )
+    if not fields.get("prompt") and args.infotext is None:
+        raise ValueError("give a prompt (or --infotext)")
+    if args.size is not None:
+        fields["width"], fields["height"] = parse_size(args.size)
+    if args.hr_size is not None:
+        fields["hr_resize_x"], fields["hr_resize_y"] = parse_size(args.hr_size)
+    init_image = Path(args.init_image).read_bytes() if args.init_image else None
+    mask_image = Path(args.mask).read_bytes() if args.mask else None
+    mode = Mode.INPAINT if (mask_image or args.inpaint) else Mode.IMG2IMG if init_image else Mode.TXT2IMG
+    fields.setdefault("prompt", "")
+    request = GenerationRequest(**fields, mode=mode, init_image=init_image, mask_image=mask_image)
+    return request, ignored
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -82,60 +212,26 @@ def output_paths(output: str, count: int) -> list[Path]:
 
 
 def _generate(args: argparse.Namespace, settings) -> int:
-    from core.types import GenerationCancelled, GenerationError, GenerationRequest, Mode
+    from core.types import GenerationCancelled, GenerationError
 
     try:
-        width, height = parse_size(args.size)
-        hr_x, hr_y = parse_size(args.hr_size) if args.hr_size else (0, 0)
-        init_image = Path(args.init_image).read_bytes() if args.init_image else None
-        mask_image = Path(args.mask).read_bytes() if args.mask else None
+        request, ignored = request_from_args(args, settings.engine)
     except OSError as exc:
         print(f"chant generate: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     except ValueError as exc:
         print(f"chant generate: {exc}", file=sys.stderr)
         return 2
+    if ignored:
+        print(f"chant generate: not reproduced from the infotext: {', '.join(ignored)}", file=sys.stderr)
     engine_settings = settings.engine
     if args.device:
         engine_settings = dataclasses.replace(engine_settings, device=args.device)
-    request = GenerationRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative,
-        steps=args.steps,
-        cfg_scale=args.cfg,
-        sampler=args.sampler,
-        schedule_type=args.schedule,
-        seed=args.seed,
-        width=width,
-        height=height,
-        count=args.count,
-        model=args.model,
-        clip_skip=args.clip_skip,
-        rng=args.rng,
-        mode=Mode.INPAINT if (mask_image or args.inpaint) else Mode.IMG2IMG if init_image else Mode.TXT2IMG,
-        init_image=init_image,
-        mask_image=mask_image,
-        denoising_strength=args.strength,
-        resize_mode=args.resize_mode,
-        mask_blur=args.mask_blur,
-        inpainting_fill=args.fill,
-        inpaint_full_res=args.masked_only,
-        inpaint_full_res_padding=args.padding,
-        enable_hr=args.hires,
-        hr_scale=args.hr_scale,
-        hr_resize_x=hr_x,
-        hr_resize_y=hr_y,
-        hr_upscaler=args.hr_upscaler,
-        hr_second_pass_steps=args.hr_steps,
-        hr_denoising_strength=args.hr_strength,
-        hr_prompt=args.hr_prompt,
-        hr_negative_prompt=args.hr_negative,
-    )
     from tqdm import tqdm
 
     from core.engine import create_engine
 
-    bar = tqdm(total=args.steps, unit="step", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=request.steps, unit="step", file=sys.stderr, dynamic_ncols=True)
 
     def on_progress(progress) -> None:
         bar.total = progress.total

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 BOS = 49406
 EOS = 49407
+_NAME_SYMBOLS = str.maketrans("", "", ":,")  # A1111 drops them from names in the infotext hashes
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 
 
@@ -53,10 +54,18 @@ class Cond:
 class Embedding:
     name: str
     vectors: Mapping[str, torch.Tensor]  # "clip_l" / "clip_g" (SD1/SD2: "clip_l" only) -> [n, width]
+    path: Path | None = None
+    error: str | None = None  # a damaged file: why it cannot be read (its name still matches in prompts)
 
     @property
     def count(self) -> int:
-        return next(iter(self.vectors.values())).shape[0]
+        return next(iter(self.vectors.values())).shape[0] if self.vectors else 1
+
+    def short_hash(self) -> str | None:
+        """A1111's "TI hashes" value: the first 12 hex digits of the file's sha256."""
+        from core.engine.networks.hashes import file_sha256
+
+        return file_sha256(self.path)[:12] if self.path is not None else None
 
 
 def _tensor_of(value) -> torch.Tensor | None:
@@ -71,8 +80,18 @@ def read_embedding_file(path: Path) -> dict[str, torch.Tensor]:
     """The vectors of an A1111/diffusers textual-inversion file, by encoder ("clip_l"/"clip_g").
 
     ``.safetensors`` load directly; A1111 ``.pt`` and diffusers ``.bin`` files load with
-    ``torch.load(weights_only=True)`` (no code runs). A layout we cannot read raises ValueError.
+    ``torch.load(weights_only=True)`` (no code runs). A file we cannot read (damaged, truncated, an
+    unknown layout) raises ValueError naming it.
     """
+    try:
+        return _read_embedding_file(path)
+    except ValueError:
+        raise
+    except Exception as exc:  # safetensors, OSError, a tensor that is not one: damaged, never a traceback
+        raise ValueError(f"{path.name}: cannot be read ({type(exc).__name__}: {exc})"[:300]) from None
+
+
+def _read_embedding_file(path: Path) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -88,6 +107,8 @@ def read_embedding_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(data, dict):
         raise ValueError(f"{path.name}: unexpected content {type(data).__name__}")
     if "clip_l" in data and "clip_g" in data:
+        if not all(isinstance(data[k], torch.Tensor) and data[k].ndim == 2 for k in ("clip_l", "clip_g")):
+            raise ValueError(f"{path.name}: clip_l/clip_g are not [vectors, width] tensors")
         return {"clip_l": data["clip_l"], "clip_g": data["clip_g"]}
     if "string_to_param" in data:  # A1111 .pt
         tensor = _tensor_of(data["string_to_param"])
@@ -95,7 +116,7 @@ def read_embedding_file(path: Path) -> dict[str, torch.Tensor]:
         tensor = data["emb_params"]
     else:  # diffusers: {"<token>": tensor}
         tensor = _tensor_of(data)
-    if tensor is None:
+    if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"{path.name}: unknown embedding layout (keys: {', '.join(map(str, data))[:200]})")
     tensor = tensor.detach().float()
     if tensor.ndim == 1:
@@ -106,13 +127,17 @@ def read_embedding_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 class EmbeddingLibrary:
-    """Textual-inversion embeddings found by file stem in the configured folders (never elsewhere)."""
+    """Textual-inversion embeddings found by file stem in the configured folders (never elsewhere).
+
+    A damaged file is logged once and skipped, so other prompts are unaffected; a prompt that names
+    it gets an error naming the file (``PromptEncoder.tokenize``).
+    """
 
     SUFFIXES = (".safetensors", ".pt", ".bin")
 
     def __init__(self, folders: Sequence[str | Path]) -> None:
         self.folders = [Path(f) for f in folders]
-        self._cache: dict[Path, tuple[float, dict[str, torch.Tensor] | None]] = {}
+        self._cache: dict[Path, tuple[float, dict[str, torch.Tensor] | str]] = {}  # str: why damaged
 
     def _files(self) -> Iterator[Path]:
         for folder in self.folders:
@@ -128,24 +153,29 @@ class EmbeddingLibrary:
                     yield path
 
     def for_widths(self, widths: Mapping[str, int]) -> dict[str, Embedding]:
-        """Embeddings whose vector widths match the model's encoders (others are skipped, as A1111)."""
+        """Embeddings whose vector widths match the model's encoders (others are skipped, as A1111),
+        and the damaged files (``error`` set, no vectors)."""
         found: dict[str, Embedding] = {}
         for path in self._files():
-            mtime = path.stat().st_mtime
+            try:
+                mtime = path.stat().st_mtime
+            except OSError:  # removed since listed
+                continue
             cached = self._cache.get(path)
             if cached is None or cached[0] != mtime:
                 try:
-                    vectors = read_embedding_file(path)
+                    vectors: dict[str, torch.Tensor] | str = read_embedding_file(path)
                 except ValueError as exc:
-                    log.warning("skipping embedding %s", exc)
-                    vectors = None
+                    log.warning("skipping damaged embedding file %s: %s", path, exc)
+                    vectors = str(exc)
                 self._cache[path] = cached = (mtime, vectors)
             vectors = cached[1]
-            if vectors is None or set(vectors) != set(widths):
+            if isinstance(vectors, str):
+                found[path.stem] = Embedding(name=path.stem, vectors={}, path=path, error=vectors)
                 continue
-            if any(vectors[k].shape[1] != w for k, w in widths.items()):
+            if set(vectors) != set(widths) or any(vectors[k].shape[1] != w for k, w in widths.items()):
                 continue
-            found[path.stem] = Embedding(name=path.stem, vectors=vectors)  # a later file replaces
+            found[path.stem] = Embedding(name=path.stem, vectors=vectors, path=path)  # a later file replaces
         return found
 
 
@@ -159,6 +189,7 @@ class _EncoderSpec:
     pad_zero: bool  # ids after the first end token become 0 (OpenCLIP)
     layer: str  # "skip" (SD1, CLIP skip honoured) | "last" | "penultimate" (no final norm)
     pooled: bool = False
+    clean: str = "clip"  # the text clean-up of A1111's tokenizer for it (core.prompt.tokens.CLEAN_STYLES)
 
 
 def _final_layer_norm(module):
@@ -192,10 +223,19 @@ class PromptEncoder:
                 raise ValueError("SDXL needs two text encoders")
             self.encoders = [
                 _EncoderSpec(text_encoder, "clip_l", pad_zero=False, layer="penultimate"),
-                _EncoderSpec(text_encoder_2, "clip_g", pad_zero=True, layer="penultimate", pooled=True),
+                _EncoderSpec(
+                    text_encoder_2,
+                    "clip_g",
+                    pad_zero=True,
+                    layer="penultimate",
+                    pooled=True,
+                    clean="open_clip",
+                ),
             ]
         elif kind == "sd2":
-            self.encoders = [_EncoderSpec(text_encoder, "clip_l", pad_zero=True, layer="last")]
+            self.encoders = [
+                _EncoderSpec(text_encoder, "clip_l", pad_zero=True, layer="last", clean="open_clip")
+            ]
         else:
             self.encoders = [_EncoderSpec(text_encoder, "clip_l", pad_zero=False, layer="skip")]
         layers = text_encoder.config.num_hidden_layers
@@ -206,6 +246,8 @@ class PromptEncoder:
         self.comma_padding_backtrack = comma_padding_backtrack
         self.clip_skip = clip_skip
         self.embeddings = dict(embeddings or {})
+        # A1111's "TI hashes": each encode call (per encoder) puts the embeddings it used in front.
+        self.ti_hashes: list[str] = []
         first = next(text_encoder.parameters())
         self.device, self.dtype = first.device, first.dtype
 
@@ -217,42 +259,62 @@ class PromptEncoder:
         return widths
 
     # 1. tokens
-    def tokenize(self, texts: Sequence[str]):
+    def tokenize(self, texts: Sequence[str], clean: str = "clip"):
         from core.prompt.tokens import tokenize_text
 
         counts = {name: emb.count for name, emb in self.embeddings.items()}
-        return [
+        tokenized = [
             tokenize_text(
                 text,
                 embeddings=counts,
                 emphasis=self.emphasis,
                 comma_padding_backtrack=self.comma_padding_backtrack,
+                clean=clean,
             )
             for text in texts
         ]
+        for fix in (fix for t in tokenized for chunk in t.chunks for fix in chunk.fixes):
+            error = self.embeddings[fix.name].error
+            if error is not None:
+                raise GenerationError(f"the embedding {fix.name!r} in this prompt is damaged: {error}")
+        return tokenized
+
+    def _note_embeddings(self, tokenized) -> None:
+        """A1111 (``TextConditionalModel.forward``): the embeddings one call used, chunk by chunk,
+        each once, go in front of those noted before (SDXL: once per encoder)."""
+        used: dict[str, Embedding] = {}
+        for c in range(max(len(t.chunks) for t in tokenized)):
+            for t in tokenized:
+                for fix in t.chunks[c].fixes if c < len(t.chunks) else ():
+                    used.setdefault(fix.name, self.embeddings[fix.name])
+        noted = [f"{name.translate(_NAME_SYMBOLS)}: {h}" for name, e in used.items() if (h := e.short_hash())]
+        self.ti_hashes[:0] = noted
+
+    def ti_hashes_infotext(self) -> dict[str, str]:
+        """``{"TI hashes": "name: 0123456789ab, ..."}`` for the embeddings encoded so far, or {}."""
+        return {"TI hashes": ", ".join(self.ti_hashes)} if self.ti_hashes else {}
 
     # 2. tensors
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> list[Cond]:
         """Encode ``texts`` together, as one A1111 batch (emphasis means are shared across it)."""
-        tokenized = self.tokenize(texts)
-        n_chunks = max(len(t.chunks) for t in tokenized)
-        empty = ((BOS,) + (EOS,) * 76, (1.0,) * 77, ())
+        # Each encoder's own tokenizer (SDXL: CLIP-L's and OpenCLIP-G's clean-ups differ on HTML entities).
+        tokenized = {spec.clean: self.tokenize(texts, spec.clean) for spec in self.encoders}
+        lengths = {max(len(t.chunks) for t in tok) for tok in tokenized.values()}
+        if len(lengths) > 1:  # A1111 cannot concatenate the two encoders' outputs either
+            raise GenerationError(
+                "this prompt has a different length for SDXL's two tokenizers (an HTML entity such as "
+                "&amp; next to '<'?); write the character itself"
+            )
+        n_chunks = lengths.pop()
         pieces: list[torch.Tensor] = []
         pooled: torch.Tensor | None = None
+        for spec in self.encoders:
+            self._note_embeddings(tokenized[spec.clean])
         for c in range(n_chunks):
-            rows = [
-                (t.chunks[c].tokens, t.chunks[c].multipliers, t.chunks[c].fixes)
-                if c < len(t.chunks)
-                else empty
-                for t in tokenized
-            ]
-            ids = torch.tensor([r[0] for r in rows], dtype=torch.long, device=self.device)
-            # float32 as in A1111 (a half-precision encoder output is promoted for the emphasis maths)
-            multipliers = torch.tensor([r[1] for r in rows], dtype=torch.float32, device=self.device)
-            fixes = [r[2] for r in rows]
             outputs = []
             for spec in self.encoders:
+                ids, multipliers, fixes = self._chunk_batch(tokenized[spec.clean], c)
                 z, pool = self._run_encoder(spec, ids, fixes)
                 outputs.append(self._apply_emphasis(z, multipliers))
                 if c == 0 and pool is not None:
@@ -260,6 +322,18 @@ class PromptEncoder:
             pieces.append(torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0])
         embeds = torch.cat(pieces, dim=1).to(self.dtype)
         return [Cond(embeds[i], None if pooled is None else pooled[i]) for i in range(len(texts))]
+
+    def _chunk_batch(self, tokenized, c: int):
+        """Chunk ``c`` of every text (an empty chunk where a text has fewer): ids, multipliers, fixes."""
+        empty = ((BOS,) + (EOS,) * 76, (1.0,) * 77, ())
+        rows = [
+            (t.chunks[c].tokens, t.chunks[c].multipliers, t.chunks[c].fixes) if c < len(t.chunks) else empty
+            for t in tokenized
+        ]
+        ids = torch.tensor([r[0] for r in rows], dtype=torch.long, device=self.device)
+        # float32 as in A1111 (a half-precision encoder output is promoted for the emphasis maths)
+        multipliers = torch.tensor([r[1] for r in rows], dtype=torch.float32, device=self.device)
+        return ids, multipliers, [r[2] for r in rows]
 
     def zeros(self) -> Cond:
         """SDXL's conditioning for an empty negative prompt (A1111 ``force_zero_negative_prompt``)."""

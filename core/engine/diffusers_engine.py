@@ -33,6 +33,7 @@ from core.engine.conditioning import (
     encode_interpretation,
     stack_conds,
 )
+from core.engine.networks.hashes import lora_hashes_param
 from core.types import (
     GeneratedImage,
     GenerationCancelled,
@@ -82,6 +83,7 @@ class _Plan:
     empty: Cond | None = None  # the empty prompt's encoding, when pad_cond_uncond is on
     unet_cache: dict = field(default_factory=dict)
     image_cond: torch.Tensor | None = None  # inpainting UNets: [mask, masked-image latents] per image
+    hashes: dict = field(default_factory=dict)  # infotext "Lora hashes" / "TI hashes" (A1111 1.10)
 
 
 @dataclass
@@ -604,8 +606,13 @@ class DiffusersEngine:
             embeddings=self.embeddings.for_widths(widths),
         )
         empty = encoder.encode([""])[0] if self.settings.pad_cond_uncond else None
-        positive_parts = encode_interpretation(encoder, positive)
+        # negative first, as A1111 (its "TI hashes" list the positive prompt's embeddings first)
         negative_parts = encode_interpretation(encoder, negative, zero_if_empty=model.kind == "sdxl")
+        positive_parts = encode_interpretation(encoder, positive)
+        hashes = {
+            **lora_hashes_param(positive.networks, self.settings.lora_dirs),
+            **encoder.ti_hashes_infotext(),
+        }
         seed = request.seed if request.seed != -1 else random.randrange(MAX_SEED)
         subseed = request.subseed if request.subseed != -1 else random.randrange(MAX_SEED)
         ensd = self.settings.eta_noise_seed_delta
@@ -626,6 +633,7 @@ class DiffusersEngine:
             rng_source=request.rng or self.settings.rng,
             ensd=ensd,
             empty=empty,
+            hashes=hashes,
         )
 
     def make_scheduler(self, plan: _Plan):
@@ -884,6 +892,7 @@ class DiffusersEngine:
             rng=plan.rng_source,
             extra={
                 **_image_mode_infotext(request),
+                **plan.hashes,
                 "Eta": request.eta,
                 "Emphasis": None if self.settings.emphasis == "Original" else self.settings.emphasis,
             },

@@ -73,6 +73,9 @@ def load_image(data: bytes, *, max_megapixels: float, what: str = "source image"
         )
     try:
         image.load()
+        # Phone photos: upright as the user sees them, as A1111 (``images.fix_image``) and the bot's upload
+        # check do, so `chant generate --init-image` and /img2img agree.
+        image = ImageOps.exif_transpose(image)
     except Exception:
         raise ValueError(f"the {what} is corrupt or truncated and cannot be decoded") from None
     if image.mode not in ("RGB", "RGBA", "L", "LA"):

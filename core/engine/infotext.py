@@ -5,11 +5,13 @@ is one, then one line of ``Key: value`` pairs in A1111's key order, leaving out 
 the default (no Clip skip at 1, no variation seed at strength 0, ...). A value containing ``,``, ``:`` or a
 newline is written as a JSON string, as A1111's ``quote`` does. ``parse_infotext`` reads the text back the
 way A1111's ``parse_generation_parameters`` does (tolerant: any text gives at least a prompt), so A1111's
-PNG Info, Civitai and chant itself agree. No torch here: the bot can parse pasted parameters cheaply.
+PNG Info, Civitai and chant itself agree; ``settings_from_infotext`` turns it into ``GenerationRequest``
+fields, as A1111's "send to txt2img" does. No torch here: the bot can parse pasted parameters cheaply.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -19,6 +21,8 @@ from importlib import metadata
 from typing import Any
 
 from PIL import Image, PngImagePlugin
+
+from core.ranges import RNG_SOURCES, SCHEDULE_TYPES
 
 # A1111's keys in create_infotext order; extra parameters (hires, LoRA hashes, Eta, ...) go before Version.
 _KEY_ORDER = (
@@ -226,6 +230,134 @@ def parse_infotext(text: str) -> dict[str, str]:
     for key, value in _DEFAULTS.items():
         res.setdefault(key, value)
     return res
+
+
+def parse_hashes(value: str) -> dict[str, str]:
+    """``"name: 0123456789ab, other: ..."`` (``Lora hashes``, ``TI hashes``) as a dict, as A1111 reads
+    it when pasting (a later duplicate name wins); {} for text that is not such a list."""
+    pairs = [item.split(":", 1) for item in value.split(",") if item.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        return {}
+    return {name.strip(): digest.strip() for name, digest in pairs}
+
+
+# Keys that say what made the image but change nothing chant reproduces.
+_INFORMATIONAL = {"Version", "Lora hashes", "TI hashes", "Model", "Model hash", "VAE hash", "User"}
+_HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
+
+
+@dataclasses.dataclass(frozen=True)
+class InfotextSettings:
+    """What an A1111 infotext asks for: ``GenerationRequest`` fields, and the model it names."""
+
+    fields: Mapping[str, Any]
+    model_name: str | None = None
+    model_hash: str | None = None
+    ignored: tuple[str, ...] = ()  # keys chant does not reproduce (an extension's, "Hires sampler", ...)
+
+
+def _whole(params: Mapping[str, str], key: str) -> int:
+    try:
+        return int(params[key].strip())
+    except ValueError:
+        raise ValueError(f"infotext {key}: {params[key]!r} is not a whole number") from None
+
+
+def _number(params: Mapping[str, str], key: str) -> float:
+    try:
+        return float(params[key].strip())
+    except ValueError:
+        raise ValueError(f"infotext {key}: {params[key]!r} is not a number") from None
+
+
+def split_sampler_name(sampler: str, schedule_type: str = "Automatic") -> tuple[str, str]:
+    """(sampler, schedule type): an old combined name ("DPM++ 2M Karras", A1111 < 1.9) is split."""
+    if schedule_type in ("", "Automatic"):
+        for label in sorted(SCHEDULE_TYPES[1:], key=len, reverse=True):
+            if sampler.lower().endswith(" " + label.lower()) and len(sampler) > len(label) + 1:
+                return sampler[: -len(label) - 1].strip(), label
+    return sampler, schedule_type or "Automatic"
+
+
+def settings_from_infotext(text: str) -> InfotextSettings:
+    """The settings an A1111 1.10 (or chant) parameters text asks for, as A1111's paste reads them.
+
+    Sampler and schedule type (old combined names split), steps, CFG, seed, size, variation seed and
+    strength, Clip skip (missing = 1), ENSD, RNG (missing = GPU), Eta, mask blur, and Denoising strength:
+    the hires pass's when the text has hires keys (A1111's rule), else img2img's. ``Model``/``Model
+    hash`` are returned for the caller to match against its models; ``Lora hashes``, ``TI hashes`` and
+    ``Version`` are informational; other keys are listed in ``ignored``. ValueError names a bad value.
+    """
+    p = parse_infotext(text)
+    f: dict[str, Any] = {"prompt": p["Prompt"], "negative_prompt": p["Negative prompt"]}
+    handled = {"Prompt", "Negative prompt", "Size", "Size-1", "Size-2", "Sampler", "Schedule type"}
+    if "Sampler" in p:
+        f["sampler"], f["schedule_type"] = split_sampler_name(
+            p["Sampler"].strip(), p["Schedule type"].strip()
+        )
+    elif p["Schedule type"] != "Automatic":
+        f["schedule_type"] = p["Schedule type"].strip()
+    if "Size-1" in p:
+        f["width"], f["height"] = _whole(p, "Size-1"), _whole(p, "Size-2")
+    for key, field, read in (
+        ("Steps", "steps", _whole),
+        ("CFG scale", "cfg_scale", _number),
+        ("Seed", "seed", _whole),
+        ("Variation seed", "subseed", _whole),
+        ("Variation seed strength", "subseed_strength", _number),
+        ("Clip skip", "clip_skip", _whole),
+        ("ENSD", "eta_noise_seed_delta", _whole),
+        ("Eta", "eta", _number),
+        ("Eta DDIM", "eta", _number),
+        ("Mask blur", "mask_blur", _whole),
+        ("Hires steps", "hr_second_pass_steps", _whole),
+        ("Hires upscale", "hr_scale", _number),
+        ("Hires resize-1", "hr_resize_x", _whole),
+        ("Hires resize-2", "hr_resize_y", _whole),
+    ):
+        if key in p:
+            f[field] = read(p, key)
+            handled.add(key)
+    for key, field in (
+        ("Hires upscaler", "hr_upscaler"),
+        ("Hires prompt", "hr_prompt"),
+        ("Hires negative prompt", "hr_negative_prompt"),
+    ):
+        if key in p:
+            f[field] = p[key]
+            handled.add(key)
+    rng = p["RNG"].strip().lower()
+    if rng not in RNG_SOURCES:
+        raise ValueError(f"infotext RNG: {p['RNG']!r} is not one of GPU, CPU, NV")
+    f["rng"] = rng
+    if "Denoising strength" in p:
+        hires = any(k in p for k in _HIRES_KEYS)
+        f["enable_hr"] = hires
+        f["hr_denoising_strength" if hires else "denoising_strength"] = _number(p, "Denoising strength")
+    handled |= {"RNG", "Denoising strength", "Hires resize"}
+    ignored = tuple(
+        k for k in p if k not in handled and k not in _INFORMATIONAL and not k.endswith(("-1", "-2"))
+    )
+    return InfotextSettings(
+        fields=f, model_name=p.get("Model") or None, model_hash=p.get("Model hash") or None, ignored=ignored
+    )
+
+
+def infotext_of_file(data: bytes) -> str | None:
+    """The A1111 parameters stored in an image: a PNG's ``parameters`` text, or a JPEG/WebP's EXIF
+    UserComment (as A1111 and chant's bot write it); None when there are none."""
+    with Image.open(io.BytesIO(data)) as image:
+        text = image.info.get("parameters")
+        if isinstance(text, str):
+            return text
+        comment = image.getexif().get_ifd(0x8769).get(0x9286)
+    if isinstance(comment, bytes) and len(comment) > 8:
+        prefix, body = comment[:8], comment[8:]
+        if prefix == b"UNICODE\x00":
+            encoding = "utf-16-le" if body[:2] == b"\xff\xfe" or body[1:2] == b"\x00" else "utf-16-be"
+            return body.decode(encoding, errors="replace").lstrip("\ufeff").rstrip("\x00")
+        return body.decode("latin-1").rstrip("\x00")
+    return comment if isinstance(comment, str) else None
 
 
 def png_with_infotext(image: Image.Image, infotext: str, *, compress_level: int = 4) -> bytes:

@@ -4,11 +4,14 @@ Figures are medians in microseconds per prompt:
 - ``cold_us``: a prompt chant has not seen (parse and emphasis caches cleared), with the BPE word
   cache warm, as in a running bot;
 - ``cold_bpe_us``: also with the BPE word cache cleared (the first prompt after start);
-- ``cached_us``: the same prompt again (a reroll).
+- ``cached_us``: the same prompt again (a reroll);
+- ``long_word_ms``: BPE of one 6,000-letter word (random letters, word cache cleared): the worst a
+  Discord prompt can ask of the merge loop.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 
@@ -78,10 +81,17 @@ def run(args, settings) -> dict:
         explain_and_tokens(prompt)
 
     def cold_bpe() -> None:
-        tok._cache.clear()
+        tok.clear_cache()
         cold()
 
     cold_us = _median_us(cold, args.repeat)
+    letters = random.Random(0)
+    long_word = "".join(letters.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6000))
+
+    def long_word_bpe() -> None:
+        tok.clear_cache()
+        tok.encode(long_word)
+
     return {
         "prompt_chars": len(prompt),
         "prompt_tokens": token_count,
@@ -91,6 +101,7 @@ def run(args, settings) -> dict:
         "cold_us": round(cold_us, 1),
         "cold_bpe_us": round(_median_us(cold_bpe, max(20, args.repeat // 10)), 1),
         "cached_us": round(_median_us(lambda: explain_and_tokens(prompt), args.repeat), 1),
+        "long_word_ms": round(_median_us(long_word_bpe, 5) / 1000, 1),
         "target_us": 1000,
         "meets_target": cold_us <= 1000,
     }

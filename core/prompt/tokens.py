@@ -1,24 +1,34 @@
 """CLIP BPE tokens and A1111's 75-token chunker (A1111-SEMANTICS §7 and §10).
 
 ``ClipTokenizer`` is OpenAI CLIP's byte-level BPE in pure Python over the vocabulary shipped in
-``data/bpe_simple_vocab_16e6.txt.gz`` (MIT, from OpenAI CLIP via open_clip), with the text
-clean-up of Hugging Face's ``CLIPTokenizer`` (NFC, whitespace runs to one space, lowercase), so
-``encode`` gives the ids ``CLIPTokenizer`` gives. ``tokenize_text`` is A1111's ``tokenize_line``:
-ids and multipliers only; the engine turns them into tensors.
+``data/bpe_simple_vocab_16e6.txt.gz`` (MIT, from OpenAI CLIP via open_clip), with the text clean-up
+of the tokenizer A1111 runs for each encoder (``CLEAN_STYLES``):
+
+- ``"clip"``: transformers 4's slow ``CLIPTokenizer`` with ftfy installed, A1111's tokenizer for SD1
+  and SDXL's CLIP-L: ``ftfy.fix_text``, whitespace runs to one space, ``str.lower()``; the special
+  tokens are split off first (the tokenizer's added-token trie);
+- ``"open_clip"``: open_clip's ``SimpleTokenizer``, A1111's for SD2 and SDXL's OpenCLIP-G: the same
+  plus ``html.unescape`` twice after ftfy.
+
+ftfy uncurls quotes, undoes ligatures and full-width forms and NFC-normalizes, so ``don’t``,
+``ﬁne`` and ``ＡＢＣ`` give A1111's ids. ``tokenize_text`` is A1111's ``tokenize_line``: ids and
+multipliers only; the engine turns them into tensors.
 """
 
 from __future__ import annotations
 
 import gzip
+import heapq
+import html
 import itertools
 import math
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import ftfy
 import regex
 
 from core.prompt.attention import parse_attention_cached
@@ -29,15 +39,38 @@ COMMA = 267  # ",</w>"
 CHUNK = 75
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 _DATA = Path(__file__).with_name("data") / "bpe_simple_vocab_16e6.txt.gz"
-_PATTERN = regex.compile(
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-    regex.IGNORECASE,
-)
-# The same pattern for lowercased ASCII text, in the faster ``re`` (\s here is Unicode White_Space).
-_ASCII_PATTERN = re.compile(
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\t\n\x0b\x0c\r a-z0-9]+"
-)
-_SPACES = regex.compile(r"\s+")
+_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# The same for lowercased ASCII text, in the faster ``re`` (\s here is Unicode White_Space).
+_ASCII_WORDS = r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\t\n\x0b\x0c\r a-z0-9]+"
+# Each tokenizer's special tokens, matched as words (ids BOS and EOS): OpenAI's names in transformers,
+# open_clip's own in open_clip, where "<|endoftext|>" is plain text.
+_SPECIALS = {"clip": ("<|startoftext|>", "<|endoftext|>"), "open_clip": ("<start_of_text>", "<end_of_text>")}
+_PATTERNS = {
+    style: (
+        regex.compile("|".join(map(re.escape, names)) + "|" + _WORDS, regex.IGNORECASE),
+        re.compile("|".join(map(re.escape, names)) + "|" + _ASCII_WORDS),
+    )
+    for style, names in _SPECIALS.items()
+}
+_SPECIAL_IDS = {
+    name: (id_,) for names in _SPECIALS.values() for name, id_ in zip(names, (BOS, EOS), strict=True)
+}
+# Text that ftfy and html.unescape leave as it is: printable ASCII, the whitespace ftfy keeps, no "&".
+# Most prompts are; they skip the clean-up (ftfy costs ~0.2 ms a text).
+_PLAIN_ASCII = re.compile(r"[\x20-\x25\x27-\x7e\t\n\r\x0c]*")
+_SPACES = regex.compile(r"\s+")  # ``regex``'s \s, as both tokenizers (it leaves out \x1c-\x1f)
+_CLIP_SPLIT = re.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
+CLEAN_STYLES = tuple(_SPECIALS)
+_CACHE_CHARS = 1_000_000  # BPE word cache: about 100,000 words, or 166 6,000-letter ones
+
+
+@lru_cache(maxsize=1024)
+def clean_text(text: str, style: str = "clip") -> str:
+    """The lowercased text A1111's tokenizer runs BPE on (``style``: see the module docstring)."""
+    text = ftfy.fix_text(text)
+    if style == "open_clip":
+        text = html.unescape(html.unescape(text)).strip()
+    return _SPACES.sub(" ", text).strip().lower()
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -67,12 +100,18 @@ class ClipTokenizer:
         self._vocab = {w: i for i, w in enumerate(words)}
         self._merges: list[tuple[str, str]] = merges  # type: ignore[assignment]
         self._ranks = {m: i for i, m in enumerate(merges)}
-        self._cache: dict[str, tuple[int, ...]] = {"<|startoftext|>": (BOS,), "<|endoftext|>": (EOS,)}
+        self._cache: dict[str, tuple[int, ...]] = {}
+        self._cached_chars = 0  # the cache is bounded by the letters it holds, not its entries
 
     @classmethod
     @lru_cache(maxsize=1)
     def default(cls) -> ClipTokenizer:
         return cls()
+
+    def clear_cache(self) -> None:
+        """Forget the BPE of the words seen so far (benchmarks of a cold start)."""
+        self._cache.clear()
+        self._cached_chars = 0
 
     def vocab(self) -> dict[str, int]:
         return dict(self._vocab)
@@ -80,45 +119,72 @@ class ClipTokenizer:
     def merges(self) -> list[tuple[str, str]]:
         return list(self._merges)
 
-    def encode(self, text: str) -> list[int]:
-        if text.isascii():
-            words = _ASCII_PATTERN.findall(text.lower())
+    def encode(self, text: str, clean: str = "clip") -> list[int]:
+        """The ids A1111's tokenizer gives ``text``; ``clean`` is the tokenizer's text clean-up."""
+        if clean not in CLEAN_STYLES:
+            raise ValueError(f"clean must be one of {', '.join(CLEAN_STYLES)}, not {clean!r}")
+        pattern, ascii_pattern = _PATTERNS[clean]
+        if _PLAIN_ASCII.fullmatch(text):
+            words = ascii_pattern.findall(text.lower())
+        elif clean == "clip":
+            # transformers splits the special tokens off first and cleans the text between them.
+            words = []
+            for i, piece in enumerate(_CLIP_SPLIT.split(text)):
+                words.extend([piece] if i % 2 else pattern.findall(clean_text(piece, clean)))
         else:
-            text = _SPACES.sub(" ", unicodedata.normalize("NFC", text))
-            # Character by character, like the tokenizers library: no final-sigma rule.
-            text = "".join(c.lower() for c in text) if "Σ" in text else text.lower()
-            words = _PATTERN.findall(text)
+            words = pattern.findall(clean_text(text, clean))
         ids: list[int] = []
         cache = self._cache
         for word in words:
-            cached = cache.get(word)
+            # A style's pattern yields only its own special names as one word.
+            cached = cache.get(word) or _SPECIAL_IDS.get(word)
             if cached is None:
+                if self._cached_chars > _CACHE_CHARS:
+                    self.clear_cache()
                 cached = cache[word] = self._bpe(word)
-                if len(cache) > 100_000:
-                    cache.clear()
+                self._cached_chars += len(word)
             ids.extend(cached)
         return ids
 
     def _bpe(self, word: str) -> tuple[int, ...]:
         chars = "".join(self._byte_encoder[b] for b in word.encode("utf-8"))
         parts = [*chars[:-1], chars[-1] + "</w>"]
+        return tuple(self._vocab[p] for p in self._merge(parts) if p)
+
+    def _merge(self, parts: list[str]) -> list[str]:
+        """CLIP's BPE merges in O(n log n); ``parts`` become the merged symbols ("" where merged away).
+
+        The reference loop (transformers' ``bpe``) finds the lowest-ranked pair, merges every
+        occurrence left to right, and looks again: quadratic, seconds for a 6,000-letter word. A heap
+        of (rank, left position) over a linked list makes the same merges in the same order, because a
+        merge only creates pairs of a higher rank than its own (every merge's parts are made by
+        lower-ranked merges; ``tests/core/prompt/test_tokens.py`` checks this over the vocabulary): all
+        occurrences of one rank are merged, leftmost first, before any higher rank.
+        """
         ranks = self._ranks
-        while len(parts) > 1:
-            best = min(itertools.pairwise(parts), key=lambda pair: ranks.get(pair, math.inf))
-            if best not in ranks:
-                break
-            first, second = best
-            merged: list[str] = []
-            i = 0
-            while i < len(parts):
-                if i < len(parts) - 1 and parts[i] == first and parts[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        return tuple(self._vocab[p] for p in parts)
+        n = len(parts)
+        after = [*range(1, n), -1]
+        before = [*range(-1, n - 1)]
+        heap = [
+            (r, i) for i, pair in enumerate(itertools.pairwise(parts)) if (r := ranks.get(pair)) is not None
+        ]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = after[i]
+            if j < 0 or ranks.get((parts[i], parts[j])) != rank:
+                continue  # stale: a neighbour was merged since it was pushed
+            parts[i] += parts[j]
+            parts[j] = ""
+            k = after[i] = after[j]
+            if k >= 0:
+                before[k] = i
+                if (r := ranks.get((parts[i], parts[k]))) is not None:
+                    heapq.heappush(heap, (r, i))
+            h = before[i]
+            if h >= 0 and (r := ranks.get((parts[h], parts[i]))) is not None:
+                heapq.heappush(heap, (r, h))
+        return parts
 
 
 @dataclass(frozen=True)
@@ -162,14 +228,14 @@ class TokenizedPrompt:
 class _Embeddings:
     """Registered names by first token id, longest first (A1111 ``register_embedding_by_name``)."""
 
-    def __init__(self, embeddings: Mapping[str, int], tokenizer: ClipTokenizer) -> None:
+    def __init__(self, embeddings: Mapping[str, int], tokenizer: ClipTokenizer, clean: str) -> None:
         self.by_first: dict[int, list[tuple[tuple[int, ...], str, int]]] = {}
         for name, vectors in embeddings.items():
             if type(vectors) is not int or not 1 <= vectors <= CHUNK:
                 raise ValueError(
                     f"embedding {name!r}: vectors must be an integer from 1 to {CHUNK}, not {vectors!r}"
                 )
-            ids = tuple(tokenizer.encode(name))
+            ids = tuple(tokenizer.encode(name, clean))
             if not ids:
                 raise ValueError(f"embedding name {name!r} has no tokens")
             entries = self.by_first.setdefault(ids[0], [])
@@ -193,13 +259,15 @@ def tokenize_text(
     emphasis: str = "Original",
     comma_padding_backtrack: int = 20,
     tokenizer: ClipTokenizer | None = None,
+    clean: str = "clip",
 ) -> TokenizedPrompt:
     """A1111's ``tokenize_line`` for one scheduled text.
 
     ``emphasis`` "None" takes the text whole at weight 1.0 (brackets and BREAK literal); the other
     modes give the same ids and multipliers (they differ in how the engine applies them).
     ``embeddings`` maps textual-inversion names to their vector counts; names match by token ids,
-    longest first. Upstream bug kept on purpose (A1111-SEMANTICS §10.4): comma backtracking moves an
+    longest first. ``clean``: the encoder's tokenizer clean-up (``CLEAN_STYLES``; "open_clip" for SD2
+    and SDXL's second encoder). Upstream bug kept on purpose (A1111-SEMANTICS §10.4): comma backtracking moves an
     embedding's placeholder tokens to the next chunk but leaves its fix in the previous chunk
     (pointing into its padding), so chant's conditioning equals A1111's; the engine must clip fixes
     to the 77-token chunk as A1111's ``EmbeddingsWithFixes`` does.
@@ -211,7 +279,7 @@ def tokenize_text(
             f"comma_padding_backtrack must be a non-negative integer, not {comma_padding_backtrack!r}"
         )
     tok = tokenizer or ClipTokenizer.default()
-    db = _Embeddings(embeddings, tok) if embeddings else None
+    db = _Embeddings(embeddings, tok, clean) if embeddings else None
     parsed = parse_attention_cached(text) if emphasis != "None" else ((text, 1.0),)
 
     chunks: list[Chunk] = []
@@ -239,7 +307,7 @@ def tokenize_text(
         if segment == "BREAK" and weight == -1:
             close()
             continue
-        ids = tok.encode(segment)
+        ids = tok.encode(segment, clean)
         position = 0
         n = len(ids)
         bulk = db is None or not any(t in db.by_first for t in ids)

@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import difflib
 import json
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, func, select, text
@@ -565,26 +563,16 @@ class ChantService:
                 )
 
     def _check_networks(self, plan, field: str) -> None:
-        """Unknown LoRA names are refused before queueing, with the closest known names."""
-        loras = [n for n in plan.networks if n.kind == "lora" and n.positional]
-        if not loras:
-            return
-        dirs = [d for d in self.settings.engine.lora_dirs if Path(d).is_dir()]
-        if not dirs:
-            return  # the folders live with a remote worker: the engine checks the names at run time
-        known = self.lora_names()
-        lowered = {k.lower(): k for k in known}
-        for net in loras:
-            name = net.positional[0]
-            if name in known or name.lower() in lowered:
-                continue
-            close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.5)
-            hint = (
-                f" Did you mean {', '.join(repr(lowered[c]) for c in close)}?"
-                if close
-                else " See /loras for the list."
+        """Extra-network tags the engine would refuse are refused before queueing, with the closest names."""
+        from core.engine.networks.resolve import check_extra_networks  # torch-free
+
+        engine = self.settings.engine
+        try:
+            check_extra_networks(
+                plan.networks, lora_dirs=engine.lora_dirs, hypernetwork_dirs=engine.hypernetwork_dirs
             )
-            raise UserError("lora", f"Your {field} uses the LoRA {name!r}, which I do not have.{hint}")
+        except ValueError as exc:
+            raise UserError("lora", f"Your {field}: {exc}. See /loras for the LoRAs.") from None
 
     def lora_names(self) -> list[str]:
         """LoRA names for autocomplete and /loras (file stems in the configured folders)."""

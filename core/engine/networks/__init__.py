@@ -20,8 +20,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from core.engine.networks.hashes import addnet_hash, lora_hashes_infotext
+from core.engine.networks.hashes import (
+    addnet_hash,
+    file_sha256,
+    lora_hashes_infotext,
+    lora_hashes_param,
+    lora_short_hash,
+)
 from core.engine.networks.resolve import (
+    check_extra_networks,
     check_network_name,
     list_network_files,
     list_networks,
@@ -58,10 +65,14 @@ __all__ = [
     "activate_for_pipeline",
     "activate_networks",
     "addnet_hash",
+    "check_extra_networks",
     "check_network_name",
+    "file_sha256",
     "list_network_files",
     "list_networks",
     "lora_hashes_infotext",
+    "lora_hashes_param",
+    "lora_short_hash",
     "networks_key",
     "parse_hypernet",
     "parse_lora",

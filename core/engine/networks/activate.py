@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from core.engine.networks.hashes import lora_hashes_infotext
 from core.engine.networks.hypernetwork import Hypernetwork, HypernetworkHooks, load_hypernetwork_file
 from core.engine.networks.lora import (
     TEXT_ENCODER,
@@ -26,13 +25,10 @@ from core.engine.networks.lora import (
     load_lora_file,
     merge_loras,
 )
-from core.engine.networks.resolve import resolve_network_file
+from core.engine.networks.resolve import HYPERNETWORK_EXTS, LORA_EXTS, resolve_network_file
 from core.engine.networks.spec import ExtraNetworkLike, NetworkRequest, networks_key, parse_networks
 
 log = logging.getLogger(__name__)
-
-LORA_EXTS = (".safetensors",)
-HYPERNETWORK_EXTS = (".pt",)
 
 T = TypeVar("T")
 
@@ -86,8 +82,9 @@ class ActiveNetworks:
     """What :func:`activate_networks` applied for this job."""
 
     request: NetworkRequest
-    loras: list[tuple[str, Path]] = field(default_factory=list)  # (name in the prompt, file), prompt order
+    loras: list[tuple[str, Path]] = field(default_factory=list)  # (name in the prompt, file), A1111 order
     hypernetworks: list[tuple[str, Path]] = field(default_factory=list)
+    activated: list[tuple[str, str]] = field(default_factory=list)  # (kind, name) in the order applied
     lora_layers: dict[str, int] = field(default_factory=dict)  # name -> layers placed
     merged_weights: int = 0  # weights changed (and restored on exit)
     hooked_attentions: int = 0
@@ -95,11 +92,6 @@ class ActiveNetworks:
     @property
     def key(self) -> tuple:
         return networks_key(self.request)
-
-    def infotext_params(self) -> dict[str, str]:
-        """Extra A1111 parameters for the PNG: ``{"Lora hashes": "name: 0123456789ab, ..."}``."""
-        value = lora_hashes_infotext(self.loras)
-        return {"Lora hashes": value} if value else {}
 
 
 _ACTIVE_ATTR = "_chant_networks_active"
@@ -137,11 +129,11 @@ def activate_networks(
 
     # 1. Resolve and read everything; nothing is changed yet.
     paths: dict[str, Path] = {}
-    for spec in request.loras_in_prompt_order or request.loras:
+    for spec in request.loras:
         if spec.name not in paths:
             paths[spec.name] = resolve_network_file(spec.name, lora_dirs, LORA_EXTS, what="LoRA")
         active.loras.append((spec.name, paths[spec.name]))
-    lora_uses = [  # merged in the canonical order, so tag order cannot change the result
+    lora_uses = [  # merged in A1111's activation order (float sums follow it)
         LoraUse(spec.name, cache.get("LoRA", paths[spec.name], load_lora_file), spec.te, spec.unet, spec.dyn)
         for spec in request.loras
     ]
@@ -162,18 +154,21 @@ def activate_networks(
     hooks = HypernetworkHooks()
     setattr(unet, _ACTIVE_ATTR, True)
     try:
-        if lora_uses:
-            active.lora_layers = merge_loras(models, lora_uses, merged)
-            active.merged_weights = len(merged)
-        if hn_uses:
-            active.hooked_attentions = hooks.attach(unet, hn_uses)
-            if active.hooked_attentions == 0:
-                sizes = sorted({size for hn, _ in hn_uses for size in hn.layers})
-                names = ", ".join(repr(spec.name) for spec in request.hypernets)
-                raise ValueError(
-                    f"hypernetwork {names} fits no attention layer of this model "
-                    f"(it has layers for widths {sizes})"
-                )
+        for kind in request.kinds:  # A1111's order; each kind changes its own part of the model
+            if kind == "lora":
+                active.lora_layers = merge_loras(models, lora_uses, merged)
+                active.merged_weights = len(merged)
+                active.activated += [("lora", use.name) for use in lora_uses]
+            else:
+                active.hooked_attentions = hooks.attach(unet, hn_uses)
+                if active.hooked_attentions == 0:
+                    sizes = sorted({size for hn, _ in hn_uses for size in hn.layers})
+                    names = ", ".join(repr(spec.name) for spec in request.hypernets)
+                    raise ValueError(
+                        f"hypernetwork {names} fits no attention layer of this model "
+                        f"(it has layers for widths {sizes})"
+                    )
+                active.activated += [("hypernet", spec.name) for spec in request.hypernets]
         yield active
     finally:
         hooks.remove()

@@ -4,8 +4,10 @@ A name never becomes a path. We list the files below each configured folder and 
 against them, A1111-style: by file stem (``<lora:detail:1>`` finds ``Lora/styles/detail.safetensors``),
 or by the path relative to the folder without its extension (``<lora:styles/detail:1>``), exact case
 first, then ignoring case. Names that look like paths out of the folder (``..``, absolute paths,
-drive letters, NUL) are refused before any lookup, and files whose real location (after symlinks)
-lies outside their folder are never listed or loaded. This module imports no torch.
+drive letters, NUL), names with control characters and over-long names are refused before any
+lookup, and files whose real location (after symlinks) lies outside their folder are never listed or
+loaded. :func:`check_extra_networks` applies all of it to a prompt's tags before a job is queued.
+This module imports no torch.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from core.engine.networks.spec import HYPERNET_KINDS, LORA_KINDS, ExtraNetworkLike, parse_networks
+
 _DRIVE = re.compile(r"^[A-Za-z]:")
+LORA_EXTS = (".safetensors",)
+HYPERNETWORK_EXTS = (".pt",)
+NAME_MAX_CHARS = 200  # longer than any real file's name with its sub-folders
 
 
 @dataclass(frozen=True)
@@ -34,11 +42,16 @@ class NetworkFile:
 
 
 def check_network_name(name: str, what: str = "network") -> str:
-    """Refuse names that try to leave the folder; return the name with ``\\`` read as ``/``."""
+    """Refuse names that try to leave the folder or no file can have; return it with ``\\`` as ``/``."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"empty {what} name")
+    # 240 bytes a part leaves room for the extension within the file systems' 255.
+    if len(name) > NAME_MAX_CHARS or any(len(part.encode()) > 240 for part in re.split(r"[/\\]", name)):
+        raise ValueError(f"{what} name {name[:40]!r}… is too long for a file name ({len(name)} characters)")
     if "\x00" in name:
         raise ValueError(f"{what} name {name!r} contains a NUL character")
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise ValueError(f"{what} name {name!r} contains a control character")
     posix = name.replace("\\", "/")
     if posix.startswith("/") or _DRIVE.match(posix):
         raise ValueError(f"{what} name {name!r} is an absolute path; use a name from the {what} folder")
@@ -143,11 +156,33 @@ def resolve_network_file(
             raise ValueError(f"{what} name {name!r} is ambiguous; write one of: {options}")
     _refuse_escaping_link(posix, dirs, exts, what)
     known = list_networks(dirs, exts)
-    if not known:
-        shown = ", ".join(str(d) for d in dirs) or "(none configured)"
-        raise ValueError(f"unknown {what} {name!r}: no {'/'.join(exts)} files in {shown}")
+    if not known:  # folders are not named: this message may reach a Discord user
+        raise ValueError(f"unknown {what} {name!r}: no {what} files ({'/'.join(exts)}) are installed")
     lowered = {k.lower(): k for k in known}
     close = difflib.get_close_matches(posix.lower(), list(lowered), n=5, cutoff=0.4)
     hint = ", ".join(lowered[c] for c in close) if close else ", ".join(known[:5])
     label = "closest" if close else "known"
     raise ValueError(f"unknown {what} {name!r}; {label}: {hint}")
+
+
+def check_extra_networks(
+    networks: Iterable[ExtraNetworkLike],
+    *,
+    lora_dirs: Iterable[str | os.PathLike[str]],
+    hypernetwork_dirs: Iterable[str | os.PathLike[str]],
+) -> None:
+    """Refuse a prompt's ``<lora>``/``<lyco>``/``<hypernet>`` tags that the engine would refuse.
+
+    The one check before queueing, the same for every kind: the arguments read as A1111 reads them,
+    and each name is a safe name of a file in its configured folders, whether or not the folders
+    exist (no folder means nothing is installed). ``ValueError`` says which tag and why, with the
+    closest names. Tags of other kinds are skipped, as A1111 and the engine skip them.
+    """
+    networks = list(networks)
+    parse_networks(networks)
+    lora_dirs, hypernetwork_dirs = list(lora_dirs), list(hypernetwork_dirs)
+    for net in networks:
+        if net.kind in LORA_KINDS:
+            resolve_network_file(net.positional[0], lora_dirs, LORA_EXTS, what="LoRA")
+        elif net.kind in HYPERNET_KINDS:
+            resolve_network_file(net.positional[0], hypernetwork_dirs, HYPERNETWORK_EXTS, what="hypernetwork")

@@ -5,6 +5,12 @@
 positional 3 the dynamic dimension; the named items ``te=``, ``unet=``, ``dyn=`` override them.
 ``<hypernet:name:multiplier>`` reads its raw items: name, then multiplier (default 1.0).
 Tags of other kinds are not ours; A1111 skips them with a log line, and so do we.
+
+Activation order is A1111's: it collects a prompt's tags in a dict of lists keyed by tag kind (in the
+order each kind first appears), then gives each extra network its lists, ``lora`` and its alias
+``lyco`` together. So ``a <lora:foo:1> b <hypernet:h:0.3> c <lora:bar:0.2>`` activates LoRAs foo and
+bar, then hypernetwork h; ``<lora:x> <lyco:y> <lora:z>`` merges x, z, then y. LoRA updates are
+added in that order, so it is part of the batching key.
 """
 
 from __future__ import annotations
@@ -40,12 +46,12 @@ class HypernetSpec:
 
 @dataclass(frozen=True)
 class NetworkRequest:
-    """The networks one job uses: LoRAs in canonical (sorted) order, hypernetworks in prompt order."""
+    """The networks one job uses, each kind in A1111's activation order (see the module docstring)."""
 
     loras: tuple[LoraSpec, ...] = ()
     hypernets: tuple[HypernetSpec, ...] = ()
     skipped: tuple[str, ...] = ()  # kinds we do not handle, as A1111 skips them
-    loras_in_prompt_order: tuple[LoraSpec, ...] = ()  # for the infotext; () means ``loras``
+    kinds: tuple[str, ...] = ()  # "lora" / "hypernet" in the order A1111 activates them
 
     def __bool__(self) -> bool:
         return bool(self.loras or self.hypernets)
@@ -104,31 +110,39 @@ def parse_hypernet(net: ExtraNetworkLike) -> HypernetSpec:
     return HypernetSpec(name=pos[0], multiplier=multiplier)
 
 
+def grouped_by_kind(networks: Iterable[ExtraNetworkLike]) -> dict[str, list[ExtraNetworkLike]]:
+    """A1111's activation groups: ``{"lora": [...], "hypernet": [...], other kind: [...]}``.
+
+    Tags are first listed per kind in the order each kind appears, then ``lyco`` joins ``lora``
+    (A1111's ``lookup_extra_networks``): the group sits where lora or lyco first appeared, and holds
+    the first-seen spelling's tags before the other's.
+    """
+    by_kind: dict[str, list[ExtraNetworkLike]] = {}
+    for net in networks:
+        by_kind.setdefault(net.kind, []).append(net)
+    groups: dict[str, list[ExtraNetworkLike]] = {}
+    for kind, nets in by_kind.items():
+        groups.setdefault(LORA_KINDS[0] if kind in LORA_KINDS else kind, []).extend(nets)
+    return groups
+
+
 def parse_networks(networks: Iterable[ExtraNetworkLike]) -> NetworkRequest:
     """Read every tag of one prompt; raises ``ValueError`` naming the bad tag."""
-    loras: list[LoraSpec] = []
-    hypernets: list[HypernetSpec] = []
-    skipped: list[str] = []
-    for net in networks:
-        if net.kind in LORA_KINDS:
-            loras.append(parse_lora(net))
-        elif net.kind in HYPERNET_KINDS:
-            hypernets.append(parse_hypernet(net))
-        else:
-            skipped.append(net.kind)
-    return NetworkRequest(
-        loras=tuple(sorted(loras)),
-        hypernets=tuple(hypernets),
-        skipped=tuple(skipped),
-        loras_in_prompt_order=tuple(loras),
+    groups = grouped_by_kind(networks)
+    loras = tuple(parse_lora(net) for net in groups.get("lora", ()))
+    hypernets = tuple(parse_hypernet(net) for net in groups.get("hypernet", ()))
+    skipped = tuple(
+        net.kind for kind, nets in groups.items() if kind not in ("lora", "hypernet") for net in nets
     )
+    kinds = tuple(kind for kind in groups if kind in ("lora", "hypernet"))
+    return NetworkRequest(loras=loras, hypernets=hypernets, skipped=skipped, kinds=kinds)
 
 
 def networks_key(networks: Iterable[ExtraNetworkLike] | NetworkRequest) -> tuple:
     """Hashable key: two jobs may share one denoising loop only when their keys are equal.
 
-    LoRAs are merged in a canonical order, so tag order does not matter for them; hypernetworks
-    chain, so their order does. Kinds we do not handle do not change the key.
+    LoRA updates are added in activation order (float rounding follows it) and hypernetworks chain,
+    so both orders are part of the key. Kinds we do not handle do not change the key.
     """
     request = networks if isinstance(networks, NetworkRequest) else parse_networks(networks)
     return (

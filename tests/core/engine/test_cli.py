@@ -72,3 +72,59 @@ def test_size_and_output_names() -> None:
     assert parse_size("512x768") == (512, 768)
     assert output_paths("out.png", 3) == [Path("out.png"), Path("out-1.png"), Path("out-2.png")]
     assert output_paths("dir/pic", 2) == [Path("dir/pic.png"), Path("dir/pic-1.png")]
+
+
+def _config(tmp_path: Path, tiny) -> Path:
+    config = tmp_path / "chant.toml"
+    config.write_text(
+        '[engine]\ndevice = "cpu"\nthreads = 1\nembedding_dirs = []\n'
+        f'[engine.models.tiny]\nsource = "{tiny.single_file}"\nconfig = "{tiny.config}"\n'
+    )
+    return config
+
+
+def test_infotext_reproduces_an_image_and_options_override_it(
+    tiny_sd15, tmp_path, capsys, monkeypatch
+) -> None:
+    import io
+
+    from core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = ["--config", str(_config(tmp_path, tiny_sd15))]
+    first = ["generate", "a small (red:1.2) boat", "--negative", "fog, rain", "--steps", "3", "--cfg", "6.5"]
+    first += ["--sampler", "Euler", "--seed", "42", "--size", "64x64", "--clip-skip", "2", "--rng", "cpu"]
+    assert main([*config, *first, "-o", "a.png"]) == 0
+    text = Image.open(tmp_path / "a.png").info["parameters"]
+    # the PNG itself: the same settings give the same image, bit for bit
+    assert main([*config, "generate", "--infotext", "a.png", "-o", "b.png"]) == 0
+    assert (tmp_path / "b.png").read_bytes() == (tmp_path / "a.png").read_bytes()
+    # the text (from standard input), with options that override it
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    assert main([*config, "generate", "--infotext", "-", "--seed", "7", "--steps", "2", "-o", "c.png"]) == 0
+    changed = Image.open(tmp_path / "c.png").info["parameters"]
+    assert changed == text.replace("Steps: 3", "Steps: 2").replace("Seed: 42", "Seed: 7")
+    capsys.readouterr()
+    # an A1111 text whose model is not configured: said plainly, nothing generated
+    a1111 = text.replace("Model: tiny", "Model: v1-5-pruned-emaonly").replace("Model hash: ", "Model hash: 0")
+    assert main([*config, "generate", "--infotext", a1111, "-o", "d.png"]) == 2
+    err = capsys.readouterr().err
+    assert "model v1-5-pruned-emaonly" in err and "is not configured (configured: tiny)" in err
+    assert not (tmp_path / "d.png").exists()
+    assert main([*config, "generate", "--infotext", "missing.png"]) == 2
+    assert "no such file: missing.png" in capsys.readouterr().err
+    assert main([*config, "generate"]) == 2
+    assert "give a prompt (or --infotext)" in capsys.readouterr().err
+
+
+def test_infotext_model_is_matched_by_hash(tiny_sd15, tmp_path) -> None:
+    import hashlib
+
+    from core.config import EngineSettings, ModelSettings
+    from core.engine.cli import match_model
+
+    settings = EngineSettings(models={"mine": ModelSettings(source=str(tiny_sd15.single_file))})
+    digest = hashlib.sha256(Path(tiny_sd15.single_file).read_bytes()).hexdigest()
+    assert match_model(settings, "someone-elses-name", digest[:10]) == "mine"
+    assert match_model(settings, "MINE", None) == "mine"
+    assert match_model(settings, None, None) is None

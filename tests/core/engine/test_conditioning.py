@@ -113,6 +113,32 @@ def test_sdxl_concatenates_both_encoders_and_pools_the_first_chunk(sdxl) -> None
     assert zeros.embeds.abs().sum() == 0 and zeros.pooled.abs().sum() == 0
 
 
+def test_sdxl_encoders_get_their_own_tokenizer_clean_up(sdxl) -> None:
+    # ftfy keeps "&amp;" in text with a "<" (it looks like HTML); only open_clip (OpenCLIP-G) unescapes it.
+    one, two = sdxl
+    text = "a <3 &amp; b"
+    l_ids = ClipTokenizer.default().encode(text, "clip")
+    g_ids = ClipTokenizer.default().encode(text, "open_clip")
+    assert len(l_ids) == len(g_ids) + 2  # "&", "amp", ";" against "&"
+    cond = PromptEncoder("sdxl", one, two).encode([text])[0]
+    l_row, g_row = [49406, *l_ids, 49407], [49406, *g_ids, 49407]
+    with torch.no_grad():
+        l_out = one(input_ids=torch.tensor([l_row + [49407] * (77 - len(l_row))]), output_hidden_states=True)
+        g_out = two(input_ids=torch.tensor([g_row + [0] * (77 - len(g_row))]), output_hidden_states=True)
+    assert torch.equal(cond.embeds[:, :32], l_out.hidden_states[-2][0])
+    assert torch.equal(cond.embeds[:, 32:], g_out.hidden_states[-2][0])
+    # Pasted punctuation is cleaned for both: a curly apostrophe encodes as the typed one.
+    encoder = PromptEncoder("sdxl", one, two)
+    assert torch.equal(encoder.encode(["don’t ﬁne"])[0].embeds, encoder.encode(["don't fine"])[0].embeds)
+
+
+def test_sdxl_refuses_a_prompt_its_two_tokenizers_chunk_differently(sdxl) -> None:
+    one, two = sdxl
+    text = "a <3 " + "&amp; " * 30  # 92 tokens for CLIP-L (2 chunks), 32 for OpenCLIP-G (1 chunk)
+    with pytest.raises(GenerationError, match="two tokenizers"):
+        PromptEncoder("sdxl", one, two).encode([text])
+
+
 def test_stack_conds_repeats_the_last_token_vector() -> None:
     a, b = torch.randn(77, 4), torch.randn(154, 4)
     stacked = stack_conds([a, b])
@@ -150,3 +176,66 @@ def test_embedding_files_in_unknown_layouts_are_refused(tmp_path: Path) -> None:
     vectors = read_embedding_file(tmp_path / "xl.safetensors")
     assert set(vectors) == {"clip_l", "clip_g"}
     assert Embedding("xl", vectors).count == 2
+
+
+def _sha12(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def test_ti_hashes_as_a1111_writes_them(sd1, sdxl, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    for name, width in (("good", 32), ("bad,name", 32), ("xl", None)):
+        vectors = {"emb_params": torch.randn(2, width)} if width else {}
+        if not width:
+            vectors = {"clip_l": torch.randn(1, 32), "clip_g": torch.randn(1, 64)}
+        save_file(vectors, str(tmp_path / f"{name}.safetensors"))
+    library = EmbeddingLibrary([tmp_path])
+    encoder = PromptEncoder("sd1", sd1, embeddings=library.for_widths({"clip_l": 32}))
+    encoder.encode(["blurry, bad,name"])  # A1111 encodes the negative prompt first
+    encoder.encode(["a good cat BREAK good", "plain"])
+    good, bad = _sha12(tmp_path / "good.safetensors"), _sha12(tmp_path / "bad,name.safetensors")
+    # each call's embeddings go in front; ":" and "," leave the names
+    assert encoder.ti_hashes_infotext() == {"TI hashes": f"good: {good}, badname: {bad}"}
+    assert PromptEncoder("sd1", sd1).ti_hashes_infotext() == {}
+    one, two = sdxl
+    xl = PromptEncoder("sdxl", one, two, embeddings=library.for_widths({"clip_l": 32, "clip_g": 64}))
+    xl.encode(["an xl photo"])  # both encoders report it, as in A1111
+    xl_hash = _sha12(tmp_path / "xl.safetensors")
+    assert xl.ti_hashes_infotext() == {"TI hashes": f"xl: {xl_hash}, xl: {xl_hash}"}
+
+
+def _damaged_files(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.randn(1, 32)}, str(folder / "whole.safetensors"))
+    data = (folder / "whole.safetensors").read_bytes()
+    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (folder / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    (folder / "empty.safetensors").write_bytes(b"")
+    torch.save({"string_to_param": {"*": torch.randn(1, 32)}}, folder / "whole_pt.pt")
+    pt = (folder / "whole_pt.pt").read_bytes()
+    (folder / "truncated_pt.pt").write_bytes(pt[: len(pt) // 2])
+    (folder / "garbage_pt.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    torch.save({"string_to_param": {"*": "not a tensor"}}, folder / "wrong_pt.pt")
+    save_file({"clip_l": torch.randn(3), "clip_g": torch.randn(1, 64)}, str(folder / "flat_xl.safetensors"))
+
+
+DAMAGED = ["truncated", "garbage", "empty", "truncated_pt", "garbage_pt", "wrong_pt", "flat_xl"]
+
+
+def test_damaged_embedding_files_are_skipped_and_named_when_used(sd1, tmp_path: Path, caplog) -> None:
+    _damaged_files(tmp_path)
+    with caplog.at_level("WARNING"):
+        found = EmbeddingLibrary([tmp_path]).for_widths({"clip_l": 32})
+    assert {n for n, e in found.items() if e.error is None} == {"whole", "whole_pt"}
+    assert {n for n, e in found.items() if e.error is not None} == set(DAMAGED)
+    assert all(f"{n}." in caplog.text for n in DAMAGED)  # logged with the file
+    encoder = PromptEncoder("sd1", sd1, embeddings=found)
+    plain = encoder.encode(["a whole cat on a mat"])[0].embeds  # unrelated prompts are unaffected
+    assert torch.isfinite(plain).all()
+    for name in DAMAGED:
+        with pytest.raises(GenerationError, match=rf"embedding '{name}' in this prompt is damaged: {name}\."):
+            encoder.encode([f"a cat, {name}"])

@@ -472,3 +472,29 @@ def test_img2img_equals_the_diffusers_img2img_pipeline_on_the_same_timesteps(
     # a rare pixel by one 8-bit step (seen: 1 pixel of 4,096 by 1).
     diff = np.abs(ours - np.asarray(theirs).astype(np.int16))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def _jpeg_with_orientation(stored: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_sources_are_turned_upright_by_their_exif_orientation(orientation) -> None:
+    """A phone photo stored sideways with an orientation tag loads as the user sees it, in the engine
+    (``chant generate --init-image``) as in the bot's upload check, which stores it upright."""
+    from core.services.images import load_source
+
+    stored = Image.new("RGB", (96, 64), (0, 0, 0))
+    stored.paste((255, 0, 0), (0, 0, 48, 32))  # a red quarter, to see where the corner went
+    data = _jpeg_with_orientation(stored, orientation)
+    image = image_modes.load_image(data, max_megapixels=1)
+    expected = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}
+    with Image.open(io.BytesIO(data)) as decoded:  # the same JPEG pixels, turned by the EXIF rule
+        upright = np.asarray(decoded.convert("RGB").transpose(expected[orientation]))
+    assert image.size == upright.shape[1::-1] and np.array_equal(np.asarray(image), upright)
+    bot = image_modes.load_image(load_source(data, max_pixels=10**6).png, max_megapixels=1)
+    assert bot.size == image.size and np.array_equal(np.asarray(bot), np.asarray(image.convert("RGB")))

@@ -179,3 +179,176 @@ def test_png_latin1_text_uses_text_chunk():
     assert b"tEXtparameters\x00" in data
     with Image.open(io.BytesIO(data)) as img:
         assert parse_infotext(img.info["parameters"])["Prompt"] == "plain"
+
+
+# --- reading A1111 1.10 infotext back into settings ---------------------------------------------------
+
+from core.engine.infotext import parse_hashes, settings_from_infotext  # noqa: E402
+
+# Written by hand the way A1111 1.10's create_infotext writes them (key order, quoting, defaults left out).
+A1111_HIRES = (
+    "masterpiece, best quality, 1girl, <lora:add_detail:0.5>, (smile:1.2)\n"
+    "Negative prompt: easynegative, lowres, bad anatomy\n"
+    "Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234567890, Size: 512x768, "
+    "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.45, Clip skip: 2, ENSD: 31337, "
+    'Hires prompt: "masterpiece, detailed face", Hires upscale: 2, Hires steps: 15, Hires upscaler: Latent, '
+    'Lora hashes: "add_detail: 7c6bad76eb54", TI hashes: "easynegative: c74b4e810b03, easynegative: '
+    'c74b4e810b03", Version: v1.10.1'
+)
+A1111_OLD_NAMES = (
+    "a photo of a cat\n"
+    "Steps: 20, Sampler: DPM++ 2M SDE Karras, CFG scale: 7, Seed: 42, Size: 512x512, Model hash: "
+    "cc6cb27103, Model: v1-5-pruned-emaonly, Version: v1.6.0"
+)
+A1111_IMG2IMG = (
+    "portrait of an old man, oil painting\n"
+    "Negative prompt: blurry\n"
+    "Steps: 30, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 5, Size: 768x512, "
+    "Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Denoising strength: 0.6, Mask blur: 4, Version: v1.10.1"
+)
+A1111_VARIATION = (
+    "a castle on a hill,\nat sunset\n"
+    "Steps: 25, Sampler: DDIM, Schedule type: Uniform, CFG scale: 5, Seed: 7, Size: 640x448, Model hash: "
+    "31e35c80fc, Model: sd_xl_base_1.0, Variation seed: 99, Variation seed strength: 0.3, RNG: CPU, Eta: 0.67, "
+    'ADetailer model: face_yolov8n.pt, ADetailer prompt: "a face, smiling", Version: v1.10.1'
+)
+A1111_HIRES_RESIZE = (
+    "a forest\n"
+    "Steps: 20, Sampler: Euler, Schedule type: Automatic, CFG scale: 7, Seed: 3, Size: 512x512, "
+    "Denoising strength: 0.7, Hires resize: 1024x1536, Hires upscaler: Lanczos, Version: v1.10.1"
+)
+
+
+def test_a1111_hires_infotext_gives_its_settings() -> None:
+    found = settings_from_infotext(A1111_HIRES)
+    assert found.fields == {
+        "prompt": "masterpiece, best quality, 1girl, <lora:add_detail:0.5>, (smile:1.2)",
+        "negative_prompt": "easynegative, lowres, bad anatomy",
+        "sampler": "DPM++ 2M",
+        "schedule_type": "Karras",
+        "width": 512,
+        "height": 768,
+        "steps": 28,
+        "cfg_scale": 7.0,
+        "seed": 1234567890,
+        "clip_skip": 2,
+        "eta_noise_seed_delta": 31337,
+        "rng": "gpu",  # missing RNG is A1111's GPU default
+        "enable_hr": True,  # Denoising strength + hires keys: the hires pass's strength (A1111's rule)
+        "hr_denoising_strength": 0.45,
+        "hr_prompt": "masterpiece, detailed face",
+        "hr_scale": 2.0,
+        "hr_second_pass_steps": 15,
+        "hr_upscaler": "Latent",
+    }
+    assert (found.model_name, found.model_hash, found.ignored) == ("v1-5-pruned-emaonly", "6ce0161689", ())
+    GenerationRequest(**found.fields)  # every key is a request field
+
+
+def test_old_combined_sampler_names_are_split() -> None:
+    found = settings_from_infotext(A1111_OLD_NAMES)
+    assert (found.fields["sampler"], found.fields["schedule_type"]) == ("DPM++ 2M SDE", "Karras")
+    assert found.fields["clip_skip"] == 1 and "negative_prompt" in found.fields  # missing Clip skip = 1
+    for name, expected in [
+        ("LMS Karras", ("LMS", "Karras")),
+        ("DPM++ 2M SDE Exponential", ("DPM++ 2M SDE", "Exponential")),
+        ("DDIM", ("DDIM", "Automatic")),  # a sampler, though also a schedule label
+        ("Euler a", ("Euler a", "Automatic")),
+    ]:
+        text = f"x\nSteps: 20, Sampler: {name}, CFG scale: 7, Seed: 1, Size: 64x64"
+        fields = settings_from_infotext(text).fields
+        assert (fields["sampler"], fields["schedule_type"]) == expected
+
+
+def test_img2img_infotext_gives_the_img2img_strength() -> None:
+    found = settings_from_infotext(A1111_IMG2IMG)
+    f = found.fields
+    assert f["denoising_strength"] == 0.6 and f["enable_hr"] is False and "hr_denoising_strength" not in f
+    assert (f["width"], f["height"], f["cfg_scale"], f["mask_blur"]) == (768, 512, 7.5, 4)
+    assert found.model_name == "sd_xl_base_1.0"
+
+
+def test_variation_seed_rng_eta_and_other_tools_keys() -> None:
+    found = settings_from_infotext(A1111_VARIATION)
+    f = found.fields
+    assert f["prompt"] == "a castle on a hill,\nat sunset" and f["negative_prompt"] == ""
+    assert (f["subseed"], f["subseed_strength"], f["rng"], f["eta"]) == (99, 0.3, "cpu", 0.67)
+    assert (f["sampler"], f["schedule_type"]) == ("DDIM", "Uniform")
+    assert found.ignored == ("ADetailer model", "ADetailer prompt")
+
+
+def test_hires_resize_box() -> None:
+    f = settings_from_infotext(A1111_HIRES_RESIZE).fields
+    assert (f["enable_hr"], f["hr_resize_x"], f["hr_resize_y"], f["hr_upscaler"]) == (
+        True,
+        1024,
+        1536,
+        "Lanczos",
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("Steps: many, Sampler: Euler, Seed: 1", "Steps: 'many' is not a whole number"),
+        ("Steps: 20, CFG scale: high, Seed: 1", "CFG scale: 'high' is not a number"),
+        ("Steps: 20, Seed: 1, RNG: dice", "RNG: 'dice'"),
+    ],
+)
+def test_bad_values_are_named(line, why) -> None:
+    with pytest.raises(ValueError, match=why):
+        settings_from_infotext(f"a cat\n{line}")
+
+
+def test_plain_text_is_a_prompt() -> None:
+    assert (
+        settings_from_infotext("just a prompt, no parameters").fields["prompt"]
+        == "just a prompt, no parameters"
+    )
+
+
+def test_chant_infotext_round_trips_to_the_same_request() -> None:
+    request = GenerationRequest(
+        prompt="a boat, (sea:1.2)",
+        negative_prompt="fog, rain",
+        steps=23,
+        cfg_scale=6.5,
+        sampler="DPM++ SDE",
+        schedule_type="Exponential",
+        seed=77,
+        subseed=5,
+        subseed_strength=0.25,
+        width=640,
+        height=384,
+        clip_skip=2,
+        rng="nv",
+        eta=0.5,
+        eta_noise_seed_delta=31337,
+        enable_hr=True,
+        hr_scale=1.5,
+        hr_second_pass_steps=9,
+        hr_denoising_strength=0.55,
+        hr_upscaler="Latent (bicubic)",
+    )
+    text = infotext_for_request(request, seed=77, subseed=5, ensd=31337, extra={"Eta": 0.5})
+    assert GenerationRequest(**settings_from_infotext(text).fields) == request.replace(hr_prompt="")
+
+
+def test_parse_hashes() -> None:
+    assert parse_hashes("add_detail: 7c6bad76eb54, style: 0123456789ab") == {
+        "add_detail": "7c6bad76eb54",
+        "style": "0123456789ab",
+    }
+    assert parse_hashes(parse_infotext(A1111_HIRES)["TI hashes"]) == {"easynegative": "c74b4e810b03"}
+    assert parse_hashes("not a list") == {}
+
+
+def test_infotext_module_needs_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, core.engine.infotext as i; i.settings_from_infotext('a'); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

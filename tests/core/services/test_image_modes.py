@@ -176,12 +176,51 @@ async def test_unknown_lora_is_refused_before_queueing_with_the_closest_names(tm
         assert service.lora_names() == ["add_brightness", "detail_tweaker", "watercolor"]
         with pytest.raises(UserError) as err:
             await service.submit_imagine(actor(), ImagineOptions(prompt="a fox <lora:detail_twaker:0.8>"))
-        assert err.value.code == "lora" and "'detail_tweaker'" in str(err.value)
+        assert err.value.code == "lora" and "closest: detail_tweaker" in str(err.value)
         with pytest.raises(UserError) as err:
             await service.submit_imagine(actor(), ImagineOptions(prompt="x <lora:zzzzqqq:1>"))
         assert "'zzzzqqq'" in str(err.value) and "/loras" in str(err.value)
         r = await service.submit_imagine(actor(), ImagineOptions(prompt="a fox <lora:watercolor:0.5>"))
         assert r.job_id > 0
+    finally:
+        await h.close()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "why"),
+    [
+        ("a fox <lora:../../etc/passwd:1>", "leaves the LoRA folder"),
+        ("a fox <lyco:inkwash:1>", "unknown LoRA 'inkwash'"),
+        ("a fox <lora:" + "x" * 3000 + ":1>", "too long for a file name"),
+        ("a fox <hypernet:../../etc/passwd:1>", "leaves the hypernetwork folder"),
+        ("a fox <hypernet:anime:0.5>", "unknown hypernetwork 'anime'"),
+        ("a fox <lora:detail:many>", "is not a number"),
+    ],
+)
+@pytest.mark.parametrize("installed", [False, True])
+async def test_bad_extra_network_tags_are_refused_before_queueing_or_charging(
+    tmp_path, prompt, why, installed
+) -> None:
+    # A fresh install has no models/Lora: the names are checked all the same.
+    loras, hns = tmp_path / "Lora", tmp_path / "hypernetworks"
+    if installed:
+        loras.mkdir()
+        hns.mkdir()
+        (loras / "ink.safetensors").write_bytes(b"x")
+        (hns / "anime_hn.pt").write_bytes(b"x")
+    h = Harness(tmp_path)
+    h.settings = dataclasses.replace(
+        h.settings,
+        engine=dataclasses.replace(h.settings.engine, lora_dirs=(str(loras),), hypernetwork_dirs=(str(hns),)),
+    )
+    try:
+        service = await h.open(start=False)
+        with pytest.raises(UserError) as err:
+            await service.submit_imagine(actor(), ImagineOptions(prompt=prompt))
+        assert why in str(err.value) and str(err.value).startswith("Your prompt: ")
+        async with h.db.session() as s:
+            assert await Repositories(s).jobs.count_for_user(actor().user_id) == 0  # nothing queued
+        assert (await service.quota_status(actor())).used_images == 0  # nothing charged
     finally:
         await h.close()
 

@@ -122,3 +122,43 @@ def test_hypernetwork_and_lora_together_then_plain(tiny_sd15, tmp_path) -> None:
         assert all(not m._forward_pre_hooks for m in model.pipe.unet.modules())
     finally:
         engine.close()
+
+
+def test_results_name_their_loras_and_embeddings_by_hash_as_a1111(tiny_sd15, tmp_path) -> None:
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from core.engine.diffusers_engine import DiffusersEngine
+    from core.engine.infotext import parse_hashes, parse_infotext
+    from tests.core.engine.conftest import engine_settings
+
+    (tmp_path / "emb").mkdir()
+    save_file({"emb_params": torch.randn(1, 32)}, str(tmp_path / "emb" / "shiny.safetensors"))
+    ti = hashlib.sha256((tmp_path / "emb" / "shiny.safetensors").read_bytes()).hexdigest()[:12]
+    settings = engine_settings(
+        tiny_sd15, lora_dirs=(str(tmp_path / "Lora"),), embedding_dirs=(str(tmp_path / "emb"),)
+    )
+    engine = DiffusersEngine(settings)
+    try:
+        engine.generate(GenerationRequest(prompt="warm up", **SMALL))
+        model = next(iter(engine.models._models.values()))
+        (tmp_path / "Lora").mkdir()
+        save_file(_random_lora(model.pipe, sgm_names=False), str(tmp_path / "Lora" / "style.safetensors"))
+        data = (tmp_path / "Lora" / "style.safetensors").read_bytes()
+        lora_hash = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()[:12]
+        result = engine.generate(
+            GenerationRequest(prompt="a shiny boat <lora:style:0.5>", negative_prompt="shiny", **SMALL)
+        )
+        text = result.images[0].infotext
+        assert f'Lora hashes: "style: {lora_hash}"' in text
+        assert f'TI hashes: "shiny: {ti}, shiny: {ti}"' in text  # positive's, then the negative's
+        with Image.open(io.BytesIO(result.images[0].png)) as image:
+            assert image.text["parameters"] == text
+        params = parse_infotext(text)
+        assert parse_hashes(params["Lora hashes"]) == {"style": lora_hash}
+        assert parse_hashes(params["TI hashes"]) == {"shiny": ti}
+        plain = engine.generate(GenerationRequest(prompt="a boat", **SMALL)).images[0].infotext
+        assert "Lora hashes" not in plain and "TI hashes" not in plain
+    finally:
+        engine.close()

@@ -270,3 +270,35 @@ def test_lora_and_hypernetwork_in_one_job_then_plain_job_is_bit_identical(
     assert torch.equal(run_te(text_encoder), plain_te)
     assert_bit_identical(unet, before[0])
     assert_bit_identical(text_encoder, before[1])
+
+
+def test_networks_are_activated_grouped_by_kind_in_a1111_order(tmp_path, unet, text_encoder, hn_dir) -> None:
+    # a <lora:foo:1> b <hypernet:h:0.3> c <lora:bar:0.2>  ->  lora foo, lora bar, hypernet h
+    _save(hn_dir / "h.pt", a1111_hypernetwork([32, 64]))
+    for seed, name in ((9, "foo"), (10, "bar")):
+        _, sd = peft_lora(unet, ["to_k"], seed=seed)
+        write_safetensors(
+            tmp_path / "Lora" / f"{name}.safetensors", kohya_tensors(sd, "lora_unet_", alpha=4.0)
+        )
+
+    def order(*tags) -> list[tuple[str, str]]:
+        with activate_networks(
+            unet=unet,
+            text_encoders=[text_encoder],
+            networks=list(tags),
+            lora_dirs=[tmp_path / "Lora"],
+            hypernetwork_dirs=[hn_dir],
+        ) as active:
+            assert [name for name, _ in active.loras] == [n for kind, n in active.activated if kind == "lora"]
+            return active.activated
+
+    assert order(lora("foo", "1"), hypernet("h", "0.3"), lora("bar", "0.2")) == [
+        ("lora", "foo"),
+        ("lora", "bar"),
+        ("hypernet", "h"),
+    ]
+    assert order(hypernet("h"), lora("bar"), lora("foo")) == [
+        ("hypernet", "h"),
+        ("lora", "bar"),
+        ("lora", "foo"),
+    ]

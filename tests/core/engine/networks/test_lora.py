@@ -16,6 +16,7 @@ from core.engine.networks.lora import load_lora_file, module_index
 from tests.core.engine.networks.conftest import (
     TE_TARGETS,
     UNET_TARGETS,
+    Tag,
     assert_bit_identical,
     kohya_tensors,
     lora,
@@ -152,6 +153,31 @@ def test_two_loras_add_their_updates(
     for key in before:
         torch.testing.assert_close(deltas[2][key], deltas[0][key] + deltas[1][key], atol=1e-6, rtol=1e-5)
     assert_bit_identical(unet, before)
+
+
+def test_updates_are_added_in_activation_order(unet, text_encoder, kohya_file, lora_dir) -> None:
+    """A1111 adds each LoRA's update to the weight in activation order; float32 sums follow the order."""
+    from core.engine.networks.activate import UNET, LoraUse, MergedWeights, merge_loras
+
+    _, sd = peft_lora(unet, UNET_TARGETS, seed=11)
+    write_safetensors(lora_dir / "other.safetensors", kohya_tensors(sd, "lora_unet_", alpha=8.0))
+    files = {
+        "other": load_lora_file(lora_dir / "other.safetensors"),
+        "kohya_style": load_lora_file(kohya_file),
+    }
+
+    def merged_in(order: list[str]) -> dict[str, torch.Tensor]:
+        merged = MergedWeights("cpu")
+        merge_loras({UNET: unet}, [LoraUse(n, files[n], 0.7, 0.7, None) for n in order], merged)
+        state = {k: v.clone() for k, v in unet.state_dict().items()}
+        merged.restore()
+        return state
+
+    other_first, kohya_first = merged_in(["other", "kohya_style"]), merged_in(["kohya_style", "other"])
+    assert any(not torch.equal(other_first[k], kohya_first[k]) for k in other_first)  # order is visible
+    with _activate(unet, text_encoder, lora_dir, lora("other", "0.7"), lora("kohya_style", "0.7")) as active:
+        assert [name for name, _ in active.loras] == ["other", "kohya_style"]
+        assert all(torch.equal(v, other_first[k]) for k, v in unet.state_dict().items())
 
 
 def test_same_lora_twice_counts_twice(unet, text_encoder, kohya_file, lora_dir) -> None:
@@ -509,25 +535,36 @@ def test_activate_for_pipeline_with_engine_settings(
     assert torch.equal(run_unet(unet), base_unet) and torch.equal(run_te(text_encoder), base_te)
 
 
-def test_lora_hashes_for_the_infotext(unet, text_encoder, kohya_file, diffusers_file, lora_dir) -> None:
+def test_lora_hashes_for_the_infotext(kohya_file, diffusers_file, lora_dir) -> None:
     import hashlib
 
-    from core.engine.networks import addnet_hash
+    from safetensors.torch import load_file, save_file
 
-    def expected(path: Path) -> str:
+    from core.engine.networks import addnet_hash, lora_hashes_param
+
+    def expected(path: Path) -> str:  # kohya's addnet hash: the sha256 after the header
         data = path.read_bytes()
         return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()
 
     assert addnet_hash(kohya_file) == expected(kohya_file)
     assert addnet_hash(kohya_file) != hashlib.sha256(kohya_file.read_bytes()).hexdigest()  # header excluded
-    tags = [lora("peft_style"), lora("kohya_style", "0.5"), lora("peft_style", "0.5")]
-    with _activate(unet, text_encoder, lora_dir, *tags) as active:
-        params = active.infotext_params()
+    tags = [
+        lora("peft_style"),
+        Tag("hypernet", ("x",)),
+        lora("kohya_style", "0.5"),
+        lora("peft_style", "0.5"),
+    ]
     assert (
-        params
-        == {  # prompt order, each name once
+        lora_hashes_param(tags, [lora_dir])
+        == {  # activation order, each name once
             "Lora hashes": f"peft_style: {expected(diffusers_file)[:12]}, kohya_style: {expected(kohya_file)[:12]}"
         }
     )
-    with _activate(unet, text_encoder, lora_dir) as active:
-        assert active.infotext_params() == {}
+    assert lora_hashes_param([Tag("hypernet", ("x",))], [lora_dir]) == {}
+    # kohya's own hash in the metadata wins, as in A1111; a value that is no hash is ignored.
+    tensors = load_file(str(kohya_file))
+    save_file(tensors, str(lora_dir / "trained.safetensors"), {"sshs_model_hash": "ab" * 32})
+    save_file(tensors, str(lora_dir / "odd.safetensors"), {"sshs_model_hash": "x, y: z"})
+    assert lora_hashes_param([lora("trained"), lora("odd")], [lora_dir]) == {
+        "Lora hashes": f"trained: {'ab' * 6}, odd: {expected(kohya_file)[:12]}"
+    }

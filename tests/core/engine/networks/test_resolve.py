@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.engine.networks import list_networks, resolve_network_file
+from tests.core.engine.networks.conftest import Tag
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_unknown_name_lists_the_closest(lora_dir: Path) -> None:
 
 
 def test_unknown_name_in_empty_folders_says_so(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"no \.safetensors files in"):
+    with pytest.raises(ValueError, match=r"no network files \(\.safetensors\) are installed"):
         resolve_network_file("x", [tmp_path / "missing"])
 
 
@@ -136,8 +137,69 @@ def test_listing_and_parsing_load_no_torch() -> None:
 
     code = (
         "import sys, core.engine.networks as n; n.list_networks(['.']); n.networks_key([]);"
+        "n.check_extra_networks([], lora_dirs=['.'], hypernetwork_dirs=[]); n.lora_hashes_param([], ['.']);"
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     root = Path(__file__).resolve().parents[4]
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- the check before queueing ------------------------------------------------------------------------
+
+
+def _check(tags, lora_dirs, hypernetwork_dirs=()) -> None:
+    from core.engine.networks import check_extra_networks
+
+    check_extra_networks(tags, lora_dirs=lora_dirs, hypernetwork_dirs=hypernetwork_dirs)
+
+
+@pytest.fixture
+def hn_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "hypernetworks"
+    root.mkdir()
+    (root / "anime_hn.pt").write_bytes(b"x")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("tag", "why"),
+    [
+        (Tag("lora", ("../../etc/passwd", "1")), r"leaves the LoRA folder"),
+        (Tag("lyco", ("/etc/passwd",)), r"absolute path"),
+        (Tag("lyco", ("watercolour",)), r"unknown LoRA 'watercolour'; closest: Watercolor"),
+        (Tag("lora", ("a" * 5000,)), r"too long for a file name \(5000 characters\)"),
+        (Tag("lora", ("日" * 100,)), r"too long for a file name"),  # 300 bytes: ENAMETOOLONG before
+        (Tag("lora", ("deta\nil",)), r"control character"),
+        (Tag("lora", ("detail", "lots")), r"'lots' is not a number"),
+        (Tag("hypernet", ("../anime_hn",)), r"leaves the hypernetwork folder"),
+        (Tag("hypernet", ("anime",)), r"unknown hypernetwork 'anime'; closest: anime_hn"),
+        (Tag("hypernet", ("h" * 300, "0.5")), r"too long"),
+    ],
+)
+def test_bad_extra_network_names_are_refused_with_the_reason(lora_dir, hn_dir, tag, why) -> None:
+    with pytest.raises(ValueError, match=why):
+        _check([Tag("lora", ("detail", "0.5")), tag], [lora_dir], [hn_dir])
+
+
+def test_names_are_checked_when_the_folders_do_not_exist(tmp_path: Path) -> None:
+    missing = [tmp_path / "models" / "Lora"]
+    for tag, why in [
+        (Tag("lora", ("../../etc/passwd", "1")), "leaves the LoRA folder"),
+        (Tag("lyco", ("anything",)), r"no LoRA files \(\.safetensors\) are installed"),
+        (Tag("lora", ("x" * 4000,)), "too long"),
+        (Tag("hypernet", ("h",)), r"no hypernetwork files \(\.pt\) are installed"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            _check([tag], missing, [tmp_path / "hypernetworks"])
+
+
+def test_known_names_and_other_kinds_pass(lora_dir, hn_dir) -> None:
+    tags = [
+        Tag("lora", ("detail", "0.5")),
+        Tag("lyco", ("styles/ink",), {"unet": "0.3"}),
+        Tag("hypernet", ("anime_hn", "0.4")),
+        Tag("img", ("../../anything",)),  # not ours: skipped, as A1111 skips it
+    ]
+    _check(tags, [lora_dir], [hn_dir])
+    _check([], [], [])

@@ -64,19 +64,41 @@ def test_named_items_may_be_a_tuple_of_pairs() -> None:
     assert parse_lora(Tag("lora", ("a",), (("unet", "0.5"),))) == LoraSpec("a", 1.0, 0.5, None)  # type: ignore[arg-type]
 
 
-def test_parse_networks_sorts_loras_keeps_hypernet_order_and_skips_other_kinds() -> None:
+def test_parse_networks_groups_by_kind_in_a1111_order_and_skips_other_kinds() -> None:
     request = parse_networks(
         [lora("b"), Tag("img", ("x",)), hypernet("h2"), lora("a", "0.5"), hypernet("h1")]
     )
-    assert [s.name for s in request.loras] == ["a", "b"]
+    assert [s.name for s in request.loras] == ["b", "a"]
     assert [s.name for s in request.hypernets] == ["h2", "h1"]
-    assert request.skipped == ("img",)
+    assert request.skipped == ("img",) and request.kinds == ("lora", "hypernet")
     assert not parse_networks([Tag("img", ("x",))])
+
+
+@pytest.mark.parametrize(
+    ("tags", "order"),
+    [
+        # the example: a <lora:foo:1> b <hypernet:h:0.3> c <lora:bar:0.2>
+        (
+            [lora("foo", "1"), hypernet("h", "0.3"), lora("bar", "0.2")],
+            ["lora foo", "lora bar", "hypernet h"],
+        ),
+        ([hypernet("h"), lora("foo"), hypernet("g")], ["hypernet h", "hypernet g", "lora foo"]),
+        # lyco is lora's alias: its tags join lora's list after the first-seen spelling's tags
+        ([lora("x"), Tag("lyco", ("y",)), lora("z")], ["lora x", "lora z", "lora y"]),
+        ([Tag("lyco", ("y",)), hypernet("h"), lora("x")], ["lora y", "lora x", "hypernet h"]),
+    ],
+)
+def test_activation_order_is_a1111s_dict_of_lists(tags, order) -> None:
+    request = parse_networks(tags)
+    named = {"lora": [f"lora {s.name}" for s in request.loras]}
+    named["hypernet"] = [f"hypernet {s.name}" for s in request.hypernets]
+    assert [item for kind in request.kinds for item in named[kind]] == order
 
 
 def test_networks_key() -> None:
     key = networks_key([lora("a", "0.5"), lora("b")])
-    assert key == networks_key([lora("b", "1"), lora("a", "0.5", "0.5")])
+    assert key == networks_key([lora("a", "0.5", "0.5"), lora("b", "1")])
+    assert key != networks_key([lora("b", "1"), lora("a", "0.5")])  # updates are summed in this order
     assert key != networks_key([lora("a", "0.5"), lora("b", "1", "0.9")])
     assert key != networks_key([lora("a", "0.5")])
     assert networks_key([]) == networks_key([Tag("img", ("x",))])
