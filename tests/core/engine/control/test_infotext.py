@@ -104,3 +104,16 @@ def test_legacy_model_hash_reads_64k_at_one_mebibyte(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     path.write_bytes(data)
     assert legacy_model_hash(path) == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+
+
+def test_the_torch_free_modules_load_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, core.engine.control, core.engine.control.units, core.engine.control.infotext,"
+        " core.engine.control.preprocessors, core.engine.control.image;"
+        "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
