@@ -98,3 +98,70 @@ def save_single_file(model, path: Path | str, *, layout: str = "ldm") -> Path:
     state = controlnet_to_ldm(model) if layout == "ldm" else dict(model.state_dict())
     save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path))
     return Path(path)
+
+
+# --- IP-Adapter fixtures ---------------------------------------------------------------------------
+
+
+def tiny_image_encoder(seed: int = 0):
+    """A CLIP vision encoder with real ViT/14 geometry at 224 px but tiny widths (random weights)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=16, patch_size=14,
+        image_size=224, projection_dim=16, hidden_act="gelu",
+    )  # fmt: skip
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def _resampler_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers' IPAdapterPlusImageProjection names -> the IP-Adapter "plus" Resampler's own."""
+    out: dict[str, torch.Tensor] = {}
+    kv: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] != "layers":
+            out[key] = value
+            continue
+        i, rest = parts[1], ".".join(parts[2:])
+        renames = {"ln0": "0.norm1", "ln1": "0.norm2", "attn.to_q": "0.to_q", "attn.to_out.0": "0.to_out",
+                   "ff.0": "1.0", "ff.1.net.0.proj": "1.1", "ff.1.net.2": "1.3"}  # fmt: skip
+        for old, new in renames.items():
+            if rest.startswith(old + "."):
+                out[f"layers.{i}.{new}{rest[len(old):]}"] = value
+                break
+        else:
+            which = "k" if rest.startswith("attn.to_k.") else "v"
+            kv.setdefault(i, {})[which] = value
+    for i, pair in kv.items():
+        out[f"layers.{i}.0.to_kv.weight"] = torch.cat([pair["k"], pair["v"]], dim=0)
+    return out
+
+
+def tiny_ip_adapter(unet, encoder, *, variant: str = "plain", seed: int = 0) -> dict[str, torch.Tensor]:
+    """An IP-Adapter state dict for ``unet`` and ``encoder`` in the published single-file layout
+    (``image_proj.*`` + ``ip_adapter.N.to_k_ip/to_v_ip``), random weights; ``variant`` plain or plus."""
+    from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection
+
+    torch.manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    if variant == "plain":
+        proj = ImageProjection(cross_attention_dim=cross, image_embed_dim=encoder.config.projection_dim,
+                               num_image_text_embeds=4)  # fmt: skip
+        image_proj = {k.replace("image_embeds", "proj"): v for k, v in proj.state_dict().items()}
+    else:
+        proj = IPAdapterPlusImageProjection(embed_dims=encoder.config.hidden_size, output_dims=cross, hidden_dims=64,
+                                            heads=1, num_queries=8)  # fmt: skip
+        image_proj = _resampler_to_original(dict(proj.state_dict()))
+    state = {f"image_proj.{k}": v.detach().clone() for k, v in image_proj.items()}
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        module = unet.get_submodule(name.removesuffix(".processor"))
+        hidden = module.to_q.out_features
+        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross) * 0.2
+        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.2
+        key_id += 2
+    return state
