@@ -165,3 +165,16 @@ def tiny_ip_adapter(unet, encoder, *, variant: str = "plain", seed: int = 0) -> 
         state[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.2
         key_id += 2
     return state
+
+
+def save_tiny_depth_anything(folder: Path | str, seed: int = 0) -> Path:
+    """A Depth Anything V2-architecture model (DINOv2 backbone, DPT head) with tiny widths, random weights."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    torch.manual_seed(seed)
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            patch_size=14, image_size=518, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)  # fmt: skip
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+                                 fusion_hidden_size=16, head_hidden_size=8, patch_size=14, depth_estimation_type="relative")  # fmt: skip
+    DepthAnythingForDepthEstimation(config).eval().save_pretrained(str(folder))
+    return Path(folder)
