@@ -133,6 +133,7 @@ def test_weight_zero_is_no_controlnet(sd15_pipe, sd15_controlnet) -> None:
     assert torch.equal(ours, plain)
 
 
+@pytest.mark.slow
 def test_guidance_end_half_stops_after_a1111s_step(sd15_pipe, sd15_controlnet) -> None:
     # 10 steps, end 0.5: A1111 steps 0..5 are <= 0.5; the sampler's steps 0..6 see them (7 steps).
     # diffusers keeps step i while (i + 1) / 10 <= end: end 0.7 keeps the same 7 steps, 0.6 one fewer.
