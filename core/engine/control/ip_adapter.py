@@ -69,6 +69,11 @@ class IPAdapter:
     def uses_hidden_states(self) -> bool:
         return self.variant != "plain"
 
+    @property
+    def module(self) -> str:
+        """sd-webui-controlnet's preprocessor name for this adapter's encoder, for the infotext."""
+        return "ip-adapter_clip_g" if self.encoder.config.hidden_size == 1664 else "ip-adapter_clip_h"
+
 
 # --- files ---------------------------------------------------------------------------------------
 

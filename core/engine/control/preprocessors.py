@@ -204,6 +204,16 @@ def union_type_for(module: str) -> str | None:
     return CONTROL_TYPES[get_preprocessor(module).control_type][2]
 
 
+def union_index(unit: ControlUnit) -> int:
+    """The ControlNet++ task index for a unit on a union model: its own type, else its preprocessor's."""
+    from core.engine.control.units import union_control_index
+
+    name = unit.union_control_type or union_type_for(unit.module)
+    if name is None:
+        raise ValueError(f"a union ControlNet needs a control type for preprocessor {unit.module!r}")
+    return union_control_index(name)
+
+
 def models_for_control_type(control_type: str, model_names: list[str]) -> list[str]:
     """Model names fitting a control type, by the words sd-webui-controlnet filters on ("union" fits all)."""
     if control_type not in CONTROL_TYPES:

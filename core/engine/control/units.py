@@ -171,19 +171,30 @@ def control_scales(weight: float, control_mode: str, n_residuals: int) -> tuple[
 
 
 def row_scales(
-    unit: ControlUnit, n_residuals: int, *, sampling_step: int, sampling_steps: int, conditional: bool
+    unit: ControlUnit,
+    n_residuals: int,
+    *,
+    sampling_step: int,
+    sampling_steps: int,
+    conditional: bool,
+    global_pool: bool = False,
+    hires_pass: bool = False,
 ) -> tuple[float, ...] | None:
     """What ``unit`` adds to one row of one UNet call: per-output factors, or None for nothing.
 
     ``conditional`` is whether the row carries a prompt (an ``AND`` part) rather than the negative
     prompt. None when the unit is outside its guidance window, or on an unconditional row under
-    "ControlNet is more important".
+    "ControlNet is more important" or for a global-pooling model (shuffle), as sd-webui-controlnet.
+    In a hires-fix pass, canny and mlsd units always use soft injection there ("to reduce artifacts").
     """
     if not guidance_active(unit.guidance_start, unit.guidance_end, sampling_step, sampling_steps):
         return None
-    if unit.control_mode == CONTROL_MORE_IMPORTANT and not conditional:
+    if (unit.control_mode == CONTROL_MORE_IMPORTANT or global_pool) and not conditional:
         return None
-    return control_scales(unit.weight, unit.control_mode, n_residuals)
+    mode = unit.control_mode
+    if hires_pass and mode == BALANCED and ("canny" in unit.module or "mlsd" in unit.module):
+        mode = PROMPT_MORE_IMPORTANT
+    return control_scales(unit.weight, mode, n_residuals)
 
 
 def pixel_perfect_resolution(

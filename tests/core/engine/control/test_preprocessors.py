@@ -10,6 +10,7 @@ from core.engine.control.preprocessors import (
     models_for_control_type,
     preprocess,
     resize_with_pad,
+    union_index,
     union_type_for,
 )
 from core.engine.control.units import ControlUnit
@@ -108,3 +109,10 @@ def test_registry_names_types_and_models() -> None:
     assert models_for_control_type("Canny", names) == ["control_v11p_sd15_canny", "controlnet-union-sdxl-1.0"]
     with pytest.raises(ValueError, match="unknown preprocessor 'cany'"):
         get_preprocessor("cany")
+
+
+def test_union_index_from_the_unit_or_its_preprocessor() -> None:
+    assert union_index(ControlUnit(model="u", module="canny")) == 3  # Hard Edge
+    assert union_index(ControlUnit(model="u", module="none", union_control_type="OpenPose")) == 0
+    with pytest.raises(ValueError, match="needs a control type for preprocessor 'none'"):
+        union_index(ControlUnit(model="u", module="none"))

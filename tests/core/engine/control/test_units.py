@@ -92,3 +92,14 @@ def test_pixel_perfect_resolution() -> None:
     assert pixel_perfect_resolution(1000, 500, 512, 512, "Crop and Resize") == 512
     # fit inside -> scale by 512/1000: short side 500 -> 256.
     assert pixel_perfect_resolution(1000, 500, 512, 512, "Resize and Fill") == 256
+
+
+def test_global_pooling_models_skip_unconditional_rows_and_hires_softens_edges() -> None:
+    unit = ControlUnit(model="m", module="canny")
+    common = {"sampling_step": 0, "sampling_steps": 10}
+    assert row_scales(unit, 13, conditional=False, global_pool=True, **common) is None
+    assert row_scales(unit, 13, conditional=True, global_pool=True, **common) == (1.0,) * 13
+    hires = row_scales(unit, 13, conditional=True, hires_pass=True, **common)
+    assert hires == control_scales(1.0, PROMPT_MORE_IMPORTANT, 13)
+    depth = ControlUnit(model="m", module="depth_anything_v2")
+    assert row_scales(depth, 13, conditional=True, hires_pass=True, **common) == (1.0,) * 13
