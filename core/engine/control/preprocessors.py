@@ -14,8 +14,8 @@ numpy/OpenCV and torch-free, written from sd-webui-controlnet's behaviour:
   ``blur_gaussian`` / ``tile_resample`` for tile models; ``invert`` for white-background line art;
   ``none`` passes a ready map through.
 
-``depth_anything_v2`` runs a model from ``engine.preprocessor_dirs`` (``core.engine.control.depth``,
-torch). Pose estimation is not built in yet: upload a ready OpenPose map with module ``none``.
+``depth_anything_v2`` (``core.engine.control.depth``, torch + transformers) and ``dw_openpose_full``
+(``core.engine.control.pose``, ONNX through OpenCV) run models from ``engine.preprocessor_dirs``.
 """
 
 from __future__ import annotations
@@ -161,6 +161,13 @@ def _depth_anything_v2(image, res, a, b, ctx):
     return hwc3(_cut(depth_anything_v2(padded, ctx.preprocessor_dirs, ctx.device), size))
 
 
+def _dw_openpose_full(image, res, a, b, ctx):
+    from core.engine.control.pose import dw_openpose_full
+
+    padded, size = resize_with_pad(image, res)
+    return _cut(dw_openpose_full(padded, ctx.preprocessor_dirs), size)
+
+
 _LOW = Slider("Low Threshold", 1, 255, 100)
 _HIGH = Slider("High Threshold", 1, 255, 200)
 PREPROCESSORS: dict[str, Preprocessor] = {
@@ -176,6 +183,7 @@ PREPROCESSORS: dict[str, Preprocessor] = {
         Preprocessor("tile_resample", "Tile", _tile_resample, Slider("Down Sampling Rate", 1.0, 8.0, 1.0),
                      uses_resolution=False),
         Preprocessor("depth_anything_v2", "Depth", _depth_anything_v2, needs_model=True),
+        Preprocessor("dw_openpose_full", "OpenPose", _dw_openpose_full, needs_model=True),
     )
 }
 
@@ -184,7 +192,7 @@ PREPROCESSORS: dict[str, Preprocessor] = {
 CONTROL_TYPES: dict[str, tuple[str, tuple[str, ...], str | None]] = {
     "Canny": ("canny", ("canny",), "Hard Edge"),
     "Depth": ("depth_anything_v2", ("depth",), "Depth"),
-    "OpenPose": ("none", ("openpose", "pose"), "OpenPose"),
+    "OpenPose": ("dw_openpose_full", ("openpose", "pose"), "OpenPose"),
     "Lineart": ("lineart_standard", ("lineart",), "Hard Edge"),
     "Scribble": ("scribble_xdog", ("scribble", "sketch"), "Soft Edge"),
     "Tile": ("tile_resample", ("tile", "blur"), "Tile"),
