@@ -25,6 +25,8 @@ output transformer blocks. Face ID models need InsightFace and are refused.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +66,8 @@ class IPAdapter:
     encoder: Any  # transformers CLIPVisionModelWithProjection
     label: str  # "name [hash]" for the infotext
     num_tokens: int
+    encoder_path: Path | None = None
+    where: tuple[str, str] = ("cpu", "torch.float32")  # device and dtype it was loaded for
 
     @property
     def uses_hidden_states(self) -> bool:
@@ -208,6 +212,38 @@ def load_ip_adapter(path: Path, unet, encoder, *, allow_pickle: bool = False) ->
         name=name, kind=kind_of(dict(unet.config)), variant=variant, image_proj=image_proj, layers=layers,
         encoder=encoder, label=model_label(name, legacy_model_hash(path)), num_tokens=tokens,
     )  # fmt: skip
+
+
+class IPAdapterCache:
+    """Loaded adapters (with their image encoders) by file, encoder, base UNet family and device; LRU."""
+
+    def __init__(self, max_loaded: int = 1, allow_pickle: bool = False) -> None:
+        self.max_loaded = max(1, max_loaded)
+        self.allow_pickle = allow_pickle
+        self._adapters: OrderedDict[tuple, IPAdapter] = OrderedDict()
+        self._encoders: dict[tuple, Any] = {}
+        self._lock = threading.RLock()
+
+    def get(self, path: Path, encoder_path: Path, unet) -> IPAdapter:
+        parameter = next(unet.parameters())
+        where = (str(parameter.device), str(parameter.dtype))
+        key = (str(path), path.stat().st_mtime_ns, str(encoder_path), kind_of(dict(unet.config)), *where)
+        with self._lock:
+            if key in self._adapters:
+                self._adapters.move_to_end(key)
+                return self._adapters[key]
+            while len(self._adapters) >= self.max_loaded:
+                self._adapters.popitem(last=False)
+            encoder_key = (str(encoder_path), *where)
+            if encoder_key not in self._encoders:
+                self._encoders[encoder_key] = load_image_encoder(encoder_path, parameter.device, parameter.dtype)
+            adapter = load_ip_adapter(path, unet, self._encoders[encoder_key], allow_pickle=self.allow_pickle)
+            adapter.encoder_path, adapter.where = encoder_path, where
+            self._adapters[key] = adapter
+            # An encoder stays while an adapter uses it (ViT-H is ~630M parameters: load it once).
+            used = {(str(a.encoder_path), *a.where) for a in self._adapters.values()}
+            self._encoders = {k: v for k, v in self._encoders.items() if k in used}
+            return adapter
 
 
 # --- embedding -----------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def _one_model(control: ControlRows, sample, timestep, context, added):
     rows = sample.shape[0]
     if control.scales.shape[0] != rows or control.images.shape[0] != rows:
         raise ValueError(f"control rows ({control.scales.shape[0]}) differ from the UNet batch ({rows})")
-    active = (control.scales != 0).any(dim=1)
+    active = (control.scales != 0).any(dim=1).cpu()  # row selection is decided on the host
     if control.union_types is not None and len(control.union_types) != rows:
         raise ValueError(f"union control types ({len(control.union_types)}) differ from the UNet batch ({rows})")
     groups = sorted({control.union_types[r] for r in range(rows) if active[r]}) if control.union_types else [None]

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from core.config import EngineSettings
 from core.engine.control.ip_adapter import (
+    IPAdapterCache,
     attach,
     clip_image_processor,
     find_image_encoder,
@@ -190,3 +191,13 @@ def test_single_file_image_encoder_round_trip(folders, encoder) -> None:
     path = find_image_encoder(folders, "projection_dim", 16)
     loaded = load_image_encoder(path, "cpu", torch.float32)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), encoder.state_dict().values(), strict=True))
+
+
+def test_cache_shares_the_encoder_and_keeps_the_most_recent(folders, sd15_pipe) -> None:
+    cache = IPAdapterCache(max_loaded=1)
+    encoder = find_image_encoder(folders, "projection_dim", 16)
+    plain = cache.get(resolve_ip_adapter(folders, "ip-adapter-plain_sd15"), encoder, sd15_pipe.unet)
+    assert cache.get(resolve_ip_adapter(folders, "ip-adapter-plain_sd15"), encoder, sd15_pipe.unet) is plain
+    plus = cache.get(resolve_ip_adapter(folders, "ip-adapter-plus_sd15"), encoder, sd15_pipe.unet)
+    assert plus.encoder is plain.encoder and plus.variant == "plus"
+    assert cache.get(resolve_ip_adapter(folders, "ip-adapter-plain_sd15"), encoder, sd15_pipe.unet) is not plain
