@@ -87,8 +87,21 @@ def resolve_controlnet(settings: EngineSettings, name: str) -> Path:
     return found
 
 
+IP_ADAPTER_WORDS = ("ip-adapter", "ip_adapter")  # how sd-webui-controlnet tells them apart in the same folder
+
+
 def list_controlnets(settings: EngineSettings) -> list[str]:
-    """Every ControlNet name a request may use: files and diffusers folders, searched recursively."""
+    """Every ControlNet name a request may use: files and diffusers folders, searched recursively
+    (IP-Adapter files, which share the folder, are listed by :func:`list_ip_adapters`)."""
+    return [n for n in _list_models(settings) if not any(w in n.lower() for w in IP_ADAPTER_WORDS)]
+
+
+def list_ip_adapters(settings: EngineSettings) -> list[str]:
+    """Every IP-Adapter name (files named ``ip-adapter…``) in the ControlNet folders."""
+    return [n for n in _list_models(settings) if any(w in n.lower() for w in IP_ADAPTER_WORDS)]
+
+
+def _list_models(settings: EngineSettings) -> list[str]:
     suffixes = SAFE_SUFFIXES + (PICKLE_SUFFIXES if settings.allow_pickle else ())
     names: set[str] = set()
     for folder in settings.controlnet_dirs:

@@ -12,6 +12,7 @@ from core.engine.control.models import (
     derive_config,
     kind_of,
     list_controlnets,
+    list_ip_adapters,
     load_controlnet,
     resolve_controlnet,
     to_diffusers_layout,
@@ -139,9 +140,11 @@ def test_names_resolve_inside_the_configured_folders_only(tmp_path: Path, sd15_c
     save_single_file(sd15_controlnet, folder / "sub" / "depth.safetensors")
     sd15_controlnet.save_pretrained(folder / "diffusers_net")
     (folder / "old.pth").write_bytes(b"not loaded")
+    (folder / "ip-adapter-plus_sd15.safetensors").write_bytes(b"x")
     (tmp_path / "outside.safetensors").write_bytes(b"x")
     settings = EngineSettings(controlnet_dirs=(str(folder),))
     assert list_controlnets(settings) == ["canny", "diffusers_net", "sub/depth"]
+    assert list_ip_adapters(settings) == ["ip-adapter-plus_sd15"]
     assert resolve_controlnet(settings, "canny [0123abcd]") == (folder / "canny.safetensors").resolve()
     assert resolve_controlnet(settings, "sub/depth").name == "depth.safetensors"
     assert resolve_controlnet(settings, "diffusers_net").is_dir()
