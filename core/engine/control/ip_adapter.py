@@ -188,6 +188,12 @@ def find_image_encoder(settings: EngineSettings, field_name: str, width: int, na
     )
 
 
+def encoder_for_adapter(settings: EngineSettings, path: Path, name: str | None = None) -> Path:
+    """The image encoder an adapter file needs (by its projection's input width), from ``clip_vision_dirs``."""
+    parts = _split(read_state_dict(path, allow_pickle=settings.allow_pickle), path.stem)
+    return find_image_encoder(settings, *_encoder_width(parts["image_proj"], _variant(parts["image_proj"], path.stem)), name)
+
+
 def load_ip_adapter(path: Path, unet, encoder, *, allow_pickle: bool = False) -> IPAdapter:
     """Load the adapter at ``path`` for ``unet`` (checked to fit), with a loaded image ``encoder``."""
     name = path.stem

@@ -16,6 +16,7 @@ from core.engine.control.ip_adapter import (
     IPAdapterCache,
     attach,
     clip_image_processor,
+    encoder_for_adapter,
     find_image_encoder,
     gather_ip_rows,
     image_embeds,
@@ -56,12 +57,8 @@ def _reference_image(seed: int = 0) -> Image.Image:
 
 def _load(settings, pipe, variant: str):
     path = resolve_ip_adapter(settings, f"ip-adapter-{variant}_sd15")
-    encoder_path = find_image_encoder(settings, *_needs(variant))
+    encoder_path = encoder_for_adapter(settings, path)  # plain: projection_dim 16; plus: hidden_size 32
     return load_ip_adapter(path, pipe.unet, load_image_encoder(encoder_path, "cpu", torch.float32))
-
-
-def _needs(variant: str) -> tuple[str, int]:
-    return ("projection_dim", 16) if variant == "plain" else ("hidden_size", 32)
 
 
 def _euler(pipe):
