@@ -65,6 +65,10 @@ class EngineSettings:
     embedding_dirs: tuple[str, ...] = ("embeddings",)
     hypernetwork_dirs: tuple[str, ...] = ("models/hypernetworks",)
     vae_dirs: tuple[str, ...] = ("models/VAE",)
+    controlnet_dirs: tuple[str, ...] = ("models/ControlNet",)  # ControlNet and IP-Adapter models
+    preprocessor_dirs: tuple[str, ...] = ("models/ControlNetPreprocessor",)  # depth/pose model folders
+    clip_vision_dirs: tuple[str, ...] = ("models/clip_vision",)  # IP-Adapter image encoders
+    max_loaded_controlnets: int = 2
     max_loaded_models: int = 1
     allow_pickle: bool = False
     emphasis: str = "Original"  # Original | No norm | Ignore | None

@@ -90,3 +90,15 @@ MAX_CONFIDENCE = 1.0
 MAX_DILATE_ERODE = 128  # detailer mask growth, pixels, either sign (ADetailer's slider)
 MAX_DETECTIONS = 20  # detailer regions per pass (0 = all)
 MAX_DETAILER_PASSES = 2  # ADetailer's default number of tabs
+
+# ControlNet units and reference images (IP-Adapter), as sd-webui-controlnet bounds them.
+MAX_CONTROL_UNITS = 3  # sd-webui-controlnet's default "Multi-ControlNet" unit count
+MIN_CONTROL_WEIGHT = 0.0
+MAX_CONTROL_WEIGHT = 2.0
+MIN_GUIDANCE = 0.0  # guidance start/end: fractions of the sampling steps
+MAX_GUIDANCE = 1.0
+MIN_PROCESSOR_RES = 64  # preprocessor resolution (the short side it works at)
+MAX_PROCESSOR_RES = 2048
+DEFAULT_PROCESSOR_RES = 512
+MIN_REFERENCE_SCALE = 0.0
+MAX_REFERENCE_SCALE = 2.0
