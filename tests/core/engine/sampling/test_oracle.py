@@ -119,17 +119,29 @@ def _check(ours, oracle):
     assert delta <= TOL, f"max |Δ| {delta:.2e} (latents up to {oracle.abs().max().item():.1f})"
 
 
+# DPM fast/adaptive take the model's σ range, not the schedule: one schedule type is enough for them.
+SIGMA_LIST_SAMPLERS = [n for n in K_SAMPLERS if n not in ("DPM fast", "DPM adaptive")]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule_type", list(SCHEDULE_TYPES))
-@pytest.mark.parametrize("name", list(K_SAMPLERS))
+@pytest.mark.parametrize("name", SIGMA_LIST_SAMPLERS)
 def test_every_sampler_and_schedule_matches_k_diffusion(kd, tiny_unet, name, schedule_type):
-    _check(*run_pair(kd, tiny_unet, name, schedule_type, steps=7))
+    # 4 steps (5 with a discarded sigma) exercise every multistep order; 7 steps (not a divisor of 1000) below.
+    _check(*run_pair(kd, tiny_unet, name, schedule_type, steps=4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule_type", ["Automatic", "DDIM", "Simple", "SGM Uniform"])
+def test_seven_steps(kd, tiny_unet, schedule_type):
+    for name in ("DPM++ 2M", "DPM++ 3M SDE", "Euler a", "LMS"):
+        _check(*run_pair(kd, tiny_unet, name, schedule_type, steps=7, seeds=(21,)))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(K_SAMPLERS))
-def test_20_steps_non_square_batch_of_three(kd, tiny_unet, name):
-    _check(*run_pair(kd, tiny_unet, name, "Automatic", steps=20, seeds=(5, 6, 7), shape=(4, 8, 12)))
+def test_20_steps_non_square_batch_of_two(kd, tiny_unet, name):
+    _check(*run_pair(kd, tiny_unet, name, "Automatic", steps=20, seeds=(5, 6), shape=(4, 8, 12)))
 
 
 @pytest.mark.slow
