@@ -6,8 +6,8 @@ three sources:
 - ``"gpu"``: a ``torch.Generator`` on the CUDA device (A1111's default). On a machine without CUDA
   (or on MPS) A1111 falls back to the CPU generator, and so do we.
 - ``"cpu"``: a CPU ``torch.Generator``; the same numbers on every machine.
-- ``"nv"``: NVIDIA's CUDA ``torch.randn`` stream computed with numpy on any device (:class:`NVPhilox`),
-  so a CPU-only operator gets the noise an A1111 user with the default GPU source gets.
+- ``"nv"``: A1111's "NV" source (:class:`NVPhilox`): its numpy imitation of CUDA's ``torch.randn``, the
+  same numbers on every machine, bit for bit A1111's.
 
 :class:`ImageRNG` is the per-job object: ``first()`` gives the initial latent noise (variation seed slerp
 included), ``next()`` the noise an ancestral/SDE sampler draws during sampling. :func:`scheduler_noise`
@@ -44,25 +44,20 @@ def _check_source(source: str) -> str:
     return source
 
 
-# -- NVIDIA's CUDA torch.randn stream ------------------------------------------------------------------
+# -- A1111's "NV" source ------------------------------------------------------------------------------
 #
-# Written from the published algorithms:
-# - Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11) as curand
-#   implements it: 128-bit counter (x, y, z, w), 64-bit key (seed low/high word), 10 rounds, key bumped
-#   by the Weyl constants between rounds.
-# - curand_init(seed, subsequence, offset): the subsequence is added to the counter's high 64 bits (z, w),
-#   offset / 4 to its low 64 bits (x, y); torch only uses offsets that are multiples of 4.
-# - curand_normal4: one Philox call gives (x, y, z, w); Box-Muller turns (x, y) into (s*sin v, s*cos v) and
-#   (z, w) into the next two, with u = x * 2^-32 + 2^-33 and v = y * 2pi*2^-32 + pi*2^-32 in float32.
-# - torch's CUDA normal kernel (distribution_elementwise_grid_stride_kernel): blocks of 256 threads, a grid
-#   of min(ceil(n/256), SMs * maxThreadsPerSM/256) blocks; thread t is curand_init(seed, t, offset) and
-#   writes element t + stride*j from component j of its k-th normal4 call (t + stride*(4k + j)); the
-#   generator's offset then advances by 4 per call each thread made.
-#
-# Bit-exactness: CUDA computes sin/cos with the __sincosf hardware approximation (MUFU.SIN/COS, absolute
-# error about 2^-21.4), which has no published bit-level description. We evaluate sin/cos exactly, so values
-# agree with an H100 to within 1e-6 absolute (a few float32 ulps; max 6e-7 on the reference data), not bit
-# for bit: float32 hashes differ. Tests check the values against the measured reference within 1.5e-6.
+# A1111's NV source imitates CUDA's torch.randn on any device. Written from the published algorithms, to
+# give A1111's numbers bit for bit:
+# - Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11): 128-bit counter
+#   (c0, c1, c2, c3), 64-bit key (seed low word, high word), 10 rounds, key bumped by the Weyl constants
+#   between rounds.
+# - One counter per element: element i of a draw is counter (offset, 0, i, 0), where offset counts the
+#   generator's draws so far; only the first two output words are used.
+# - Box-Muller on those two words in float64, u = x·c + c/2 and v = y·c' + c'/2 with the float32 constants
+#   c = 2^-32 and c' = 2^-32·2π, giving sqrt(-2 ln u)·sin v, rounded once to float32.
+# On a GPU, CUDA uses this layout only up to 256 × the resident thread blocks (270,336 values on an H100)
+# and approximates sin with __sincosf, so real CUDA numbers agree with these to ~1e-6 on small draws and
+# not at all on large ones; A1111's NV numbers are these, on every machine and at every size.
 
 _PHILOX_M0 = np.uint64(0xD2511F53)
 _PHILOX_M1 = np.uint64(0xCD9E8D57)
@@ -70,12 +65,8 @@ _PHILOX_W0 = 0x9E3779B9
 _PHILOX_W1 = 0xBB67AE85
 _U32 = 0xFFFFFFFF
 _SHIFT32 = np.uint64(32)
-_TWO_POW32_INV = np.float32(2.0**-32)
-_TWO_POW32_INV_2PI = np.float32(_TWO_POW32_INV * np.float32(6.2831855))
-_INV_2PI = np.float32(0.15915494309189535)
-# H100 SXM: 132 SMs x 2048 threads per SM = 1056 blocks of 256 threads.
-H100_MAX_BLOCKS = 132 * 2048 // 256
-_BLOCK = 256
+_TWO_POW32_INV = np.float64(np.float32(2.3283064e-10))
+_TWO_POW32_INV_2PI = np.float64(np.float32(2.3283064e-10 * 6.2831855))
 
 
 def philox4x32_10(
@@ -99,75 +90,33 @@ def philox4x32_10(
     return c0, c1, c2, c3
 
 
-def _mul_rz(a: np.ndarray, b: np.float32) -> np.ndarray:
-    """float32 ``a * b`` rounded toward zero (the float64 product of two float32s is exact)."""
-    exact = a.astype(np.float64) * np.float64(b)
-    out = exact.astype(np.float32)
-    over = np.abs(out.astype(np.float64)) > np.abs(exact)
-    out[over] = np.nextafter(out[over], np.float32(0))
-    return out
-
-
-def _box_muller(x: np.ndarray, y: np.ndarray, want_cos: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """curand's float32 Box-Muller: (s*sin v, s*cos v), see the module note on sin/cos."""
-    u = x.astype(np.float32) * _TWO_POW32_INV + _TWO_POW32_INV / np.float32(2)
-    # nvcc contracts y*c + c/2 into one fused multiply-add: one rounding.
-    v = (
-        y.astype(np.float32).astype(np.float64) * np.float64(_TWO_POW32_INV_2PI)
-        + np.float64(_TWO_POW32_INV_2PI / np.float32(2))
-    ).astype(np.float32)
-    log_u = np.log(u.astype(np.float64)).astype(np.float32)
-    s = np.sqrt(np.float32(-2.0) * log_u)
-    # __sincosf: the argument is scaled to revolutions (FMUL.RZ by 1/2pi), then the hardware's MUFU.SIN/COS;
-    # we evaluate sin/cos of those revolutions exactly.
-    angle = _mul_rz(v, _INV_2PI).astype(np.float64) * (2.0 * np.pi)
-    sin = s * np.sin(angle).astype(np.float32)
-    cos = s * np.cos(angle).astype(np.float32) if want_cos else None
-    return sin, cos
-
-
 class NVPhilox:
-    """``torch.Generator("cuda").manual_seed(seed)`` followed by float32 ``torch.randn`` calls, on any device.
+    """A1111's NV generator: ``seed``'s stream of float32 normals, each ``randn`` call one counter offset."""
 
-    ``max_blocks`` is the GPU's resident block limit (SMs * maxThreadsPerSM / 256); it only matters for
-    draws of more than 256 * max_blocks values (over 270k on an H100; a 2048x2048 image's latent is 262k).
-    """
-
-    def __init__(self, seed: int, *, max_blocks: int = H100_MAX_BLOCKS) -> None:
+    def __init__(self, seed: int) -> None:
         self.seed = _check_seed(seed)
-        self.max_blocks = max_blocks
-        self.offset = 0  # in Philox counter increments (torch's philox offset / 4)
+        self.offset = 0
 
     def randn(self, shape: Sequence[int]) -> np.ndarray:
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
             raise ValueError(f"negative dimension in shape {shape}")
         n = int(np.prod(shape, dtype=np.int64))
+        offset = self.offset
+        self.offset += 1
         if n == 0:
             return np.zeros(shape, dtype=np.float32)
-        stride = min((n + _BLOCK - 1) // _BLOCK, self.max_blocks) * _BLOCK
-        calls = (n - 1) // (stride * 4) + 1
-        threads = min(stride, n)
-        key = (self.seed & _U32, self.seed >> 32)
-
-        # Counter of thread t, call k: (offset + k) in the low 64 bits, subsequence t in the high 64 bits.
-        low = np.uint64(self.offset) + np.arange(calls, dtype=np.uint64)[:, None]
-        low = np.broadcast_to(low, (calls, threads))
-        c0 = (low & np.uint64(_U32)).astype(np.uint32)
-        c1 = (low >> _SHIFT32).astype(np.uint32)
-        c2 = np.broadcast_to(np.arange(threads, dtype=np.uint32), (calls, threads))
-        c3 = np.zeros((calls, threads), dtype=np.uint32)
-        x, y, z, w = philox4x32_10((c0, c1, c2, c3), key)
-        self.offset += calls
-
-        if n <= stride:  # one value per thread: component 0 of the first call
-            out, _ = _box_muller(x[0], y[0], want_cos=False)
-            return out.reshape(shape)
-        # Element t + stride*(4k + j) is component j of call k of thread t (threads == stride here).
-        s0, s1 = _box_muller(x, y, want_cos=True)
-        s2, s3 = _box_muller(z, w, want_cos=True)
-        out = np.stack([s0, s1, s2, s3], axis=1).reshape(-1)[:n]
-        return out.reshape(shape)
+        index = np.arange(n, dtype=np.uint64)
+        c0 = np.full(n, offset & _U32, dtype=np.uint32)
+        c1 = np.full(n, (offset >> 32) & _U32, dtype=np.uint32)
+        # A1111 counts elements in one 32-bit word (wrapping past 2^32 values, far beyond any latent).
+        c2 = (index & np.uint64(_U32)).astype(np.uint32)
+        c3 = np.zeros(n, dtype=np.uint32)
+        x, y, _, _ = philox4x32_10((c0, c1, c2, c3), (self.seed & _U32, self.seed >> 32))
+        u = x.astype(np.float64) * _TWO_POW32_INV + _TWO_POW32_INV / 2
+        v = y.astype(np.float64) * _TWO_POW32_INV_2PI + _TWO_POW32_INV_2PI / 2
+        out = np.sqrt(-2.0 * np.log(u)) * np.sin(v)
+        return out.astype(np.float32).reshape(shape)
 
 
 # -- sources -----------------------------------------------------------------------------------------
@@ -294,6 +243,19 @@ class ImageRNG:
         if self.is_first:
             return self.first()
         return torch.stack([g.randn(self.shape) for g in self.generators])
+
+    def select(self, rows: Sequence[int]) -> ImageRNG:
+        """This RNG for only the images ``rows`` (in that order), sharing their generators' state.
+
+        For a batch that drops a cancelled job's images between steps: the kept images go on drawing exactly
+        what they would have drawn.
+        """
+        out = ImageRNG.__new__(ImageRNG)
+        out.__dict__.update(self.__dict__)
+        out.seeds = [self.seeds[i] for i in rows]
+        out.subseeds = None if self.subseeds is None else [self.subseeds[i] if i < len(self.subseeds) else 0 for i in rows]
+        out.generators = [self.generators[i] for i in rows]
+        return out
 
 
 # -- routing a diffusers scheduler's step noise -------------------------------------------------------
