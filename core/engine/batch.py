@@ -595,9 +595,3 @@ def drop_rows(scheduler, latents: torch.Tensor, rows: list[int]) -> torch.Tensor
         if new is not value:
             setattr(scheduler, name, new)
     return latents.index_select(0, index)
-
-
-def _step_parameters(scheduler) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(scheduler.step).parameters)

@@ -1033,8 +1033,3 @@ def _replace(source: models.ModelSource, **changes) -> models.ModelSource:
     import dataclasses
 
     return dataclasses.replace(source, **changes)
-
-
-def cond_for_tests(plan: _Plan, counter: int) -> tuple[list[Cond], Cond]:
-    """The conditionings used at a step counter (for tests and debugging)."""
-    return [part.at(counter) for part in plan.positive], plan.negative.at(counter)

@@ -55,10 +55,6 @@ class ModelSource:
     clip_skip: int = 1
     config: str | None = None  # skeleton folder override for single files
 
-    @property
-    def is_single_file(self) -> bool:
-        return not self.is_hub and Path(self.location).is_file()
-
 
 def looks_like_hub_id(text: str) -> bool:
     parts = text.split("/")
