@@ -216,7 +216,7 @@ class _Bench:
         engine = DiffusersEngine(engine_settings)
         source = models.resolve_model(engine_settings, "bench")
         if args.shapes == "tiny":
-            from core.engine.tiny import build_tiny_sd15
+            from core.testing.tiny import build_tiny_sd15
 
             tiny = build_tiny_sd15(tmp / "tiny")
             source = dataclasses.replace(source, location=str(tiny.single_file), config=str(tiny.config))

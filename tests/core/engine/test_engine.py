@@ -264,7 +264,7 @@ def test_the_engine_lists_models_and_samplers(sd15_engine) -> None:
 
 
 def test_a_vae_override_by_name_changes_the_decoder(tiny_sd15, tmp_path) -> None:
-    from core.engine.tiny import _vae, save_vae_single_file
+    from core.testing.tiny import _vae, save_vae_single_file
 
     torch.manual_seed(11)
     save_vae_single_file(_vae(), tmp_path / "other-vae.safetensors")
