@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from core import ranges
 from core.config import EngineSettings
 from core.engine import memory, models
 from core.engine.conditioning import (
@@ -45,11 +46,6 @@ from core.types import (
 )
 
 log = logging.getLogger(__name__)
-
-MAX_SEED = 4294967294
-MAX_SIDE = 4096
-MAX_STEPS = 150
-MAX_COUNT = 16
 
 
 @dataclass
@@ -303,24 +299,33 @@ class DiffusersEngine:
         r = request
         self.check_image_inputs(r)
         for name, side in (("width", r.width), ("height", r.height)):
-            if not 64 <= side <= MAX_SIDE or side % 8:
-                raise GenerationError(f"{name} must be a multiple of 8 between 64 and {MAX_SIDE}, not {side}")
-        if not 1 <= r.steps <= MAX_STEPS:
-            raise GenerationError(f"steps must be between 1 and {MAX_STEPS}, not {r.steps}")
-        if not 1 <= r.count <= MAX_COUNT:
-            raise GenerationError(f"count must be between 1 and {MAX_COUNT}, not {r.count}")
-        if not (-100.0 <= r.cfg_scale <= 100.0):
-            raise GenerationError(f"CFG scale must be between -100 and 100, not {r.cfg_scale}")
-        if not (r.seed == -1 or 0 <= r.seed <= MAX_SEED):
-            raise GenerationError(f"seed must be -1 (random) or between 0 and {MAX_SEED}, not {r.seed}")
-        if not (r.subseed == -1 or 0 <= r.subseed <= MAX_SEED):
-            raise GenerationError(f"variation seed must be -1 or between 0 and {MAX_SEED}, not {r.subseed}")
-        if not 0.0 <= r.subseed_strength <= 1.0:
+            if not ranges.MIN_SIDE <= side <= ranges.MAX_SIDE or side % ranges.SIDE_MULTIPLE:
+                raise GenerationError(
+                    f"{name} must be a multiple of {ranges.SIDE_MULTIPLE} between {ranges.MIN_SIDE} and "
+                    f"{ranges.MAX_SIDE}, not {side}"
+                )
+        if not ranges.MIN_STEPS <= r.steps <= ranges.MAX_STEPS:
+            raise GenerationError(f"steps must be between {ranges.MIN_STEPS} and {ranges.MAX_STEPS}, not {r.steps}")
+        if not ranges.MIN_COUNT <= r.count <= ranges.MAX_COUNT:
+            raise GenerationError(f"count must be between {ranges.MIN_COUNT} and {ranges.MAX_COUNT}, not {r.count}")
+        if not ranges.MIN_CFG <= r.cfg_scale <= ranges.MAX_CFG:
+            raise GenerationError(
+                f"CFG scale must be between {ranges.MIN_CFG:g} and {ranges.MAX_CFG:g}, not {r.cfg_scale}"
+            )
+        if not (r.seed == ranges.RANDOM_SEED or 0 <= r.seed <= ranges.MAX_SEED):
+            raise GenerationError(f"seed must be -1 (random) or between 0 and {ranges.MAX_SEED}, not {r.seed}")
+        if not (r.subseed == ranges.RANDOM_SEED or 0 <= r.subseed <= ranges.MAX_SEED):
+            raise GenerationError(
+                f"variation seed must be -1 or between 0 and {ranges.MAX_SEED}, not {r.subseed}"
+            )
+        if not ranges.MIN_STRENGTH <= r.subseed_strength <= ranges.MAX_STRENGTH:
             raise GenerationError(f"variation strength must be between 0 and 1, not {r.subseed_strength}")
-        if (r.rng or self.settings.rng) not in ("gpu", "cpu", "nv"):
+        if (r.rng or self.settings.rng) not in ranges.RNG_SOURCES:
             raise GenerationError(f"RNG source must be gpu, cpu or nv, not {r.rng!r}")
-        if r.clip_skip is not None and not 1 <= r.clip_skip <= 12:
-            raise GenerationError(f"CLIP skip must be between 1 and 12, not {r.clip_skip}")
+        if r.clip_skip is not None and not ranges.MIN_CLIP_SKIP <= r.clip_skip <= ranges.MAX_CLIP_SKIP:
+            raise GenerationError(
+                f"CLIP skip must be between {ranges.MIN_CLIP_SKIP} and {ranges.MAX_CLIP_SKIP}, not {r.clip_skip}"
+            )
 
     def check_image_inputs(self, request: GenerationRequest) -> None:
         """img2img / inpaint / hires fix options (the images themselves are decoded by ``prepare_init``)."""
@@ -332,11 +337,11 @@ class DiffusersEngine:
         if r.mode != Mode.TXT2IMG:
             if r.init_image is None:
                 raise GenerationError(f"{r.mode} needs a source image")
-            if not 0.0 <= r.denoising_strength <= 1.0:
+            if not ranges.MIN_STRENGTH <= r.denoising_strength <= ranges.MAX_STRENGTH:
                 raise GenerationError(
                     f"denoising strength must be between 0 and 1, not {r.denoising_strength}"
                 )
-            if r.resize_mode not in image_modes.RESIZE_MODES:
+            if r.resize_mode not in ranges.RESIZE_MODES:
                 raise GenerationError(
                     f"resize mode must be 0 (just resize), 1 (crop and resize) or 2 (resize and fill), not {r.resize_mode}"
                 )
@@ -349,40 +354,46 @@ class DiffusersEngine:
         if r.mode == Mode.IMG2IMG and r.mask_image is not None:
             raise GenerationError("a mask needs the inpaint mode")
         if r.mode == Mode.INPAINT:
-            if not 0 <= r.mask_blur <= 64:
-                raise GenerationError(f"mask blur must be between 0 and 64, not {r.mask_blur}")
-            if r.inpainting_fill not in image_modes.FILL_MODES:
+            if not ranges.MIN_MASK_BLUR <= r.mask_blur <= ranges.MAX_MASK_BLUR:
+                raise GenerationError(
+                    f"mask blur must be between {ranges.MIN_MASK_BLUR} and {ranges.MAX_MASK_BLUR}, not {r.mask_blur}"
+                )
+            if r.inpainting_fill not in ranges.FILL_MODES:
                 raise GenerationError(
                     "masked content must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing), "
                     f"not {r.inpainting_fill}"
                 )
-            if not 0 <= r.inpaint_full_res_padding <= 256:
+            if not ranges.MIN_PADDING <= r.inpaint_full_res_padding <= ranges.MAX_PADDING:
                 raise GenerationError(
-                    f"masked-only padding must be between 0 and 256, not {r.inpaint_full_res_padding}"
+                    f"masked-only padding must be between {ranges.MIN_PADDING} and {ranges.MAX_PADDING}, "
+                    f"not {r.inpaint_full_res_padding}"
                 )
         if r.enable_hr:
-            if r.hr_upscaler not in image_modes.upscaler_names():
+            if r.hr_upscaler not in ranges.UPSCALERS:
                 raise GenerationError(
-                    f"unknown hires upscaler {r.hr_upscaler!r}; use one of: {', '.join(image_modes.upscaler_names())}"
+                    f"unknown hires upscaler {r.hr_upscaler!r}; use one of: {', '.join(ranges.UPSCALERS)}"
                 )
             if not 0.0 < r.hr_denoising_strength <= 1.0:
                 raise GenerationError(
                     f"hires denoising strength must be above 0 and at most 1, not {r.hr_denoising_strength}"
                 )
-            if not 0 <= r.hr_second_pass_steps <= MAX_STEPS:
+            if not 0 <= r.hr_second_pass_steps <= ranges.MAX_HIRES_STEPS:
                 raise GenerationError(
-                    f"hires steps must be between 0 and {MAX_STEPS}, not {r.hr_second_pass_steps}"
+                    f"hires steps must be between 0 and {ranges.MAX_HIRES_STEPS}, not {r.hr_second_pass_steps}"
                 )
-            if not 1.0 <= r.hr_scale <= 4.0:
-                raise GenerationError(f"hires upscale must be between 1 and 4, not {r.hr_scale}")
+            if not ranges.MIN_HIRES_SCALE <= r.hr_scale <= ranges.MAX_HIRES_SCALE:
+                raise GenerationError(
+                    f"hires upscale must be between {ranges.MIN_HIRES_SCALE:g} and {ranges.MAX_HIRES_SCALE:g}, "
+                    f"not {r.hr_scale}"
+                )
             if r.hr_resize_x < 0 or r.hr_resize_y < 0:
                 raise GenerationError("hires resize width and height must not be negative")
             to_x, to_y, tx, ty = image_modes.hires_target(
                 r.width, r.height, r.hr_scale, r.hr_resize_x, r.hr_resize_y
             )
-            if max(to_x, to_y) > MAX_SIDE or min(to_x - 8 * tx, to_y - 8 * ty) < 64:
+            if max(to_x, to_y) > ranges.MAX_SIDE or min(to_x - 8 * tx, to_y - 8 * ty) < ranges.MIN_SIDE:
                 raise GenerationError(
-                    f"the hires size {to_x}x{to_y} must be between 64 and {MAX_SIDE} a side"
+                    f"the hires size {to_x}x{to_y} must be between {ranges.MIN_SIDE} and {ranges.MAX_SIDE} a side"
                 )
             steps = r.hr_second_pass_steps or r.steps
             if steps / min(r.hr_denoising_strength, 0.999) > 1000:
@@ -606,8 +617,11 @@ class DiffusersEngine:
         empty = encoder.encode([""])[0] if self.settings.pad_cond_uncond else None
         positive_parts = encode_interpretation(encoder, positive)
         negative_parts = encode_interpretation(encoder, negative, zero_if_empty=model.kind == "sdxl")
-        seed = request.seed if request.seed != -1 else random.randrange(MAX_SEED)
-        subseed = request.subseed if request.subseed != -1 else random.randrange(MAX_SEED)
+        # A1111 draws a random seed as random.randrange(4294967294), one short of the seeds it accepts.
+        seed = request.seed if request.seed != ranges.RANDOM_SEED else random.randrange(ranges.RANDOM_SEED_BOUND)
+        subseed = request.subseed
+        if subseed == ranges.RANDOM_SEED:
+            subseed = random.randrange(ranges.RANDOM_SEED_BOUND)
         ensd = self.settings.eta_noise_seed_delta
         if request.eta_noise_seed_delta is not None:
             ensd = request.eta_noise_seed_delta

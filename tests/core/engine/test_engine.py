@@ -387,3 +387,17 @@ def test_embeddings_work_in_the_negative_prompt(tiny_sd15, tmp_path) -> None:
         engine.close()
     assert np.abs(with_embedding - with_words).max() <= 1
     assert np.abs(with_embedding - plain).max() > 1  # the negative really changed the image
+
+
+def test_the_largest_seed_works_and_random_seeds_are_drawn_as_a1111_draws_them(sd15_engine) -> None:
+    import random
+
+    request = GenerationRequest(prompt="a kite", seed=2**32 - 1, count=2, sampler="Euler", **SMALL)
+    result = sd15_engine.generate(request)  # the bot and the service accept it: the engine must too
+    assert [image.seed for image in result.images] == [4294967295, 4294967296]  # seed + i, as A1111
+    assert "Seed: 4294967295," in result.images[0].infotext
+    with pytest.raises(GenerationError, match="seed must be -1"):
+        sd15_engine.generate(request.replace(seed=2**32))
+    random.seed(5)
+    drawn = sd15_engine.generate(request.replace(seed=-1, count=1)).images[0].seed
+    assert drawn == random.Random(5).randrange(4294967294)  # A1111's get_fixed_seed

@@ -472,3 +472,11 @@ def test_img2img_equals_the_diffusers_img2img_pipeline_on_the_same_timesteps(
     # a rare pixel by one 8-bit step (seen: 1 pixel of 4,096 by 1).
     diff = np.abs(ours - np.asarray(theirs).astype(np.int16))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_every_upscaler_in_ranges_has_an_implementation_and_no_other() -> None:
+    from core import ranges
+
+    assert tuple(image_modes.LATENT_UPSCALERS) == ranges.LATENT_UPSCALERS
+    assert tuple(image_modes.IMAGE_UPSCALERS) == ranges.IMAGE_UPSCALERS
+    assert image_modes.upscaler_names() == list(ranges.UPSCALERS)
