@@ -27,6 +27,7 @@ import torch
 
 from core.engine import cfg, models, rng
 from core.engine.job import Job, Outcome, RunStats, Start
+from core.engine.runtime import Runtime
 from core.engine.stepping import SchedulerStepper
 from core.types import GenerationCancelled, GenerationError, GenerationRequest, Progress
 
@@ -48,7 +49,7 @@ class BatchNoise:
 
 @torch.no_grad()
 def denoise(
-    runtime,
+    runtime: Runtime,
     jobs: list[Job],
     stats: RunStats,
     outcomes: dict[int, Outcome],
@@ -61,7 +62,7 @@ def denoise(
     finished, each with its final ``latents``. A job that fails or is cancelled gets its outcome in
     ``outcomes``. ``progress``: (steps done before this loop, total steps reported), equal for all jobs.
 
-    ``runtime`` is the engine (device, ``unet_row_buckets``, ``sync``, ``preview``).
+    From ``runtime`` (the engine): the device, a compiled UNet's row buckets, previews, stage syncs.
     """
     first = jobs[0].plan
     model, request = first.model, first.request
@@ -233,7 +234,9 @@ class Cancel:
 class Report:
     """After each step: progress (and every ``preview_every`` steps a preview) for each job still wanted."""
 
-    def __init__(self, runtime, model, active: list[Job], run_steps, total, progress, on_progress) -> None:
+    def __init__(
+        self, runtime: Runtime, model, active: list[Job], run_steps, total, progress, on_progress
+    ) -> None:
         self.runtime, self.model, self.active = runtime, model, active
         self.run_steps, self.total = run_steps, total
         self.done_before, self.report_total = progress or (0, run_steps)
