@@ -87,7 +87,7 @@ class GenerationRequest:
         geometry and second pass (resize box, or the scale when there is none; upscaler; steps; strength).
         Per job, not in the key: prompts, CFG, seeds, variation seed, ENSD, count, and the source image,
         mask, mask blur, masked content, resize mode and masked-only options. (The engine adds the LoRA
-        sets and eta: ``core.engine.batch.batch_key``.)
+        sets and eta: ``core.engine.grouping.batch_key``.)
         """
         key: tuple[Any, ...] = (self.model, self.vae, self.width, self.height, self.sampler,
                                 self.schedule_type, self.steps, self.mode, self.enable_hr, self.clip_skip,

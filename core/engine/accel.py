@@ -109,35 +109,15 @@ def warmup(engine, model) -> dict[str, Any]:
     A bucket of ``b`` images is warmed up with ``2·b`` rows (cond + uncond in one call), at 77 tokens.
     """
     settings = engine.settings
-    unet = model.pipe.unet
-    config = unet.config
-    factor = model.vae_scale_factor
-    width_channels = model.pipe.text_encoder.config.hidden_size
-    if getattr(model.pipe, "text_encoder_2", None) is not None:
-        width_channels += model.pipe.text_encoder_2.config.hidden_size
     report: dict[str, Any] = {"compile": settings.compile, "shapes": {}}
     total_start = time.perf_counter()
     runs = 2 if settings.compile == "cuda-graphs" else 1
     for size in settings.warmup_sizes:
         width, height = parse_size(size)
         for bucket in settings.batch_buckets:
-            rows = 2 * bucket
-            x = torch.zeros(rows, config.in_channels, height // factor, width // factor, device=engine.device)
-            x = x.to(model.dtype)
-            embeds = torch.zeros(rows, 77, width_channels, device=engine.device, dtype=model.dtype)
-            added = None
-            if model.kind == "sdxl":
-                pooled = model.pipe.text_encoder_2.config.projection_dim
-                added = {
-                    "text_embeds": torch.zeros(rows, pooled, device=engine.device, dtype=model.dtype),
-                    "time_ids": torch.tensor(
-                        [[height, width, 0, 0, height, width]] * rows, device=engine.device, dtype=model.dtype
-                    ),
-                }
-            t = torch.tensor(999, device=engine.device)
             start = time.perf_counter()
             for _ in range(runs):
-                unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)
+                blank_unet_call(model, 2 * bucket, width, height, engine.device)
             if engine.device.type == "cuda":
                 torch.cuda.synchronize(engine.device)
             seconds = time.perf_counter() - start
@@ -147,6 +127,31 @@ def warmup(engine, model) -> dict[str, Any]:
     log.info("warm-up done in %.1fs for %s", report["total_s"], ", ".join(report["shapes"]))
     _warmups[id(model.pipe)] = report
     return report
+
+
+@torch.no_grad()
+def blank_unet_call(model, rows: int, width: int, height: int, device) -> None:
+    """One UNet call of ``rows`` blank rows at ``width``×``height`` (77 tokens; SDXL's added conditioning):
+    what warm-up and the batch memory probe run."""
+    pipe = model.pipe
+    factor = model.vae_scale_factor
+    channels = pipe.text_encoder.config.hidden_size
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        channels += pipe.text_encoder_2.config.hidden_size
+    latent = (height // factor, width // factor)
+    x = torch.zeros(rows, pipe.unet.config.in_channels, *latent, device=device, dtype=model.dtype)
+    embeds = torch.zeros(rows, 77, channels, device=device, dtype=model.dtype)
+    added = None
+    if model.kind == "sdxl":
+        pooled = pipe.text_encoder_2.config.projection_dim
+        added = {
+            "text_embeds": torch.zeros(rows, pooled, device=device, dtype=model.dtype),
+            "time_ids": torch.tensor(
+                [[height, width, 0, 0, height, width]] * rows, device=device, dtype=model.dtype
+            ),
+        }
+    t = torch.tensor(999, device=device)
+    pipe.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)
 
 
 def last_warmup(model) -> dict[str, Any] | None:

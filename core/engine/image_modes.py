@@ -24,11 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
+from core import ranges
+
 FORMATS = ("PNG", "JPEG", "WEBP")
-RESIZE_MODES = {0: "Just resize", 1: "Crop and resize", 2: "Resize and fill"}
-FILL_MODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 BACKGROUND = (255, 255, 255)  # A1111 img2img_background_color "#ffffff": transparent source pixels
-# A1111's latent upscalers: name -> (torch.nn.functional.interpolate mode, antialias).
+# How each of A1111's latent upscalers (``ranges.LATENT_UPSCALERS``) interpolates:
+# name -> (torch.nn.functional.interpolate mode, antialias).
 LATENT_UPSCALERS = {
     "Latent": ("bilinear", False),
     "Latent (antialiased)": ("bilinear", True),
@@ -37,12 +38,12 @@ LATENT_UPSCALERS = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-# Image upscalers (decode, resize with PIL, encode again).
+# How each image upscaler (``ranges.IMAGE_UPSCALERS``: decode, resize with PIL, encode again) resamples.
 IMAGE_UPSCALERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST, "None": None}
 
 
 def upscaler_names() -> list[str]:
-    return [*LATENT_UPSCALERS, *IMAGE_UPSCALERS]
+    return list(ranges.UPSCALERS)
 
 
 # -- decoding ---------------------------------------------------------------------------------------

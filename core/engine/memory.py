@@ -72,27 +72,14 @@ def measure(engine, model, width: int, height: int, *, peak=cuda_peak) -> Footpr
 
     ``peak(device, run)`` meters one run (:func:`cuda_peak`; tests pass their own meter on a CPU).
     """
+    from core.engine.accel import blank_unet_call
+
     device = engine.device
     pipe = model.pipe
-    unet = pipe.unet
-    config = unet.config
-    factor = model.vae_scale_factor
-    latent = (height // factor, width // factor)
-    channels = pipe.text_encoder.config.hidden_size
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        channels += pipe.text_encoder_2.config.hidden_size
+    latent = (height // model.vae_scale_factor, width // model.vae_scale_factor)
 
     def unet_rows(rows: int) -> None:
-        x = torch.zeros(rows, config.in_channels, *latent, device=device, dtype=model.dtype)
-        embeds = torch.zeros(rows, 77, channels, device=device, dtype=model.dtype)
-        added = None
-        if model.kind == "sdxl":
-            pooled = pipe.text_encoder_2.config.projection_dim
-            added = {
-                "text_embeds": torch.zeros(rows, pooled, device=device, dtype=model.dtype),
-                "time_ids": torch.tensor([[height, width, 0, 0, height, width]] * rows, device=device, dtype=model.dtype),
-            }
-        unet(x, torch.tensor(999, device=device), encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)
+        blank_unet_call(model, rows, width, height, device)
 
     unet_rows(2)  # unmetered: lazy allocations, and with CPU offload the UNet's weights move in here
     one = peak(device, lambda: unet_rows(2))

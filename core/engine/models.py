@@ -9,6 +9,7 @@ the operator allows them, and even then only ``weights_only`` loading is used.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -54,10 +55,6 @@ class ModelSource:
     kind: str = "auto"
     clip_skip: int = 1
     config: str | None = None  # skeleton folder override for single files
-
-    @property
-    def is_single_file(self) -> bool:
-        return not self.is_hub and Path(self.location).is_file()
 
 
 def looks_like_hub_id(text: str) -> bool:
@@ -459,6 +456,29 @@ class ModelCache:
         with self._lock:
             self._models.clear()
         _free_memory()
+
+
+def load_for_request(
+    cache: ModelCache,
+    settings: EngineSettings,
+    name: str | None,
+    vae: str | None,
+    device,
+    dtype,
+    *,
+    allow_paths: bool = False,
+) -> LoadedModel:
+    """The engine's one loader: model ``name`` (configured name; a path only with ``allow_paths``) from
+    ``cache`` (LRU), with VAE override ``vae`` (a configured VAE name) and the engine's VAE switches."""
+    source = resolve_model(settings, name, allow_paths=allow_paths)
+    if vae:
+        source = dataclasses.replace(source, vae=resolve_vae(settings, vae))
+    model = cache.get(source, device, dtype)
+    if settings.vae_tiling:
+        model.pipe.vae.enable_tiling()
+    if settings.vae_slicing:
+        model.pipe.vae.enable_slicing()
+    return model
 
 
 def _free_memory() -> None:

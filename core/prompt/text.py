@@ -30,10 +30,6 @@ class ExtraNetwork:
     positional: tuple[str, ...]
     named: tuple[tuple[str, str], ...]
 
-    @property
-    def named_dict(self) -> dict[str, str]:
-        return dict(self.named)
-
     def to_json(self) -> list:
         return [self.kind, list(self.positional), dict(self.named)]
 

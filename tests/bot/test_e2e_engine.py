@@ -30,7 +30,7 @@ def opt(name: str, value, type_: int = 3) -> dict:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory):
     """A tiny SD1.5 single file inside a model folder (built once for this module, a few seconds)."""
     pytest.importorskip("diffusers")
-    from core.engine.tiny import build_tiny_sd15
+    from core.testing.tiny import build_tiny_sd15
 
     cache = tmp_path_factory.mktemp("chant-cache")
     with pytest.MonkeyPatch.context() as mp:

@@ -24,21 +24,21 @@ def _engine_cache(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def tiny_sd15(tmp_path_factory: pytest.TempPathFactory, _engine_cache):
-    from core.engine.tiny import build_tiny_sd15
+    from core.testing.tiny import build_tiny_sd15
 
     return build_tiny_sd15(tmp_path_factory.mktemp("tiny-sd15"))
 
 
 @pytest.fixture(scope="session")
 def tiny_sd2(tmp_path_factory: pytest.TempPathFactory, _engine_cache):
-    from core.engine.tiny import build_tiny_sd2
+    from core.testing.tiny import build_tiny_sd2
 
     return build_tiny_sd2(tmp_path_factory.mktemp("tiny-sd2"))
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory, _engine_cache):
-    from core.engine.tiny import build_tiny_sdxl
+    from core.testing.tiny import build_tiny_sdxl
 
     return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.engine import batch
+from core.engine import cfg, grouping, stepping
 from core.engine.diffusers_engine import DiffusersEngine
 from core.types import GenerationCancelled, GenerationError, GenerationRequest, GenerationResult, Mode
 from tests.core.engine.conftest import engine_settings
@@ -175,13 +175,13 @@ def test_incompatible_jobs_run_one_by_one(tiny_sd15) -> None:
         JOBS[0].replace(mode=Mode.IMG2IMG),  # not txt2img
         JOBS[1],
     ]
-    assert batch.group_requests(engine, jobs) == [[0, 4], [1], [2], [3]]
-    assert batch.group_requests(engine, [JOBS[0]] * 5, max_images=2) == [[0, 1], [2, 3], [4]]
+    assert grouping.group_requests(engine.settings, jobs) == [[0, 4], [1], [2], [3]]
+    assert grouping.group_requests(engine.settings, [JOBS[0]] * 5, max_images=2) == [[0, 1], [2, 3], [4]]
     # the limit counts images: JOBS[1] makes two
-    assert batch.group_requests(engine, [JOBS[1], JOBS[1], JOBS[1]], max_images=5) == [[0, 1], [2]]
-    assert batch.group_requests(engine, [JOBS[1], JOBS[1]], max_images=1) == [[0], [1]]
-    assert batch.group_requests(engine, [JOBS[0], JOBS[1]], max_images=lambda r: 3) == [[0, 1]]
-    assert batch.group_requests(engine, [JOBS[0], JOBS[0].replace(eta=0.5)]) == [[0], [1]]
+    assert grouping.group_requests(engine.settings, [JOBS[1], JOBS[1], JOBS[1]], max_images=5) == [[0, 1], [2]]
+    assert grouping.group_requests(engine.settings, [JOBS[1], JOBS[1]], max_images=1) == [[0], [1]]
+    assert grouping.group_requests(engine.settings, [JOBS[0], JOBS[1]], max_images=lambda r: 3) == [[0, 1]]
+    assert grouping.group_requests(engine.settings, [JOBS[0], JOBS[0].replace(eta=0.5)]) == [[0], [1]]
     results = engine.generate_batch(jobs[:2])
     assert all(isinstance(r, GenerationResult) for r in results)
     assert "batch_jobs" not in results[0].timings  # ran alone through generate()
@@ -192,7 +192,7 @@ def test_a_cancelled_job_whose_rows_cannot_leave_runs_on_unseen(tiny_sd15, monke
     def cannot(*args):
         raise GenerationError("this sampler cannot drop images from a running batch")
 
-    monkeypatch.setattr(batch, "drop_rows", cannot)
+    monkeypatch.setattr(stepping, "drop_rows", cannot)
     engine = DiffusersEngine(engine_settings(tiny_sd15))
     spy = DecodeSpy(engine)
     alone = engine.generate(JOBS[0])
@@ -211,10 +211,14 @@ def test_a_cancelled_job_whose_rows_cannot_leave_runs_on_unseen(tiny_sd15, monke
 
 
 def test_an_unexpected_batch_failure_reruns_the_jobs_one_by_one(tiny_sd15, monkeypatch) -> None:
-    def broken(*args, **kwargs):
-        raise RuntimeError("boom")
+    call = cfg.CFGDenoiser.__call__
 
-    monkeypatch.setattr(batch, "guided_noise_batch", broken)
+    def broken(self, x, t):  # breaks a loop of several jobs only
+        if len(self.jobs) > 1:
+            raise RuntimeError("boom")
+        return call(self, x, t)
+
+    monkeypatch.setattr(cfg.CFGDenoiser, "__call__", broken)
     engine = DiffusersEngine(engine_settings(tiny_sd15))
     results = engine.generate_batch([JOBS[0].replace(steps=2), JOBS[2].replace(steps=2)])
     assert all(isinstance(r, GenerationResult) and "batch_jobs" not in r.timings for r in results)

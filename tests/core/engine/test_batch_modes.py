@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.engine import batch
+from core.engine import grouping
 from core.engine.diffusers_engine import DiffusersEngine
 from core.types import GenerationCancelled, GenerationError, GenerationRequest, GenerationResult, Mode
 from tests.core.engine.conftest import engine_settings
@@ -272,14 +272,14 @@ def test_group_requests_keeps_apart_what_shapes_the_loop(sd15_engine) -> None:
         hires.replace(enable_hr=False, hr_prompt=""),  # 13: plain txt2img
         i2i.replace(denoising_strength=1.5),  # 14: invalid: alone, to fail with generate()'s message
     ]
-    groups = batch.group_requests(sd15_engine, jobs)
+    groups = grouping.group_requests(sd15_engine.settings, jobs)
     assert groups == [[0, 1], [2], [3, 4], [5], [6, 7], [8], [9], [10], [11], [12], [13], [14]]
-    assert batch.batch_key(sd15_engine, jobs[14]) is None
+    assert grouping.batch_key(sd15_engine.settings, jobs[14]) is None
     # With a resize box the scale plays no part; 0 hires steps means the first pass's 4.
     box = hires.replace(hr_resize_x=96, hr_resize_y=96)
-    assert batch.group_requests(sd15_engine, [box, box.replace(hr_scale=2.0, seed=2)]) == [[0, 1]]
+    assert grouping.group_requests(sd15_engine.settings, [box, box.replace(hr_scale=2.0, seed=2)]) == [[0, 1]]
     four = [hires.replace(hr_second_pass_steps=0), hires.replace(hr_second_pass_steps=4)]
-    assert batch.group_requests(sd15_engine, four) == [[0, 1]]
+    assert grouping.group_requests(sd15_engine.settings, four) == [[0, 1]]
 
 
 def test_a_bad_source_or_mask_fails_only_its_job(engine) -> None:
@@ -297,7 +297,7 @@ def test_a_bad_source_or_mask_fails_only_its_job(engine) -> None:
         INPAINT[1].replace(steps=2, init_image=png(noise_image())),  # no mask, nothing transparent
         INPAINT[1].replace(steps=2),
     ]
-    assert batch.group_requests(engine, jobs + inpaint) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+    assert grouping.group_requests(engine.settings, jobs + inpaint) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
     results = engine.generate_batch(jobs + inpaint)
     for index in (1, 3, 5, 6, 7):
         request = (jobs + inpaint)[index]

@@ -9,12 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from core.engine import rng, samplers
+from core.engine import cfg, prompts, rng, samplers
 from core.engine.diffusers_engine import DiffusersEngine
 from core.engine.infotext import parse_infotext
 from core.types import GenerationCancelled, GenerationError, GenerationRequest, OutOfMemory
 
 from .conftest import engine_settings
+from .test_image_modes import CondSpy
 
 SMALL = {"width": 64, "height": 64, "steps": 3}
 
@@ -26,6 +27,14 @@ def pixels(png: bytes) -> np.ndarray:
 def loaded(engine: DiffusersEngine):
     engine.generate(GenerationRequest(prompt="warm up", seed=1, **{**SMALL, "steps": 1}))
     return next(iter(engine.models._models.values()))
+
+
+def encode(engine: DiffusersEngine, request: GenerationRequest, model):
+    """``request``'s plan, as the pipeline's step 3 encodes it."""
+    interpretations = prompts.interpret(request, engine.settings)
+    return prompts.encode_prompt(
+        request, model, interpretations, settings=engine.settings, embeddings=engine.embeddings
+    )
 
 
 def diffusers_image(
@@ -141,16 +150,7 @@ def test_sdxl_runs_with_and_and_a_negative(sdxl_engine) -> None:
 
 
 def test_prompt_editing_switches_at_a1111_steps(sd15_engine, monkeypatch) -> None:
-    seen: list[tuple[int, str]] = []
-    original = DiffusersEngine.guided_noise
-
-    def spy(self, plan, latents, scheduler, t, *, counter, time_ids=None):
-        cond = plan.positive[0].at(counter)
-        index = [c is cond for c in plan.positive[0].conds].index(True)
-        seen.append((counter, index))
-        return original(self, plan, latents, scheduler, t, counter=counter, time_ids=time_ids)
-
-    monkeypatch.setattr(DiffusersEngine, "guided_noise", spy)
+    seen = CondSpy(monkeypatch).seen
     sd15_engine.generate(
         GenerationRequest(prompt="a [cat:dog:2]", sampler="Euler", seed=1, **{**SMALL, "steps": 4})
     )
@@ -170,7 +170,7 @@ def test_and_parts_combine_with_a1111_formula(sd15_engine) -> None:
     request = GenerationRequest(
         prompt="a cat AND a dog:-0.5 AND " + "word " * 80, negative_prompt="", **SMALL
     )
-    plan = engine.encode_prompt(request, model)
+    plan = encode(engine, request, model)
     assert [p.weight for p in plan.positive] == [1.0, -0.5, 1.0]
     assert plan.positive[2].at(0).embeds.shape[0] == 154 and plan.negative.at(0).embeds.shape[0] == 77
     calls = []
@@ -181,16 +181,8 @@ def test_and_parts_combine_with_a1111_formula(sd15_engine) -> None:
             value = encoder_hidden_states.float().mean(dim=(1, 2))
             return (x * 0 + value[:, None, None, None],)
 
-    fake_plan = plan
-    real_unet = model.pipe.unet
-    scheduler = engine.make_scheduler(plan)
-    scheduler.set_timesteps(3)
-    latents = torch.zeros(1, 4, 8, 8)
-    try:
-        model.pipe.unet = FakeUNet()
-        out = engine.guided_noise(fake_plan, latents, scheduler, scheduler.timesteps[0], counter=0)
-    finally:
-        model.pipe.unet = real_unet
+    denoiser = cfg.CFGDenoiser(cfg.UNetModel(FakeUNet()), [cfg.JobCond.of(plan)])
+    out = denoiser(torch.zeros(1, 4, 8, 8), torch.tensor(999))
     # Different lengths (154 vs 77 tokens): cond and uncond run separately, as A1111 does by default.
     assert [tuple(c) for c in calls] == [(1, 77, 32), (3, 154, 32)]
     u = plan.negative.at(0).embeds.mean()
@@ -253,7 +245,7 @@ def test_out_of_memory_frees_and_raises_a_user_error(sd15_engine, monkeypatch) -
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(sd15_engine, "_generate", oom)
+    monkeypatch.setattr(sd15_engine, "load_model", oom)
     with pytest.raises(OutOfMemory, match="smaller size"):
         sd15_engine.generate(GenerationRequest(prompt="a cat"))
 
@@ -264,7 +256,7 @@ def test_the_engine_lists_models_and_samplers(sd15_engine) -> None:
 
 
 def test_a_vae_override_by_name_changes_the_decoder(tiny_sd15, tmp_path) -> None:
-    from core.engine.tiny import _vae, save_vae_single_file
+    from core.testing.tiny import _vae, save_vae_single_file
 
     torch.manual_seed(11)
     save_vae_single_file(_vae(), tmp_path / "other-vae.safetensors")
@@ -340,8 +332,8 @@ def test_pad_cond_uncond_pads_the_negative_with_empty_prompt_chunks(tiny_sd15) -
     engine = DiffusersEngine(engine_settings(tiny_sd15, pad_cond_uncond=True))
     model = loaded(engine)
     request = GenerationRequest(prompt="tree " * 150, negative_prompt="fog", seed=1, sampler="Euler", **SMALL)
-    plan = engine.encode_prompt(request, model)
-    calls = engine.unet_inputs(plan, 0, 1)
+    plan = encode(engine, request, model)
+    calls = cfg.JobCond.of(plan).row_blocks(0)
     assert len(calls) == 1 and calls[0][0] == 2 and calls[0][1].shape == (2, 154, 32)
     uncond_row = calls[0][1][0]
     assert torch.equal(uncond_row[:77], plan.negative.at(0).embeds)
@@ -387,3 +379,17 @@ def test_embeddings_work_in_the_negative_prompt(tiny_sd15, tmp_path) -> None:
         engine.close()
     assert np.abs(with_embedding - with_words).max() <= 1
     assert np.abs(with_embedding - plain).max() > 1  # the negative really changed the image
+
+
+def test_the_largest_seed_works_and_random_seeds_are_drawn_as_a1111_draws_them(sd15_engine) -> None:
+    import random
+
+    request = GenerationRequest(prompt="a kite", seed=2**32 - 1, count=2, sampler="Euler", **SMALL)
+    result = sd15_engine.generate(request)  # the bot and the service accept it: the engine must too
+    assert [image.seed for image in result.images] == [4294967295, 4294967296]  # seed + i, as A1111
+    assert "Seed: 4294967295," in result.images[0].infotext
+    with pytest.raises(GenerationError, match="seed must be -1"):
+        sd15_engine.generate(request.replace(seed=2**32))
+    random.seed(5)
+    drawn = sd15_engine.generate(request.replace(seed=-1, count=1)).images[0].seed
+    assert drawn == random.Random(5).randrange(4294967294)  # A1111's get_fixed_seed

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.engine import image_modes
+from core.engine import cfg, image_modes
 from core.engine.diffusers_engine import DiffusersEngine
 from core.types import GenerationError, GenerationRequest, Mode, Progress
 
@@ -47,18 +47,20 @@ def inpaint(**changes) -> GenerationRequest:
 
 
 class CondSpy:
-    """Records (step counter, index of the positive conditioning used) for every guided_noise call."""
+    """Records (step counter, index of the first job's positive conditioning used) for every call of the
+    CFG denoiser."""
 
     def __init__(self, monkeypatch) -> None:
         self.seen: list[tuple[int, int]] = []
-        original = DiffusersEngine.guided_noise
+        original = cfg.CFGDenoiser.__call__
 
-        def spy(engine, plan, latents, scheduler, t, *, counter, time_ids=None):
-            cond = plan.positive[0].at(counter)
-            self.seen.append((counter, [c is cond for c in plan.positive[0].conds].index(True)))
-            return original(engine, plan, latents, scheduler, t, counter=counter, time_ids=time_ids)
+        def spy(denoiser, x, t):
+            part = denoiser.jobs[0].positive[0]
+            cond = part.at(denoiser.step)
+            self.seen.append((denoiser.step, [c is cond for c in part.conds].index(True)))
+            return original(denoiser, x, t)
 
-        monkeypatch.setattr(DiffusersEngine, "guided_noise", spy)
+        monkeypatch.setattr(cfg.CFGDenoiser, "__call__", spy)
 
 
 # -- image_modes: pure PIL ---------------------------------------------------------------------------
@@ -498,3 +500,11 @@ def test_sources_are_turned_upright_by_their_exif_orientation(orientation) -> No
     assert image.size == upright.shape[1::-1] and np.array_equal(np.asarray(image), upright)
     bot = image_modes.load_image(load_source(data, max_pixels=10**6).png, max_megapixels=1)
     assert bot.size == image.size and np.array_equal(np.asarray(bot), np.asarray(image.convert("RGB")))
+
+
+def test_every_upscaler_in_ranges_has_an_implementation_and_no_other() -> None:
+    from core import ranges
+
+    assert tuple(image_modes.LATENT_UPSCALERS) == ranges.LATENT_UPSCALERS
+    assert tuple(image_modes.IMAGE_UPSCALERS) == ranges.IMAGE_UPSCALERS
+    assert image_modes.upscaler_names() == list(ranges.UPSCALERS)

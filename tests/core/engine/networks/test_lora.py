@@ -487,11 +487,11 @@ def _tiny_sdxl_unet():
 
 @pytest.mark.parametrize("which", ["sd1", "sdxl"])
 def test_every_layer_agrees_with_the_engines_ldm_export(which: str, unet) -> None:
-    """Cross-check against core.engine.tiny's independent diffusers -> LDM converter."""
-    tiny = pytest.importorskip("core.engine.tiny")
+    """Cross-check against core.testing.tiny's independent diffusers -> LDM converter."""
+    tiny = pytest.importorskip("core.testing.tiny")
     to_ldm = getattr(tiny, "_unet_to_ldm", None)
     if to_ldm is None:
-        pytest.skip("core.engine.tiny has no _unet_to_ldm")
+        pytest.skip("core.testing.tiny has no _unet_to_ldm")
     model = unet if which == "sd1" else _tiny_sdxl_unet()
     index = module_index("unet", model)
     by_storage = {

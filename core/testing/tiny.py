@@ -10,6 +10,9 @@ and return a :class:`TinyModel` with the three paths. The text encoders use the 
 vocabulary (49408 tokens) so chant's own tokenizer and the pipelines' tokenizers agree; everything
 else is as small as diffusers' own test models. The LDM export is the inverse of diffusers'
 ``from_single_file`` conversion (checked by a round-trip test).
+
+``random_weight_model(shapes, ...)`` builds a full-size SD1.5 / SDXL pipeline with random weights from
+the shipped config skeletons (``chant bench engine --shapes sd15|sdxl --random-weights`` on a GPU).
 """
 
 from __future__ import annotations
@@ -421,3 +424,68 @@ def save_vae_single_file(vae, path: Path | str) -> Path:
     state = {k.removeprefix("first_stage_model."): v.contiguous() for k, v in _vae_to_ldm(vae).items()}
     save_file(state, str(path))
     return Path(path)
+
+
+def random_weight_model(shapes: str, device, dtype, source):
+    """A full-size SD1.5 / SDXL pipeline with random weights, from the shipped config skeletons."""
+    import time
+
+    from diffusers import (
+        AutoencoderKL,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from diffusers.schedulers import EulerDiscreteScheduler, PNDMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from core.engine import models
+    from core.engine.skeleton import skeleton_dir
+
+    folder = skeleton_dir("sdxl" if shapes == "sdxl" else "sd1")
+    start = time.perf_counter()
+    # Weights are created directly on the device; schedulers and tokenizers stay on the CPU (the
+    # schedulers convert their tables with numpy).
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")).to(dtype)
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")).to(dtype)
+        te = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")).to(dtype)
+        te2 = None
+        if shapes == "sdxl":
+            config_2 = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
+            te2 = CLIPTextModelWithProjection(config_2).to(dtype)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    if shapes == "sdxl":
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=te,
+            text_encoder_2=te2,
+            tokenizer=tokenizer,
+            tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+            unet=unet,
+            scheduler=EulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=te,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=PNDMScheduler.from_pretrained(folder / "scheduler"),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False).eval()
+    return models.LoadedModel(
+        source=source,
+        kind="sdxl" if shapes == "sdxl" else "sd1",
+        pipe=pipe,
+        hash="",
+        device=device,
+        dtype=dtype,
+        load_seconds=time.perf_counter() - start,
+        scheduler_config=dict(pipe.scheduler.config),
+    )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from core.bench import engine as bench
 from core.config import Settings
-from core.engine import bench
 
 
 def test_bench_reports_every_stage_and_the_ratio() -> None:

@@ -60,70 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", choices=("off", "default", "cuda-graphs"), default="off")
 
 
-def _random_weight_model(shapes: str, device, dtype, source):
-    """A full-size SD1.5 / SDXL pipeline with random weights, from the shipped config skeletons."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from diffusers.schedulers import EulerDiscreteScheduler, PNDMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from core.engine import models
-    from core.engine.skeleton import skeleton_dir
-
-    folder = skeleton_dir("sdxl" if shapes == "sdxl" else "sd1")
-    start = time.perf_counter()
-    # Weights are created directly on the device; schedulers and tokenizers stay on the CPU (the
-    # schedulers convert their tables with numpy).
-    with torch.device(device):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")).to(dtype)
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")).to(dtype)
-        te = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")).to(dtype)
-        te2 = None
-        if shapes == "sdxl":
-            config_2 = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
-            te2 = CLIPTextModelWithProjection(config_2).to(dtype)
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    if shapes == "sdxl":
-        pipe = StableDiffusionXLPipeline(
-            vae=vae,
-            text_encoder=te,
-            text_encoder_2=te2,
-            tokenizer=tokenizer,
-            tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
-            unet=unet,
-            scheduler=EulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=te,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=PNDMScheduler.from_pretrained(folder / "scheduler"),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
-        if module is not None:
-            module.requires_grad_(False).eval()
-    return models.LoadedModel(
-        source=source,
-        kind="sdxl" if shapes == "sdxl" else "sd1",
-        pipe=pipe,
-        hash="",
-        device=device,
-        dtype=dtype,
-        load_seconds=time.perf_counter() - start,
-        scheduler_config=dict(pipe.scheduler.config),
-    )
-
-
 def _peak_memory_mb(device) -> float:
     import resource
 
@@ -216,7 +152,7 @@ class _Bench:
         engine = DiffusersEngine(engine_settings)
         source = models.resolve_model(engine_settings, "bench")
         if args.shapes == "tiny":
-            from core.engine.tiny import build_tiny_sd15
+            from core.testing.tiny import build_tiny_sd15
 
             tiny = build_tiny_sd15(tmp / "tiny")
             source = dataclasses.replace(source, location=str(tiny.single_file), config=str(tiny.config))
@@ -224,7 +160,9 @@ class _Bench:
             source = models.resolve_model(engine_settings, "bench")
             model.source = source
         else:
-            model = _random_weight_model(args.shapes, engine.device, engine.dtype, source)
+            from core.testing.tiny import random_weight_model
+
+            model = random_weight_model(args.shapes, engine.device, engine.dtype, source)
         start = time.perf_counter()
         engine.models.put(model)  # compile != off on CUDA: compiles and warms up here, as at start
         self.prepare_s = time.perf_counter() - start
@@ -250,41 +188,14 @@ def _single(bench: _Bench) -> dict[str, Any]:
     import diffusers
     import torch
 
-    from core.engine import rng, samplers
-
-    args, engine, model, request, size = bench.args, bench.engine, bench.model, bench.request, bench.size
-    sync = bench.sync
-    pipe_cls = type(model.pipe)
-    pipe = pipe_cls(**model.pipe.components)
-    pipe.set_progress_bar_config(disable=True)
-    latents = rng.ImageRNG(
-        (4, size // model.vae_scale_factor, size // model.vae_scale_factor),
-        [1234 + i for i in range(args.count)],
-        source="cpu",
-    ).first()
+    args, engine = bench.args, bench.engine
+    theirs = _diffusers_run(bench)
 
     def ours() -> Any:
         start = time.perf_counter()
-        engine.generate(request)
-        sync()
+        engine.generate(bench.request)
+        bench.sync()
         return time.perf_counter() - start, engine.last_stats
-
-    def theirs() -> float:
-        pipe.scheduler = samplers.make_scheduler(model.scheduler_config, args.sampler, "Automatic")
-        start = time.perf_counter()
-        with torch.no_grad():
-            pipe(
-                request.prompt,
-                negative_prompt=request.negative_prompt,
-                num_inference_steps=args.steps,
-                guidance_scale=args.cfg,
-                latents=latents.to(engine.device, engine.dtype),
-                height=size,
-                width=size,
-                num_images_per_prompt=args.count,
-            )
-        sync()
-        return time.perf_counter() - start
 
     ours()  # warm-up
     theirs()
@@ -327,10 +238,46 @@ def _single(bench: _Bench) -> dict[str, Any]:
         "peak_memory_kind": "cuda max_memory_allocated"
         if engine.device.type == "cuda"
         else "process max RSS",
-        "model_build_s": round(model.load_seconds, 3),
+        "model_build_s": round(bench.model.load_seconds, 3),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
     }
+
+
+def _diffusers_run(bench: _Bench):
+    """A function that runs the bench's job through diffusers' own pipeline (same components, scheduler,
+    initial latents) and returns its seconds."""
+    import torch
+
+    from core.engine import rng, samplers
+
+    args, engine, model, request, size = bench.args, bench.engine, bench.model, bench.request, bench.size
+    pipe = type(model.pipe)(**model.pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    latents = rng.ImageRNG(
+        (4, size // model.vae_scale_factor, size // model.vae_scale_factor),
+        [1234 + i for i in range(args.count)],
+        source="cpu",
+    ).first()
+
+    def theirs() -> float:
+        pipe.scheduler = samplers.make_scheduler(model.scheduler_config, args.sampler, "Automatic")
+        start = time.perf_counter()
+        with torch.no_grad():
+            pipe(
+                request.prompt,
+                negative_prompt=request.negative_prompt,
+                num_inference_steps=args.steps,
+                guidance_scale=args.cfg,
+                latents=latents.to(engine.device, engine.dtype),
+                height=size,
+                width=size,
+                num_images_per_prompt=args.count,
+            )
+        bench.sync()
+        return time.perf_counter() - start
+
+    return theirs
 
 
 def _jobs(bench: _Bench, n: int) -> list:
@@ -414,30 +361,12 @@ def _queue(bench: _Bench) -> dict[str, Any]:
 
 
 async def _queue_run(bench: _Bench, max_batch: int) -> dict[str, Any]:
-    import asyncio
-    import dataclasses
-
     from core.bootstrap import bootstrap, open_database
-    from core.config import LimitSettings, QueueSettings
-    from core.services import Actor, ImagineOptions, JobDone, JobFailed
+    from core.services import Actor, ImagineOptions
 
     args, users = bench.args, bench.args.users
-    folder = Path(tempfile.mkdtemp(prefix="chant-bench-queue-", dir=bench.tmp))
     engine = _KeepOpen(bench.engine)  # the service closes its engine on stop; the next run needs it
-    settings = dataclasses.replace(
-        bench.settings,
-        engine=dataclasses.replace(bench.engine_settings, max_batch=max_batch),
-        database=dataclasses.replace(bench.settings.database, url=f"sqlite+aiosqlite:///{folder}/bench.db"),
-        limits=LimitSettings(
-            max_steps=max(args.steps, 50),
-            max_pixels=max(bench.size * bench.size, 1024 * 1024),
-            max_images=max(args.count, 4),
-            max_queued_per_user=users,
-            max_queued_per_guild=users,
-            max_queued_global=users,
-        ),
-        queue=QueueSettings(poll_interval_s=0.05, lease_seconds=600.0),
-    )
+    settings = _queue_settings(bench, max_batch)
     db = await open_database(settings)
     service = await bootstrap(settings, db=db, engine=engine, worker=True)
     events = service.events()
@@ -463,18 +392,7 @@ async def _queue_run(bench: _Bench, max_batch: int) -> dict[str, Any]:
         submitted = time.perf_counter() - start
         started = time.perf_counter()
         await service.start()
-        done = failed = 0
-        while done + failed < users:
-            try:  # a stuck queue ends the benchmark instead of hanging it
-                event = await asyncio.wait_for(anext(events), QUEUE_EVENT_TIMEOUT_S)
-            except TimeoutError:
-                raise SystemExit(
-                    f"queue bench: no result for {QUEUE_EVENT_TIMEOUT_S:.0f}s ({done + failed} of {users} done)"
-                ) from None
-            if isinstance(event, JobDone):
-                done += 1
-            elif isinstance(event, JobFailed):
-                failed += 1
+        failed = await _wait_for_results(events, users)
         seconds = time.perf_counter() - started
         worker = service.worker
         busy, batches = worker.engine_busy_s, worker.batches
@@ -499,6 +417,51 @@ async def _queue_run(bench: _Bench, max_batch: int) -> dict[str, Any]:
         # wall time from the worker's start to the last result, outside engine calls, per call
         "idle_s_per_engine_call": round((seconds - busy) / max(batches, 1), 4),
     }
+
+
+def _queue_settings(bench: _Bench, max_batch: int):
+    """The bench's settings with a fresh SQLite database, limits that take every job, a fast poll."""
+    import dataclasses
+
+    from core.config import LimitSettings, QueueSettings
+
+    args, users = bench.args, bench.args.users
+    folder = Path(tempfile.mkdtemp(prefix="chant-bench-queue-", dir=bench.tmp))
+    return dataclasses.replace(
+        bench.settings,
+        engine=dataclasses.replace(bench.engine_settings, max_batch=max_batch),
+        database=dataclasses.replace(bench.settings.database, url=f"sqlite+aiosqlite:///{folder}/bench.db"),
+        limits=LimitSettings(
+            max_steps=max(args.steps, 50),
+            max_pixels=max(bench.size * bench.size, 1024 * 1024),
+            max_images=max(args.count, 4),
+            max_queued_per_user=users,
+            max_queued_per_guild=users,
+            max_queued_global=users,
+        ),
+        queue=QueueSettings(poll_interval_s=0.05, lease_seconds=600.0),
+    )
+
+
+async def _wait_for_results(events, users: int) -> int:
+    """Wait until every job is done or failed; returns how many failed."""
+    import asyncio
+
+    from core.services import JobDone, JobFailed
+
+    done = failed = 0
+    while done + failed < users:
+        try:  # a stuck queue ends the benchmark instead of hanging it
+            event = await asyncio.wait_for(anext(events), QUEUE_EVENT_TIMEOUT_S)
+        except TimeoutError:
+            raise SystemExit(
+                f"queue bench: no result for {QUEUE_EVENT_TIMEOUT_S:.0f}s ({done + failed} of {users} done)"
+            ) from None
+        if isinstance(event, JobDone):
+            done += 1
+        elif isinstance(event, JobFailed):
+            failed += 1
+    return failed
 
 
 class _KeepOpen:

@@ -1,0 +1,242 @@
+"""The generation pipeline: txt2img, img2img, inpaint and hires fix for 1..N compatible jobs in one
+denoising loop, with A1111's semantics, on diffusers' UNet, VAE and schedulers. A single job is a batch
+of one; ``core.engine.grouping`` decides which jobs are compatible.
+
+We use the diffusers pipelines' components but run our own loop, because A1111 needs things the pipelines
+do not do: per-step prompt schedules (editing, alternation) counted in model calls, ``AND`` parts combined
+with their weights, separate cond/uncond UNet calls when their lengths differ, A1111's noise (seeds,
+variation seeds, ENSD, the ``nv`` source), and several jobs in one loop, each image as if its job ran
+alone. For a plain prompt the loop does exactly what ``StableDiffusionPipeline.__call__`` does (a test
+compares the images).
+
+Each job keeps its own prompt schedule, ``AND`` parts, negative prompt, CFG scale, seeds, variation seed,
+ENSD, source image, mask and overlay; what shapes the loop (model, size, sampler, steps, strength, hires
+geometry, LoRA set) is the batch's. A job whose inputs, prompt, source image or mask are bad fails alone,
+with the message it gets alone, before the loop starts; a failure every job shares (the model, the LoRA
+set) fails them all. A cancelled job's rows leave the loop (``core.engine.loop``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from core.engine import checks, hires, loop, models, output, prompts, vae
+from core.engine.job import Job, Outcome, RunStats, Start
+from core.engine.runtime import Runtime
+from core.types import GenerationError, GenerationRequest, GenerationResult, Progress
+
+
+class Pipeline:
+    """One run: ``Pipeline(runtime, on_progress, should_cancel)(requests, indices)`` returns one result or
+    exception per request. Callbacks take the caller's index of the job. The runtime's lock must be held."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        on_progress: Callable[[int, Progress], None] | None = None,
+        should_cancel: Callable[[int], bool] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.on_progress = on_progress
+        self.should_cancel = should_cancel
+        self.stats = RunStats()
+        self.outcomes: dict[int, Outcome] = {}
+
+    def __call__(self, requests: Sequence[GenerationRequest], indices: Sequence[int]) -> list[Outcome]:
+        start = time.perf_counter()
+        # 1. Check inputs; decode and prepare each job's source image and mask (img2img, inpaint)
+        jobs = self.check_inputs(requests, indices)
+        try:
+            if jobs:
+                self.run(jobs, start, batch=len(requests) > 1)
+        except GenerationError as exc:  # shared by all: the model, the LoRA set, the sampler
+            for job in jobs:
+                self.outcomes.setdefault(job.index, exc)
+        return [self.outcomes[index] for index in indices]
+
+    def run(self, jobs: list[Job], start: float, *, batch: bool) -> None:
+        stats, runtime = self.stats, self.runtime
+        # 2. Load the model (LRU) with its VAE; it must take the jobs' images
+        model = runtime.load_model(jobs[0].request)
+        self.check_model(model, jobs)
+        stats.load = time.perf_counter() - start
+        # 3. Interpret the prompts; apply the extra networks (<lora:…>, <hypernet:…>: the batch's set)
+        #    until the last step; encode each prompt (A1111 schedules, AND, emphasis, CLIP skip, embeddings)
+        t = time.perf_counter()
+        jobs = self.interpret(jobs)
+        if not jobs:
+            return
+        first = jobs[0].request
+        with runtime.extra_networks(model, jobs[0].interpretations[0].networks):
+            jobs = self.encode_prompt(model, jobs)
+            runtime.sync()
+            stats.encode = time.perf_counter() - t
+            if not jobs:
+                return
+            # 4. Prepare each job's start: its source's latents and keep mask (img2img, inpaint), and an
+            #    inpainting UNet's [mask, masked-image latents]
+            self.prepare_starts(model, jobs)
+            # 5.-7. Initial noise, timesteps, denoising loop
+            progress = hires.progress(first, second_pass=False) if first.enable_hr else None
+            finished = self.denoise(jobs, progress)
+        # 8. Hires fix: upscale, then a second img2img pass with each job's hires prompt
+        if finished and first.enable_hr:
+            finished = self.hires_fix(model, finished)
+        if not finished:
+            return
+        # 9. Decode; inpaint: paste each job's images back onto its own source
+        t = time.perf_counter()
+        images = runtime.decode(model, torch.cat([job.latents for job in finished]))
+        images = output.apply_overlays(finished, images)
+        runtime.sync()
+        stats.decode = time.perf_counter() - t
+        # 10. PNGs with A1111's parameters
+        self.write_results(model, finished, images, start, loop_jobs=len(jobs) if batch else None)
+
+    # -- the steps ---------------------------------------------------------------------------------------
+
+    def check_inputs(self, requests: Sequence[GenerationRequest], indices: Sequence[int]) -> list[Job]:
+        """The jobs whose options are valid and whose source and mask decode; the others fail here."""
+        jobs = []
+        for index, request in zip(indices, requests, strict=True):
+            try:
+                checks.check_inputs(request, self.settings)
+                init = checks.prepare_init(request, self.settings)  # img2img / inpaint: the source (and mask)
+                jobs.append(Job(index, request, init=init))
+            except GenerationError as exc:
+                self.outcomes[index] = exc
+        return jobs
+
+    @staticmethod
+    def check_model(model: models.LoadedModel, jobs: list[Job]) -> None:
+        in_channels = model.pipe.unet.config.in_channels
+        if any(job.init is not None for job in jobs) and in_channels not in (4, 9):
+            raise GenerationError(
+                f"this model's UNet takes {in_channels} input channels; img2img and inpaint work with "
+                "regular (4) and inpainting (9) models"
+            )
+
+    def interpret(self, jobs: list[Job]) -> list[Job]:
+        """Each job's (positive, negative) interpretations; a job whose prompt is unusable fails alone."""
+
+        def interpret(job: Job) -> None:
+            job.interpretations = prompts.interpret(job.request, self.settings)
+
+        return self._each(jobs, interpret)
+
+    def encode_prompt(self, model: models.LoadedModel, jobs: list[Job], first_pass=None) -> list[Job]:
+        """Each job's plan (inside the batch's extra networks). ``first_pass`` (hires: the first pass's
+        plans by job index): the hires prompt is encoded, with the first pass's seeds and ENSD."""
+
+        def encode(job: Job) -> None:
+            plan = None if first_pass is None else first_pass[job.index]
+            job.plan = prompts.encode_prompt(
+                job.request if plan is None else hires.hires_request(job.request),
+                model,
+                job.interpretations,
+                settings=self.settings,
+                embeddings=self.runtime.embeddings,
+                first_pass=plan,
+            )
+
+        return self._each(jobs, encode)
+
+    def prepare_starts(self, model: models.LoadedModel, jobs: list[Job]) -> None:
+        """img2img / inpaint: each job's source latents, latent keep mask and masked content; for a
+        9-channel (inpainting) UNet also its ``image_cond`` rows."""
+        in_channels = model.pipe.unet.config.in_channels
+        for job in jobs:
+            init = job.init
+            if init is None:
+                continue
+            latents = self.runtime.encode_images(model, [init.image]).repeat(job.count, 1, 1, 1)
+            keep = None
+            if init.mask is not None:
+                keep = (1.0 - torch.from_numpy(init.mask))[None, None].to(self.runtime.device, latents.dtype)
+            strength = job.request.denoising_strength
+            job.start = Start(latents=latents, strength=strength, keep=keep, fill=init.fill)
+            if in_channels == 9:
+                job.plan.image_cond = vae.inpainting_conditioning(model, init, job.count, self.runtime.device)
+
+    def denoise(self, jobs: list[Job], progress: tuple[int, int] | None) -> list[Job]:
+        """The loop (``core.engine.loop``); returns the jobs that finished, with their latents."""
+        return loop.denoise(
+            self.runtime,
+            jobs,
+            self.stats,
+            self.outcomes,
+            self.on_progress,
+            self.should_cancel,
+            progress=progress,
+        )
+
+    def hires_fix(self, model: models.LoadedModel, jobs: list[Job]) -> list[Job]:
+        """A1111's hires fix for jobs whose first passes are done: each job upscaled on its own, then one
+        second-pass loop, each job with its own hires prompt schedule, seeds and ENSD. Returns the jobs
+        that finished, their ``latents`` now the second pass's."""
+        first = {job.index: job for job in jobs}
+
+        def interpret(job: Job) -> None:
+            job.interpretations = hires.interpret(job.request, self.settings)
+
+        second = self._each([Job(job.index, job.request, init=job.init) for job in jobs], interpret)
+        if not second:
+            return []
+        runtime = self.runtime
+        for job in second:  # each upscaled as alone: a pixel upscaler decodes, resizes and encodes its images
+            latents = first[job.index].latents
+            upscaled = hires.upscale(
+                model, job.request, latents, decode=runtime.decode, encode=runtime.encode_images
+            )
+            job.start = hires.start(job.request, upscaled)
+        with runtime.extra_networks(model, second[0].interpretations[0].networks):  # equal for all
+            second = self.encode_prompt(model, second, {index: job.plan for index, job in first.items()})
+            if not second:
+                return []
+            done = self.denoise(second, hires.progress(second[0].request, second_pass=True))
+        for job in done:  # the first pass's plans write the PNGs
+            first[job.index].latents = job.latents
+        return [first[job.index] for job in done]
+
+    def write_results(
+        self, model: models.LoadedModel, jobs: list[Job], images: list, start: float, *, loop_jobs: int | None
+    ) -> None:
+        """Every finished job's PNGs (encoded in parallel) and result, with the run's timings."""
+        stats = self.stats
+        t = time.perf_counter()
+        pool = self.runtime.png_pool() if len(images) > 1 else None
+        pngs = output.write_pngs(jobs, images, self.settings, pool)
+        stats.png = time.perf_counter() - t
+        stats.total = time.perf_counter() - start
+        self.runtime.last_stats = stats
+        timings = {
+            "load": stats.load,
+            "encode": stats.encode,
+            "denoise": sum(stats.steps),
+            "decode": stats.decode,
+            "png": stats.png,
+            "total": stats.total,
+        }
+        if loop_jobs is not None:  # a batch of several jobs: how many shared the loop
+            timings["batch_jobs"] = float(loop_jobs)
+        for job, generated in zip(jobs, pngs, strict=True):
+            self.outcomes[job.index] = GenerationResult(
+                images=generated, model_name=model.name, model_hash=model.hash, timings=dict(timings)
+            )
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _each(self, jobs: list[Job], step: Callable[[Job], None]) -> list[Job]:
+        """``step`` for each job; a job it fails for (``GenerationError``) gets that outcome and leaves."""
+        kept = []
+        for job in jobs:
+            try:
+                step(job)
+                kept.append(job)
+            except GenerationError as exc:
+                self.outcomes[job.index] = exc
+        return kept
