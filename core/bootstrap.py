@@ -3,7 +3,7 @@
 Entry points (``chant run``, ``chant worker``, tests) call these builders with Settings; nothing
 else decides between the real diffusers engine and the torch-free fake, or between SQLite and
 PostgreSQL behaviour. ``CHANT_FAKE_ENGINE=1`` (delay per step in ``CHANT_FAKE_ENGINE_DELAY``
-seconds) selects :class:`core.queue.fake_engine.FakeEngine`, for tests and demos without a model.
+seconds) selects :class:`core.testing.fake_engine.FakeEngine`, for tests and demos without a model.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def build_engine(settings: Settings, env: Mapping[str, str] | None = None):
     """The real engine (torch imported here, lazily), or the fake one when the environment asks."""
     env = os.environ if env is None else env
     if fake_engine_requested(env):
-        from core.queue.fake_engine import FakeEngine
+        from core.testing.fake_engine import FakeEngine
 
         delay = env.get("CHANT_FAKE_ENGINE_DELAY", "0") or "0"
         try:

@@ -18,13 +18,19 @@ Register = Callable[[argparse._SubParsersAction], None]
 
 
 def _registrars() -> list[Register]:
-    from core import bench
+    from core.bench import cli as bench_cli
     from core.engine import cli as engine_cli
     from core.prompt import cli as prompt_cli
     from core.queue import cli as queue_cli
     from core.storage import cli as storage_cli
 
-    return [prompt_cli.register, engine_cli.register, storage_cli.register, queue_cli.register, bench.register]
+    return [
+        prompt_cli.register,
+        engine_cli.register,
+        storage_cli.register,
+        queue_cli.register,
+        bench_cli.register,
+    ]
 
 
 def build_parser(extra: Sequence[Register] = ()) -> argparse.ArgumentParser:

@@ -10,8 +10,8 @@ import pytest
 
 from core.bootstrap import bootstrap, open_database
 from core.config import LimitSettings, QueueSettings, Settings
-from core.queue.fake_engine import FakeEngine
 from core.services import Actor
+from core.testing.fake_engine import FakeEngine
 
 
 def make_settings(tmp_path, **limits) -> Settings:

@@ -147,8 +147,8 @@ async def _bench_submit(n: int) -> dict:
 
     from core.bootstrap import bootstrap, open_database
     from core.config import LimitSettings, Settings
-    from core.queue.fake_engine import FakeEngine
     from core.services import Actor, ImagineOptions
+    from core.testing.fake_engine import FakeEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings()

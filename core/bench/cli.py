@@ -1,7 +1,8 @@
 """``chant bench TARGET``: benchmark commands that print figures (never timed tests).
 
-Each target lives next to the code it measures and exposes ``add_arguments(parser)`` and
-``run(args, settings) -> dict``; results print as a table, or as JSON with ``--json``.
+Each target is a module of this package, on top of the code it measures (so no domain imports a
+benchmark), and exposes ``add_arguments(parser)`` and ``run(args, settings) -> dict``; results print
+as a table, or as JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import importlib
 import json
 
 TARGETS = {
-    "engine": "core.engine.bench",
-    "prompt": "core.prompt.bench",
-    "storage": "core.storage.bench",
-    "queue": "core.queue.bench",
+    "engine": "core.bench.engine",
+    "prompt": "core.bench.prompt",
+    "storage": "core.bench.storage",
+    "queue": "core.bench.queue",
 }
 
 
