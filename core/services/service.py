@@ -756,8 +756,7 @@ class ChantService:
             raise UserError("invalid", "Pages start at 0 and hold 1 to 100 jobs.")
         async with self.db.session() as s:
             repos = Repositories(s)
-            jobs = await repos.jobs.history(actor.user_id, limit=per_page, offset=page * per_page)
-            total = await repos.jobs.count_for_user(actor.user_id)
+            jobs, total = await repos.jobs.history_page(actor.user_id, page=page, per_page=per_page)
             return [await self._view(s, j) for j in jobs], total
 
     async def my_queue(self, actor: Actor) -> list[tuple[JobView, int]]:
