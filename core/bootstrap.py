@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from core.config import Settings
 from core.queue.store import JobStore
-from core.queue.worker import Worker
+from core.queue.worker import Worker, WorkerListener
 from core.services.events import EventHub
 from core.services.service import ChantService
 from core.storage.db import Database
@@ -73,7 +73,7 @@ def build_store(settings: Settings, db: Database, *, owner: str | None = None) -
     )
 
 
-def build_worker(settings: Settings, db: Database, engine, *, listener=None) -> Worker:
+def build_worker(settings: Settings, db: Database, engine, *, listener: WorkerListener | None = None) -> Worker:
     """One GPU worker over the jobs table (in-process or in a ``chant worker`` process)."""
     return Worker(
         build_store(settings, db),

@@ -48,37 +48,14 @@ def _worker(args: argparse.Namespace, settings) -> int:
     return asyncio.run(run_worker(settings))
 
 
-class NotifyListener:
-    """Tells bot processes about progress (start and finish are NOTIFYed by the store's transactions)."""
-
-    def __init__(self, store) -> None:
-        self.store = store
-
-    async def job_started(self, job_id: int) -> None:
-        pass
-
-    async def job_progress(self, job_id, step, total, eta_s, preview_png) -> None:
-        try:
-            await self.store.notify(
-                {"t": "progress", "id": job_id, "step": step, "total": total, "eta": eta_s}
-            )
-        except Exception:
-            log.debug("progress note for job %s not sent", job_id, exc_info=True)
-
-    async def job_finished(self, job_id: int) -> None:
-        pass
-
-
 async def run_worker(settings) -> int:
     from core.bootstrap import build_engine, build_worker, open_database
-    from core.queue.pg import listen
-    from core.queue.store import JOBS_CHANNEL
+    from core.queue import notify
 
     db = await open_database(settings)
     engine = build_engine(settings)
-    worker = build_worker(settings, db, engine)
-    worker.listener = NotifyListener(worker.store)
-    conn = await listen(db, JOBS_CHANNEL, lambda _payload: worker.wake())
+    worker = build_worker(settings, db, engine, listener=notify.ProgressNotifier(db))
+    conn = await notify.listen(db, notify.JOBS, lambda _note: worker.wake())
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -11,20 +11,21 @@ import asyncio
 import contextlib
 import dataclasses
 import difflib
-import json
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import and_, func, select
 
 from core.config import Settings
-from core.queue.fair import STANDARD_COST, Caps, FairScheduler, QueuedJob
-from core.queue.pg import listen
-from core.queue.store import EVENTS_CHANNEL, JOBS_CHANNEL, JobStore
+from core.queue import notify
+from core.queue.notify import EVENTS, JOBS, Note
+from core.queue.positions import QueuePositions
+from core.queue.store import JobStore
 from core.services.checks import find_banned, parse_for_user
 from core.services.events import EventHub
 from core.services.images import fit_size, load_mask, load_source
@@ -56,6 +57,13 @@ from core.storage.repositories import (
 )
 from core.types import GeneratedImage, GenerationRequest, Mode
 
+
+@dataclass(frozen=True)
+class Caps:
+    per_user: int
+    per_guild: int
+    global_: int
+
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
@@ -75,7 +83,6 @@ UPSCALERS = (
     "None",
 )
 MAX_HIRES_SCALE = 4.0
-DEFAULT_SECONDS_PER_UNIT = 2.0  # GPU seconds per standard image until the queue has measured some
 DEFAULT_SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DDIM", "LMS", "Heun")
 HIRES_FIELDS = ("hires", "hires_scale", "hires_steps", "hires_strength", "upscaler")
 PRESET_FIELDS = (
@@ -93,15 +100,11 @@ PRESET_FIELDS = (
     "strength",  # applies when the preset is used with a source image (/img2img)
 )
 SETTABLE_LIMITS = (*GUILD_LIMIT_FIELDS,)
-RATE_CACHE_S = 5.0  # how long a throughput measurement is reused for ETAs and estimates
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
-
-def _epoch(dt: datetime | None) -> float:
-    return dt.timestamp() if dt is not None else utcnow().timestamp()
 
 
 class ChantService:
@@ -138,8 +141,7 @@ class ChantService:
         self._announce_again = False
         self._tasks: list[asyncio.Task] = []
         self._pg_conn: Any = None
-        self._rate: float | None = None
-        self._rate_at: float | None = None
+        self.queue = QueuePositions(self.store, default_weight=settings.queue.default_guild_weight)
         if worker is not None:
             worker.listener = self
 
@@ -229,10 +231,7 @@ class ChantService:
                 except ValueError as exc:
                     raise UserError("invalid", f"I cannot store that request: {exc}.") from None
                 await repos.quotas.attach(entries, job.id)
-                if not self.db.is_sqlite:
-                    await s.execute(
-                        text("SELECT pg_notify(:c, :p)"), {"c": JOBS_CHANNEL, "p": json.dumps({"id": job.id})}
-                    )
+                await notify.send(s, JOBS, Note("queued", job.id))
                 job_id = job.id
         except _Over:
             raise await self._cap_error(over or "global", caps, actor) from None
@@ -247,9 +246,7 @@ class ChantService:
         return Receipt(job_id, position, eta)
 
     async def _estimate_seconds(self, request: GenerationRequest) -> float:
-        units = _work_units(request)
-        rate = await self._throughput()
-        return round(units / rate if rate else units * DEFAULT_SECONDS_PER_UNIT, 3)
+        return await self.queue.estimate_seconds(request)
 
     @staticmethod
     def _quota_message(exc: QuotaExceeded) -> str:
@@ -262,8 +259,7 @@ class ChantService:
         )
 
     async def _cap_error(self, limit: str, caps: Caps, actor: Actor) -> UserError:
-        fair = await self._snapshot()
-        retry = fair.retry_hint(limit, actor.guild_id, actor.user_id, now=utcnow().timestamp())
+        retry = await self.queue.retry_hint(limit, actor.guild_id, actor.user_id)
         when = (
             f" Try again in about {max(1, round(retry))} s."
             if retry is not None
@@ -736,11 +732,7 @@ class ChantService:
                     "not_cancellable", f"Job {job_id} is already {job.state}; there is nothing to cancel."
                 )
             await repos.quotas.refund(job_id)
-            if not self.db.is_sqlite:
-                await s.execute(
-                    text("SELECT pg_notify(:c, :p)"),
-                    {"c": JOBS_CHANNEL, "p": json.dumps({"t": "cancel", "id": job_id})},
-                )
+            await notify.send(s, JOBS, Note("cancel", job_id))
             await s.refresh(job)
             view = await self._view(s, job)
         if self.worker is not None:
@@ -830,52 +822,8 @@ class ChantService:
 
     # ================================================================== queue positions
 
-    async def _snapshot(self) -> FairScheduler:
-        """A scheduler holding the queue as stored (for positions, ETAs and retry hints)."""
-        fair = FairScheduler(Caps(10**9, 10**9, 10**9), workers=1)
-        async with self.db.session() as s:
-            rows = (
-                await s.execute(
-                    select(
-                        Job.id,
-                        Job.guild_id,
-                        Job.user_id,
-                        Job.cost,
-                        Job.state,
-                        Job.started_at,
-                        Job.lease_owner,
-                    )
-                    .where(Job.state.in_(("queued", "running")))
-                    .order_by(Job.id)
-                )
-            ).all()
-            weights = await Repositories(s).guilds.weights()
-        rate = await self._throughput()
-        if rate is not None:
-            fair._rate = rate
-        for gid, weight in weights.items():
-            fair.set_guild(gid, weight=weight)
-        # ETAs divide the work ahead among the workers busy right now (at least one).
-        fair.workers = max(1, len({row[6] for row in rows if row[4] == "running" and row[6]}))
-        for job_id, gid, uid, cost, state, started, _owner in rows:
-            job = QueuedJob(job_id, gid, uid, max(cost / STANDARD_COST, 1e-6))
-            if state == "running":
-                fair.add_running(job, _epoch(started))
-            else:
-                fair.submit(job, check_caps=False)
-        return fair
-
-    async def _throughput(self) -> float | None:
-        """Measured standard images per GPU second, re-read at most every few seconds."""
-        now = asyncio.get_running_loop().time()
-        if self._rate_at is None or now - self._rate_at > RATE_CACHE_S:
-            self._rate = await self.store.throughput()
-            self._rate_at = now if self._rate is not None else None  # nothing measured: ask again
-        return self._rate
-
     async def _queue_positions(self) -> dict[int, tuple[int, float | None]]:
-        fair = await self._snapshot()
-        return fair.positions(utcnow().timestamp())
+        return await self.queue.positions()
 
     async def _announce_positions(self) -> None:
         positions = await self._queue_positions()
@@ -1146,7 +1094,7 @@ class ChantService:
         async with self.db.session() as s:
             await self._require_admin(s, actor)
             stats = await Repositories(s).jobs.stats(guild_id=actor.guild_id)
-        stats["queued_all_guilds"] = len(await self._snapshot())
+        stats["queued_all_guilds"] = await self.queue.queued()
         return stats
 
     # ================================================================== lists
@@ -1229,9 +1177,7 @@ class ChantService:
     ) -> None:
         self.hub.publish(JobProgress(job_id, step, total, eta_s, preview_png))
         if self.worker is not None and not self.db.is_sqlite and preview_png is None:
-            await self.store.notify(
-                {"t": "progress", "id": job_id, "step": step, "total": total, "eta": eta_s}
-            )
+            await notify.publish(self.db, EVENTS, Note("progress", job_id, step, total, eta_s))
 
     async def job_finished(self, job_id: int) -> None:
         if job_id in self._announced:
@@ -1256,19 +1202,13 @@ class ChantService:
     # Other processes (PostgreSQL LISTEN/NOTIFY, with polling as the fallback) -------------------
 
     async def _listen(self) -> None:
-        self._pg_conn = await listen(self.db, EVENTS_CHANNEL, self._on_notify)
+        self._pg_conn = await notify.listen(self.db, EVENTS, self._on_notify)
 
-    def _on_notify(self, payload: str) -> None:
-        try:
-            note = json.loads(payload)
-            kind, job_id = note["t"], int(note["id"])
-        except (ValueError, KeyError, TypeError):
-            return
+    def _on_notify(self, note: Note) -> None:
+        kind, job_id = note.kind, note.job_id
         if kind == "progress":
             if self.worker is None or job_id not in self.worker.running_ids:
-                self.hub.publish(
-                    JobProgress(job_id, int(note["step"]), int(note["total"]), note.get("eta"), None)
-                )
+                self.hub.publish(JobProgress(job_id, note.step, note.total, note.eta_s, None))
         elif kind == "started":
             self._tasks.append(asyncio.create_task(self.job_started(job_id)))
         elif kind in ("done", "failed", "cancelled"):
@@ -1297,21 +1237,6 @@ class ChantService:
                 raise
             except Exception:
                 log.exception("polling for finished jobs failed")
-
-
-def _work_units(r: GenerationRequest) -> float:
-    """Standard images' worth of GPU work: img2img runs the strength's tail of the steps (as A1111
-    does) and hires fix adds a second pass at the upscaled size."""
-    steps = r.steps if r.mode == Mode.TXT2IMG else max(1, int(r.steps * r.denoising_strength))
-    pixel_steps = r.width * r.height * steps
-    if r.enable_hr:
-        if r.hr_resize_x and r.hr_resize_y:
-            w, h = r.hr_resize_x, r.hr_resize_y
-        else:
-            w, h = int(r.width * r.hr_scale), int(r.height * r.hr_scale)
-        second = r.hr_second_pass_steps or r.steps
-        pixel_steps += w * h * max(1, int(second * r.hr_denoising_strength))
-    return pixel_steps * r.count / STANDARD_COST
 
 
 class _Over(Exception):
