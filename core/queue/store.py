@@ -84,6 +84,15 @@ class Active:
 
 
 @dataclass(frozen=True)
+class QueueStatus:
+    """For ``chant queue status``."""
+
+    states: dict[str, int]  # jobs per state
+    busiest: list[tuple[int | None, int]]  # (guild, queued jobs), the ten with the most
+    running: list[tuple[int, int | None, str | None, datetime | None]]  # (job, guild, worker, lease until)
+
+
+@dataclass(frozen=True)
 class Claimed:
     job_id: int
     request: GenerationRequest
@@ -358,6 +367,23 @@ class JobStore:
         if requeue or failed:
             log.warning("recovered orphaned jobs: requeued %s, failed %s", requeue, failed)
         return requeue, failed
+
+    async def status(self) -> QueueStatus:
+        async with self.db.session() as s:
+            states = await s.execute(select(Job.state, func.count()).group_by(Job.state))
+            busiest = await s.execute(
+                select(Job.guild_id, func.count())
+                .where(Job.state == "queued")
+                .group_by(Job.guild_id)
+                .order_by(func.count().desc())
+                .limit(10)
+            )
+            running = await s.execute(
+                select(Job.id, Job.guild_id, Job.lease_owner, Job.lease_expires_at).where(Job.state == "running")
+            )
+            return QueueStatus(
+                {state: n for state, n in states}, [tuple(r) for r in busiest], [tuple(r) for r in running]
+            )
 
     async def state_of(self, job_id: int) -> str | None:
         async with self.db.session() as s:

@@ -34,8 +34,9 @@ class Harness:
 
     async def open(self, *, worker: bool = True, start: bool = True, engine=None):
         self.db = await open_database(self.settings)
-        self.service = await bootstrap(self.settings, db=self.db, engine=engine or self.engine, worker=worker)
-        self.service.rng = random.Random(1234)
+        self.service = await bootstrap(
+            self.settings, db=self.db, engine=engine or self.engine, worker=worker, rng=random.Random(1234)
+        )
         if start:
             await self.service.start()
         return self.service

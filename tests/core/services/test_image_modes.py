@@ -200,7 +200,7 @@ def test_upscaler_names_match_the_engine() -> None:
 
     from bot.options import Upscaler
     from core.engine.image_modes import upscaler_names
-    from core.services.service import UPSCALERS
+    from core.ranges import UPSCALERS
 
     assert list(UPSCALERS) == upscaler_names() == list(get_args(Upscaler))
 

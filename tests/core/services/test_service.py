@@ -276,6 +276,9 @@ async def test_unknown_engine_error_is_reported_with_the_job_id(harness) -> None
         def sampler_names(self):
             return ["Euler a"]
 
+        def batch_capacity(self, request):
+            return 1
+
         def generate_batch(self, requests, **kw):
             raise RuntimeError("boom")
 
@@ -295,11 +298,13 @@ async def test_dm_jobs_run_and_dm_refusal_is_configurable(harness) -> None:
     r = await service.submit_imagine(actor(guild=None), ImagineOptions(prompt="dm cat"))
     done = await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == r.job_id)
     assert done.job.guild_id is None
+    await harness.close()
     import dataclasses
 
-    service.settings = dataclasses.replace(
-        service.settings, discord=dataclasses.replace(service.settings.discord, dm_mode="refuse")
+    harness.settings = dataclasses.replace(
+        harness.settings, discord=dataclasses.replace(harness.settings.discord, dm_mode="refuse")
     )
+    service = await harness.open()
     with pytest.raises(UserError) as err:
         await service.submit_imagine(actor(guild=None), ImagineOptions(prompt="dm cat"))
     assert err.value.code == "dm"
