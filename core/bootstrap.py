@@ -79,7 +79,9 @@ def build_store(settings: Settings, db: Database, *, owner: str | None = None) -
     )
 
 
-def build_worker(settings: Settings, db: Database, engine: Engine, *, listener: WorkerListener | None = None) -> Worker:
+def build_worker(
+    settings: Settings, db: Database, engine: Engine, *, listener: WorkerListener | None = None
+) -> Worker:
     """One GPU worker over the jobs table, reporting to ``listener``: the announcer of a bot process,
     the NOTIFY sender of a ``chant worker`` process, or nobody (another process polls the table)."""
     return Worker(

@@ -84,9 +84,7 @@ def _graph() -> dict[str, set[str]]:
 def _offenders(package: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
     out = {}
     for path in _modules(package):
-        bad = sorted(
-            n for n in _imports(path) if any(n == f or n.startswith(f + ".") for f in forbidden)
-        )
+        bad = sorted(n for n in _imports(path) if any(n == f or n.startswith(f + ".") for f in forbidden))
         if bad:
             out[str(path.relative_to(ROOT))] = bad
     return out

@@ -56,7 +56,9 @@ def decode(payload: str) -> Note | None:
             return None
         if kind == "progress":
             eta = data.get("eta")
-            return Note(kind, job_id, int(data["step"]), int(data["total"]), None if eta is None else float(eta))
+            return Note(
+                kind, job_id, int(data["step"]), int(data["total"]), None if eta is None else float(eta)
+            )
         return Note(kind, job_id)
     except (ValueError, KeyError, TypeError):
         return None

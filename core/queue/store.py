@@ -149,7 +149,9 @@ class JobStore:
         ETAs do not need them)."""
         async with self.db.session() as s:
             rows = await s.execute(
-                select(Job.id, Job.guild_id, Job.user_id, Job.cost, Job.state, Job.started_at, Job.lease_owner)
+                select(
+                    Job.id, Job.guild_id, Job.user_id, Job.cost, Job.state, Job.started_at, Job.lease_owner
+                )
                 .where(Job.state.in_(("queued", "running")))
                 .order_by(Job.id)
             )
@@ -379,7 +381,9 @@ class JobStore:
                 .limit(10)
             )
             running = await s.execute(
-                select(Job.id, Job.guild_id, Job.lease_owner, Job.lease_expires_at).where(Job.state == "running")
+                select(Job.id, Job.guild_id, Job.lease_owner, Job.lease_expires_at).where(
+                    Job.state == "running"
+                )
             )
             return QueueStatus(
                 {state: n for state, n in states}, [tuple(r) for r in busiest], [tuple(r) for r in running]

@@ -52,7 +52,9 @@ async def set_quota(
             if value is None:
                 await repos.quotas.delete_rule(gid, scope, target_id, unit, period)
             else:
-                await repos.quotas.set_rule(gid, scope, target_id, unit, period, value, updated_by=actor.user_id)
+                await repos.quotas.set_rule(
+                    gid, scope, target_id, unit, period, value, updated_by=actor.user_id
+                )
         await repos.audit.add(
             gid,
             actor.user_id,
@@ -112,7 +114,9 @@ async def banned_words(
         except ValueError as exc:
             raise UserError("invalid", f"{exc}.") from None
         if add or remove:
-            await repos.audit.add(gid, actor.user_id, "banned_words", "", {"add": list(add), "remove": list(remove)})
+            await repos.audit.add(
+                gid, actor.user_id, "banned_words", "", {"add": list(add), "remove": list(remove)}
+            )
         return words
 
 
@@ -138,7 +142,9 @@ async def admin_roles(ctx: Context, actor: Actor, role_id: int, *, add: bool) ->
                 await repos.guilds.remove_admin_role(gid, role_id)
         except ValueError as exc:
             raise UserError("invalid", f"{exc}.") from None
-        await repos.audit.add(gid, actor.user_id, "admin_role.add" if add else "admin_role.remove", str(role_id))
+        await repos.audit.add(
+            gid, actor.user_id, "admin_role.add" if add else "admin_role.remove", str(role_id)
+        )
 
 
 async def stats(ctx: Context, actor: Actor) -> dict[str, int | float]:

@@ -35,7 +35,9 @@ FINISHED = ("done", "failed", "cancelled")
 
 
 class Announcer:
-    def __init__(self, db: Database, ledger: Ledger, queue: QueuePositions, *, poll_interval_s: float) -> None:
+    def __init__(
+        self, db: Database, ledger: Ledger, queue: QueuePositions, *, poll_interval_s: float
+    ) -> None:
         self.db = db
         self.ledger = ledger
         self.queue = queue

@@ -18,10 +18,14 @@ async def cancel(ctx: Context, actor: Actor, job_id: int) -> JobView:
         job = await visible_job(s, actor, job_id, for_update=not ctx.db.is_sqlite)
         refusal = "Only the person who asked for this job or a server admin can cancel it."
         if policy.acts_for_another(actor, await guild_of(s, actor), job, refusal):
-            await repos.audit.add(actor.guild_id, actor.user_id, "job.cancel", str(job_id), {"owner": job.user_id})
+            await repos.audit.add(
+                actor.guild_id, actor.user_id, "job.cancel", str(job_id), {"owner": job.user_id}
+            )
         was = job.state
         if not await repos.jobs.cancel(job_id):
-            raise UserError("not_cancellable", f"Job {job_id} is already {job.state}; there is nothing to cancel.")
+            raise UserError(
+                "not_cancellable", f"Job {job_id} is already {job.state}; there is nothing to cancel."
+            )
         await repos.quotas.refund(job_id)
         await notify.send(s, JOBS, Note("cancel", job_id))  # a worker elsewhere stops it
         await s.refresh(job)

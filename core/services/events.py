@@ -152,4 +152,3 @@ class Ledger:
         self._started.forget(event.job.id)
         self._positions.pop(event.job.id, None)
         self.hub.publish(event)
-

@@ -250,7 +250,8 @@ def check_hires(r: GenerationRequest, lim: Limits) -> None:
     if not 0 <= r.hr_second_pass_steps <= lim["max_steps"]:
         raise UserError(
             "limit.steps",
-            f"hires_steps must be between 0 and {lim['max_steps']} here (you asked for {r.hr_second_pass_steps}).",
+            f"hires_steps must be between 0 and {lim['max_steps']} here "
+            f"(you asked for {r.hr_second_pass_steps}).",
         )
     w, h = (
         (r.hr_resize_x, r.hr_resize_y)
@@ -282,7 +283,9 @@ def check_text(
         check_loras(plan, field, known_loras)
         word = find_banned(plan, banned) if banned else None
         if word is not None:
-            raise UserError("banned_word", f"Your {field} contains {word!r}, which this server does not allow.")
+            raise UserError(
+                "banned_word", f"Your {field} contains {word!r}, which this server does not allow."
+            )
 
 
 def parse_for_user(prompt: str, steps: int, *, negative: bool = False) -> Interpretation:
@@ -309,7 +312,9 @@ def check_loras(plan: Interpretation, field: str, known_loras: Callable[[], Sequ
             continue
         close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.5)
         hint = (
-            f" Did you mean {', '.join(repr(lowered[c]) for c in close)}?" if close else " See /loras for the list."
+            f" Did you mean {', '.join(repr(lowered[c]) for c in close)}?"
+            if close
+            else " See /loras for the list."
         )
         raise UserError("lora", f"Your {field} uses the LoRA {name!r}, which I do not have.{hint}")
 

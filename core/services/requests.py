@@ -56,7 +56,9 @@ def random_seed(rng: random.Random) -> int:
 
 
 def seed_of(options: ImagineOptions, rng: random.Random) -> int:
-    return options.seed if options.seed is not None and options.seed != ranges.RANDOM_SEED else random_seed(rng)
+    return (
+        options.seed if options.seed is not None and options.seed != ranges.RANDOM_SEED else random_seed(rng)
+    )
 
 
 def merge(options: ImagineOptions, preset: Mapping[str, Any]) -> ImagineOptions:

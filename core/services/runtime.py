@@ -10,7 +10,9 @@ from core.storage.db import Database
 
 
 class Runtime:
-    def __init__(self, db: Database, announcer: Announcer, worker: Worker | None, engine: Engine | None) -> None:
+    def __init__(
+        self, db: Database, announcer: Announcer, worker: Worker | None, engine: Engine | None
+    ) -> None:
         self.db = db
         self.announcer = announcer
         self.worker = worker

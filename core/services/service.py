@@ -161,7 +161,13 @@ class ChantService:
         period: str,
     ) -> None:
         await admin.set_quota(
-            self._ctx, actor, scope=scope, target_id=target_id, images=images, gpu_seconds=gpu_seconds, period=period
+            self._ctx,
+            actor,
+            scope=scope,
+            target_id=target_id,
+            images=images,
+            gpu_seconds=gpu_seconds,
+            period=period,
         )
 
     async def admin_set_limit(self, actor: Actor, name: str, value: int) -> None:

@@ -29,19 +29,24 @@ async def submit_imagine(ctx: Context, actor: Actor, options: ImagineOptions) ->
         preset = await presets.params_for(s, actor, options.preset) if options.preset else {}
         merged = requests.merge(options, preset)
         requests.check_sources(merged)
-        source = merged.init_image if merged.source_job is None else await _job_source(s, actor, merged.source_job)
+        source = (
+            merged.init_image if merged.source_job is None else await _job_source(s, actor, merged.source_job)
+        )
         lim = policy.limits(ctx.settings, guild)
         request = requests.build(
             merged,
             source,
             size_given=options.width is not None or options.height is not None,
-            default_model=(guild.default_model if guild is not None else None) or ctx.settings.engine.default_model,
+            default_model=(guild.default_model if guild is not None else None)
+            or ctx.settings.engine.default_model,
             seed=requests.seed_of(options, ctx.rng),
             max_pixels=lim["max_pixels"],
             max_input_pixels=ctx.max_input_pixels,
         )
     _check_limits(ctx, request, guild)
-    policy.check_text(request, list(guild.banned_words) if guild is not None else [], ctx.catalog.checkable_loras)
+    policy.check_text(
+        request, list(guild.banned_words) if guild is not None else [], ctx.catalog.checkable_loras
+    )
     return await enqueue(ctx, actor, guild, request, kind="imagine")
 
 
@@ -79,7 +84,9 @@ async def _job_source(s, actor: Actor, job_id: int) -> bytes:
     return images[0].png
 
 
-async def _job_for_action(ctx: Context, actor: Actor, message_id: int) -> tuple[Job, Guild | None, GenerationRequest]:
+async def _job_for_action(
+    ctx: Context, actor: Actor, message_id: int
+) -> tuple[Job, Guild | None, GenerationRequest]:
     async with ctx.db.session() as s:
         repos = Repositories(s)
         job = await repos.jobs.by_message(message_id)

@@ -71,7 +71,9 @@ async def test_the_service_takes_the_bots_whole_seed_range_and_nothing_more(tmp_
 
 
 @pytest.mark.slow
-async def test_imagine_with_the_largest_seed_is_queued_with_it_and_delivered(fake: FakeDiscord, tmp_path) -> None:
+async def test_imagine_with_the_largest_seed_is_queued_with_it_and_delivered(
+    fake: FakeDiscord, tmp_path
+) -> None:
     h = Harness(tmp_path)
     service = await h.open(start=False)  # the bot starts it
     try:
@@ -88,6 +90,8 @@ async def test_imagine_with_the_largest_seed_is_queued_with_it_and_delivered(fak
             assert f"Seed: {ranges.MAX_SEED}," in png_parameters(post.files[0][1])
             caption = post.json["content"]
             assert f"seed {ranges.MAX_SEED}" in caption
-            assert "fake-sd15" in caption  # the model the job ran on, carried by the job (no infotext parsing)
+            assert (
+                "fake-sd15" in caption
+            )  # the model the job ran on, carried by the job (no infotext parsing)
     finally:
         await h.close()

@@ -47,7 +47,6 @@ class Repositories:
         self.audit = AuditRepo(session)
 
 
-
 __all__ = [
     "GUILD_LIMIT_FIELDS",
     "MAX_PRESETS_PER_OWNER",

@@ -1,4 +1,5 @@
-"""The fair scheduler, driven by hand as the worker drives it (front, take, finish): no event loop, no clock."""
+"""The fair scheduler, driven by hand as the worker drives it (front, take, finish): no event loop and
+no clock."""
 
 from __future__ import annotations
 

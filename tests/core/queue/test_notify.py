@@ -23,8 +23,17 @@ def test_progress_carries_step_total_and_eta() -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    ["", "not json", "[]", '{"t": "done"}', '{"id": 3}', '{"t": "exploded", "id": 3}', '{"t": "done", "id": "x"}',
-     '{"t": "progress", "id": 3, "step": 1}', '{"t": "progress", "id": 3, "step": 1, "total": 2, "eta": "soon"}'],
+    [
+        "",
+        "not json",
+        "[]",
+        '{"t": "done"}',
+        '{"id": 3}',
+        '{"t": "exploded", "id": 3}',
+        '{"t": "done", "id": "x"}',
+        '{"t": "progress", "id": 3, "step": 1}',
+        '{"t": "progress", "id": 3, "step": 1, "total": 2, "eta": "soon"}',
+    ],
 )
 def test_anything_else_is_ignored(payload: str) -> None:
     assert decode(payload) is None

@@ -10,9 +10,7 @@ from core.services.api import CoreAPI
 
 def _methods(cls: type) -> dict[str, object]:
     return {
-        name: member
-        for name, member in vars(cls).items()
-        if callable(member) and not name.startswith("_")
+        name: member for name, member in vars(cls).items() if callable(member) and not name.startswith("_")
     }
 
 

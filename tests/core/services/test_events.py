@@ -49,7 +49,13 @@ async def test_the_ledger_announces_a_start_once_and_positions_only_when_they_mo
     assert ledger.started(1) and not ledger.started(1)
     ledger.moved({2: (1, None)})
     got = [await anext(sub) for _ in range(5)]
-    assert got == [JobQueued(1, 2, None), JobQueued(2, 3, None), JobQueued(1, 1, 5.0), JobStarted(1), JobQueued(2, 1, None)]
+    assert got == [
+        JobQueued(1, 2, None),
+        JobQueued(2, 3, None),
+        JobQueued(1, 1, 5.0),
+        JobStarted(1),
+        JobQueued(2, 1, None),
+    ]
     assert ledger.claim_end(1) and not ledger.claim_end(1)
     ledger.release_end(1)  # it had not ended after all
     assert ledger.claim_end(1)
