@@ -80,3 +80,14 @@ async def test_claim_with_a_limit_takes_the_first_free_ones_in_the_order_asked(d
     assert [c.job_id for c in got] == [ids[3], ids[0]]
     # a worker restarting on SQLite takes every running job back (its own process was the only one)
     assert sorted((await w2.recover(all_running=True))[0]) == sorted([ids[0], ids[1], ids[3]])
+
+
+async def test_status_counts_states_the_busiest_guilds_and_running_leases(db: Database) -> None:
+    ids = await _add(db, 3)
+    store = JobStore(db, worker_id="w1", lease_seconds=60)
+    await store.claim([ids[0]])
+    status = await store.status()
+    assert status.states == {"queued": 2, "running": 1}
+    assert status.busiest == [(1, 2)]
+    ((job_id, guild, worker, until),) = status.running
+    assert (job_id, guild, worker) == (ids[0], 1, "w1") and until is not None
