@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import signal
@@ -20,7 +19,10 @@ import discord
 import yarl
 from discord.ext import commands
 
+from bot.delivery import Delivery
+from bot.errors import on_app_command_error
 from core.config import Settings
+from core.services.api import CoreAPI
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,9 @@ def default_intents() -> discord.Intents:
 
 
 class ChantBot(commands.AutoShardedBot):
-    def __init__(self, settings: Settings, service: Any, **kwargs: Any) -> None:
+    """The bot: what the cogs get (``settings``, the core ``service``, the ``delivery`` of results)."""
+
+    def __init__(self, settings: Settings, service: CoreAPI, **kwargs: Any) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,  # no message commands: slash commands only
             intents=default_intents(),
@@ -92,14 +96,10 @@ class ChantBot(commands.AutoShardedBot):
         )
         self.settings = settings
         self.service = service
-        from bot.delivery import Delivery
-
         self.delivery = Delivery(self, service, settings)
 
     async def setup_hook(self) -> None:
-        from bot.errors import on_app_command_error
-
-        self.tree.on_error = on_app_command_error  # type: ignore[method-assign]
+        self.tree.error(on_app_command_error)
         for ext in EXTENSIONS:
             await self.load_extension(ext)
         self.delivery.start()
@@ -122,24 +122,20 @@ class ChantBot(commands.AutoShardedBot):
         await super().close()
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
-async def build_service(settings: Settings, *, with_worker: bool) -> Any:
+async def build_service(settings: Settings, *, with_worker: bool) -> CoreAPI:
     from core.bootstrap import bootstrap
 
     # --no-worker forces the worker off; otherwise settings.queue.in_process_worker decides.
-    return await _maybe_await(bootstrap(settings, worker=None if with_worker else False))
+    return await bootstrap(settings, worker=None if with_worker else False)
 
 
-async def serve(settings: Settings, token: str, *, with_worker: bool, service: Any = None) -> None:
+async def serve(settings: Settings, token: str, *, with_worker: bool, service: CoreAPI | None = None) -> None:
     """Run the bot until it is closed or the process gets SIGINT/SIGTERM."""
     configure_endpoints(settings)
     own_service = service is None
     if own_service:
         service = await build_service(settings, with_worker=with_worker)
-    await _maybe_await(service.start())
+    await service.start()
     bot = ChantBot(settings, service)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -165,7 +161,7 @@ async def serve(settings: Settings, token: str, *, with_worker: bool, service: A
         for sig in handled:
             loop.remove_signal_handler(sig)
         if own_service:
-            await _maybe_await(service.stop())
+            await service.stop()
 
 
 def run_bot(settings: Settings, with_worker: bool) -> int:

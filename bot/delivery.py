@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import io
 import logging
-import re
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import discord
 
 from bot import render
+from core.config import Settings
 from core.services import (
     JobCancelled,
     JobDone,
@@ -32,9 +33,11 @@ from core.services import (
     JobStarted,
     JobView,
 )
+from core.services.api import CoreAPI, EventStream
 from core.types import GeneratedImage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REROLL = "🔁"
 VARIATION = "🔀"
@@ -59,19 +62,6 @@ class Tracked:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-_MODEL_RE = re.compile(r"(?:^|, )Model: ([^,]+)")
-
-
-def model_name(job: JobView, images: tuple[GeneratedImage, ...] = ()) -> str | None:
-    if job.request.model:
-        return job.request.model
-    for image in images:
-        m = _MODEL_RE.search(image.infotext.splitlines()[-1] if image.infotext else "")
-        if m:
-            return m.group(1)
-    return None
-
-
 def result_caption(job: JobView, images: tuple[GeneratedImage, ...] = (), note: str | None = None) -> str:
     req = job.request
     seeds = job.seeds or tuple(i.seed for i in images)
@@ -81,7 +71,7 @@ def result_caption(job: JobView, images: tuple[GeneratedImage, ...] = (), note: 
         sampler=req.sampler,
         steps=req.steps,
         cfg=req.cfg_scale,
-        model=model_name(job, images),
+        model=job.model,
         job_id=job.id,
         width=req.width,
         height=req.height,
@@ -91,7 +81,7 @@ def result_caption(job: JobView, images: tuple[GeneratedImage, ...] = (), note: 
 
 
 class Delivery:
-    def __init__(self, bot: discord.Client, service: Any, settings: Any) -> None:
+    def __init__(self, bot: discord.Client, service: CoreAPI, settings: Settings) -> None:
         self.bot = bot
         self.service = service
         self.interval = float(settings.discord.progress_edit_interval_s)
@@ -101,7 +91,7 @@ class Delivery:
         self._posted: set[int] = set()
         self._finished_early: dict[int, JobEvent] = {}
         self._task: asyncio.Task[None] | None = None
-        self._events: Any = None
+        self._events: EventStream | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()  # set once subscribed and the backlog is posted
 
@@ -115,10 +105,9 @@ class Delivery:
             self._task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
-        close = getattr(self._events, "aclose", None)
-        if close is not None:
+        if self._events is not None:
             with contextlib.suppress(Exception):
-                await close()  # unsubscribe from the service's event hub
+                await self._events.aclose()  # unsubscribe from the service's event hub
         tasks = [t for t in [self._task, *self._tasks] if t is not None]
         for task in tasks:
             task.cancel()
@@ -126,13 +115,13 @@ class Delivery:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def until_done(self, coro: Any) -> Any:
+    async def until_done(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` so that a shutdown gives it the grace period instead of cancelling it.
 
         For the steps after a job is queued (post its status message, record the message id): cut
@@ -171,21 +160,19 @@ class Delivery:
 
     async def post_backlog(self) -> None:
         # Jobs queued before a restart: track their status messages again, so progress goes on.
-        live = getattr(self.service, "live_status_jobs", None)
-        if live is not None:
-            try:
-                for job, reply_to in await live():
-                    if job.id not in self.tracked and job.status_message_id is not None:
-                        self.track(
-                            job.id,
-                            job.channel_id,
-                            job.guild_id,
-                            job.status_message_id,
-                            reply_to=reply_to,
-                            prompt=job.request.prompt,
-                        )
-            except Exception:
-                log.exception("could not restore the live status of queued jobs")
+        try:
+            for job, reply_to in await self.service.live_status_jobs():
+                if job.id not in self.tracked and job.status_message_id is not None:
+                    self.track(
+                        job.id,
+                        job.channel_id,
+                        job.guild_id,
+                        job.status_message_id,
+                        reply_to=reply_to,
+                        prompt=job.request.prompt,
+                    )
+        except Exception:
+            log.exception("could not restore the live status of queued jobs")
         for job in await self.service.unposted_results():
             if job.state == "done":
                 images = await self.service.job_images(job.id)

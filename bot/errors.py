@@ -60,6 +60,12 @@ def unwrap(error: BaseException) -> BaseException:
 
 
 async def on_app_command_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+    """The command tree's error handler."""
+    await report_error(interaction, error)
+
+
+async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
+    """Any failure of an interaction (a command's, or a button's, which bypasses the tree) as a message."""
     original = unwrap(error)
     if isinstance(original, UserError):
         await reply_ephemeral(interaction, user_error_text(original))

@@ -1,5 +1,8 @@
 """Typed slash-command options: sizes within the guild's pixel limit, samplers, models and LoRAs by
-autocomplete, the img2img / inpaint / hires choices, and reading an interaction's attachments."""
+autocomplete, the img2img / inpaint / hires choices, and reading an interaction's attachments.
+
+Every numeric range and choice list is :mod:`core.ranges`'s, so Discord offers exactly what core and the
+engine accept."""
 
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ from typing import Any, Literal
 import discord
 from discord import app_commands
 
-from core.services import UserError
+from bot.actors import actor_from_interaction
+from bot.app import ChantBot
+from core import ranges
+from core.services import ImagineOptions, UserError
 
 # Common aspect ratios at SD1.5 and SDXL scales (all multiples of 64).
 SIZES: tuple[tuple[str, int, int], ...] = (
@@ -50,16 +56,14 @@ def size_choices(max_pixels: int, current: str = "") -> list[app_commands.Choice
     return out[:25]
 
 
-async def _limit_of(interaction: discord.Interaction) -> int:
+async def _limit_of(interaction: discord.Interaction[ChantBot]) -> int:
     """This guild's pixel limit (an admin may have lowered the operator's default)."""
-    from bot.actors import actor_from_interaction
-
     client = interaction.client
     try:
-        limits = await client.service.guild_limits(actor_from_interaction(interaction))  # type: ignore[attr-defined]
+        limits = await client.service.guild_limits(actor_from_interaction(interaction))
         return int(limits.max_pixels)
     except Exception:  # autocomplete must answer: fall back to the operator's default
-        return int(client.settings.limits.max_pixels)  # type: ignore[attr-defined]
+        return int(client.settings.limits.max_pixels)
 
 
 class SizeTransformer(app_commands.Transformer):
@@ -67,7 +71,7 @@ class SizeTransformer(app_commands.Transformer):
         return parse_size(str(value))
 
     async def autocomplete(
-        self, interaction: discord.Interaction, value: Any
+        self, interaction: discord.Interaction[ChantBot], value: Any
     ) -> list[app_commands.Choice[str]]:
         return size_choices(await _limit_of(interaction), str(value))
 
@@ -84,9 +88,9 @@ class SamplerTransformer(app_commands.Transformer):
         return str(value)  # core validates the name and answers with the known ones
 
     async def autocomplete(
-        self, interaction: discord.Interaction, value: Any
+        self, interaction: discord.Interaction[ChantBot], value: Any
     ) -> list[app_commands.Choice[str]]:
-        return _choices(interaction.client.service.sampler_names(), str(value))  # type: ignore[attr-defined]
+        return _choices(interaction.client.service.sampler_names(), str(value))
 
 
 class ModelTransformer(app_commands.Transformer):
@@ -94,9 +98,9 @@ class ModelTransformer(app_commands.Transformer):
         return str(value)
 
     async def autocomplete(
-        self, interaction: discord.Interaction, value: Any
+        self, interaction: discord.Interaction[ChantBot], value: Any
     ) -> list[app_commands.Choice[str]]:
-        return _choices(interaction.client.service.model_names(), str(value))  # type: ignore[attr-defined]
+        return _choices(interaction.client.service.model_names(), str(value))
 
 
 _LORA_RE = re.compile(r"^[^:<>\x00-\x1f]{1,100}$")  # nothing that could end the tag early
@@ -114,40 +118,60 @@ class LoraTransformer(app_commands.Transformer):
         return str(value)  # core checks the name against the LoRA folders and suggests close ones
 
     async def autocomplete(
-        self, interaction: discord.Interaction, value: Any
+        self, interaction: discord.Interaction[ChantBot], value: Any
     ) -> list[app_commands.Choice[str]]:
-        return _choices(interaction.client.service.lora_names(), str(value))  # type: ignore[attr-defined]
+        return _choices(interaction.client.service.lora_names(), str(value))
 
 
 Size = app_commands.Transform[tuple[int, int], SizeTransformer]
 Lora = app_commands.Transform[str, LoraTransformer]
 Sampler = app_commands.Transform[str, SamplerTransformer]
 Model = app_commands.Transform[str, ModelTransformer]
-Steps = app_commands.Range[int, 1, 150]
-Cfg = app_commands.Range[float, 1.0, 30.0]
-Count = app_commands.Range[int, 1, 4]
-Seed = app_commands.Range[int, -1, 2**32 - 1]
-ClipSkip = app_commands.Range[int, 1, 12]
-Strength = app_commands.Range[float, 0.0, 1.0]
-MaskBlur = app_commands.Range[int, 0, 64]
-HiresScale = app_commands.Range[float, 1.0, 4.0]
-HiresSteps = app_commands.Range[int, 0, 150]
-SourceJob = app_commands.Range[int, 1, 2**53]
-ResizeMode = Literal["just resize", "crop and resize", "resize and fill"]
-Fill = Literal["fill", "original", "latent noise", "latent nothing"]
-Upscaler = Literal[
-    "Latent",
-    "Latent (antialiased)",
-    "Latent (bicubic)",
-    "Latent (bicubic antialiased)",
-    "Latent (nearest)",
-    "Latent (nearest-exact)",
-    "Lanczos",
-    "Nearest",
-    "None",
-]
-RESIZE_MODES = {"just resize": 0, "crop and resize": 1, "resize and fill": 2}  # A1111's numbers
-FILLS = {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}
+Steps = app_commands.Range[int, ranges.MIN_STEPS, ranges.MAX_STEPS]
+Cfg = app_commands.Range[float, ranges.BOT_MIN_CFG, ranges.BOT_MAX_CFG]
+Count = app_commands.Range[int, ranges.MIN_COUNT, ranges.BOT_MAX_COUNT]
+Seed = app_commands.Range[int, ranges.RANDOM_SEED, ranges.MAX_SEED]
+ClipSkip = app_commands.Range[int, ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP]
+Strength = app_commands.Range[float, ranges.MIN_STRENGTH, ranges.MAX_STRENGTH]
+MaskBlur = app_commands.Range[int, ranges.MIN_MASK_BLUR, ranges.MAX_MASK_BLUR]
+HiresScale = app_commands.Range[float, ranges.MIN_HIRES_SCALE, ranges.MAX_HIRES_SCALE]
+HiresSteps = app_commands.Range[int, 0, ranges.MAX_HIRES_STEPS]
+# Discord's own limits: a text option holds 6,000 characters; ids are below 2**53 (JSON-safe).
+Prompt = app_commands.Range[str, 1, 6000]
+Negative = app_commands.Range[str, 0, 6000]
+JobId = app_commands.Range[int, 1, 2**53]
+# A1111's numbers by the names Discord shows.
+RESIZE_MODES = {name.lower(): number for number, name in ranges.RESIZE_MODES.items()}
+FILLS = {name: number for number, name in ranges.FILL_MODES.items()}
+# Choices built from those tables at import (discord.py reads the Literal's values).
+ResizeMode = Literal[tuple(RESIZE_MODES)]
+Fill = Literal[tuple(FILLS)]
+Upscaler = Literal[ranges.UPSCALERS]
+
+# What the options every generating command shares mean (``@app_commands.describe(**DESCRIBE, ...)``).
+DESCRIBE = {
+    "negative": "negative prompt",
+    "preset": "one of your or the server's presets (options you give here win)",
+    "steps": "sampling steps",
+    "cfg": "CFG scale",
+    "sampler": "A1111 sampler name",
+    "seed": "seed (-1 = random)",
+    "count": "number of images",
+    "model": "configured model name",
+    "clip_skip": "CLIP skip, A1111 numbering (1 = last layer)",
+}
+
+
+def command_options(
+    prompt: str, size: tuple[int, int] | None = None, lora: str | None = None, **fields: Any
+) -> ImagineOptions:
+    """A command's options for core: ``size`` splits into width and height, a ``lora`` choice appends
+    its tag to the prompt, every other option keeps its name."""
+    width, height = size if size else (None, None)
+    return ImagineOptions(
+        prompt=f"{prompt} {lora_tag(lora)}" if lora else prompt, width=width, height=height, **fields
+    )
+
 
 MAX_ATTACHMENT_BYTES = 32 * 1024 * 1024  # more than Discord's largest upload for a user
 
@@ -176,10 +200,7 @@ async def read_attachment(attachment: discord.Attachment, what: str) -> bytes:
 
 
 async def preset_autocomplete(
-    interaction: discord.Interaction, current: str
+    interaction: discord.Interaction[ChantBot], current: str
 ) -> list[app_commands.Choice[str]]:
-    from bot.actors import actor_from_interaction
-
-    service = interaction.client.service  # type: ignore[attr-defined]
-    names = await service.preset_names(actor_from_interaction(interaction), current)
+    names = await interaction.client.service.preset_names(actor_from_interaction(interaction), current)
     return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]

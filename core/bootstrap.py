@@ -3,21 +3,32 @@
 Entry points (``chant run``, ``chant worker``, tests) call these builders with Settings; nothing
 else decides between the real diffusers engine and the torch-free fake, or between SQLite and
 PostgreSQL behaviour. ``CHANT_FAKE_ENGINE=1`` (delay per step in ``CHANT_FAKE_ENGINE_DELAY``
-seconds) selects :class:`core.queue.fake_engine.FakeEngine`, for tests and demos without a model.
+seconds) selects :class:`core.testing.fake_engine.FakeEngine`, for tests and demos without a model.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import random
 import socket
 from collections.abc import Mapping
+from typing import Any
 
 from core.config import Settings
+from core.engine.api import Engine
+from core.queue import notify
+from core.queue.positions import QueuePositions
 from core.queue.store import JobStore
-from core.queue.worker import Worker
-from core.services.events import EventHub
+from core.queue.worker import Worker, WorkerListener
+from core.services.announcer import Announcer
+from core.services.context import Catalog, Context
+from core.services.events import EventHub, Ledger
+from core.services.runtime import Runtime
 from core.services.service import ChantService
+from core.storage import db as storage_db
 from core.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -28,11 +39,11 @@ def fake_engine_requested(env: Mapping[str, str] | None = None) -> bool:
     return env.get("CHANT_FAKE_ENGINE", "").strip().lower() in ("1", "true", "yes")
 
 
-def build_engine(settings: Settings, env: Mapping[str, str] | None = None):
+def build_engine(settings: Settings, env: Mapping[str, str] | None = None) -> Engine:
     """The real engine (torch imported here, lazily), or the fake one when the environment asks."""
     env = os.environ if env is None else env
     if fake_engine_requested(env):
-        from core.queue.fake_engine import FakeEngine
+        from core.testing.fake_engine import FakeEngine
 
         delay = env.get("CHANT_FAKE_ENGINE_DELAY", "0") or "0"
         try:
@@ -56,12 +67,7 @@ def worker_id(settings: Settings) -> str:
 
 async def open_database(settings: Settings, *, upgrade: bool | None = None) -> Database:
     """The process's Database; migrates to the newest schema when configured (the default)."""
-    db = Database(settings.database.url, echo=settings.database.echo)
-    if settings.database.upgrade_on_start if upgrade is None else upgrade:
-        from core.storage import migrate
-
-        await migrate.upgrade(db.engine)
-    return db
+    return await storage_db.open_database(settings.database, upgrade=upgrade)
 
 
 def build_store(settings: Settings, db: Database, *, owner: str | None = None) -> JobStore:
@@ -73,8 +79,11 @@ def build_store(settings: Settings, db: Database, *, owner: str | None = None) -
     )
 
 
-def build_worker(settings: Settings, db: Database, engine, *, listener=None) -> Worker:
-    """One GPU worker over the jobs table (in-process or in a ``chant worker`` process)."""
+def build_worker(
+    settings: Settings, db: Database, engine: Engine, *, listener: WorkerListener | None = None
+) -> Worker:
+    """One GPU worker over the jobs table, reporting to ``listener``: the announcer of a bot process,
+    the NOTIFY sender of a ``chant worker`` process, or nobody (another process polls the table)."""
     return Worker(
         build_store(settings, db),
         engine,
@@ -91,14 +100,16 @@ async def bootstrap(
     settings: Settings,
     *,
     db: Database | None = None,
-    engine=None,
+    engine: Engine | None = None,
     worker: bool | None = None,
     env: Mapping[str, str] | None = None,
+    rng: random.Random | None = None,
 ) -> ChantService:
     """Build the service the bot uses. ``worker=None`` follows ``settings.queue.in_process_worker``.
 
     Without an in-process worker (``chant run --no-worker``) no engine is loaded: model names come
-    from the config and jobs are run by ``chant worker`` processes.
+    from the config and jobs are run by ``chant worker`` processes. ``rng`` draws random seeds
+    (tests pass a seeded one).
     """
     db = db or await open_database(settings)
     run_worker = settings.queue.in_process_worker if worker is None else worker
@@ -109,13 +120,53 @@ async def bootstrap(
             "no in-process worker and a SQLite database: nothing will run jobs. SQLite serves one "
             "process; use PostgreSQL with `chant worker`, or run with the in-process worker."
         )
-    hub = EventHub()
-    the_worker = build_worker(settings, db, engine) if run_worker else None
-    return ChantService(
+    store = build_store(settings, db, owner="service")
+    queue = QueuePositions(store, default_weight=settings.queue.default_guild_weight)
+    ledger = Ledger(EventHub())
+    announcer = Announcer(db, ledger, queue, poll_interval_s=settings.queue.poll_interval_s)
+    the_worker = None
+    if run_worker:
+        assert engine is not None
+        # The in-process worker reports to the announcer: this is the one place that says so.
+        the_worker = build_worker(settings, db, engine, listener=announcer)
+    ctx = Context(
         settings,
         db,
-        engine=engine,
-        worker=the_worker,
-        hub=hub,
-        store=build_store(settings, db, owner="service"),
+        store,
+        queue,
+        ledger,
+        Catalog(settings, engine),
+        the_worker,
+        rng or random.SystemRandom(),
     )
+    return ChantService(ctx, Runtime(db, announcer, the_worker, engine))
+
+
+class WorkerProcess:
+    """``chant worker``: one GPU worker whose progress goes to the bot processes by NOTIFY, and which
+    wakes up when a bot process NOTIFYs a new or cancelled job."""
+
+    def __init__(self, db: Database, engine: Engine, worker: Worker) -> None:
+        self.db, self.engine, self.worker = db, engine, worker
+        self._listening: Any = None
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        self._listening = await notify.listen(self.db, notify.JOBS, lambda _note: self.worker.wake())
+        task = self.worker.start()
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            await self.worker.stop()
+            if self._listening is not None:
+                with contextlib.suppress(Exception):
+                    await self._listening.close()
+            self.engine.close()
+            await self.db.dispose()
+
+
+async def bootstrap_worker(settings: Settings, env: Mapping[str, str] | None = None) -> WorkerProcess:
+    db = await open_database(settings)
+    engine = build_engine(settings, env)
+    return WorkerProcess(db, engine, build_worker(settings, db, engine, listener=notify.ProgressNotifier(db)))

@@ -86,12 +86,13 @@ class GenerationRequest:
         img2img / inpaint add the denoising strength (where the loop starts); hires fix adds the hires
         geometry and second pass (resize box, or the scale when there is none; upscaler; steps; strength).
         Per job, not in the key: prompts, CFG, seeds, variation seed, ENSD, count, and the source image,
-        mask, mask blur, masked content, resize mode and masked-only options. (The engine adds the LoRA
-        sets and eta: ``core.engine.grouping.batch_key``.)
+        mask, mask blur, masked content, resize mode and masked-only options. Read from the prompt, so
+        added by the queue (``core.queue.store.batch_key``) and the engine (``core.engine.grouping.batch_key``
+        once the engine's one pipeline lands; ``core.engine.batch.batch_key`` before): the LoRA sets.
         """
         key: tuple[Any, ...] = (self.model, self.vae, self.width, self.height, self.sampler,
                                 self.schedule_type, self.steps, self.mode, self.enable_hr, self.clip_skip,
-                                self.rng)
+                                self.rng, self.eta)
         if self.mode != Mode.TXT2IMG:
             key += (self.denoising_strength,)
         if self.enable_hr:

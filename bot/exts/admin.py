@@ -12,10 +12,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actors import actor_from_interaction
+from bot.app import ChantBot
 from bot.exts.presets import PresetName, describe_options
-from bot.options import Cfg, ClipSkip, Count, Model, Sampler, Size, Steps
+from bot.options import Cfg, ClipSkip, Count, Model, Sampler, Size, Steps, command_options
 from bot.render import truncate
-from core.services import Actor, ImagineOptions, UserError
+from core.services import Actor, UserError
 
 _ID_RE = re.compile(r"\d{5,20}")
 
@@ -39,9 +40,9 @@ def parse_words(text: str | None) -> list[str]:
 @app_commands.default_permissions(manage_guild=True)
 @app_commands.guild_only()
 class AdminCog(commands.GroupCog, group_name="admin", group_description="Server settings for chant (admins)"):
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: ChantBot) -> None:
         self.bot = bot
-        self.service = bot.service  # type: ignore[attr-defined]
+        self.service = bot.service
         super().__init__()
 
     async def _admin(self, interaction: discord.Interaction) -> Actor:
@@ -113,12 +114,10 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Server 
         clip_skip: ClipSkip | None = None,
     ) -> None:
         actor = await self._admin(interaction)
-        width, height = size if size else (None, None)
-        options = ImagineOptions(
-            prompt=prompt or "",
+        options = command_options(
+            prompt or "",
+            size,
             negative=negative,
-            width=width,
-            height=height,
             steps=steps,
             cfg=cfg,
             sampler=sampler,
@@ -186,5 +185,5 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Server 
         await self._done(interaction, "\n".join(lines) or "No statistics yet.")
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: ChantBot) -> None:
     await bot.add_cog(AdminCog(bot))

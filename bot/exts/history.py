@@ -9,12 +9,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actors import actor_from_interaction
-from bot.errors import on_app_command_error
+from bot.app import ChantBot
+from bot.errors import report_error
+from bot.options import JobId
 from bot.render import escape_markdown, truncate
 from core.services import JobView, UserError
 
 PER_PAGE = 10
-JobId = app_commands.Range[int, 1, 2**53]
 
 
 def job_line(job: JobView) -> str:
@@ -63,12 +64,12 @@ class HistoryPage(
             return False
         return True
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        service = interaction.client.service  # type: ignore[attr-defined]
+    async def callback(self, interaction: discord.Interaction[ChantBot]) -> None:
+        service = interaction.client.service
         try:
             items, total = await service.history(actor_from_interaction(interaction), self.page, PER_PAGE)
         except Exception as exc:  # buttons bypass the command tree's error handler
-            await on_app_command_error(interaction, exc)  # type: ignore[arg-type]
+            await report_error(interaction, exc)
             return
         await interaction.response.edit_message(
             content=history_text(items, total, self.page), view=pager(self.user_id, self.page, total)
@@ -86,10 +87,10 @@ def pager(user_id: int, page: int, total: int) -> discord.ui.View | None:
 
 
 class HistoryCog(commands.Cog):
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: ChantBot) -> None:
         self.bot = bot
-        self.service = bot.service  # type: ignore[attr-defined]
-        self.delivery = bot.delivery  # type: ignore[attr-defined]
+        self.service = bot.service
+        self.delivery = bot.delivery
 
     @app_commands.command(name="history", description="Your recent jobs")
     @app_commands.describe(page="page number (1 = newest)")
@@ -105,9 +106,7 @@ class HistoryCog(commands.Cog):
     @app_commands.command(name="show", description="Post one of your jobs again (🔁 works on it)")
     async def show(self, interaction: discord.Interaction, job: JobId) -> None:
         await interaction.response.defer(ephemeral=True)
-        self.delivery.remember_upload_limit(
-            interaction.guild_id, getattr(interaction, "filesize_limit", None)
-        )
+        self.delivery.remember_upload_limit(interaction.guild_id, interaction.filesize_limit)
         view = await self.service.show(actor_from_interaction(interaction), job)
         if view.state != "done":
             raise UserError("not_done", f"Job #{job} is {view.state}; only finished jobs can be shown.")
@@ -148,6 +147,6 @@ def _in_channel(job: JobView, interaction: discord.Interaction) -> JobView:
     )
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: ChantBot) -> None:
     bot.add_dynamic_items(HistoryPage)
     await bot.add_cog(HistoryCog(bot))

@@ -7,6 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actors import actor_from_interaction
+from bot.app import ChantBot
 from bot.options import (
     Cfg,
     ClipSkip,
@@ -20,6 +21,7 @@ from bot.options import (
     Steps,
     Strength,
     Upscaler,
+    command_options,
     preset_autocomplete,
 )
 from bot.render import truncate
@@ -63,9 +65,9 @@ def preset_lines(presets: list[PresetView]) -> str:
 
 
 class PresetCog(commands.GroupCog, group_name="preset", group_description="Your saved /imagine options"):
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: ChantBot) -> None:
         self.bot = bot
-        self.service = bot.service  # type: ignore[attr-defined]
+        self.service = bot.service
         super().__init__()
 
     @app_commands.command(
@@ -95,12 +97,10 @@ class PresetCog(commands.GroupCog, group_name="preset", group_description="Your 
         strength: Strength | None = None,
     ) -> None:
         await interaction.response.defer(ephemeral=True)
-        width, height = size if size else (None, None)
-        explicit = ImagineOptions(
-            prompt=prompt or "",
+        explicit = command_options(
+            prompt or "",
+            size,
             negative=negative,
-            width=width,
-            height=height,
             steps=steps,
             cfg=cfg,
             sampler=sampler,
@@ -145,5 +145,5 @@ class PresetCog(commands.GroupCog, group_name="preset", group_description="Your 
         await interaction.followup.send(f"Deleted preset **{name}**.", ephemeral=True)
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: ChantBot) -> None:
     await bot.add_cog(PresetCog(bot))

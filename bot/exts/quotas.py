@@ -7,6 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actors import actor_from_interaction
+from bot.app import ChantBot
 from core.services import QuotaView
 
 
@@ -25,8 +26,8 @@ def quota_text(q: QuotaView) -> str:
 
 
 class QuotaCog(commands.Cog):
-    def __init__(self, bot: commands.Bot) -> None:
-        self.service = bot.service  # type: ignore[attr-defined]
+    def __init__(self, bot: ChantBot) -> None:
+        self.service = bot.service
 
     @app_commands.command(name="quota", description="Your usage, limits and when they reset")
     async def quota(self, interaction: discord.Interaction) -> None:
@@ -35,5 +36,5 @@ class QuotaCog(commands.Cog):
         await interaction.followup.send(quota_text(q), ephemeral=True)
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: ChantBot) -> None:
     await bot.add_cog(QuotaCog(bot))

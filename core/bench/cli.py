@@ -13,9 +13,9 @@ import json
 
 TARGETS = {
     "engine": "core.bench.engine",
-    "prompt": "core.prompt.bench",
-    "storage": "core.storage.bench",
-    "queue": "core.queue.bench",
+    "prompt": "core.bench.prompt",
+    "storage": "core.bench.storage",
+    "queue": "core.bench.queue",
 }
 
 

@@ -8,7 +8,6 @@ lease ran out goes back to the queue (``attempts`` < max) or is failed with a re
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,16 +16,16 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import JSON, BigInteger, Integer, and_, case, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.queue.fair import STANDARD_COST, QueuedJob
+from core.cost import standard_images
+from core.queue import notify
+from core.queue.fair import QueuedJob
+from core.queue.notify import EVENTS, JOBS, Note
 from core.storage.db import Database
-from core.storage.models import Guild, Job, JobInput
+from core.storage.models import Job, JobInput
 from core.storage.repositories import Repositories
 from core.types import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
-
-EVENTS_CHANNEL = "chant_events"  # NOTIFY payloads: {"t": "started"|"progress"|"done"|..., "id": job id}
-JOBS_CHANNEL = "chant_jobs"  # NOTIFY on submit / cancel so workers wake up at once
 
 # Claims and lease renewals need not wait for the WAL flush: if the server crashed and lost such a
 # commit, the job would still be queued (or its lease shorter) and another worker might run it too,
@@ -35,7 +34,8 @@ _ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
 
 
 def batch_key(request: GenerationRequest) -> tuple:
-    """Jobs with equal keys may share one engine call: ``batch_key()``, the LoRA set and eta.
+    """Jobs with equal keys may share one engine call: what shapes the loop (``request.batch_key()``)
+    and the LoRA set, the part the engine adds (``core.engine.batch.batch_key``).
 
     Torch-free (tags are read as ``core.prompt`` reads them); a job with a bad tag gets a key of its
     own, so it fails alone.
@@ -47,11 +47,11 @@ def batch_key(request: GenerationRequest) -> tuple:
         networks = networks_key(extract_networks(strip_comments(request.prompt)[0])[1])
     except ValueError:
         networks = ("unreadable", request.prompt)
-    return (*request.batch_key(), networks, request.eta)
+    return (*request.batch_key(), networks)
 
 
 _CLAIM_PG = text(
-    """
+    f"""
     WITH picked AS (
         SELECT id FROM jobs
         WHERE id = ANY(CAST(:ids AS BIGINT[])) AND state = 'queued'
@@ -62,8 +62,7 @@ _CLAIM_PG = text(
     UPDATE jobs SET state = 'running', lease_owner = :owner, lease_expires_at = :until,
                     attempts = jobs.attempts + 1, started_at = :now
     FROM picked WHERE jobs.id = picked.id
-    RETURNING jobs.id, jobs.params, jobs.attempts,
-              pg_notify(:channel, json_build_object('t', 'started', 'id', jobs.id)::text)
+    RETURNING jobs.id, jobs.params, jobs.attempts, pg_notify(:channel, {notify.started_sql("jobs.id")})
     """
 ).columns(id=BigInteger, params=JSON, attempts=Integer)
 
@@ -72,6 +71,25 @@ CRASHED_TWICE = "This job stopped the worker {n} times, so it was not retried ag
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Active:
+    """A queued or running job of the stored queue."""
+
+    job: QueuedJob
+    running: bool
+    started_at: datetime | None  # when it was claimed (running jobs)
+    worker: str | None  # the worker holding its lease (running jobs)
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """For ``chant queue status``."""
+
+    states: dict[str, int]  # jobs per state
+    busiest: list[tuple[int | None, int]]  # (guild, queued jobs), the ten with the most
+    running: list[tuple[int, int | None, str | None, datetime | None]]  # (job, guild, worker, lease until)
 
 
 @dataclass(frozen=True)
@@ -118,16 +136,29 @@ class JobStore:
                 # it takes no innocent batch-mates with it.
                 request = GenerationRequest.from_dict(params)
                 key = ("retry", job_id) if attempts else batch_key(request)
-                out.append(
-                    QueuedJob(job_id, guild_id, user_id, max(cost / STANDARD_COST, 1e-6), key, request.count)
-                )
+                out.append(QueuedJob(job_id, guild_id, user_id, standard_images(cost), key, request.count))
             return sorted(out, key=lambda j: j.job_id)
 
     async def guild_weights(self) -> dict[int, float]:
         """Operator weights of the guilds that have one other than 1.0."""
         async with self.db.session() as s:
-            rows = await s.execute(select(Guild.id, Guild.weight).where(Guild.weight != 1.0))
-            return {gid: w for gid, w in rows if w and w > 0}
+            return await Repositories(s).guilds.weights()
+
+    async def active(self) -> list[Active]:
+        """The stored queue, oldest first: every queued and running job (no batch keys: positions and
+        ETAs do not need them)."""
+        async with self.db.session() as s:
+            rows = await s.execute(
+                select(
+                    Job.id, Job.guild_id, Job.user_id, Job.cost, Job.state, Job.started_at, Job.lease_owner
+                )
+                .where(Job.state.in_(("queued", "running")))
+                .order_by(Job.id)
+            )
+            return [
+                Active(QueuedJob(job_id, gid, uid, standard_images(cost)), state == "running", started, owner)
+                for job_id, gid, uid, cost, state, started, owner in rows
+            ]
 
     # ------------------------------------------------------------------ claim, lease, finish
 
@@ -187,7 +218,7 @@ class JobStore:
             "owner": self.worker_id,
             "until": now + self.lease,
             "now": now,
-            "channel": EVENTS_CHANNEL,
+            "channel": EVENTS,
         }
         async with self.db.engine.begin() as conn:  # Core connection: the hot path skips the ORM
             await conn.execute(_ASYNC_COMMIT)
@@ -240,6 +271,7 @@ class JobStore:
                 finished_at=now,
                 gpu_seconds=gpu_seconds,
                 model_hash=result.model_hash[:16] if result.model_hash else None,
+                model=result.model_name[:200] or None,  # the model it ran on, for the caption
                 lease_owner=None,
                 lease_expires_at=None,
                 error=None,
@@ -251,8 +283,7 @@ class JobStore:
         repos = Repositories(s)
         await repos.jobs.add_images(job_id, result.images)
         await repos.quotas.commit(job_id, actual={"gpu_seconds": gpu_seconds})
-        if self.is_postgres:
-            await _notify(s, EVENTS_CHANNEL, {"t": "done", "id": job_id})
+        await notify.send(s, EVENTS, Note("done", job_id))
         return True
 
     async def fail(self, job_id: int, reason: str, *, only_if_ours: bool = True) -> bool:
@@ -277,8 +308,7 @@ class JobStore:
             if res.rowcount != 1:
                 return False
             await Repositories(s).quotas.refund(job_id)
-            if self.is_postgres:
-                await _notify(s, EVENTS_CHANNEL, {"t": "failed", "id": job_id})
+            await notify.send(s, EVENTS, Note("failed", job_id))
         return True
 
     async def release(self, job_id: int) -> None:
@@ -290,8 +320,7 @@ class JobStore:
                 .values(state="queued", lease_owner=None, lease_expires_at=None, attempts=Job.attempts - 1)
                 .execution_options(synchronize_session=False)
             )
-            if self.is_postgres:
-                await _notify(s, JOBS_CHANNEL, {"t": "queued", "id": job_id})
+            await notify.send(s, JOBS, Note("queued", job_id))
 
     async def recover(
         self, *, all_running: bool = False, now: datetime | None = None
@@ -333,21 +362,40 @@ class JobStore:
                         .execution_options(synchronize_session=False)
                     )
                     await Repositories(s).quotas.refund(job_id)
-            if self.is_postgres:
-                for job_id in failed:
-                    await _notify(s, EVENTS_CHANNEL, {"t": "failed", "id": job_id})
-                if requeue:
-                    await _notify(s, JOBS_CHANNEL, {"t": "queued", "id": requeue[0]})
+            for job_id in failed:
+                await notify.send(s, EVENTS, Note("failed", job_id))
+            if requeue:
+                await notify.send(s, JOBS, Note("queued", requeue[0]))
         if requeue or failed:
             log.warning("recovered orphaned jobs: requeued %s, failed %s", requeue, failed)
         return requeue, failed
+
+    async def status(self) -> QueueStatus:
+        async with self.db.session() as s:
+            states = await s.execute(select(Job.state, func.count()).group_by(Job.state))
+            busiest = await s.execute(
+                select(Job.guild_id, func.count())
+                .where(Job.state == "queued")
+                .group_by(Job.guild_id)
+                .order_by(func.count().desc())
+                .limit(10)
+            )
+            running = await s.execute(
+                select(Job.id, Job.guild_id, Job.lease_owner, Job.lease_expires_at).where(
+                    Job.state == "running"
+                )
+            )
+            return QueueStatus(
+                {state: n for state, n in states}, [tuple(r) for r in busiest], [tuple(r) for r in running]
+            )
 
     async def state_of(self, job_id: int) -> str | None:
         async with self.db.session() as s:
             return await s.scalar(select(Job.state).where(Job.id == job_id))
 
     async def throughput(self, last: int = 20) -> float | None:
-        """Measured standard images (fair.STANDARD_COST) per GPU second over the last finished jobs (None without data)."""
+        """Measured standard images (:mod:`core.cost`) per GPU second over the last finished jobs (None
+        without data)."""
         async with self.db.session() as s:
             sub = (
                 select(Job.cost, Job.gpu_seconds)
@@ -359,17 +407,4 @@ class JobStore:
             cost, secs = (await s.execute(select(func.sum(sub.c.cost), func.sum(sub.c.gpu_seconds)))).one()
             if not cost or not secs:
                 return None
-            return float(cost) / STANDARD_COST / float(secs)
-
-    async def notify(self, payload: dict, channel: str = EVENTS_CHANNEL) -> None:
-        """A progress or wake-up note to other processes (PostgreSQL only; a no-op on SQLite)."""
-        if not self.is_postgres:
-            return
-        async with self.db.session() as s, s.begin():
-            await _notify(s, channel, payload)
-
-
-async def _notify(s: AsyncSession, channel: str, payload: dict) -> None:
-    await s.execute(
-        text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": json.dumps(payload)}
-    )
+            return standard_images(float(cost)) / float(secs)

@@ -4,8 +4,8 @@ One loop per GPU. Each turn it syncs the scheduler with the jobs table (the sour
 the front of the fair order, claims the first job and the compatible jobs right behind it (up to the
 batch's image capacity: ``engine.max_batch``, or what the engine says fits in free VRAM) in SQL under a
 lease, runs the engine in a thread (``asyncio.to_thread``), forwards progress, stores the images and
-reports to a :class:`WorkerListener` (the service in-process; PostgreSQL NOTIFY in a ``chant worker``
-process).
+reports to a :class:`WorkerListener` (the announcer of :mod:`core.services` in-process; PostgreSQL
+NOTIFY in a ``chant worker`` process; :mod:`core.bootstrap` wires which).
 
 Storing a batch's results (database writes, listener calls) overlaps the engine running the next
 batch: the GPU does not wait for the database. Results are stored in the order their batches ran, and
@@ -20,9 +20,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from core.queue.fair import Caps, FairScheduler
+from core.engine.api import Engine
+from core.queue.fair import FairScheduler
 from core.queue.store import Claimed, JobStore
 from core.types import (
     GenerationCancelled,
@@ -50,6 +51,14 @@ class WorkerListener(Protocol):
         """The job's row reached done/failed (its images are stored); load and announce it."""
 
 
+@runtime_checkable
+class Preloads(Protocol):
+    """An engine that can load (compile, warm up) its default model ahead of the first job (the
+    diffusers engine; not part of :class:`core.engine.api.Engine`)."""
+
+    def preload(self) -> object: ...
+
+
 class NullListener:
     async def job_started(self, job_id: int) -> None:
         pass
@@ -65,7 +74,7 @@ class Worker:
     def __init__(
         self,
         store: JobStore,
-        engine,
+        engine: Engine,
         *,
         listener: WorkerListener | None = None,
         max_batch: int = 1,  # most images per engine call; 0 = ask ``engine.batch_capacity(request)``
@@ -79,8 +88,8 @@ class Worker:
         self.max_batch = max(0, max_batch)
         self.poll_interval_s = poll_interval_s
         self.recover_all_on_start = recover_all_on_start
-        # Caps are the service's business (it refuses at submit); the worker schedules what is there.
-        self.fair = FairScheduler(Caps(10**9, 10**9, 10**9), default_weight=default_weight)
+        # Caps are the submit path's business (it refuses in SQL); the worker schedules what is there.
+        self.fair = FairScheduler(default_weight=default_weight)
         self._weighted: set[int] = set()  # guilds with an operator weight (re-read on full syncs)
         self._wake = asyncio.Event()
         self._stopping = False
@@ -164,15 +173,12 @@ class Worker:
                 await self._idle()
 
     async def _preload(self) -> None:
-        """Load (compile, warm up) the default model before claiming jobs, so no user waits for it.
-
-        ``preload()`` is optional (not part of the ``Engine`` protocol): ``DiffusersEngine`` has it."""
-        preload = getattr(self.engine, "preload", None)
-        if preload is None or self._stopping:
+        """Load (compile, warm up) the default model before claiming jobs, so no user waits for it."""
+        if not isinstance(self.engine, Preloads) or self._stopping:
             return
         start = time.monotonic()
         try:
-            report = await asyncio.to_thread(preload)
+            report = await asyncio.to_thread(self.engine.preload)
         except Exception as exc:  # no default model, a broken file: jobs will say so one by one
             log.warning("could not preload the default model (%s); loading it with the first job", exc)
             return
@@ -242,11 +248,8 @@ class Worker:
         engine's estimate (``batch_capacity``: free VRAM at that size; measured once per size)."""
         if self.max_batch:
             return self.max_batch
-        estimate = getattr(self.engine, "batch_capacity", None)
-        if estimate is None:
-            return 1
         try:
-            return max(1, int(await asyncio.to_thread(estimate, first.request)))
+            return max(1, int(await asyncio.to_thread(self.engine.batch_capacity, first.request)))
         except Exception:
             log.exception("job %s: the engine could not size its batch; it runs alone", first.job_id)
             return 1
@@ -279,7 +282,7 @@ class Worker:
         self._max_seen = max(self._max_seen, *new_ids)
         new = await self.store.load(new_ids)
         for job in new:
-            self.fair.submit(job, check_caps=False)
+            self.fair.submit(job)
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):

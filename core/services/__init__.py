@@ -1,4 +1,5 @@
-"""The service layer the bot calls: :class:`ChantService` and its value types and events."""
+"""The service layer the bot calls: :class:`ChantService` (what the bot may ask is
+:class:`core.services.api.CoreAPI`), its value types and its events."""
 
 from core.services.service import ChantService
 from core.services.types import (

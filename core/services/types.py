@@ -1,7 +1,7 @@
 """Value types of the service layer: what the bot sends in and what it renders.
 
-The bot builds an :class:`Actor` and :class:`ImagineOptions` from an interaction, calls
-:class:`core.services.ChantService`, and turns :class:`Receipt`, :class:`JobView` and the job events
+The bot builds an :class:`Actor` and :class:`ImagineOptions` from an interaction, calls core through
+:class:`core.services.api.CoreAPI`, and turns :class:`Receipt`, :class:`JobView` and the job events
 into Discord messages. A :class:`UserError` is always safe to show to the user as it is.
 """
 
@@ -76,7 +76,7 @@ class ImagineOptions:
     hires_scale: float | None = None
     hires_steps: int | None = None  # 0 = as many as the first pass
     hires_strength: float | None = None
-    upscaler: str | None = None  # Latent, Lanczos, ... (see core.services.service.UPSCALERS)
+    upscaler: str | None = None  # Latent, Lanczos, ... (core.ranges.UPSCALERS)
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ class JobView:
     state: str  # queued | running | done | failed | cancelled
     request: GenerationRequest
     seeds: tuple[int, ...]
+    model: str | None  # the model it ran on (until then: the one asked for; None = the default)
     model_hash: str | None
     error: str | None
     created_at: datetime

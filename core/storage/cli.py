@@ -70,19 +70,21 @@ async def _with_engine(url: str, fn):
 def _upgrade(args: argparse.Namespace, settings) -> int:
     from core.storage import migrate
 
-    try:
-        asyncio.run(_with_engine(_url(args, settings), lambda e: migrate.upgrade(e, args.revision)))
-        print(f"database at {asyncio.run(_with_engine(_url(args, settings), migrate.current_revision))}")
-    except ValueError as exc:
-        return _fail(str(exc))
-    return 0
+    return _migrate(args, settings, lambda e: migrate.upgrade(e, args.revision))
 
 
 def _downgrade(args: argparse.Namespace, settings) -> int:
     from core.storage import migrate
 
+    return _migrate(args, settings, lambda e: migrate.downgrade(e, args.revision))
+
+
+def _migrate(args: argparse.Namespace, settings, step) -> int:
+    """Run a migration step, then say where the database is."""
+    from core.storage import migrate
+
     try:
-        asyncio.run(_with_engine(_url(args, settings), lambda e: migrate.downgrade(e, args.revision)))
+        asyncio.run(_with_engine(_url(args, settings), step))
         print(f"database at {asyncio.run(_with_engine(_url(args, settings), migrate.current_revision))}")
     except ValueError as exc:
         return _fail(str(exc))

@@ -24,6 +24,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.util import await_only
 
+from core.config import DatabaseSettings
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -127,3 +129,15 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def open_database(settings: DatabaseSettings, *, upgrade: bool | None = None) -> Database:
+    """The process's Database for ``[database]``; migrates to the newest schema when configured (the
+    default) or asked."""
+    db = Database(settings.url, echo=settings.echo)
+    if settings.upgrade_on_start if upgrade is None else upgrade:
+        from core.storage import migrate
+
+        await migrate.upgrade(db.engine)
+    return db
+

@@ -149,7 +149,12 @@ class FakeService:
             )
             self.images[job_id] = images
             view = self._set(
-                job_id, state="done", seeds=seeds, finished_at=datetime.now(UTC), model_hash="0123456789"
+                job_id,
+                state="done",
+                seeds=seeds,
+                finished_at=datetime.now(UTC),
+                model=job.request.model or "fake",
+                model_hash="0123456789",
             )
             self._emit(JobDone(view, images))
 
@@ -163,6 +168,7 @@ class FakeService:
             state="queued",
             request=request,
             seeds=(),
+            model=request.model,
             model_hash=None,
             error=None,
             created_at=datetime.now(UTC),

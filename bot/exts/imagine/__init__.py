@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from discord.ext import commands
-
+from bot.app import ChantBot
 from bot.exts.imagine._cog import ImagineCog
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: ChantBot) -> None:
     await bot.add_cog(ImagineCog(bot))

@@ -9,9 +9,11 @@ from discord.ext import commands
 
 from bot import render
 from bot.actors import actor_from_interaction, actor_from_reaction
+from bot.app import ChantBot
 from bot.delivery import DELETE, INFO_EMOJIS, REROLL, VARIATION
 from bot.errors import new_error_id, user_error_text
 from bot.options import (
+    DESCRIBE,
     FILLS,
     RESIZE_MODES,
     Cfg,
@@ -20,62 +22,48 @@ from bot.options import (
     Fill,
     HiresScale,
     HiresSteps,
+    JobId,
     Lora,
     MaskBlur,
     Model,
+    Negative,
+    Prompt,
     ResizeMode,
     Sampler,
     Seed,
     Size,
-    SourceJob,
     Steps,
     Strength,
     Upscaler,
-    lora_tag,
+    command_options,
     preset_autocomplete,
     read_attachment,
 )
-from core.services import Actor, ImagineOptions, Receipt, UserError
+from core.services import Actor, ImagineOptions, JobView, Receipt, UserError
 
 log = logging.getLogger(__name__)
 
 
-def refuse_dm_if_configured(bot: commands.Bot, guild_id: int | None) -> None:
-    if guild_id is None and bot.settings.discord.dm_mode == "refuse":  # type: ignore[attr-defined]
+def refuse_dm_if_configured(bot: ChantBot, guild_id: int | None) -> None:
+    if guild_id is None and bot.settings.discord.dm_mode == "refuse":
         raise UserError(
             "dm", "/imagine does not work in direct messages on this bot; use it in a server channel."
         )
 
 
-def _options(prompt: str, lora: str | None, size: tuple[int, int] | None, **fields) -> ImagineOptions:
-    """The options both commands share: a ``lora`` choice appends its tag, ``size`` splits in two."""
-    width, height = size if size else (None, None)
-    return ImagineOptions(
-        prompt=f"{prompt} {lora_tag(lora)}" if lora else prompt, width=width, height=height, **fields
-    )
-
-
 class ImagineCog(commands.Cog):
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: ChantBot) -> None:
         self.bot = bot
-        self.service = bot.service  # type: ignore[attr-defined]
-        self.delivery = bot.delivery  # type: ignore[attr-defined]
+        self.service = bot.service
+        self.delivery = bot.delivery
 
     @app_commands.command(name="imagine", description="Generate images from an A1111-style prompt")
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     @app_commands.describe(
         prompt="the prompt, A1111 syntax: (emphasis:1.2), [from:to:when], AND, BREAK, <lora:name:0.8>",
-        negative="negative prompt",
-        preset="one of your or the server's presets (options you give here win)",
         size="width x height (choices stay within this server's pixel limit)",
-        steps="sampling steps",
-        cfg="CFG scale",
-        sampler="A1111 sampler name",
-        seed="seed (-1 = random)",
-        count="number of images",
-        model="configured model name",
-        clip_skip="CLIP skip, A1111 numbering (1 = last layer)",
         lora="add a LoRA to the prompt (<lora:name:1>); /loras lists them",
+        **DESCRIBE,
         hires="hires fix: generate, upscale, then refine at the larger size",
         hires_scale="hires fix: upscale factor (default 2)",
         hires_steps="hires fix: second-pass steps (0 = as many as the first pass)",
@@ -86,8 +74,8 @@ class ImagineCog(commands.Cog):
     async def imagine(
         self,
         interaction: discord.Interaction,
-        prompt: app_commands.Range[str, 1, 6000],
-        negative: app_commands.Range[str, 0, 6000] | None = None,
+        prompt: Prompt,
+        negative: Negative | None = None,
         preset: str | None = None,
         size: Size | None = None,
         steps: Steps | None = None,
@@ -107,10 +95,10 @@ class ImagineCog(commands.Cog):
         # 1. Acknowledge at once: everything after this may take as long as it needs.
         await self._defer(interaction)
         # 2. Translate and submit; core validates limits, banned words, the prompt and the quota.
-        options = _options(
+        options = command_options(
             prompt,
-            lora,
             size,
+            lora,
             negative=negative,
             preset=preset,
             steps=steps,
@@ -140,32 +128,24 @@ class ImagineCog(commands.Cog):
         mask_blur="inpaint: mask blur in pixels (default 4)",
         masked_only="inpaint: work on the masked area only, at full resolution",
         fill="inpaint: what the masked area starts from (default original)",
-        negative="negative prompt",
-        preset="one of your or the server's presets (options you give here win)",
         size="output size (default: the source's, within this server's limit)",
-        steps="sampling steps",
-        cfg="CFG scale",
-        sampler="A1111 sampler name",
-        seed="seed (-1 = random)",
-        count="number of images",
-        model="configured model name",
-        clip_skip="CLIP skip, A1111 numbering (1 = last layer)",
         lora="add a LoRA to the prompt (<lora:name:1>)",
+        **DESCRIBE,
     )
     @app_commands.autocomplete(preset=preset_autocomplete)
     async def img2img(
         self,
         interaction: discord.Interaction,
-        prompt: app_commands.Range[str, 1, 6000],
+        prompt: Prompt,
         image: discord.Attachment | None = None,
-        job: SourceJob | None = None,
+        job: JobId | None = None,
         mask: discord.Attachment | None = None,
         strength: Strength | None = None,
         resize_mode: ResizeMode | None = None,
         mask_blur: MaskBlur | None = None,
         masked_only: bool | None = None,
         fill: Fill | None = None,
-        negative: app_commands.Range[str, 0, 6000] | None = None,
+        negative: Negative | None = None,
         preset: str | None = None,
         size: Size | None = None,
         steps: Steps | None = None,
@@ -183,10 +163,10 @@ class ImagineCog(commands.Cog):
         # Only the interaction's own attachments are read (Discord's CDN URLs), never a typed URL.
         init = await read_attachment(image, "source image") if image is not None else None
         mask_bytes = await read_attachment(mask, "mask") if mask is not None else None
-        options = _options(
+        options = command_options(
             prompt,
-            lora,
             size,
+            lora,
             negative=negative,
             preset=preset,
             steps=steps,
@@ -226,9 +206,7 @@ class ImagineCog(commands.Cog):
     async def _defer(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True)
         interaction.extras["public_defer"] = True
-        self.delivery.remember_upload_limit(
-            interaction.guild_id, getattr(interaction, "filesize_limit", None)
-        )
+        self.delivery.remember_upload_limit(interaction.guild_id, interaction.filesize_limit)
         refuse_dm_if_configured(self.bot, interaction.guild_id)
 
     async def _submit(self, interaction: discord.Interaction, options: ImagineOptions) -> None:
@@ -308,7 +286,7 @@ class ImagineCog(commands.Cog):
             with contextlib.suppress(discord.NotFound):
                 await channel.get_partial_message(message_id).delete()
 
-    async def _info(self, actor: Actor, job) -> None:
+    async def _info(self, actor: Actor, job: JobView) -> None:
         images = await self.service.job_images(job.id)
         hint = f"\nStart from this image: `/img2img job:{job.id}` · 🔀 on the result makes a variation."
         for n, image in enumerate(images[:4]):

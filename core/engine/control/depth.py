@@ -22,8 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.engine.control.preprocessors import find_preprocessor_model
-
 FOLDER_NAMES = (
     "depth_anything_v2",
     "Depth-Anything-V2-Small-hf",
@@ -93,3 +91,12 @@ def depth_anything_v2(image: np.ndarray, folders: tuple[str, ...], device: str =
     if float(high - low) == 0.0:
         return np.zeros((height, width), dtype=np.uint8)
     return ((depth - low) / (high - low) * 255.0).cpu().numpy().astype(np.uint8)
+
+
+def find_preprocessor_model(name: str, folders: tuple[str, ...]) -> Path:
+    """A preprocessor model folder by name, inside the configured preprocessor folders only."""
+    for folder in folders:
+        candidate = Path(folder) / name
+        if candidate.is_dir() and candidate.resolve().is_relative_to(Path(folder).resolve()):
+            return candidate.resolve()
+    raise ValueError(f"preprocessor model {name!r} not found in {', '.join(folders) or 'no folder'} (engine.preprocessor_dirs)")

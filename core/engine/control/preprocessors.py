@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -246,12 +245,3 @@ def preprocess(
             raise ValueError("pixel perfect needs the generation size")
         res = pixel_perfect_resolution(image.shape[0], image.shape[1], target_size[1], target_size[0], unit.resize_mode)
     return preprocessor.run(image, res, a, b, context or PreprocessContext()), (res, a, b)
-
-
-def find_preprocessor_model(name: str, folders: tuple[str, ...]) -> Path:
-    """A preprocessor model folder by name, inside the configured preprocessor folders only."""
-    for folder in folders:
-        candidate = Path(folder) / name
-        if candidate.is_dir() and candidate.resolve().is_relative_to(Path(folder).resolve()):
-            return candidate.resolve()
-    raise ValueError(f"preprocessor model {name!r} not found in {', '.join(folders) or 'no folder'} (engine.preprocessor_dirs)")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from core.bench import prompt as bench
 from core.config import Settings
-from core.prompt import bench, fuzz, interpret
+from core.prompt import fuzz, interpret
 
 
 def test_fuzz_command_runs_and_reports(capsys):

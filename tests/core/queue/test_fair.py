@@ -1,4 +1,5 @@
-"""The fair scheduler, driven by hand: no event loop, no clock."""
+"""The fair scheduler, driven by hand as the worker drives it (front, take, finish): no event loop and
+no clock."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.queue.fair import Caps, FairScheduler, QueuedJob, QueueFull, request_cost
+from core.queue.fair import FairScheduler, QueuedJob
 
-BIG = Caps(per_user=10_000, per_guild=10_000, global_=100_000)
+
+def serve(s: FairScheduler, now: float = 0.0) -> QueuedJob | None:
+    """The worker's decision: claim the front of the fair order (it is running from now on)."""
+    front = s.front(1)
+    return s.take(front[0].job_id, now) if front else None
 
 
 def drain(s: FairScheduler, now: float = 0.0) -> list[QueuedJob]:
     out = []
-    while (job := s.next(now)) is not None:
+    while (job := serve(s, now)) is not None:
         out.append(job)
         s.finish(job.job_id)
     return out
@@ -29,27 +34,21 @@ def submit_many(s: FairScheduler, spec: list[tuple[int | None, int, int]], start
             s.submit(QueuedJob(next(ids), guild, user))
 
 
-def test_request_cost_is_pixels_times_steps_times_images() -> None:
-    assert request_cost(512, 512, 20) == 1.0
-    assert request_cost(1024, 1024, 20, 2) == 8.0
-    with pytest.raises(ValueError, match="positive"):
-        request_cost(0, 512, 20)
-
-
 def test_one_guild_one_user_is_fifo() -> None:
-    s = FairScheduler(BIG)
+    s = FairScheduler()
     submit_many(s, [(1, 10, 5)])
     assert [j.job_id for j in drain(s)] == [1, 2, 3, 4, 5]
 
 
-def test_next_on_empty_is_none() -> None:
+def test_an_empty_queue_has_no_front_and_nothing_to_take() -> None:
     s = FairScheduler()
-    assert s.next(0.0) is None
-    assert s.next_batch(0.0, 4) == []
+    assert s.front(4) == [] and s.order() == [] and s.positions() == {}
+    with pytest.raises(KeyError, match="not queued"):
+        s.take(1)
 
 
 def test_guilds_are_interleaved_at_equal_weight() -> None:
-    s = FairScheduler(BIG)
+    s = FairScheduler()
     submit_many(s, [(1, 10, 30), (2, 20, 10), (3, 30, 2)])
     served = drain(s)
     first6 = [j.guild_id for j in served[:6]]
@@ -58,7 +57,7 @@ def test_guilds_are_interleaved_at_equal_weight() -> None:
 
 
 def test_users_within_a_guild_take_turns() -> None:
-    s = FairScheduler(BIG)
+    s = FairScheduler()
     submit_many(s, [(1, 10, 10)])
     s.submit(QueuedJob(100, 1, 20))
     served = drain(s)
@@ -67,19 +66,19 @@ def test_users_within_a_guild_take_turns() -> None:
 
 
 def test_weight_gives_proportional_service() -> None:
-    s = FairScheduler(BIG)
+    s = FairScheduler()
     s.set_guild(1, weight=2.0)
     submit_many(s, [(1, 10, 40), (2, 20, 40)])
-    first30 = [s.next().guild_id for _ in range(30)]
+    first30 = [serve(s).guild_id for _ in range(30)]
     assert first30.count(1) == 20 and first30.count(2) == 10
 
 
 def test_cost_is_charged_big_jobs_get_fewer_turns() -> None:
-    s = FairScheduler(BIG)
+    s = FairScheduler()
     for i in range(20):
         s.submit(QueuedJob(i, 1, 10, cost=4.0))
         s.submit(QueuedJob(100 + i, 2, 20, cost=1.0))
-    first = [s.next() for _ in range(15)]
+    first = [serve(s) for _ in range(15)]
     cost1 = sum(j.cost for j in first if j.guild_id == 1)
     cost2 = sum(j.cost for j in first if j.guild_id == 2)
     assert [j.guild_id for j in first].count(2) == 12
@@ -87,66 +86,53 @@ def test_cost_is_charged_big_jobs_get_fewer_turns() -> None:
 
 
 def test_dms_form_their_own_queue() -> None:
-    s = FairScheduler(BIG)
+    s = FairScheduler()
     submit_many(s, [(1, 10, 5), (None, 20, 1), (None, 30, 1)])
     served = [j.guild_id for j in drain(s)]
     assert served[:4] == [1, None, 1, None]
 
 
 def test_idle_guild_joins_at_current_virtual_time_without_banked_credit() -> None:
-    s = FairScheduler(BIG)
+    s = FairScheduler()
     submit_many(s, [(1, 10, 20)])
     for _ in range(10):
-        s.finish(s.next().job_id)
+        s.finish(serve(s).job_id)
     submit_many(s, [(2, 20, 10)], start=1000)
     served = [j.guild_id for j in drain(s)[:10]]
     assert served.count(2) == 5  # alternates from now on; no burst of 10 for guild 2
 
 
-def test_per_user_cap_counts_queued_and_running_and_names_the_limit() -> None:
-    s = FairScheduler(Caps(per_user=3, per_guild=50, global_=500))
-    submit_many(s, [(1, 10, 3)])
-    with pytest.raises(QueueFull) as err:
-        s.submit(QueuedJob(99, 1, 10))
-    assert err.value.limit == "user" and err.value.cap == 3
-    assert err.value.retry_after_s is None  # nothing measured yet
-    job = s.next(0.0)
-    with pytest.raises(QueueFull):
-        s.submit(QueuedJob(99, 1, 10))  # running still counts
-    s.finish(job.job_id, 2.0)
-    s.submit(QueuedJob(99, 1, 10))
-    # the same user in another guild has their own allowance
-    s.submit(QueuedJob(100, 2, 10))
+def test_taking_a_job_behind_the_head_charges_its_guild_as_if_served_in_order() -> None:
+    """A worker may claim a batch-mate (or skip a head another worker holds): fairness holds."""
+    s = FairScheduler()
+    submit_many(s, [(1, 10, 2), (2, 20, 2)])  # fair order: 1, 3, 2, 4
+    assert [j.job_id for j in s.order()] == [1, 3, 2, 4]
+    s.finish(s.take(3).job_id)  # guild 2's first job, out of turn
+    assert [j.guild_id for j in drain(s)] == [1, 2, 1]  # guild 2 already had its turn: 2, 1, 2, 1
 
 
 def test_retry_hint_comes_from_measured_throughput() -> None:
-    s = FairScheduler(Caps(per_user=1, per_guild=50, global_=500))
+    s = FairScheduler()
     s.submit(QueuedJob(1, 1, 10, cost=2.0))
-    s.finish(s.next(0.0).job_id, 4.0)  # 2 units in 4 s -> 0.5 units/s
+    s.finish(serve(s, 0.0).job_id, 4.0)  # 2 units in 4 s -> 0.5 units/s
     assert s.rate == pytest.approx(0.5)
     s.submit(QueuedJob(2, 1, 10, cost=2.0))
-    s.next(10.0)
-    with pytest.raises(QueueFull) as err:
-        s.check(1, 10, now=11.0)
-    assert err.value.retry_after_s == pytest.approx(3.0)  # 1.5 units left at 0.5/s
+    serve(s, 10.0)
+    assert s.retry_hint("user", 1, 10, now=11.0) == pytest.approx(3.0)  # 1.5 units left at 0.5/s
+    assert s.retry_hint("guild", 1, 99, now=11.0) == pytest.approx(3.0)
+    assert s.retry_hint("user", 2, 10, now=11.0) is None  # nothing of this user's here
+    assert FairScheduler().retry_hint("global", 1, 10) is None  # nothing measured yet
 
 
-def test_guild_and_global_caps() -> None:
-    s = FairScheduler(Caps(per_user=5, per_guild=4, global_=6))
-    submit_many(s, [(1, 10, 2), (1, 11, 2)])
-    with pytest.raises(QueueFull) as err:
-        s.submit(QueuedJob(50, 1, 12))
-    assert err.value.limit == "guild"
-    submit_many(s, [(2, 10, 2)], start=60)
-    with pytest.raises(QueueFull) as err:
-        s.submit(QueuedJob(70, 3, 10))
-    assert err.value.limit == "global"
-    s.set_guild(1, caps=Caps(per_user=1, per_guild=100, global_=6))
-    assert s.caps_for(1).per_user == 1
+def test_a_rebuilt_queue_takes_its_measured_rate_and_worker_count() -> None:
+    s = FairScheduler(rate=0.5, workers=2)
+    s.add_running(QueuedJob(1, 1, 10, cost=2.0), started=0.0)
+    s.submit(QueuedJob(2, 2, 20, cost=1.0))
+    assert s.positions(now=2.0) == {1: (0, 0.0), 2: (1, pytest.approx(1.0))}  # 1 unit left / (0.5 × 2)
 
 
-def test_cancel_removes_a_queued_job_and_frees_its_slot() -> None:
-    s = FairScheduler(Caps(per_user=2, per_guild=50, global_=500))
+def test_cancel_removes_a_queued_job() -> None:
+    s = FairScheduler()
     submit_many(s, [(1, 10, 2), (2, 20, 1)])
     assert s.cancel(1).job_id == 1
     assert s.cancel(1) is None
@@ -155,7 +141,7 @@ def test_cancel_removes_a_queued_job_and_frees_its_slot() -> None:
 
 
 def test_cancelling_a_guilds_only_job_leaves_no_ghost_turn() -> None:
-    s = FairScheduler(BIG)
+    s = FairScheduler()
     submit_many(s, [(1, 10, 1), (2, 20, 2)])
     s.cancel(1)
     assert [j.job_id for j in drain(s)] == [2, 3]
@@ -180,40 +166,18 @@ def test_duplicate_and_free_jobs_are_refused() -> None:
 
 
 def test_positions_and_eta_follow_the_fair_order() -> None:
-    s = FairScheduler(BIG)
+    s = FairScheduler()
     submit_many(s, [(1, 10, 3), (2, 20, 1)])
     pos = s.positions()
     assert pos[1][0] == 1 and pos[4][0] == 2 and pos[2][0] == 3 and pos[3][0] == 4
     assert pos[1][1] is None  # no throughput measured yet
-    job = s.next(0.0)
+    job = serve(s, 0.0)
     s.finish(job.job_id, 2.0)  # 1 unit per 2 s
-    job = s.next(2.0)
+    job = serve(s, 2.0)
     pos = s.positions(3.0)
     assert pos[job.job_id] == (0, 0.0)
     assert pos[2] == (1, pytest.approx(1.0))  # half of the running job left
     assert pos[3] == (2, pytest.approx(3.0))
-
-
-def test_next_batch_takes_compatible_jobs_from_the_front_only() -> None:
-    s = FairScheduler(BIG)
-    s.submit(QueuedJob(1, 1, 10, batch_key="a"))
-    s.submit(QueuedJob(2, 2, 20, batch_key="a"))
-    s.submit(QueuedJob(3, 3, 30, batch_key="b"))
-    s.submit(QueuedJob(4, 4, 40, batch_key="a"))
-    assert [j.job_id for j in s.next_batch(0.0, 8)] == [1, 2]  # 3 is next and differs: stop
-    assert [j.job_id for j in s.next_batch(0.0, 8)] == [3]
-    assert [j.job_id for j in s.next_batch(0.0, 8)] == [4]
-    s2 = FairScheduler(BIG)
-    submit_many(s2, [(g, g, 3) for g in range(1, 5)])
-    assert len(s2.next_batch(0.0, 5)) == 5
-
-
-def test_requeue_puts_a_running_job_back_in_front() -> None:
-    s = FairScheduler(BIG)
-    submit_many(s, [(1, 10, 3)])
-    job = s.next(0.0)
-    s.requeue(job.job_id)
-    assert [j.job_id for j in drain(s)] == [1, 2, 3]
 
 
 # ---------------------------------------------------------------------- properties
@@ -221,7 +185,7 @@ def test_requeue_puts_a_running_job_back_in_front() -> None:
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("submit"), st.integers(0, 5), st.integers(0, 3), st.sampled_from([0.5, 1.0, 3.0])),
-        st.tuples(st.just("next"), st.just(0), st.just(0), st.just(0.0)),
+        st.tuples(st.just("serve"), st.just(0), st.just(0), st.just(0.0)),
         st.tuples(st.just("cancel"), st.integers(0, 60), st.just(0), st.just(0.0)),
     ),
     max_size=80,
@@ -229,10 +193,9 @@ ops = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(ops, st.integers(1, 4))
-def test_property_order_caps_and_bookkeeping(script, per_user) -> None:
-    caps = Caps(per_user=per_user, per_guild=8, global_=20)
-    s = FairScheduler(caps)
+@given(ops)
+def test_property_order_predicts_service_and_bookkeeping(script) -> None:
+    s = FairScheduler()
     ids = itertools.count(1)
     submitted: dict[tuple[int | None, int], list[int]] = {}
     served: dict[tuple[int | None, int], list[int]] = {}
@@ -241,18 +204,17 @@ def test_property_order_caps_and_bookkeeping(script, per_user) -> None:
         if op == "submit":
             guild = None if a == 0 else a
             job = QueuedJob(next(ids), guild, b, cost=cost)
-            try:
-                s.submit(job)
-            except QueueFull:
-                continue
+            s.submit(job)
             submitted.setdefault((guild, b), []).append(job.job_id)
             live.add(job.job_id)
-        elif op == "next":
+        elif op == "serve":
             predicted = s.order()
-            job = s.next()
+            job = serve(s)
             assert (job is None) == (not predicted)
             if job is not None:
-                assert job is predicted[0]  # order() predicts exactly what next() does
+                assert job is predicted[0]
+                # serving the head leaves the rest of the predicted order as it was
+                assert s.order() == predicted[1:]
                 served.setdefault((job.guild_id, job.user_id), []).append(job.job_id)
                 s.finish(job.job_id)
                 live.discard(job.job_id)
@@ -261,20 +223,13 @@ def test_property_order_caps_and_bookkeeping(script, per_user) -> None:
             for lst in submitted.values():
                 if a in lst:
                     lst.remove(a)
-        # caps are never exceeded
-        per_user_counts: dict[tuple, int] = {}
-        per_guild_counts: dict = {}
-        for j in s.queued():
-            per_user_counts[(j.queue_key, j.user_id)] = per_user_counts.get((j.queue_key, j.user_id), 0) + 1
-            per_guild_counts[j.queue_key] = per_guild_counts.get(j.queue_key, 0) + 1
-        assert all(n <= per_user for n in per_user_counts.values())
-        assert all(n <= caps.per_guild for n in per_guild_counts.values())
-        assert len(s) <= caps.global_
-        assert {j.job_id for j in s.queued()} == live
+        assert {j.job_id for j in s.queued()} == live and len(s) == len(live)
+    predicted = s.order()
     rest = drain(s)
+    assert rest == predicted  # order() predicts exactly what the worker will be served
     for job in rest:
         served.setdefault((job.guild_id, job.user_id), []).append(job.job_id)
-    # every accepted, uncancelled job is served exactly once, in its user's submission order
+    # every uncancelled job is served exactly once, in its user's submission order
     assert served == {k: v for k, v in submitted.items() if v}
 
 
@@ -289,7 +244,7 @@ def test_property_order_caps_and_bookkeeping(script, per_user) -> None:
 )
 def test_property_no_starvation(flooders, victim_jobs) -> None:
     """A guild that arrives behind flooders is served within a bounded number of decisions."""
-    s = FairScheduler(BIG)
+    s = FairScheduler()
     ids = itertools.count(1)
     guilds = set()
     for guild, user, cost in flooders:
@@ -302,7 +257,7 @@ def test_property_no_starvation(flooders, victim_jobs) -> None:
     served = 0
     pending = {j.job_id for j in victim}
     while pending:
-        job = s.next()
+        job = serve(s)
         s.finish(job.job_id)
         served += 1
         pending.discard(job.job_id)
@@ -312,7 +267,7 @@ def test_property_no_starvation(flooders, victim_jobs) -> None:
 
 
 def test_jain_index_of_the_fairness_scenario_is_near_one() -> None:
-    s = FairScheduler(BIG)
+    s = FairScheduler()
     submit_many(s, [(1, 10, 30), (2, 20, 10), (3, 30, 2)])
     first6 = drain(s)[:6]
     per_guild = [sum(1 for j in first6 if j.guild_id == g) for g in (1, 2, 3)]

@@ -165,14 +165,15 @@ async def test_batches_are_sized_in_images_by_the_engine(tmp_path) -> None:
     await h.close()
 
 
-async def test_an_engine_without_an_estimate_runs_one_job_per_call(tmp_path) -> None:
+async def test_an_engine_that_cannot_size_a_batch_runs_one_job_per_call(tmp_path) -> None:
     class NoEstimate:
         def __init__(self, engine) -> None:
             self._engine = engine
 
+        def batch_capacity(self, request):
+            raise RuntimeError("no memory probe on this device")
+
         def __getattr__(self, name):
-            if name == "batch_capacity":
-                raise AttributeError(name)
             return getattr(self._engine, name)
 
     h = Harness(tmp_path)

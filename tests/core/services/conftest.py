@@ -10,8 +10,8 @@ import pytest
 
 from core.bootstrap import bootstrap, open_database
 from core.config import LimitSettings, QueueSettings, Settings
-from core.queue.fake_engine import FakeEngine
 from core.services import Actor
+from core.testing.fake_engine import FakeEngine
 
 
 def make_settings(tmp_path, **limits) -> Settings:
@@ -34,8 +34,9 @@ class Harness:
 
     async def open(self, *, worker: bool = True, start: bool = True, engine=None):
         self.db = await open_database(self.settings)
-        self.service = await bootstrap(self.settings, db=self.db, engine=engine or self.engine, worker=worker)
-        self.service.rng = random.Random(1234)
+        self.service = await bootstrap(
+            self.settings, db=self.db, engine=engine or self.engine, worker=worker, rng=random.Random(1234)
+        )
         if start:
             await self.service.start()
         return self.service

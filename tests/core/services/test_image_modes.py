@@ -239,21 +239,21 @@ def test_upscaler_names_match_the_engine() -> None:
 
     from bot.options import Upscaler
     from core.engine.image_modes import upscaler_names
-    from core.services.service import UPSCALERS
+    from core.ranges import UPSCALERS
 
     assert list(UPSCALERS) == upscaler_names() == list(get_args(Upscaler))
 
 
 def test_hires_and_img2img_are_estimated_by_the_work_they_do() -> None:
-    from core.services.service import _work_units
+    from core.cost import pixel_steps
     from core.types import GenerationRequest
 
     plain = GenerationRequest(prompt="x", width=512, height=512, steps=20)
-    assert _work_units(
+    assert pixel_steps(
         plain.replace(enable_hr=True, hr_scale=2.0, hr_denoising_strength=0.5)
-    ) == pytest.approx(_work_units(plain) * (1 + 4 * 0.5))
+    ) == pytest.approx(pixel_steps(plain) * (1 + 4 * 0.5))
     img2img = plain.replace(mode=Mode.IMG2IMG, init_image=b"x", denoising_strength=0.25)
-    assert _work_units(img2img) == pytest.approx(_work_units(plain) / 4)
+    assert pixel_steps(img2img) == pytest.approx(pixel_steps(plain) / 4)
 
 
 def test_fit_size_keeps_the_aspect_within_the_limit() -> None:

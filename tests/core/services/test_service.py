@@ -118,6 +118,27 @@ async def test_per_user_queue_cap_names_the_limit(harness) -> None:
     assert [p for _, p in await service.my_queue(a)] == [1, 2, 4, 5]
 
 
+async def test_guild_and_global_queue_caps_count_the_stored_queue(tmp_path) -> None:
+    from tests.core.services.conftest import Harness
+
+    h = Harness(tmp_path, max_queued_per_user=5, max_queued_per_guild=4, max_queued_global=6)
+    service = await h.open(start=False)
+    for user in (10, 10, 11, 11):
+        await service.submit_imagine(actor(user=user), ImagineOptions(prompt="x"))
+    with pytest.raises(UserError) as err:
+        await service.submit_imagine(actor(user=12), ImagineOptions(prompt="x"))
+    assert err.value.code == "queue.guild_limit" and "4" in str(err.value)
+    for _ in range(2):
+        await service.submit_imagine(actor(user=20, guild=2), ImagineOptions(prompt="x"))
+    with pytest.raises(UserError) as err:
+        await service.submit_imagine(actor(user=30, guild=3), ImagineOptions(prompt="x"))
+    assert err.value.code == "queue.global_limit" and "6" in str(err.value)
+    assert err.value.retry_after_s is None and "when one finishes" in str(err.value)  # nothing measured
+    await service.cancel(actor(user=20, guild=2), 5)  # a cancelled job frees its slot
+    await service.submit_imagine(actor(user=30, guild=3), ImagineOptions(prompt="x"))
+    await h.close()
+
+
 async def test_quota_exhausted_names_the_reset_time_and_failure_refunds(harness) -> None:
     service = await harness.open()
     admin = actor(user=1, manage_guild=True)
@@ -276,6 +297,9 @@ async def test_unknown_engine_error_is_reported_with_the_job_id(harness) -> None
         def sampler_names(self):
             return ["Euler a"]
 
+        def batch_capacity(self, request):
+            return 1
+
         def generate_batch(self, requests, **kw):
             raise RuntimeError("boom")
 
@@ -295,11 +319,13 @@ async def test_dm_jobs_run_and_dm_refusal_is_configurable(harness) -> None:
     r = await service.submit_imagine(actor(guild=None), ImagineOptions(prompt="dm cat"))
     done = await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == r.job_id)
     assert done.job.guild_id is None
+    await harness.close()
     import dataclasses
 
-    service.settings = dataclasses.replace(
-        service.settings, discord=dataclasses.replace(service.settings.discord, dm_mode="refuse")
+    harness.settings = dataclasses.replace(
+        harness.settings, discord=dataclasses.replace(harness.settings.discord, dm_mode="refuse")
     )
+    service = await harness.open()
     with pytest.raises(UserError) as err:
         await service.submit_imagine(actor(guild=None), ImagineOptions(prompt="dm cat"))
     assert err.value.code == "dm"

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 
+from core.cost import pixel_steps
 from core.storage.db import Database
 from core.storage.models import utcnow
 from core.storage.repositories import JobRepo, Repositories
@@ -96,7 +97,7 @@ async def test_full_request_with_input_images_round_trips(db: Database) -> None:
             512,
             20,
         )
-        assert job.cost == 512 * 512 * 20 * 2
+        assert job.cost == pixel_steps(request)  # the one job cost (core.cost)
         assert job.created_at.tzinfo is not None and abs(job.created_at - utcnow()) < timedelta(minutes=1)
 
 
@@ -159,60 +160,28 @@ async def test_history_is_newest_first_paged_and_counted(db: Database) -> None:
         await _add(s, user_id=11)
     async with db.transaction() as s:
         repo = JobRepo(s)
-        assert [j.id for j in await repo.history(10, limit=3)] == ids[::-1][:3]
-        assert [j.id for j in await repo.history(10, limit=3, offset=6)] == [ids[0]]
+        assert [j.id for j in (await repo.history_page(10, per_page=3))[0]] == ids[::-1][:3]
+        assert [j.id for j in (await repo.history_page(10, page=2, per_page=3))[0]] == [ids[0]]
         assert await repo.count_for_user(10) == 7
         assert await repo.count_for_user(10, guild_id=2) == 3
-        assert [j.id for j in await repo.history(10, guild_id=2)] == [ids[5], ids[3], ids[1]]
+        assert [j.id for j in (await repo.history_page(10, guild_id=2))[0]] == [ids[5], ids[3], ids[1]]
         assert (await repo.last_for_user(10)).id == ids[-1]
 
 
-async def test_claim_is_compare_and_set_and_lease_rules(db: Database) -> None:
-    now = utcnow()
-    async with db.transaction(write=True) as s:
-        job_id = (await _add(s)).id
-    async with db.transaction(write=True) as s:
-        repo = JobRepo(s)
-        assert await repo.claim(job_id, "w1", now + timedelta(seconds=60), now=now)
-        assert not await repo.claim(job_id, "w2", now + timedelta(seconds=60))
-        job = await repo.get(job_id)
-        assert (job.state, job.lease_owner, job.attempts, job.started_at is not None) == (
-            "running",
-            "w1",
-            1,
-            True,
-        )
-        assert not await repo.renew_lease(job_id, "w2", now + timedelta(seconds=120))
-        assert await repo.renew_lease(job_id, "w1", now + timedelta(seconds=120))
-        assert not await repo.finish(job_id, "done", owner="w2")
-        assert job.state == "running"
-    # The lease expires: back to the queue once, then failed with a reason.
-    async with db.transaction(write=True) as s:
-        repo = JobRepo(s)
-        assert (await repo.recover_expired(now=now + timedelta(seconds=60))).requeued == []
-        rec = await repo.recover_expired(now=now + timedelta(seconds=121), max_attempts=2)
-        assert (rec.requeued, rec.failed) == ([job_id], [])
-        assert [j.id for j in await repo.queued()] == [job_id]
-        assert await repo.claim(job_id, "w2", now + timedelta(seconds=10), now=now)
-        rec = await repo.recover_expired(now=now + timedelta(seconds=11), max_attempts=2)
-        assert (rec.requeued, rec.failed) == ([], [job_id])
-        job = await repo.get(job_id)
-        assert job.state == "failed" and "2 times" in job.error and job.attempts == 2
-
-
-async def test_finish_cancel_and_worker_restart_recovery(db: Database) -> None:
-    now = utcnow()
+async def test_finish_cancel_active_counts_and_stats(db: Database) -> None:
     async with db.transaction(write=True) as s:
         repo = JobRepo(s)
         a, b, c = (await _add(s)).id, (await _add(s)).id, (await _add(s)).id
-        assert await repo.claim(a, "w1", now + timedelta(hours=1))
-        assert await repo.claim(b, "w1", now + timedelta(hours=1))
-        assert await repo.finish(a, "done", owner="w1", gpu_seconds=2.5, model_hash="0123456789")
+        await _add(s, user_id=11)
+        await _add(s, user_id=12, guild_id=None)
+        assert await repo.finish(a, "done", gpu_seconds=2.5, model_hash="0123456789")
         assert not await repo.finish(a, "failed")  # finished jobs stay finished
         assert await repo.cancel(c)
-        assert await repo.count_active(user_id=10) == 1
-        rec = await repo.recover_expired(owner="w1")  # w1 restarted: its running jobs go back
-        assert rec.requeued == [b]
+        assert not await repo.cancel(c)
+        # (this user here, this guild, everyone): queued + running only
+        assert await repo.active_counts(1, 10) == (1, 2, 3)
+        assert await repo.active_counts(None, 12) == (1, 1, 3)
+        assert [j.id for j in await repo.active_for_user(10)] == [b]
         assert [(j.id, j.state) for j in [await repo.get(i) for i in (a, b, c)]] == [
             (a, "done"),
             (b, "queued"),
@@ -221,7 +190,7 @@ async def test_finish_cancel_and_worker_restart_recovery(db: Database) -> None:
         with pytest.raises(ValueError, match="finishes as one of"):
             await repo.finish(b, "queued")
         stats = await repo.stats(guild_id=1)
-        assert (stats["jobs"], stats["jobs_done"], stats["images"], stats["gpu_seconds"]) == (3, 1, 2, 2.5)
+        assert (stats["jobs"], stats["jobs_done"], stats["images"], stats["gpu_seconds"]) == (4, 1, 2, 2.5)
 
 
 async def test_mark_posted_is_exactly_once_and_unposted_lists_finished(db: Database) -> None:
@@ -230,22 +199,19 @@ async def test_mark_posted_is_exactly_once_and_unposted_lists_finished(db: Datab
         done, failed, queued = (await _add(s)).id, (await _add(s)).id, (await _add(s)).id
         await repo.finish(done, "done")
         await repo.finish(failed, "failed", error="out of memory: try a smaller size")
+        await repo.set_status_message(queued, 5, 9001)
     async with db.transaction() as s:
         assert [j.id for j in await JobRepo(s).unposted()] == [done, failed]
+        assert sorted(await JobRepo(s).finished_since(utcnow() - timedelta(minutes=1))) == [done, failed]
+        assert await JobRepo(s).finished_since(utcnow() + timedelta(minutes=1)) == []
+        assert [j.id for j in await JobRepo(s).live_with_status()] == [queued]
     async with db.transaction(write=True) as s:
         assert await JobRepo(s).mark_posted(done)
     async with db.transaction(write=True) as s:
         assert not await JobRepo(s).mark_posted(done)
         assert [j.id for j in await JobRepo(s).unposted()] == [failed]
         assert queued not in [j.id for j in await JobRepo(s).unposted()]
-
-
-async def test_lock_queued_returns_requested_order_and_skips_claimed(db: Database) -> None:
-    async with db.transaction(write=True) as s:
-        repo = JobRepo(s)
-        ids = [(await _add(s)).id for _ in range(4)]
-        await repo.claim(ids[1], "w", utcnow())
-        assert [j.id for j in await repo.lock_queued([ids[3], ids[1], ids[0]])] == [ids[3], ids[0]]
+        assert await JobRepo(s).finished_since(utcnow() - timedelta(minutes=1)) == [failed]
 
 
 async def test_parent_and_kind(db: Database) -> None:
@@ -255,7 +221,7 @@ async def test_parent_and_kind(db: Database) -> None:
         child = await repo.add(
             user_id=11, channel_id=5, guild_id=1, request=_request(seed=5), kind="reroll", parent_id=parent.id
         )
-        assert [j.id for j in await repo.children(parent.id)] == [child.id]
+        assert (child.parent_id, child.kind) == (parent.id, "reroll")
         with pytest.raises(ValueError, match="job kind"):
             await repo.add(user_id=11, channel_id=5, guild_id=1, request=_request(), kind="bogus")
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image, PngImagePlugin
 
+from core.ranges import RANDOM_SEED, RANDOM_SEED_BOUND
 from core.types import (
     GeneratedImage,
     GenerationCancelled,
@@ -37,7 +38,6 @@ from core.types import (
 
 FAKE_SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DDIM")
 FAKE_MODELS = ("fake-sd15", "fake-sdxl")
-MAX_SEED = 2**32 - 1
 
 
 def fake_infotext(request: GenerationRequest, seed: int, subseed: int, model: str, model_hash: str) -> str:
@@ -176,7 +176,7 @@ class FakeEngine:
 
     @staticmethod
     def _seed(seed: int) -> int:
-        return random.randrange(MAX_SEED) if seed == -1 else seed
+        return random.randrange(RANDOM_SEED_BOUND) if seed == RANDOM_SEED else seed
 
     def _result(self, request: GenerationRequest, seed: int) -> GenerationResult:
         model = request.model or self._models[0]

@@ -1,0 +1,155 @@
+"""/admin: quotas, limits, default model, reroll policy, banned words, channels, admin roles, stats.
+
+Every change is checked against the actor's admin rights in the same transaction that makes it, and
+written to the audit log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.services import policy
+from core.services.context import Context, guild_of
+from core.services.types import Actor, UserError
+from core.storage.repositories import GUILD_LIMIT_FIELDS, Repositories
+
+SETTABLE_LIMITS = GUILD_LIMIT_FIELDS
+
+
+async def _require_admin(s: AsyncSession, actor: Actor) -> int:
+    """The actor's guild id, if they administer it."""
+    policy.check_admin(actor, await guild_of(s, actor))
+    assert actor.guild_id is not None  # check_admin refuses DMs
+    return actor.guild_id
+
+
+async def set_quota(
+    ctx: Context,
+    actor: Actor,
+    *,
+    scope: str,
+    target_id: int | None,
+    images: int | None,
+    gpu_seconds: float | None,
+    period: str,
+) -> None:
+    if scope not in ("guild", "role", "user"):
+        raise UserError("invalid", "The quota scope must be guild, role or user.")
+    if scope != "guild" and target_id is None:
+        raise UserError("invalid", f"Name the {scope} this quota is for.")
+    if period not in ("hour", "day"):
+        raise UserError("invalid", "The quota period must be hour or day.")
+    for label, value in (("images", images), ("GPU seconds", gpu_seconds)):
+        if value is not None and value < 0:
+            raise UserError("invalid", f"A quota of {label} cannot be negative.")
+    async with ctx.db.transaction(write=True) as s:
+        gid = await _require_admin(s, actor)
+        repos = Repositories(s)
+        for unit, value in (("images", images), ("gpu_seconds", gpu_seconds)):
+            if value is None:
+                await repos.quotas.delete_rule(gid, scope, target_id, unit, period)
+            else:
+                await repos.quotas.set_rule(
+                    gid, scope, target_id, unit, period, value, updated_by=actor.user_id
+                )
+        await repos.audit.add(
+            gid,
+            actor.user_id,
+            "quota.set",
+            f"{scope}:{target_id or 0}",
+            {"images": images, "gpu_seconds": gpu_seconds, "period": period},
+        )
+
+
+async def set_limit(ctx: Context, actor: Actor, name: str, value: int) -> None:
+    if name not in SETTABLE_LIMITS:
+        raise UserError("invalid", f"Unknown limit {name!r}; choose one of: {', '.join(SETTABLE_LIMITS)}.")
+    ceiling = getattr(ctx.settings.limits, name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ceiling:
+        raise UserError(
+            "invalid", f"{name} must be a whole number from 1 to {ceiling} (the bot operator's maximum)."
+        )
+    await _update(ctx, actor, "limit.set", name, **{name: value})
+
+
+async def set_default_model(ctx: Context, actor: Actor, model: str) -> None:
+    names = ctx.catalog.models()
+    if names and model not in names:
+        raise UserError("model", f"I do not know the model {model!r}. Pick one from the list.")
+    await _update(ctx, actor, "model.default", model, default_model=model)
+
+
+async def set_reroll_policy(ctx: Context, actor: Actor, policy_name: str) -> None:
+    if policy_name not in ("everyone", "owner"):
+        raise UserError("invalid", "The reroll policy must be 'everyone' or 'owner'.")
+    await _update(ctx, actor, "reroll.policy", policy_name, reroll_policy=policy_name)
+
+
+async def _update(ctx: Context, actor: Actor, action: str, target: str, **changes: Any) -> None:
+    async with ctx.db.transaction(write=True) as s:
+        gid = await _require_admin(s, actor)
+        repos = Repositories(s)
+        try:
+            before = await repos.guilds.update(gid, **changes)
+        except ValueError as exc:
+            raise UserError("invalid", f"{exc}.") from None
+        await repos.audit.add(gid, actor.user_id, action, target, {"before": before, "after": changes})
+
+
+async def banned_words(
+    ctx: Context, actor: Actor, *, add: Sequence[str] = (), remove: Sequence[str] = ()
+) -> list[str]:
+    async with ctx.db.transaction(write=True) as s:
+        gid = await _require_admin(s, actor)
+        repos = Repositories(s)
+        try:
+            words = list((await repos.guilds.get_or_create(gid)).banned_words)
+            if add:
+                words = await repos.guilds.add_banned_words(gid, add)
+            if remove:
+                words = await repos.guilds.remove_banned_words(gid, remove)
+        except ValueError as exc:
+            raise UserError("invalid", f"{exc}.") from None
+        if add or remove:
+            await repos.audit.add(
+                gid, actor.user_id, "banned_words", "", {"add": list(add), "remove": list(remove)}
+            )
+        return words
+
+
+async def set_channels(ctx: Context, actor: Actor, channel_ids: Sequence[int]) -> None:
+    async with ctx.db.transaction(write=True) as s:
+        gid = await _require_admin(s, actor)
+        repos = Repositories(s)
+        try:
+            ids = await repos.guilds.set_channels(gid, channel_ids)
+        except ValueError as exc:
+            raise UserError("invalid", f"{exc}.") from None
+        await repos.audit.add(gid, actor.user_id, "channels.set", "", {"channels": ids})
+
+
+async def admin_roles(ctx: Context, actor: Actor, role_id: int, *, add: bool) -> None:
+    async with ctx.db.transaction(write=True) as s:
+        gid = await _require_admin(s, actor)
+        repos = Repositories(s)
+        try:
+            if add:
+                await repos.guilds.add_admin_role(gid, role_id)
+            else:
+                await repos.guilds.remove_admin_role(gid, role_id)
+        except ValueError as exc:
+            raise UserError("invalid", f"{exc}.") from None
+        await repos.audit.add(
+            gid, actor.user_id, "admin_role.add" if add else "admin_role.remove", str(role_id)
+        )
+
+
+async def stats(ctx: Context, actor: Actor) -> dict[str, int | float]:
+    async with ctx.db.session() as s:
+        gid = await _require_admin(s, actor)
+        out: dict[str, int | float] = dict(await Repositories(s).jobs.stats(guild_id=gid))
+    out["queued_all_guilds"] = await ctx.queue.queued()
+    return out

@@ -1,0 +1,82 @@
+"""What every use case works with, built once by :func:`core.bootstrap.bootstrap`.
+
+A use case is a function ``(ctx, actor, ...)``: it opens its own transaction on ``ctx.db``, passes the
+session to the repositories of :mod:`core.storage`, and announces through ``ctx.ledger``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.config import Settings
+from core.engine.api import Engine
+from core.queue.positions import QueuePositions
+from core.queue.store import JobStore
+from core.queue.worker import Worker
+from core.services.events import Ledger
+from core.services.types import Actor
+from core.storage.db import Database
+from core.storage.models import Guild
+from core.storage.repositories import Repositories
+
+log = logging.getLogger(__name__)
+
+# Offered (and accepted) when no engine runs in this process: `chant run --no-worker`.
+DEFAULT_SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DDIM", "LMS", "Heun")
+
+
+class Catalog:
+    """The names users pick from: models, samplers and LoRAs (the engine's when it runs in this
+    process, else the configuration's)."""
+
+    def __init__(self, settings: Settings, engine: Engine | None) -> None:
+        self.settings = settings
+        self.engine = engine
+
+    def models(self) -> list[str]:
+        if self.engine is not None:
+            return list(self.engine.model_names())
+        return sorted(self.settings.engine.models)
+
+    def samplers(self) -> list[str]:
+        if self.engine is not None:
+            return list(self.engine.sampler_names())
+        return list(DEFAULT_SAMPLERS)
+
+    def loras(self) -> list[str]:
+        """LoRA names for autocomplete and /loras (file stems in the configured folders)."""
+        from core.engine.networks.resolve import list_networks  # torch-free
+
+        try:
+            return list_networks(self.settings.engine.lora_dirs)
+        except (OSError, ValueError):
+            log.exception("could not list the LoRA folders")
+            return []
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    db: Database
+    store: JobStore  # the queue's SQL (throughput, positions)
+    queue: QueuePositions
+    ledger: Ledger
+    catalog: Catalog
+    worker: Worker | None = None  # the in-process worker, told about new and cancelled jobs at once
+    rng: random.Random = field(default_factory=random.SystemRandom)  # seeds and variation seeds
+
+    @property
+    def max_input_pixels(self) -> int:
+        """The engine's limit for uploaded sources and masks (``engine.max_input_megapixels``)."""
+        return int(self.settings.engine.max_input_megapixels * 1_000_000)
+
+
+async def guild_of(s: AsyncSession, actor: Actor) -> Guild | None:
+    """The actor's guild settings (None in DMs, or for a guild that never changed a setting)."""
+    if actor.guild_id is None:
+        return None
+    return await Repositories(s).guilds.get(actor.guild_id)
