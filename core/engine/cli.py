@@ -1,4 +1,10 @@
-"""``chant generate``: one job from the command line (the operator's tool: model paths allowed)."""
+"""``chant generate``: one job from the command line (the operator's tool: model paths allowed).
+
+Everything the arguments say is checked before torch is imported (:func:`request_from_args`: sizes,
+counts, ranges from ``core.ranges``, the prompt's syntax through ``core.prompt``), so a typo fails in
+a fraction of a second; the sampler name is checked right after the engine is imported, before the
+model loads; the progress bar starts with the first step, after the model is loaded.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("prompt", help="the prompt, A1111 syntax")
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
-    p.add_argument("--steps", type=int, default=20, metavar="N")
+    p.add_argument("--steps", type=int, default=20, metavar="N", help="sampling steps")
     p.add_argument("--cfg", type=float, default=7.0, metavar="X", help="CFG scale (default 7)")
     p.add_argument(
         "--sampler", default="Euler a", metavar="NAME", help='A1111 sampler name (default "Euler a")'
     )
-    p.add_argument("--schedule", default="Automatic", metavar="TYPE", help="A1111 schedule type")
+    p.add_argument("--schedule", default="Automatic", metavar="TYPE", help="A1111 schedule type (default: %(default)s)")
     p.add_argument("--seed", type=int, default=-1, metavar="N", help="-1 = random (default)")
     p.add_argument("--size", default="512x512", metavar="WxH", help="image size (default 512x512)")
     p.add_argument(
@@ -48,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     image.add_argument(
         "--resize-mode", type=int, choices=(0, 1, 2), default=0, help="0 just resize, 1 crop, 2 fill"
     )
-    image.add_argument("--mask-blur", type=int, default=4, metavar="N")
+    image.add_argument("--mask-blur", type=int, default=4, metavar="N", help="mask blur in pixels")
     image.add_argument(
         "--fill", type=int, choices=(0, 1, 2, 3), default=1, help="0 fill, 1 original, 2 noise, 3 nothing"
     )
@@ -56,13 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     image.add_argument("--padding", type=int, default=32, metavar="N", help="masked-only padding")
     hires = p.add_argument_group("hires fix (txt2img)")
     hires.add_argument("--hires", action="store_true", help="enable hires fix")
-    hires.add_argument("--hr-scale", type=float, default=2.0, metavar="X")
+    hires.add_argument("--hr-scale", type=float, default=2.0, metavar="X", help="upscale by")
     hires.add_argument("--hr-size", default=None, metavar="WxH", help="resize to (0 keeps the aspect)")
     hires.add_argument("--hr-upscaler", default="Latent", metavar="NAME", help="Latent, Lanczos, ...")
     hires.add_argument("--hr-steps", type=int, default=0, metavar="N", help="0 = same as --steps")
-    hires.add_argument("--hr-strength", type=float, default=0.7, metavar="X")
-    hires.add_argument("--hr-prompt", default="", metavar="TEXT")
-    hires.add_argument("--hr-negative", default="", metavar="TEXT")
+    hires.add_argument("--hr-strength", type=float, default=0.7, metavar="X", help="hires denoising strength")
+    hires.add_argument("--hr-prompt", default="", metavar="TEXT", help="hires pass prompt (empty: the prompt)")
+    hires.add_argument("--hr-negative", default="", metavar="TEXT", help="hires pass negative prompt")
     p.set_defaults(func=_generate)
 
 
@@ -81,12 +87,68 @@ def output_paths(output: str, count: int) -> list[Path]:
     return [Path(f"{stem}{suffix}")] + [Path(f"{stem}-{i}{suffix}") for i in range(1, count)]
 
 
+def _in(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be from {low:g} to {high:g}, not {value:g}")
+
+
+def check_args(args: argparse.Namespace) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Every value in ``args`` that can be checked without torch; ValueError naming the option.
+
+    Returns the parsed (width, height) and hires (x, y)."""
+    from core import ranges
+    from core.prompt import PromptError, interpret
+
+    width, height = parse_size(args.size)
+    for name, side in (("--size width", width), ("--size height", height)):
+        if not ranges.MIN_SIDE <= side <= ranges.MAX_SIDE or side % ranges.SIDE_MULTIPLE:
+            raise ValueError(
+                f"{name} must be a multiple of {ranges.SIDE_MULTIPLE} from {ranges.MIN_SIDE} to "
+                f"{ranges.MAX_SIDE}, not {side}"
+            )
+    hr_x, hr_y = parse_size(args.hr_size) if args.hr_size else (0, 0)
+    _in("--steps", args.steps, ranges.MIN_STEPS, ranges.MAX_STEPS)
+    _in("--count", args.count, ranges.MIN_COUNT, ranges.MAX_COUNT)
+    _in("--cfg", args.cfg, ranges.MIN_CFG, ranges.MAX_CFG)
+    if args.seed != ranges.RANDOM_SEED:
+        _in("--seed (-1 = random)", args.seed, 0, ranges.MAX_SEED)
+    if args.clip_skip is not None:
+        _in("--clip-skip", args.clip_skip, ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP)
+    _in("--strength", args.strength, ranges.MIN_STRENGTH, ranges.MAX_STRENGTH)
+    _in("--mask-blur", args.mask_blur, ranges.MIN_MASK_BLUR, ranges.MAX_MASK_BLUR)
+    _in("--padding", args.padding, ranges.MIN_PADDING, ranges.MAX_PADDING)
+    _in("--hr-scale", args.hr_scale, ranges.MIN_HIRES_SCALE, ranges.MAX_HIRES_SCALE)
+    _in("--hr-steps (0 = --steps)", args.hr_steps, 0, ranges.MAX_HIRES_STEPS)
+    _in("--hr-strength", args.hr_strength, ranges.MIN_STRENGTH, ranges.MAX_STRENGTH)
+    if args.hires and args.hr_upscaler not in ranges.UPSCALERS:
+        raise ValueError(f"--hr-upscaler must be one of {', '.join(ranges.UPSCALERS)}, not {args.hr_upscaler!r}")
+    if not args.sampler.strip():
+        raise ValueError("--sampler must name an A1111 sampler, e.g. \"Euler a\"")
+    for option, text, negative in (
+        ("prompt", args.prompt, False),
+        ("--negative", args.negative, True),
+        ("--hr-prompt", args.hr_prompt, False),
+        ("--hr-negative", args.hr_negative, True),
+    ):
+        try:
+            interpret(text, args.steps, negative=negative, hires_steps=(args.hr_steps or args.steps) if args.hires else None)
+        except PromptError as exc:
+            raise ValueError(f"{option}: {exc}") from None
+    return (width, height), (hr_x, hr_y)
+
+
+def _check_sampler(args: argparse.Namespace) -> None:
+    """The sampler table lives with the schedulers (torch); checked before the model loads."""
+    from core.engine import samplers
+
+    samplers.resolve(args.sampler, args.schedule)
+
+
 def _generate(args: argparse.Namespace, settings) -> int:
     from core.types import GenerationCancelled, GenerationError, GenerationRequest, Mode
 
     try:
-        width, height = parse_size(args.size)
-        hr_x, hr_y = parse_size(args.hr_size) if args.hr_size else (0, 0)
+        (width, height), (hr_x, hr_y) = check_args(args)
         init_image = Path(args.init_image).read_bytes() if args.init_image else None
         mask_image = Path(args.mask).read_bytes() if args.mask else None
     except OSError as exc:
@@ -135,25 +197,38 @@ def _generate(args: argparse.Namespace, settings) -> int:
 
     from core.engine import create_engine
 
-    bar = tqdm(total=args.steps, unit="step", file=sys.stderr, dynamic_ncols=True)
+    try:
+        _check_sampler(args)
+    except ValueError as exc:
+        print(f"chant generate: --sampler/--schedule: {exc}", file=sys.stderr)
+        return 2
+    bars: list = []  # the bar starts with the first step: after the model is loaded and the prompt encoded
 
     def on_progress(progress) -> None:
+        if not bars:
+            bars.append(tqdm(total=progress.total, unit="step", file=sys.stderr, dynamic_ncols=True))
+        bar = bars[0]
         bar.total = progress.total
         bar.n = progress.step
         bar.refresh()
 
+    def close_bar() -> None:
+        for bar in bars:
+            bar.close()
+
+    print(f"chant generate: loading {args.model or settings.engine.default_model or 'the default model'}…", file=sys.stderr)
     try:
         engine = create_engine(engine_settings, allow_paths=True)
         result = engine.generate(request, on_progress=on_progress)
     except (GenerationError, GenerationCancelled) as exc:
-        bar.close()
+        close_bar()
         print(f"chant generate: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        bar.close()
+        close_bar()
         print("chant generate: interrupted", file=sys.stderr)
         return 130
-    bar.close()
+    close_bar()
     paths = output_paths(args.output, len(result.images))
     for path, image in zip(paths, result.images, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
