@@ -89,7 +89,7 @@ def output_paths(output: str, count: int) -> list[Path]:
 
 def _in(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
-        raise ValueError(f"{name} must be from {low:g} to {high:g}, not {value:g}")
+        raise ValueError(f"{name} must be from {low:.15g} to {high:.15g}, not {value:.15g}")
 
 
 def check_args(args: argparse.Namespace) -> tuple[tuple[int, int], tuple[int, int]]:
