@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from core.config import ConfigError, Settings, load_settings
+from core.types import GenerationError
 
 Register = Callable[[argparse._SubParsersAction], None]
 
@@ -106,7 +107,11 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Register] = ()) -> i
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     quiet_third_party(settings.log_level)
-    return int(args.func(args, settings) or 0)
+    try:
+        return int(args.func(args, settings) or 0)
+    except GenerationError as exc:  # the engine cannot start, e.g. CUDA asked for but unusable
+        print(f"chant: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
