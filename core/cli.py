@@ -107,10 +107,21 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Register] = ()) -> i
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     quiet_third_party(settings.log_level)
+    from core.storage.faults import FaultLogFilter, explain
+
+    url = getattr(args, "url", None) or settings.database.url
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(FaultLogFilter(url))  # a retried disk-full etc. is one line, not a traceback a poll
     try:
         return int(args.func(args, settings) or 0)
     except GenerationError as exc:  # the engine cannot start, e.g. CUDA asked for but unusable
         print(f"chant: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        line = explain(exc, url)  # a database fault the operator can fix: no tables, damaged, disk full...
+        if line is None:
+            raise
+        print(f"chant: {line}", file=sys.stderr)
         return 1
 
 
