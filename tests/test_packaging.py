@@ -62,6 +62,9 @@ def test_the_wheel_carries_migrations_data_and_license(wheel: Path) -> None:
     text = zipfile.ZipFile(wheel).read(metadata).decode()
     assert "License-Expression: MIT" in text
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    # The Docker image's ENTRYPOINT (tests/test_docker.py) is this console script.
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "chant = bot.cli:main" in entry_points
 
 
 @pytest.mark.slow
