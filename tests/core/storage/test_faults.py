@@ -5,6 +5,7 @@ tables, a full disk."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -194,9 +195,9 @@ def test_the_checks_pass_a_good_new_or_empty_file(tmp_path, migrated) -> None:
 
 
 # --- Disk full ----------------------------------------------------------------------------------
-# Simulated with SQLite's own limit: ``PRAGMA max_page_count`` pinned at the file's size makes SQLite
-# fail the next write that needs a new page with SQLITE_FULL, "database or disk is full" — the same
-# error code and message a full disk gives (no tmpfs mount needed).
+# Twice: with SQLite's own limit (``PRAGMA max_page_count`` pinned at the file's size makes SQLite fail
+# the next write that needs a new page with SQLITE_FULL, "database or disk is full", the same code and
+# message a full disk gives; runs anywhere), and on a real 1 MiB tmpfs where this user may mount one.
 
 
 def _full(db: Database) -> None:
@@ -236,7 +237,7 @@ def test_disk_full_is_said_once_and_nothing_is_half_written(tmp_path, migrated, 
         f"SQLite database {path}: disk full: SQLite could not grow the database; free space on its disk "
         "(nothing was half-written)"
     )
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         stored = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
     assert stored == 5 - len(errors)
@@ -260,6 +261,48 @@ def test_disk_full_is_said_once_and_nothing_is_half_written(tmp_path, migrated, 
     assert seen[0].exc_info is None and "\n" not in seen[0].getMessage()
     assert seen[0].getMessage().startswith("worker turn failed; retrying after 1.0s: SQLite database ")
     assert "disk full" in seen[0].getMessage()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A real 1 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        if subprocess.run(["umount", str(disk)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], check=False)  # never leave a mount behind
+
+
+def test_a_really_full_disk_is_said_as_disk_full(tiny_disk: Path, migrated: Path) -> None:
+    path = tiny_disk / "chant.db"
+    shutil.copy(migrated, path)
+    url = f"sqlite:///{path}"
+
+    async def submit_until_full() -> BaseException | None:
+        db = Database(url)
+        try:
+            for _ in range(100):
+                async with db.transaction(write=True) as s:
+                    request = GenerationRequest(prompt="x" * 20_000, negative_prompt="y" * 20_000)
+                    await JobRepo(s).add(user_id=1, channel_id=2, guild_id=3, request=request)
+        except Exception as exc:
+            return exc
+        finally:
+            await db.dispose()
+        return None
+
+    error = asyncio.run(submit_until_full())
+    assert error is not None, "1 MiB never filled up"
+    assert "disk full" in explain(error, url)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 def test_other_exceptions_keep_their_traceback() -> None:
