@@ -111,6 +111,8 @@ def explain(exc: BaseException, url: str | None = None) -> str | None:
         if isinstance(e, DatabaseFault):
             return str(e)
         text = str(e).lower()
+        if type(e).__name__ == "DiskFullError" or "no space left on device" in text:  # PostgreSQL (asyncpg)
+            return f"{where}: disk full on the database server ({e}); free space there"
         if type(e).__name__ not in ("OperationalError", "DatabaseError", "IntegrityError", "ProgrammingError"):
             continue
         if "database or disk is full" in text:

@@ -313,3 +313,11 @@ def test_other_exceptions_keep_their_traceback() -> None:
         record.exc_info = sys.exc_info()
     assert FaultLogFilter().filter(record) is True
     assert record.exc_info is not None and record.msg == "boom"
+
+
+def test_postgres_disk_full_is_named_too() -> None:
+    class DiskFullError(Exception):  # asyncpg's name for SQLSTATE 53100
+        pass
+
+    error = DiskFullError('could not extend file "base/16384/2619": No space left on device')
+    assert explain(error, "postgresql://chant@db/chant").startswith("the database: disk full on the database server")
