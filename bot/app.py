@@ -129,6 +129,47 @@ async def build_service(settings: Settings, *, with_worker: bool) -> CoreAPI:
     return await bootstrap(settings, worker=None if with_worker else False)
 
 
+LOGIN_RETRY_MAX_S = 60.0
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """'HOST:PORT (reason)' when ``exc`` means Discord's REST host could not be reached at all."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        reason = os.strerror(error.errno) if (error.errno or 0) > 0 else error.strerror or str(error)
+        if isinstance(exc, getattr(aiohttp, "ClientConnectorDNSError", ())):
+            reason = f"the name does not resolve: {reason}"
+        return f"{exc.host}:{exc.port} ({reason})"
+    if isinstance(exc, TimeoutError):
+        return f"{yarl.URL(discord.http.Route.BASE).host} (timed out)"
+    return None
+
+
+async def _start(bot: ChantBot, token: str) -> None:
+    """``bot.start`` whose login survives Discord being unreachable (DNS, refused, timeout): one log
+    line naming the host per try, retried with backoff (1 s doubling to a minute). The gateway
+    connection that follows reconnects by itself (discord.py)."""
+    delay = 1.0
+    while True:
+        try:
+            await bot.login(token)
+            break
+        except (TimeoutError, OSError) as exc:  # aiohttp's connection errors are OSErrors
+            where = _unreachable(exc)
+            if where is None:
+                raise
+            log.error("cannot reach Discord at %s; retrying in %.0f s", where, delay)
+        # A failed login leaves its HTTP session open: close it, and let the next login make a new
+        # connector (closing the session closed the old one).
+        await bot.http.close()
+        bot.http.connector = discord.utils.MISSING
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, LOGIN_RETRY_MAX_S)
+    await bot.connect(reconnect=True)
+
+
 async def serve(settings: Settings, token: str, *, with_worker: bool, service: CoreAPI | None = None) -> None:
     """Run the bot until it is closed or the process gets SIGINT/SIGTERM."""
     configure_endpoints(settings)
@@ -146,7 +187,7 @@ async def serve(settings: Settings, token: str, *, with_worker: bool, service: C
             handled.append(sig)
     try:
         async with bot:
-            runner = asyncio.create_task(bot.start(token))
+            runner = asyncio.create_task(_start(bot, token))
             stopper = asyncio.create_task(stopping.wait())
             done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if runner in done:
@@ -154,6 +195,7 @@ async def serve(settings: Settings, token: str, *, with_worker: bool, service: C
             else:
                 log.info("shutting down")
                 await bot.close()
+                runner.cancel()  # also ends a login still waiting to retry an unreachable Discord
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner
             stopper.cancel()

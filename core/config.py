@@ -3,16 +3,27 @@
 Nothing in ``core`` reads a global: ``chant``'s entry points call :func:`load_settings` and hand the
 result to the parts they build. Every field here appears in ``config.example.toml`` with its default
 and a one-line comment (a test checks both ways).
+
+Every key is checked when the settings are loaded: its type from the annotation, its range or
+choices from :data:`CHECKS` (one entry per key that is not a plain flag), the key named in the
+error. ``CHANT_<SECTION>__<KEY>`` environment variables override any key (:func:`env_overrides`).
+Settings built in code (tests) are not checked: the checks guard what an operator writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
+
+from core import ranges
+from core.storage.validation import MAX_PROMPT_CHARS
 
 DEFAULT_CONFIG_PATH = Path("chant.toml")
 
@@ -144,6 +155,180 @@ class Settings:
     log_level: str = "INFO"
 
 
+# --- What each key accepts ---------------------------------------------------------------------
+# A check takes the (already type-checked) value and returns None, or what the key accepts.
+
+Check = Callable[[Any], str | None]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DM_MODES = ("allow", "refuse")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+DTYPES = ("auto", "fp16", "bf16", "fp32")
+COMPILE_MODES = ("off", "default", "cuda-graphs")
+MODEL_KINDS = ("auto", "sd1", "sd2", "sdxl")
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")  # core.prompt.tokens.EMPHASIS_MODES
+DATABASE_BACKENDS = ("sqlite", "postgresql")
+
+
+def choices(*allowed: str, pattern: str | None = None) -> Check:
+    """One of ``allowed`` (as written: case counts), or, with ``pattern``, text that matches it."""
+
+    def check(value: Any) -> str | None:
+        ok = re.fullmatch(pattern, str(value)) if pattern else value in allowed
+        return None if ok else "one of " + ", ".join(allowed)
+
+    return check
+
+
+def between(low: float | None = None, high: float | None = None, *, above: float | None = None) -> Check:
+    """``low <= value <= high`` (either side open when None); ``above``: strictly greater."""
+
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        ok = math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)
+        ok = ok and (above is None or value > above)
+        if ok:
+            return None
+        if above is not None:
+            return f"a number above {_num(above)}" + (f" and at most {_num(high)}" if high is not None else "")
+        kind = "an integer" if isinstance(value, int) else "a number"
+        if high is None:
+            return f"{kind} of at least {_num(low)}"
+        return f"{kind} from {_num(low)} to {_num(high)}"
+
+    return check
+
+
+def _num(value: float | None) -> str:
+    return f"{value:.15g}" if isinstance(value, float) and not value.is_integer() else f"{int(value or 0)}"
+
+
+def each(check: Check) -> Check:
+    def check_all(values: Any) -> str | None:
+        for value in values or ():
+            problem = check(value)
+            if problem:
+                return f"a list of {problem} (bad: {value!r})"
+        return None
+
+    return check_all
+
+
+def text(pattern: str = r".*\S.*", what: str = "a non-empty text") -> Check:
+    return lambda value: None if value is None or re.fullmatch(pattern, value, re.S) else what
+
+
+def _size(value: Any) -> str | None:
+    m = re.fullmatch(r"(\d+)x(\d+)", str(value))
+    sides = [int(v) for v in m.groups()] if m else []
+    if sides and all(
+        ranges.MIN_SIDE <= v <= ranges.MAX_SIDE and v % ranges.SIDE_MULTIPLE == 0 for v in sides
+    ):
+        return None
+    return f"WxH, each side a multiple of {ranges.SIDE_MULTIPLE} from {ranges.MIN_SIDE} to {ranges.MAX_SIDE}"
+
+
+def _database_url(value: Any) -> str | None:
+    m = re.fullmatch(r"([a-z0-9]+)(\+\w+)?://.*", value, re.S)
+    if m and m.group(1) in DATABASE_BACKENDS:
+        return None
+    return "a SQLAlchemy URL: sqlite:///FILE or postgresql://USER@HOST/DB"
+
+
+POSITIVE_INT = between(1)
+COUNT_OR_ZERO = between(0)
+ID = between(1)
+DIRS = each(text(what="a folder name"))
+
+CHECKS: dict[type, dict[str, Check]] = {
+    Settings: {"log_level": choices(*LOG_LEVELS)},
+    DiscordSettings: {
+        "token_env": text(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name (letters, digits, _)"),
+        "dev_guild_id": ID,
+        "shard_count": POSITIVE_INT,
+        "dm_mode": choices(*DM_MODES),
+        "progress_edit_interval_s": between(above=0),
+        "api_base": text(r"https?://\S+", "an http:// or https:// URL"),
+        "gateway_url": text(r"wss?://\S+", "a ws:// or wss:// URL"),
+    },
+    DatabaseSettings: {"url": _database_url, "image_retention_days": COUNT_OR_ZERO},
+    ModelSettings: {
+        "source": text(what="a hub id, a folder or a .safetensors file"),
+        "vae": text(what="a VAE name or file"),
+        "kind": choices(*MODEL_KINDS),
+        "clip_skip": between(ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP),
+        "config": text(what="a config folder"),
+    },
+    EngineSettings: {
+        "device": choices(*DEVICES, pattern=r"auto|cpu|cuda(:\d+)?"),
+        "dtype": choices(*DTYPES),
+        "rng": choices(*ranges.RNG_SOURCES),
+        "default_model": text(what="a model name"),
+        "model_dirs": DIRS,
+        "lora_dirs": DIRS,
+        "embedding_dirs": DIRS,
+        "hypernetwork_dirs": DIRS,
+        "vae_dirs": DIRS,
+        "max_loaded_models": POSITIVE_INT,
+        "emphasis": choices(*EMPHASIS_MODES),
+        "comma_padding_backtrack": between(0, 74),  # A1111's slider: 0 to 74 tokens
+        "eta_noise_seed_delta": between(0, ranges.MAX_SEED),
+        "preview_every": COUNT_OR_ZERO,
+        "compile": choices(*COMPILE_MODES),
+        "max_batch": between(0, 1024),
+        "vae_decode_batch": between(0, 1024),
+        "warmup_sizes": each(_size),
+        "batch_buckets": each(between(1, 1024)),
+        "threads": between(1, 1024),
+        "max_input_megapixels": between(above=0, high=1024),
+        "controlnet_dirs": DIRS,
+        "preprocessor_dirs": DIRS,
+        "clip_vision_dirs": DIRS,
+        "max_loaded_controlnets": POSITIVE_INT,
+    },
+    PostprocessSettings: {
+        "upscaler_dirs": DIRS,
+        "upscale_tile": between(0, 4096),  # 0 = the whole image at once
+        "upscale_tile_overlap": between(0, 1024),
+        "face_restorer_dirs": DIRS,
+        "face_restoration_model": text(what="a face restorer name"),
+        "codeformer_weight": between(ranges.MIN_VISIBILITY, ranges.MAX_VISIBILITY),
+        "face_detector": text(what="a detector name"),
+        "detector_dirs": DIRS,
+        "tagger_dirs": DIRS,
+        "tagger": text(what="a tagger name"),
+        "tagger_general_threshold": between(ranges.MIN_CONFIDENCE, ranges.MAX_CONFIDENCE),
+        "tagger_character_threshold": between(ranges.MIN_CONFIDENCE, ranges.MAX_CONFIDENCE),
+    },
+    LimitSettings: {
+        "max_steps": between(ranges.MIN_STEPS, ranges.MAX_STEPS),
+        "max_pixels": between(ranges.MIN_SIDE**2, ranges.MAX_SIDE**2),
+        "max_images": between(ranges.MIN_COUNT, ranges.MAX_COUNT),
+        "max_queued_per_user": POSITIVE_INT,
+        "max_queued_per_guild": POSITIVE_INT,
+        "max_queued_global": POSITIVE_INT,
+        "max_prompt_chars": between(1, MAX_PROMPT_CHARS),  # what the database stores
+    },
+    QueueSettings: {
+        "worker_id": text(what="a non-empty name"),
+        # A lease is renewed three times per lease (core.queue.worker), at most twice a second.
+        "lease_seconds": between(0.5, 86_400),
+        "poll_interval_s": between(0.01, 3600),  # 0 would poll in a busy loop
+        "max_attempts": between(1, 100),
+        "default_guild_weight": between(above=0, high=1e6),
+    },
+}
+
+
+def _checked(cls: type, name: str, value: Any, key: str) -> Any:
+    check = CHECKS.get(cls, {}).get(name)
+    problem = check(value) if check is not None and value is not None else None
+    if problem:
+        raise ConfigError(f"{key}: must be {problem}, not {value!r}")
+    return value
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check (and lightly convert) one TOML value against its field's type hint."""
     import types
@@ -198,33 +383,130 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where or 'top level'}: unknown setting(s) {', '.join(unknown)}")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _checked(cls, name, _coerce(value, hints[name], key), key)
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
         raise ConfigError(f"{where or 'top level'}: {exc}") from None
 
 
-def settings_from_dict(data: dict[str, Any], env: dict[str, str] | None = None) -> Settings:
+ENV_PREFIX = "CHANT_"
+# Variables that set one key each, kept from before the CHANT_<SECTION>__<KEY> rule (tests, proxies).
+LEGACY_ENV = {
+    "DISCORD_API_BASE": ("discord", "api_base"),
+    "DISCORD_GATEWAY_URL": ("discord", "gateway_url"),
+    "CHANT_DATABASE_URL": ("database", "url"),
+}
+
+
+def _env_value(text: str, hint: Any, var: str) -> Any:
+    """One rule for every key: a text setting takes the text as written; any other reads it as a
+    TOML value (``80``, ``2.5``, ``true``, ``["a", "b"]``), and a list of texts also takes one bare
+    text. An empty variable unsets a key that may be unset."""
+    import types
+    import typing
+
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        if text.strip() == "":
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is str:
+        return text
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is str:
+            return text
+        raise ConfigError(f"{var}: {text!r} is not a value of this setting's type ({_type_name(hint)})") from None
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the environment sets, as a TOML-like table.
+
+    ``CHANT_<SECTION>__<KEY>`` sets ``[section] key`` (``CHANT_ENGINE__DEVICE=cuda``), ``CHANT_<KEY>``
+    a top-level key (``CHANT_LOG_LEVEL``), ``CHANT_ENGINE__MODELS__<NAME>__<KEY>`` a model's key
+    (``<NAME>`` in lower case; ``CHANT_ENGINE__MODELS__<NAME>=PATH`` is the short form). Names are
+    case-insensitive. A ``CHANT_…__…`` variable that names no setting is an error; other ``CHANT_``
+    variables (``CHANT_CONFIG``, ``CHANT_CACHE`` …) are not settings and are left alone.
+    """
+    table: dict[str, Any] = {}
+    top_level = {f.name for f in dataclasses.fields(Settings) if not dataclasses.is_dataclass(f.type)}
+    for var, (section, key) in LEGACY_ENV.items():
+        if env.get(var):
+            table.setdefault(section, {})[key] = env[var]
+    for var in sorted(env):
+        if not var.upper().startswith(ENV_PREFIX):
+            continue
+        parts = var[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) == 1 and parts[0] not in top_level:
+            continue
+        path, owner, hint = _env_path(Settings, parts, var)
+        value = _env_value(env[var], hint, var)
+        # Checked here so the error names the variable (the merged table is checked again).
+        _checked(owner, path[-1], _coerce(value, hint, var), var)
+        node = table
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return table
+
+
+def _env_path(cls: type, parts: list[str], var: str) -> tuple[list[str], type, Any]:
+    """The settings path ``parts`` names under ``cls``, the class that holds its key, its type hint."""
+    hints = get_type_hints(cls)
+    name, rest = parts[0], parts[1:]
+    if name not in hints:
+        raise ConfigError(f"{var}: no such setting (see config.example.toml)")
+    hint = hints[name]
+    if dataclasses.is_dataclass(hint) and rest:
+        path, owner, leaf = _env_path(hint, rest, var)
+        return [name, *path], owner, leaf
+    if name == "models" and rest:  # engine.models.NAME[.KEY]
+        if len(rest) == 1:
+            return [name, rest[0]], object, str  # the short form: the model's source, checked when built
+        path, owner, leaf = _env_path(ModelSettings, rest[1:], var)
+        return [name, rest[0], *path], owner, leaf
+    if rest or dataclasses.is_dataclass(hint):
+        raise ConfigError(f"{var}: no such setting (see config.example.toml)")
+    return [name], cls, hint
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def settings_from_dict(
+    data: dict[str, Any], env: Mapping[str, str] | None = None, *, source: str | None = None
+) -> Settings:
+    """Settings from a TOML table, then the environment on top (see :func:`env_overrides`).
+
+    ``source`` (the file's name) starts every error about a value from ``data``; an error about an
+    environment variable names the variable.
+    """
     env = dict(os.environ) if env is None else env
-    settings: Settings = _build(Settings, data, "")
-    discord = settings.discord
-    overrides: dict[str, Any] = {}
-    if env.get("DISCORD_API_BASE"):
-        overrides["api_base"] = env["DISCORD_API_BASE"]
-    if env.get("DISCORD_GATEWAY_URL"):
-        overrides["gateway_url"] = env["DISCORD_GATEWAY_URL"]
-    if overrides:
-        settings = dataclasses.replace(settings, discord=dataclasses.replace(discord, **overrides))
-    if env.get("CHANT_DATABASE_URL"):
-        settings = dataclasses.replace(
-            settings, database=dataclasses.replace(settings.database, url=env["CHANT_DATABASE_URL"])
-        )
+    merged = _deep_merge(data, env_overrides(env))
+    try:
+        settings: Settings = _build(Settings, merged, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
     return settings
 
 
-def load_settings(path: Path | str | None = None, env: dict[str, str] | None = None) -> Settings:
-    """Load settings from ``path`` (or ``$CHANT_CONFIG``, or ./chant.toml if present)."""
+def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load settings from ``path`` (or ``$CHANT_CONFIG``, or ./chant.toml if present) and the environment."""
     env = dict(os.environ) if env is None else env
     explicit = path is not None or bool(env.get("CHANT_CONFIG"))
     path = Path(path or env.get("CHANT_CONFIG") or DEFAULT_CONFIG_PATH)
@@ -234,6 +516,8 @@ def load_settings(path: Path | str | None = None, env: dict[str, str] | None = N
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the settings file ({exc})") from None
     elif explicit:
         raise ConfigError(f"config file {path} does not exist")
-    return settings_from_dict(data, env)
+    return settings_from_dict(data, env, source=str(path) if path.exists() else None)

@@ -36,8 +36,14 @@ def create_engine(settings: EngineSettings, *, allow_paths: bool = False) -> Eng
         # Must be set before huggingface_hub is imported: it reads the variable once.
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import logging
+
     from core.engine.diffusers_engine import DiffusersEngine
 
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components…" bars between log lines
     return DiffusersEngine(settings, allow_paths=allow_paths)
 
 

@@ -1,4 +1,10 @@
-"""``chant generate``: one job from the command line (the operator's tool: model paths allowed)."""
+"""``chant generate``: one job from the command line (the operator's tool: model paths allowed).
+
+Everything the arguments say is checked before torch is imported (:func:`check_request`: sizes, counts,
+ranges from ``core.ranges``, the prompt's syntax through ``core.prompt``), so a typo fails in a fraction
+of a second; the sampler name is checked right after the engine is imported, before the model loads; the
+progress bar starts with the first step, after the model is loaded.
+"""
 
 from __future__ import annotations
 
@@ -211,11 +217,66 @@ def output_paths(output: str, count: int) -> list[Path]:
     return [Path(f"{stem}{suffix}")] + [Path(f"{stem}-{i}{suffix}") for i in range(1, count)]
 
 
+def _in(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be from {low:.15g} to {high:.15g}, not {value:.15g}")
+
+
+def check_request(request) -> None:
+    """Every value of ``request`` that can be checked without torch; ValueError naming the option."""
+    from core import ranges
+    from core.prompt import PromptError, interpret
+
+    r = request
+    for name, side in (("--size width", r.width), ("--size height", r.height)):
+        if not ranges.MIN_SIDE <= side <= ranges.MAX_SIDE or side % ranges.SIDE_MULTIPLE:
+            raise ValueError(
+                f"{name} must be a multiple of {ranges.SIDE_MULTIPLE} from {ranges.MIN_SIDE} to "
+                f"{ranges.MAX_SIDE}, not {side}"
+            )
+    _in("--steps", r.steps, ranges.MIN_STEPS, ranges.MAX_STEPS)
+    _in("--count", r.count, ranges.MIN_COUNT, ranges.MAX_COUNT)
+    _in("--cfg", r.cfg_scale, ranges.MIN_CFG, ranges.MAX_CFG)
+    if r.seed != ranges.RANDOM_SEED:
+        _in("--seed (-1 = random)", r.seed, 0, ranges.MAX_SEED)
+    if r.clip_skip is not None:
+        _in("--clip-skip", r.clip_skip, ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP)
+    _in("--strength", r.denoising_strength, ranges.MIN_STRENGTH, ranges.MAX_STRENGTH)
+    _in("--mask-blur", r.mask_blur, ranges.MIN_MASK_BLUR, ranges.MAX_MASK_BLUR)
+    _in("--padding", r.inpaint_full_res_padding, ranges.MIN_PADDING, ranges.MAX_PADDING)
+    _in("--hr-scale", r.hr_scale, ranges.MIN_HIRES_SCALE, ranges.MAX_HIRES_SCALE)
+    _in("--hr-steps (0 = --steps)", r.hr_second_pass_steps, 0, ranges.MAX_HIRES_STEPS)
+    _in("--hr-strength", r.hr_denoising_strength, ranges.MIN_STRENGTH, ranges.MAX_STRENGTH)
+    if r.enable_hr and r.hr_upscaler not in ranges.UPSCALERS:
+        raise ValueError(f"--hr-upscaler must be one of {', '.join(ranges.UPSCALERS)}, not {r.hr_upscaler!r}")
+    if not r.sampler.strip():
+        raise ValueError('--sampler must name an A1111 sampler, e.g. "Euler a"')
+    hires_steps = (r.hr_second_pass_steps or r.steps) if r.enable_hr else None
+    for option, text, negative in (
+        ("prompt", r.prompt, False),
+        ("--negative", r.negative_prompt, True),
+        ("--hr-prompt", r.hr_prompt, False),
+        ("--hr-negative", r.hr_negative_prompt, True),
+    ):
+        try:
+            interpret(text, r.steps, negative=negative, hires_steps=hires_steps)
+        except PromptError as exc:
+            raise ValueError(f"{option}: {exc}") from None
+
+
+def _check_sampler(request) -> None:
+    """The sampler table lives with the engine (torch); checked before the model loads."""
+    from core.engine import samplers
+
+    samplers.resolve(request.sampler, request.schedule_type)
+
+
 def _generate(args: argparse.Namespace, settings) -> int:
     from core.types import GenerationCancelled, GenerationError
 
     try:
         request, ignored = request_from_args(args, settings.engine)
+        check_request(request)
     except OSError as exc:
         print(f"chant generate: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
@@ -231,25 +292,39 @@ def _generate(args: argparse.Namespace, settings) -> int:
 
     from core.engine import create_engine
 
-    bar = tqdm(total=request.steps, unit="step", file=sys.stderr, dynamic_ncols=True)
+    try:
+        _check_sampler(request)
+    except ValueError as exc:
+        print(f"chant generate: --sampler/--schedule: {exc}", file=sys.stderr)
+        return 2
+    bars: list = []  # the bar starts with the first step: after the model is loaded and the prompt encoded
 
     def on_progress(progress) -> None:
+        if not bars:
+            bars.append(tqdm(total=progress.total, unit="step", file=sys.stderr, dynamic_ncols=True))
+        bar = bars[0]
         bar.total = progress.total
         bar.n = progress.step
         bar.refresh()
 
+    def close_bar() -> None:
+        for bar in bars:
+            bar.close()
+
+    model = request.model or settings.engine.default_model or "the default model"
+    print(f"chant generate: loading {model}…", file=sys.stderr)
     try:
         engine = create_engine(engine_settings, allow_paths=True)
         result = engine.generate(request, on_progress=on_progress)
     except (GenerationError, GenerationCancelled) as exc:
-        bar.close()
+        close_bar()
         print(f"chant generate: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        bar.close()
+        close_bar()
         print("chant generate: interrupted", file=sys.stderr)
         return 130
-    bar.close()
+    close_bar()
     paths = output_paths(args.output, len(result.images))
     for path, image in zip(paths, result.images, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -260,14 +260,45 @@ class LoadedModel:
         return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
 
 
+def cuda_unusable_reason(torch) -> str | None:
+    """Why CUDA cannot be used in this process, in words an operator can act on (None: it can)."""
+    if torch.version.cuda is None:
+        return (
+            f"this torch ({torch.__version__}) is a CPU-only build; install a CUDA build of torch "
+            "(README, \"GPU install\")"
+        )
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # driver missing or too old, no device node, ...
+        return f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot start CUDA: {exc}"
+    if torch.cuda.device_count() == 0:
+        return "no CUDA GPU is visible to this process (check the driver and CUDA_VISIBLE_DEVICES)"
+    return None
+
+
 def torch_device_and_dtype(settings: EngineSettings, device: str | None = None):
+    """The torch device and dtype ``settings`` ask for. ``auto`` takes CUDA when it works, else the
+    CPU with a WARNING that says why; ``cuda``/``cuda:N`` that cannot work is an error, never a CPU run."""
     import torch
 
     device = device or settings.device
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError("device cuda was requested but no CUDA GPU is available")
+        reason = cuda_unusable_reason(torch)
+        if reason:
+            log.warning("engine.device = auto: running on the CPU (slow): %s", reason)
+        device = "cpu" if reason else "cuda"
+    elif device.startswith("cuda"):
+        reason = cuda_unusable_reason(torch)
+        if reason:
+            raise ModelError(f"engine.device = {device!r}, but CUDA is unusable: {reason}")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ModelError(
+                f"engine.device = {device!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif device != "cpu":
+        raise ModelError(f"engine.device must be auto, cpu, cuda or cuda:N, not {device!r}")
     dev = torch.device(device)
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     if settings.dtype == "auto":

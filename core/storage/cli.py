@@ -5,9 +5,11 @@
   temporary SQLite database migrated to head, so it needs no database; ``--database`` checks the
   configured one. Exit status 1 on drift.
 * ``chant db backup PATH``: a consistent copy of the SQLite database, safe while the bot runs.
-* ``chant db prune-images [--days N]``: drop image bytes older than the retention (parameters stay).
+* ``chant db prune-images [--days N]``: drop image bytes older than the retention (parameters stay);
+  ``--days 0`` drops every image's bytes.
 
-Every command takes ``--url`` to override ``[database] url``.
+Every command takes ``--url`` to override ``[database] url``. The destructive ones (``downgrade``,
+``prune-images``) ask first, and without a terminal to ask on they refuse unless given ``--yes``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add("upgrade", _upgrade, "migrate to a revision (default: head)").add_argument(
         "revision", nargs="?", default="head"
     )
-    add("downgrade", _downgrade, "migrate down to REV (e.g. base, or a revision id)").add_argument("revision")
+    q = add("downgrade", _downgrade, "migrate down to REV (e.g. base, or a revision id); drops what later revisions added")
+    q.add_argument("revision")
+    q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     add("current", _current, "print the database's revision")
     q = add("check", _check, "fail if the models and the migrations differ (alembic check)")
     q.add_argument(
@@ -45,7 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "path"
     )
     q = add("prune-images", _prune, "drop stored image bytes older than the retention; parameters stay")
-    q.add_argument("--days", type=int, help="retention in days (default: [database] image_retention_days)")
+    q.add_argument(
+        "--days", type=int, help="drop bytes older than this many days; 0 = all (default: [database] image_retention_days)"
+    )
+    q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
 
 def _url(args: argparse.Namespace, settings) -> str:
@@ -55,6 +62,33 @@ def _url(args: argparse.Namespace, settings) -> str:
 def _fail(message: str) -> int:
     print(f"chant db: {message}", file=sys.stderr)
     return 2
+
+
+def _shown(url: str) -> str:
+    """The URL as an operator may see it (no password)."""
+    from core.storage.db import normalize_url
+
+    try:
+        return normalize_url(url).render_as_string(hide_password=True)
+    except ValueError:
+        return url
+
+
+def _confirm(args: argparse.Namespace, what: str) -> bool:
+    """True when ``--yes`` was given or the operator answers yes; never asks without a terminal."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        print(f"chant db: not done: {what}. There is no terminal to ask on; add --yes to confirm.", file=sys.stderr)
+        return False
+    try:
+        answer = input(f"{what}. Continue? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("chant db: nothing changed", file=sys.stderr)
+    return False
 
 
 async def _with_engine(url: str, fn):
@@ -76,6 +110,13 @@ def _upgrade(args: argparse.Namespace, settings) -> int:
 def _downgrade(args: argparse.Namespace, settings) -> int:
     from core.storage import migrate
 
+    what = (
+        f"migrating {_shown(_url(args, settings))} down to {args.revision} drops every table and column "
+        "added after it, with their data"
+        + (" (base: all of chant's tables)" if args.revision == "base" else "")
+    )
+    if not _confirm(args, what):
+        return 1
     return _migrate(args, settings, lambda e: migrate.downgrade(e, args.revision))
 
 
@@ -150,10 +191,16 @@ def _prune(args: argparse.Namespace, settings) -> int:
     from core.storage.models import utcnow
     from core.storage.repositories import JobRepo
 
+    if args.days is not None and args.days < 0:
+        return _fail(f"--days must be 0 (every image) or more, not {args.days}")
     days = settings.database.image_retention_days if args.days is None else args.days
-    if days <= 0:
-        print("image retention is off (0 days): nothing pruned")
+    if args.days is None and days == 0:
+        print("image retention is off ([database] image_retention_days = 0): nothing pruned; --days N prunes")
         return 0
+    age = "every stored image" if days == 0 else f"images older than {days} days"
+    what = f"dropping the bytes of {age} in {_shown(_url(args, settings))} (parameters and seeds stay)"
+    if not _confirm(args, what):
+        return 1
 
     async def run() -> int:
         db = Database(_url(args, settings))
@@ -167,5 +214,5 @@ def _prune(args: argparse.Namespace, settings) -> int:
         count = asyncio.run(run())
     except ValueError as exc:
         return _fail(str(exc))
-    print(f"pruned the bytes of {count} images older than {days} days")
+    print(f"pruned the bytes of {count} image(s): " + ("all of them" if days == 0 else f"older than {days} days"))
     return 0

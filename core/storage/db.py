@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import await_only
 
 from core.config import DatabaseSettings
+from core.storage.faults import check_sqlite_file
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -80,6 +81,9 @@ def create_engine(url: str | URL, *, echo: bool = False, **kwargs: Any) -> Async
     """An async engine for ``url`` with chant's per-connection settings."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
+        path = sqlite_path(parsed)
+        if path and not path.startswith("file:") and "uri" not in parsed.query:
+            check_sqlite_file(path)  # a missing folder, read-only or damaged file: one clear line, untouched
         kwargs.setdefault("pool_size", 20)
         kwargs.setdefault("max_overflow", 20)
         engine = create_async_engine(parsed, echo=echo, **kwargs)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -92,6 +93,7 @@ class Base(AsyncAttrs, DeclarativeBase):
         datetime: UTCDateTime,
         dict[str, Any]: JSON,
         bytes: LargeBinary,
+        float: Double,  # SQLAlchemy 2.1's default; said here so 2.0.x builds the same schema
     }
 
 

@@ -102,14 +102,14 @@ class FakeDiscord:
         self.cdn_fetches: list[str] = []  # CDN paths the bot downloaded
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def start(self) -> FakeDiscord:
+    async def start(self, port: int = 0) -> FakeDiscord:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
         app.router.add_get("/attachments/{tail:.*}", self._cdn)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self

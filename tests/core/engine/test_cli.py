@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from core.engine.cli import output_paths, parse_size
@@ -58,7 +59,7 @@ def test_generate_takes_a_path_and_reports_bad_input(tiny_sd15, tmp_path: Path, 
     common = ["--model", str(tiny_sd15.folder), "--device", "cpu", "--seed", "1"]
     assert main(["generate", "a cat", *common, "--steps", "2", "--size", "64x64", "-o", "cat.png"]) == 0
     assert (tmp_path / "cat.png").exists()
-    assert main(["generate", "a cat", *common, "--size", "60x64"]) == 1
+    assert main(["generate", "a cat", *common, "--size", "60x64"]) == 2  # refused before torch loads
     assert "width must be a multiple of 8" in capsys.readouterr().err
     assert main(["generate", "a cat", *common, "--size", "big"]) == 2
     assert "size must look like 512x768" in capsys.readouterr().err
@@ -128,3 +129,76 @@ def test_infotext_model_is_matched_by_hash(tiny_sd15, tmp_path) -> None:
     assert match_model(settings, "someone-elses-name", digest[:10]) == "mine"
     assert match_model(settings, "MINE", None) == "mine"
     assert match_model(settings, None, None) is None
+
+
+_NO_TORCH = """
+import sys
+from bot.cli import main
+rc = main(sys.argv[1:])
+loaded = [m for m in ("torch", "diffusers", "transformers") if m in sys.modules]
+print("LOADED:", loaded, file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "500x512"], "--size width must be a multiple of 8 from 64 to 4096, not 500"),
+        (["--size", "512"], "size must look like 512x768"),
+        (["--steps", "0"], "--steps must be from 1 to 150, not 0"),
+        (["-n", "99"], "--count must be from 1 to 16, not 99"),
+        (["--clip-skip", "13"], "--clip-skip must be from 1 to 12"),
+        (["--cfg", "1e9"], "--cfg must be from -100 to 100"),
+        (["--strength", "2"], "--strength must be from 0 to 1"),
+        (["--hires", "--hr-upscaler", "ESRGAN"], "--hr-upscaler must be one of Latent"),
+        (["--negative", "x" * 7000], "--negative: the prompt has 7000 characters"),
+        (["--seed", "-5"], "--seed (-1 = random) must be from 0 to 4294967295"),
+    ],
+)
+def test_bad_arguments_fail_before_torch_is_imported(tmp_path: Path, args, message) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, "generate", "a cat", *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CHANT_CONFIG": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "LOADED: []" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_prompt_syntax_fails_before_torch(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, "generate", "a (cat:1.2.3)"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CHANT_CONFIG": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "chant generate: prompt: '1.2.3' is not a number (column 8)" in proc.stderr
+    assert "LOADED: []" in proc.stderr
+
+
+def test_an_unknown_sampler_fails_before_the_model_loads(tmp_path: Path) -> None:
+    """The sampler table lives with the schedulers (torch), so it is checked after the import and
+    before any model is read: a model path that does not exist is never reached."""
+    proc = _run(["generate", "a cat", "--sampler", "Euler z", "--model", str(tmp_path / "nope.safetensors")], tmp_path)
+    assert proc.returncode == 2
+    assert "unknown sampler 'Euler z'" in proc.stderr
+    assert "nope" not in proc.stderr
+
+
+def test_help_shows_defaults(capsys) -> None:
+    from core.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    for shown in ("default 20", "(default Automatic)", "denoising strength (0.75)", "Latent (default)"):
+        assert shown in " ".join(out.split()), shown

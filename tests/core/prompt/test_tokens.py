@@ -28,7 +28,9 @@ def hf_bpe(tmp_path_factory):
     (folder / "vocab.json").write_text(json.dumps(TOK.vocab()), encoding="utf-8")
     merges = "\n".join(f"{a} {b}" for a, b in TOK.merges())
     (folder / "merges.txt").write_text("#version: 0.2\n" + merges + "\n", encoding="utf-8")
-    hf = transformers.CLIPTokenizer.from_pretrained(str(folder))
+    # The tokenizers-library CLIP BPE: ``CLIPTokenizer`` itself in transformers 5, ``…Fast`` in 4.x
+    # (whose plain ``CLIPTokenizer`` is a different, pure-Python pre-tokenizer).
+    hf = getattr(transformers, "CLIPTokenizerFast", transformers.CLIPTokenizer).from_pretrained(str(folder))
     return lambda text: hf(text, add_special_tokens=False, truncation=False)["input_ids"]
 
 

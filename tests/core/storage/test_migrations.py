@@ -85,7 +85,7 @@ def test_chant_db_check_fails_on_drift_and_bad_urls_are_explained(
     assert main(["db", "check", "--database", "--url", url]) == 0
     assert main(["db", "current", "--url", url]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == migrate.head_revision()
-    assert main(["db", "downgrade", "base", "--url", url]) == 0
+    assert main(["db", "downgrade", "base", "--url", url, "--yes"]) == 0
     assert "database at None" in capsys.readouterr().out
     assert main(["db", "current", "--url", "mysql://x@y/z"]) == 2
     assert "unsupported database 'mysql'" in capsys.readouterr().err
