@@ -15,6 +15,7 @@ TARGETS = {
     "prompt": "core.prompt.bench",
     "storage": "core.storage.bench",
     "queue": "core.queue.bench",
+    "tags": "core.prompt.tags_bench",
 }
 
 
