@@ -110,12 +110,53 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
+class PromptSettings:
+    dynamic: bool = True  # expand {a|b} variants and __wildcards__ (sd-dynamic-prompts syntax) first
+    wildcard_dir: str = "wildcards"  # NAME.txt files for __NAME__ (subfolders: __folder/NAME__)
+    tag_file: str | None = None  # booru tag CSV (tagcomplete's tag,category,count,aliases) for autocomplete
+    tag_replace_underscores: bool = True  # autocomplete inserts "long hair" for long_hair
+    tag_escape_parentheses: bool = True  # autocomplete inserts "\(cosplay\)" so A1111 reads brackets as text
+
+
+@dataclass(frozen=True)
+class ModerationSettings:
+    """The image classifier (run by the worker) and the defaults of every guild's policy."""
+
+    classifier: str | None = None  # folder of a transformers image classifier; unset = images are not checked
+    unsafe_labels: tuple[str, ...] = ("nsfw",)  # labels (from the model's config) whose probabilities add up to the score
+    policy: str = "off"  # default guild policy: off | spoiler | block
+    threshold: float = 0.8  # default guild threshold: a score at or over it is flagged
+    age_restricted: str = "allow"  # default for age-restricted channels: allow | spoiler | same
+    dm_policy: str = "off"  # direct messages: off | spoiler | block (at the default threshold)
+
+    def __post_init__(self) -> None:
+        from core.moderation import AgeRestricted, Policy, check_threshold
+
+        for name, value, kind in (
+            ("policy", self.policy, Policy),
+            ("age_restricted", self.age_restricted, AgeRestricted),
+            ("dm_policy", self.dm_policy, Policy),
+        ):
+            if value not in {k.value for k in kind}:
+                choices = " | ".join(k.value for k in kind)
+                raise ConfigError(f"moderation.{name}: expected {choices}, got {value!r}")
+        try:
+            check_threshold(self.threshold)
+        except ValueError as exc:
+            raise ConfigError(f"moderation.threshold: {exc}") from None
+        if not self.unsafe_labels:
+            raise ConfigError("moderation.unsafe_labels: name at least one label")
+
+
+@dataclass(frozen=True)
 class Settings:
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    prompts: PromptSettings = field(default_factory=PromptSettings)
+    moderation: ModerationSettings = field(default_factory=ModerationSettings)
     log_level: str = "INFO"
 
 

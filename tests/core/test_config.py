@@ -79,3 +79,18 @@ def test_environment_overrides(tmp_path: Path) -> None:
 def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml", env={})
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"policy": "ban"}, r"moderation\.policy: expected off \| spoiler \| block, got 'ban'"),
+        ({"age_restricted": "yes"}, r"moderation\.age_restricted: expected allow \| spoiler \| same"),
+        ({"dm_policy": "hide"}, r"moderation\.dm_policy"),
+        ({"threshold": 0.0}, r"moderation\.threshold: the threshold must be between 0\.01 and 1"),
+        ({"unsafe_labels": []}, r"moderation\.unsafe_labels: name at least one label"),
+    ],
+)
+def test_moderation_values_are_checked(section: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from_dict({"moderation": section}, env={})
