@@ -31,9 +31,10 @@ Where the library fails, chant is more lenient or says why:
 - Not supported (an error says so): variables ``${…}``, wrap commands ``%{…}``, parameterised
   wildcards ``__name(var=x)__``, the cyclical sampler ``@``, YAML/JSON wildcard files.
 
-Seeds: image ``i`` of a job uses seed ``seed + i`` for its noise (A1111), and its prompt is expanded
-from a generator seeded with that same number (the library's ``generate(seeds=[...])``), so an image's
-prompt is a function of its own seed and template: rerunning one image's seed expands to its prompt.
+Seeds: image ``i`` of a job uses seed ``seed + i`` for its noise (A1111; ``seed`` for all of them when
+a variation strength is set), and its prompt is expanded from a generator seeded with that same
+number (the library's ``generate(seeds=[...])``), so an image's prompt is a function of its own seed
+and template: rerunning one image's seed expands to its prompt.
 (The A1111 extension instead draws a job's prompts one after another from one generator seeded with
 the first seed; image 0 is the same either way.) Python's ``random`` keeps its draws stable across
 versions for ``random()`` only, so store the expansion with the job rather than re-expanding it.
@@ -41,6 +42,7 @@ versions for ``random()`` only, so store the expansion with the job rather than 
 
 from __future__ import annotations
 
+import collections.abc
 import random
 import re
 from collections.abc import Iterator
@@ -529,15 +531,16 @@ def expand(
 
 def expand_images(
     template: str,
-    seed: int,
-    count: int,
+    seeds: collections.abc.Sequence[int],
     *,
     wildcards: WildcardLibrary | None = None,
     max_chars: int = DISCORD_LIMIT,
 ) -> tuple[Expansion, ...]:
-    """The prompts of a job's ``count`` images: image ``i`` is expanded with seed ``seed + i``."""
+    """The prompts of a job's images, each expanded with that image's own seed (A1111 gives image ``i``
+    seed ``seed + i``, or ``seed`` for every image when a variation strength is set:
+    ``core.controls.vary.image_seeds``). The template is parsed once."""
     tree = parse(template)
-    return tuple(_expand(tree, seed + i, wildcards, max_chars) for i in range(count))
+    return tuple(_expand(tree, seed, wildcards, max_chars) for seed in seeds)
 
 
 def _expand(tree: Node, seed: int, wildcards: WildcardLibrary | None, max_chars: int) -> Expansion:

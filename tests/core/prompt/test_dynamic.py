@@ -137,7 +137,7 @@ def test_same_seed_same_expansion_and_seeds_differ(lib: WildcardLibrary) -> None
 
 def test_image_i_uses_seed_plus_i(lib: WildcardLibrary) -> None:
     template = "{a|b|c} __colours__"
-    images = expand_images(template, 40, 4, wildcards=lib)
+    images = expand_images(template, [40, 41, 42, 43], wildcards=lib)
     assert [e.seed for e in images] == [40, 41, 42, 43]
     assert images == tuple(expand(template, 40 + i, wildcards=lib) for i in range(4))
 
