@@ -121,3 +121,21 @@ def test_parse_guild_policy() -> None:
     for bad in (0.0, 1.5, -1.0):
         with pytest.raises(ValueError, match=r"the threshold must be between 0\.01 and 1"):
             parse_guild_policy("block", bad, "allow")
+
+
+def test_the_new_torch_free_modules_load_no_torch() -> None:
+    """Moderation policy, dynamic prompts, wildcards, tags and the result controls run in the bot's
+    process: importing them must not pull in torch (or discord)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    modules = "core.moderation, core.prompt.dynamic, core.prompt.wildcards, core.prompt.tags, core.controls.outpaint, core.controls.vary"
+    code = (
+        f"import sys, {modules};"
+        "bad = [m for m in ('torch', 'discord', 'diffusers', 'transformers') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
