@@ -168,3 +168,37 @@ def test_bad_inputs() -> None:
         zoom_geometry(4000, 60, 2.0, MP)
     with pytest.raises(ValueError, match="at most 4096 a side"):
         zoom_out(GenerationRequest(prompt="x"), Image.new("RGB", (5000, 64)), 2.0, MP)
+
+
+@pytest.mark.parametrize("kind", ["zoom", "pan-left", "pan-up"])
+def test_the_inpaint_path_keeps_the_source_and_repaints_the_border(kind: str) -> None:
+    """Through the engine's own inpaint preparation (A1111's init: mask blur, fill, overlay): the source
+    away from the seams is composited back untouched, the new area is repainted in full."""
+    from core.engine.image_modes import prepare_init
+
+    source = picture(512, 384, seed=4)
+    geometry = {
+        "zoom": zoom_geometry(512, 384, 2.0, MP),
+        "pan-left": pan_geometry(512, 384, "left", MP),
+        "pan-up": pan_geometry(512, 384, "up", MP),
+    }[kind]
+    canvas, mask = canvas_and_mask(source, geometry)
+    init = prepare_init(canvas, geometry.width, geometry.height, mask=mask, inpaint=True,
+                        mask_blur=MASK_BLUR, inpainting_fill=FILL)  # fmt: skip
+    alpha = np.asarray(init.overlay)[..., 3]
+    g = geometry
+    left, top, right, bottom = g.margins
+    margin = OVERLAP + 3 * MASK_BLUR
+    inner = (
+        slice(g.y + (margin if top else 0), g.y + g.source_height - (margin if bottom else 0)),
+        slice(g.x + (margin if left else 0), g.x + g.source_width - (margin if right else 0)),
+    )
+    assert (alpha[inner] == 255).all()  # composited back exactly
+    assert np.array_equal(np.asarray(init.overlay)[inner][..., :3], np.asarray(canvas)[inner])
+    far = np.ones_like(alpha, dtype=bool)
+    far[max(0, g.y - MASK_BLUR) : g.y + g.source_height + MASK_BLUR, max(0, g.x - MASK_BLUR) : g.x + g.source_width + MASK_BLUR] = False
+    assert far.any() and (alpha[far] == 0).all()  # the new area is painted, none of it kept
+    latent = init.mask
+    assert latent.shape == (g.height // 8, g.width // 8)
+    cells = far[::8, ::8] & far[7::8, 7::8]
+    assert (latent[cells] == 1).all()

@@ -121,7 +121,7 @@ def test_index_agrees_with_a_plain_scan() -> None:
     rng = random.Random(5)
     letters = "abcde_(1 "
     rows = []
-    for i in range(600):
+    for _row in range(600):
         name = "".join(rng.choice(letters) for _ in range(rng.randint(1, 8))).strip() or "a"
         alias = ",".join("".join(rng.choice(letters) for _ in range(3)) for _ in range(rng.randint(0, 2)))
         rows.append(f'"{name}",0,{rng.randint(0, 50)},"{alias}"')
