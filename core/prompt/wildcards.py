@@ -1,7 +1,8 @@
 """The wildcard folder: ``name.txt`` files (``animals/cats.txt`` is ``__animals/cats__``), one option a line.
 
 Names resolve inside the configured folder only: the folder is walked once into an index of names
-(re-walked when a name is missing, or when the index is older than ``RESCAN_S``), and a name is only
+(re-walked when the index is older than ``RESCAN_S``, or when a name is missing and the index is older
+than ``MIN_RESCAN_S``, so a stream of bad names cannot keep the disk busy), and a name is only
 ever looked up in that index, never turned into a path, so ``..`` or an absolute name cannot reach
 other files. Files and folders whose real path (symlinks followed) is outside the folder are left out
 of the index, as are hidden folders (the ``dynamicprompts`` library skips those too).
@@ -24,6 +25,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 RESCAN_S = 30.0  # how stale the name index may get before a lookup walks the folder again
+MIN_RESCAN_S = 1.0  # a missing name walks the folder again, but not more often than this
 _GLOB = re.compile(r"[*?\[]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what text-mode file iteration splits on (not \f, \v, \x85)
 
@@ -82,8 +84,8 @@ class WildcardLibrary:
 
     def _current_index(self, *, force: bool = False) -> dict[str, Path]:
         with self._lock:
-            stale = self._scanned_at is None or time.monotonic() - self._scanned_at > self.rescan_s
-            if force or stale:
+            age = None if self._scanned_at is None else time.monotonic() - self._scanned_at
+            if age is None or age > self.rescan_s or (force and age > MIN_RESCAN_S):
                 self._index = self._scan()
                 self._scanned_at = time.monotonic()
             return self._index

@@ -95,10 +95,15 @@ def test_missing_folder_has_no_names(tmp_path: Path) -> None:
         lib.lookup("x")
 
 
-def test_a_file_added_later_is_found(root: Path) -> None:
+def test_a_file_added_later_is_found(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.prompt.wildcards as module
+
     lib = WildcardLibrary(root, rescan_s=3600)
     assert lib.names()  # index built
     put(root / "new.txt", "fresh\n")
+    with pytest.raises(WildcardLookupError):
+        lib.lookup("new")  # walked less than MIN_RESCAN_S ago: not again
+    monkeypatch.setattr(module, "MIN_RESCAN_S", 0.0)
     assert lib.lookup("new").values == ("fresh",)  # a miss re-walks the folder
 
 
