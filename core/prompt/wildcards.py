@@ -52,6 +52,7 @@ class WildcardValues:
 class _File:
     mtime_ns: int
     size: int
+    display: str  # its path in the folder, for messages
     lines: tuple[tuple[str, int], ...]  # (value, 1-based line number)
 
 
@@ -76,6 +77,8 @@ class WildcardLibrary:
         self._index: dict[str, Path] = {}
         self._scanned_at: float | None = None
         self._files: dict[Path, _File] = {}
+        # name -> (the files' (path, mtime, size) it was built from, its values)
+        self._values: dict[str, tuple[tuple, WildcardValues]] = {}
 
     # -- the index -------------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -129,14 +132,24 @@ class WildcardLibrary:
             paths = self._match(cleaned, self._current_index(force=True))  # a file added since the scan
         if not paths:
             raise WildcardLookupError(f"there is no wildcard {cleaned!r}", tuple(self.suggest(cleaned)))
+        files = [(path, self._read(path)) for path in paths]
+        stamp = tuple((path, f.mtime_ns, f.size) for path, f in files)
+        cached = self._values.get(cleaned)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
         found: dict[str, str] = {}
-        for path in paths:
-            for value, line in self._read(path).lines:
-                found.setdefault(value, f"{self._display(path)} line {line}")
+        for _, file in files:
+            for value, line in file.lines:
+                found.setdefault(value, f"{file.display} line {line}")
         if not found:
             raise WildcardLookupError(f"the wildcard {cleaned!r} has no lines (only blanks or # comments)")
         values = tuple(sorted(found))
-        return WildcardValues(cleaned, values, tuple(found[v] for v in values))
+        result = WildcardValues(cleaned, values, tuple(found[v] for v in values))
+        with self._lock:
+            if len(self._values) > 4096:  # names are user input: keep the cache bounded
+                self._values.clear()
+            self._values[cleaned] = (stamp, result)
+        return result
 
     def _match(self, name: str, index: dict[str, Path]) -> list[Path]:
         if _GLOB.search(name):
@@ -186,7 +199,7 @@ class WildcardLibrary:
             value = line.strip()
             if value and not value.startswith("#"):
                 lines.append((value, number))
-        entry = _File(stat.st_mtime_ns, stat.st_size, tuple(lines))
+        entry = _File(stat.st_mtime_ns, stat.st_size, self._display(path), tuple(lines))
         with self._lock:
             self._files[path] = entry
         return entry
