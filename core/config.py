@@ -145,6 +145,27 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
+class PromptSettings:
+    dynamic: bool = True  # expand {a|b} variants and __wildcards__ (sd-dynamic-prompts syntax) first
+    wildcard_dir: str = "wildcards"  # NAME.txt files for __NAME__ (subfolders: __folder/NAME__)
+    tag_file: str | None = None  # booru tag CSV (tagcomplete's tag,category,count,aliases) for autocomplete
+    tag_replace_underscores: bool = True  # autocomplete inserts "long hair" for long_hair
+    tag_escape_parentheses: bool = True  # autocomplete inserts "\(cosplay\)" so A1111 reads brackets as text
+
+
+@dataclass(frozen=True)
+class ModerationSettings:
+    """The image classifier (run by the worker) and the defaults of every guild's policy."""
+
+    classifier: str | None = None  # folder of a transformers image classifier; unset = images are not checked
+    unsafe_labels: tuple[str, ...] = ("nsfw",)  # labels (from the model's config) whose probabilities add up to the score
+    policy: str = "off"  # default guild policy: off | spoiler | block
+    threshold: float = 0.8  # default guild threshold: a score at or over it is flagged
+    age_restricted: str = "allow"  # default for age-restricted channels: allow | spoiler | same
+    dm_policy: str = "off"  # direct messages: off | spoiler | block (at the default threshold)
+
+
+@dataclass(frozen=True)
 class Settings:
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -152,6 +173,8 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
+    prompts: PromptSettings = field(default_factory=PromptSettings)
+    moderation: ModerationSettings = field(default_factory=ModerationSettings)
     log_level: str = "INFO"
 
 
@@ -162,6 +185,8 @@ Check = Callable[[Any], str | None]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DM_MODES = ("allow", "refuse")
+MODERATION_POLICIES = ("off", "spoiler", "block")  # core.moderation.Policy
+AGE_RESTRICTED_POLICIES = ("allow", "spoiler", "same")  # core.moderation.AgeRestricted
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DTYPES = ("auto", "fp16", "bf16", "fp32")
 COMPILE_MODES = ("off", "default", "cuda-graphs")
@@ -300,6 +325,18 @@ CHECKS: dict[type, dict[str, Check]] = {
         "tagger": text(what="a tagger name"),
         "tagger_general_threshold": between(ranges.MIN_CONFIDENCE, ranges.MAX_CONFIDENCE),
         "tagger_character_threshold": between(ranges.MIN_CONFIDENCE, ranges.MAX_CONFIDENCE),
+    },
+    PromptSettings: {
+        "wildcard_dir": text(what="a folder name"),
+        "tag_file": text(what="a CSV file name"),
+    },
+    ModerationSettings: {
+        "classifier": text(what="a classifier folder"),
+        "unsafe_labels": lambda v: None if v and not each(text(what="x"))(v) else "one or more label names",
+        "policy": choices(*MODERATION_POLICIES),
+        "threshold": between(0.01, 1.0),  # core.moderation.check_threshold's range
+        "age_restricted": choices(*AGE_RESTRICTED_POLICIES),
+        "dm_policy": choices(*MODERATION_POLICIES),
     },
     LimitSettings: {
         "max_steps": between(ranges.MIN_STEPS, ranges.MAX_STEPS),

@@ -259,3 +259,26 @@ def test_a_bad_file_value_names_the_file(tmp_path: Path) -> None:
     cfg.write_text('[engine]\ndevice = "gpu"\n')
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(cfg))}: engine\.device: must be one of"):
         load_settings(cfg, env={})
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"policy": "ban"}, r"moderation\.policy: must be one of off, spoiler, block, not 'ban'"),
+        ({"age_restricted": "yes"}, r"moderation\.age_restricted: must be one of allow, spoiler, same"),
+        ({"dm_policy": "hide"}, r"moderation\.dm_policy"),
+        ({"threshold": 0.0}, r"moderation\.threshold: must be .*0\.01 to 1"),
+        ({"unsafe_labels": []}, r"moderation\.unsafe_labels: must be one or more label names"),
+    ],
+)
+def test_moderation_values_are_checked(section: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from_dict({"moderation": section}, env={})
+
+
+def test_moderation_choices_are_the_policy_module_s() -> None:
+    from core import config
+    from core.moderation import AgeRestricted, Policy
+
+    assert tuple(p.value for p in Policy) == config.MODERATION_POLICIES
+    assert tuple(a.value for a in AgeRestricted) == config.AGE_RESTRICTED_POLICIES
