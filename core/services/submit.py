@@ -1,8 +1,8 @@
 """Putting a job in the queue: /imagine and /img2img, 🔁 reroll and 🔀 variation.
 
-Each ends in :func:`enqueue`: one write transaction that takes the user's quota lock, counts the
-stored queue against the caps, reserves the quota, inserts the job and NOTIFYs the workers — so two
-submits of one user never both pass a cap, and a refused submit leaves nothing behind.
+Each ends in :func:`enqueue`: one write transaction that takes the user's quota lock and the queue's
+lock, counts the stored queue against the caps, reserves the quota, inserts the job and NOTIFYs the
+workers — so two submits never both pass a cap, and a refused submit leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -116,7 +116,9 @@ async def enqueue(
     try:
         async with ctx.db.transaction(write=True) as s:
             repos = Repositories(s)
+            # Always in this order (the user's quota row, then the queue), so submits never deadlock.
             await repos.quotas.lock_user(gid, actor.user_id)
+            await repos.jobs.lock_queue()
             over = policy.over_cap(caps, await repos.jobs.active_counts(gid, actor.user_id))
             if over is not None:
                 raise _Over()

@@ -28,6 +28,8 @@ from core.storage.validation import MAX_ERROR_CHARS, MAX_PROMPT_CHARS, check_id,
 from core.types import GeneratedImage, GenerationRequest, Mode
 
 ACTIVE_STATES = ("queued", "running")
+# PostgreSQL advisory lock key of the queue caps ("chant" and 1): one lock, taken by every submit.
+QUEUE_CAPS_LOCK = 0x6368616E74_0001
 
 
 class JobRepo:
@@ -158,6 +160,19 @@ class JobRepo:
         return await self.session.scalar(
             select(Job).where(Job.user_id == user_id).order_by(Job.id.desc()).limit(1)
         )
+
+    async def lock_queue(self) -> None:
+        """Serialise submits until the transaction ends, so that :meth:`active_counts` stays true until
+        the new job is inserted: the caps are exact.
+
+        PostgreSQL: a transaction-level advisory lock. Under READ COMMITTED two submits of different
+        users each count the queue before the other commits and both pass a cap: 100 concurrent submits
+        against a guild cap of 10 accepted 11, against a global cap of 10 accepted 17 to 21. Every two
+        submits may race for the global cap, so one lock covers the three caps. SQLite: nothing to do
+        (``BEGIN IMMEDIATE`` already holds the database's write lock).
+        """
+        if self.session.bind.dialect.name == "postgresql":
+            await self.session.execute(select(func.pg_advisory_xact_lock(QUEUE_CAPS_LOCK)))
 
     async def active_counts(self, guild_id: int | None, user_id: int) -> tuple[int, int, int]:
         """Queued + running jobs of (this user here, this guild or the DMs, everyone): one query."""
