@@ -196,6 +196,10 @@ class JobRepo:
             )
         )
 
+    async def running_ids(self) -> list[int]:
+        """Running jobs, oldest first (what started while a bot process could not hear it)."""
+        return list(await self.session.scalars(select(Job.id).where(Job.state == "running").order_by(Job.id)))
+
     async def live_with_status(self, *, limit: int = 1000) -> list[Job]:
         """Queued and running jobs that have a status message, oldest first (restart recovery)."""
         return list(
