@@ -121,6 +121,8 @@ class LimitSettings:
     max_queued_per_guild: int = 50
     max_queued_global: int = 500
     max_prompt_chars: int = 6000
+    max_and_parts: int = 8  # AND parts of a prompt: each is one more UNet row per step
+    max_prompt_chunks: int = 12  # 75-token chunks of a prompt's (or negative's) longest part
 
 
 @dataclass(frozen=True)

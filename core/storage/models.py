@@ -112,6 +112,8 @@ class Guild(Base):
     max_images: Mapped[int | None]
     max_queued_per_user: Mapped[int | None]
     max_queued_per_guild: Mapped[int | None]
+    max_and_parts: Mapped[int | None]
+    max_prompt_chunks: Mapped[int | None]
     reroll_policy: Mapped[str] = mapped_column(String(16), default="everyone")
     weight: Mapped[float] = mapped_column(default=1.0)  # share of the GPU in the fair queue
     banned_words: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -171,7 +173,7 @@ class Job(Base):
     height: Mapped[int]
     steps: Mapped[int]
     sampler: Mapped[str] = mapped_column(String(64))
-    cost: Mapped[float]  # pixels x steps x images, for fair scheduling
+    cost: Mapped[float]  # core.cost.job_cost: UNet rows x pixels x model calls, for fair scheduling
     # Execution.
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Select, and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.cost import pixel_steps
+from core.cost import job_cost
 from core.storage.models import (
     FINISHED_STATES,
     JOB_KINDS,
@@ -90,7 +90,7 @@ class JobRepo:
             height=request.height,
             steps=request.steps,
             sampler=check_text(request.sampler, "sampler", max_chars=64),
-            cost=pixel_steps(request),
+            cost=job_cost(request),
             attempts=0,
             posted=False,
             created_at=created_at or utcnow(),

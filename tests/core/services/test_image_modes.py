@@ -245,15 +245,15 @@ def test_upscaler_names_match_the_engine() -> None:
 
 
 def test_hires_and_img2img_are_estimated_by_the_work_they_do() -> None:
-    from core.cost import pixel_steps
+    from core.cost import job_cost
     from core.types import GenerationRequest
 
     plain = GenerationRequest(prompt="x", width=512, height=512, steps=20)
-    assert pixel_steps(
+    assert job_cost(
         plain.replace(enable_hr=True, hr_scale=2.0, hr_denoising_strength=0.5)
-    ) == pytest.approx(pixel_steps(plain) * (1 + 4 * 0.5))
+    ) == pytest.approx(job_cost(plain) * (1 + 4 * 0.5))
     img2img = plain.replace(mode=Mode.IMG2IMG, init_image=b"x", denoising_strength=0.25)
-    assert pixel_steps(img2img) == pytest.approx(pixel_steps(plain) / 4)
+    assert job_cost(img2img) == pytest.approx(job_cost(plain) / 4)
 
 
 def test_fit_size_keeps_the_aspect_within_the_limit() -> None:

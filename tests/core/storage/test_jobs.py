@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from core.cost import pixel_steps
+from core.cost import job_cost
 from core.storage.db import Database
 from core.storage.models import utcnow
 from core.storage.repositories import JobRepo, Repositories
@@ -97,7 +97,7 @@ async def test_full_request_with_input_images_round_trips(db: Database) -> None:
             512,
             20,
         )
-        assert job.cost == pixel_steps(request)  # the one job cost (core.cost)
+        assert job.cost == job_cost(request)  # the one job cost (core.cost)
         assert job.created_at.tzinfo is not None and abs(job.created_at - utcnow()) < timedelta(minutes=1)
 
 
