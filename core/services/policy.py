@@ -89,6 +89,14 @@ def quota_refusal(exc: QuotaExceeded) -> UserError:
     )
 
 
+def source_pruned(job_id: int, retention_days: int) -> UserError:
+    return UserError(
+        "source_pruned",
+        f"The source image of job {job_id} is no longer stored: source images are kept {retention_days} "
+        "days after the last job that used them. Start again from the picture with /img2img.",
+    )
+
+
 # ------------------------------------------------------------------------------------ who may do what
 
 

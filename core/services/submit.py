@@ -95,6 +95,8 @@ async def _job_for_action(
         guild = await guild_of(s, actor)
         policy.check_channel(ctx.settings, actor, guild)
         policy.check_reroll(actor, guild, job)
+        if await repos.jobs.inputs_pruned(job.id):
+            raise policy.source_pruned(job.id, ctx.settings.database.image_retention_days)
         stored = await repos.jobs.request(job)  # with its input images (img2img, inpaint)
     _check_limits(ctx, stored, guild)
     return job, guild, stored

@@ -5,7 +5,8 @@
   temporary SQLite database migrated to head, so it needs no database; ``--database`` checks the
   configured one. Exit status 1 on drift.
 * ``chant db backup PATH``: a consistent copy of the SQLite database, safe while the bot runs.
-* ``chant db prune-images [--days N]``: drop image bytes older than the retention (parameters stay).
+* ``chant db prune-images [--days N]``: drop image bytes older than the retention (parameters stay):
+  results, and the img2img sources no recent job uses.
 
 Every command takes ``--url`` to override ``[database] url``.
 """
@@ -44,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add("backup", _backup, "consistent copy of the SQLite database (safe while chant runs)").add_argument(
         "path"
     )
-    q = add("prune-images", _prune, "drop stored image bytes older than the retention; parameters stay")
+    q = add("prune-images", _prune, "drop result and source image bytes older than the retention")
     q.add_argument("--days", type=int, help="retention in days (default: [database] image_retention_days)")
 
 
@@ -148,24 +149,29 @@ def _backup(args: argparse.Namespace, settings) -> int:
 def _prune(args: argparse.Namespace, settings) -> int:
     from core.storage.db import Database
     from core.storage.models import utcnow
-    from core.storage.repositories import JobRepo
+    from core.storage.repositories import Repositories
 
     days = settings.database.image_retention_days if args.days is None else args.days
     if days <= 0:
         print("image retention is off (0 days): nothing pruned")
         return 0
 
-    async def run() -> int:
+    async def run() -> tuple[int, int]:
         db = Database(_url(args, settings))
         try:
             async with db.transaction(write=True) as session:
-                return await JobRepo(session).prune_images(utcnow() - timedelta(days=days))
+                repos = Repositories(session)
+                older_than = utcnow() - timedelta(days=days)
+                # Results first: a source is kept while a job that used it still has its results.
+                return await repos.jobs.prune_images(older_than), await repos.sources.prune(older_than)
         finally:
             await db.dispose()
 
     try:
-        count = asyncio.run(run())
+        images, sources = asyncio.run(run())
     except ValueError as exc:
         return _fail(str(exc))
-    print(f"pruned the bytes of {count} images older than {days} days")
+    print(
+        f"pruned the bytes of {images} result images and {sources} source images older than {days} days"
+    )
     return 0

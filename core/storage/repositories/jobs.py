@@ -24,6 +24,7 @@ from core.storage.models import (
     utcnow,
 )
 from core.storage.repositories._sql import insert
+from core.storage.repositories.sources import SourceRepo
 from core.storage.validation import MAX_ERROR_CHARS, MAX_PROMPT_CHARS, check_id, check_json_texts, check_text
 from core.types import GeneratedImage, GenerationRequest, Mode
 
@@ -98,9 +99,10 @@ class JobRepo:
         self.session.add(job)
         await self.session.flush()
         if request.init_image is not None or request.mask_image is not None:
-            self.session.add(
-                JobInput(job_id=job.id, init_image=request.init_image, mask_image=request.mask_image)
-            )
+            sources = SourceRepo(self.session)  # stored once, whichever jobs use them
+            init = None if request.init_image is None else await sources.put(request.init_image)
+            mask = None if request.mask_image is None else await sources.put(request.mask_image)
+            self.session.add(JobInput(job_id=job.id, init_image_id=init, mask_image_id=mask))
             await self.session.flush()
         return job
 
@@ -111,13 +113,25 @@ class JobRepo:
         return await self.session.scalar(stmt)
 
     async def request(self, job: Job) -> GenerationRequest:
-        """The stored request, with its input images if it has any."""
-        images: dict[str, bytes | None] = {}
-        if job.params.get("mode", "txt2img") != Mode.TXT2IMG:
-            inputs = await self.session.get(JobInput, job.id)
-            if inputs is not None:
-                images = {"init_image": inputs.init_image, "mask_image": inputs.mask_image}
+        """The stored request, with its input images if it has any (None where they were pruned)."""
+        images = await self.inputs(job.id) if job.params.get("mode", "txt2img") != Mode.TXT2IMG else {}
         return GenerationRequest.from_dict(job.params, **images)
+
+    async def inputs(self, job_id: int) -> dict[str, bytes | None]:
+        """``init_image`` and ``mask_image`` of an img2img / inpaint job (None: none, or pruned)."""
+        row = await self.session.get(JobInput, job_id)
+        if row is None:
+            return {}
+        data = await SourceRepo(self.session).data([row.init_image_id, row.mask_image_id])
+        return {"init_image": data.get(row.init_image_id), "mask_image": data.get(row.mask_image_id)}
+
+    async def inputs_pruned(self, job_id: int) -> bool:
+        """Whether an input image of this job was pruned (the job cannot run again)."""
+        row = await self.session.get(JobInput, job_id)
+        if row is None:
+            return False
+        data = await SourceRepo(self.session).data([row.init_image_id, row.mask_image_id])
+        return any(data.get(i) is None for i in (row.init_image_id, row.mask_image_id) if i is not None)
 
     async def by_message(self, message_id: int) -> Job | None:
         """The job shown by a status or result message (🔁, ❌, ℹ️ on any message we posted)."""
