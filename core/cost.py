@@ -52,8 +52,9 @@ class PromptShape:
 
 
 @lru_cache(maxsize=4096)
-def _chunks(text: str) -> int:
-    return len(tokenize_text(text).chunks)
+def _chunks(text: str, literal: bool = False) -> int:
+    """75-token chunks of a scheduled text; ``literal``: of text whose brackets cannot be read."""
+    return len(tokenize_text(text, emphasis="None" if literal else "Original").chunks)
 
 
 @lru_cache(maxsize=256)
@@ -64,7 +65,7 @@ def prompt_shape(prompt: str, steps: int, *, negative: bool = False) -> PromptSh
         plan = interpret(prompt, steps, negative=negative, max_chars=max(1, len(prompt)))
         parts = [[(entry.until_step, entry.text) for entry in sub.schedule] for sub in plan.subprompts]
     except (PromptError, ValueError):  # unusable: refused before queueing; costed as literal text
-        parts = [[(steps, prompt)]]
+        return PromptShape(1, _chunks(prompt, True), float(_chunks(prompt, True)), _chunks(prompt, True))
     constant = 0  # the longest part that does not change over the steps
     per_step = [0] * steps  # the longest of the parts that do, at each step
     for schedule in parts:

@@ -89,9 +89,10 @@ def test_second_order_samplers_call_the_model_twice_per_step_but_the_last() -> N
 
 
 def test_an_unreadable_prompt_is_costed_as_literal_text() -> None:
-    broken = PLAIN.replace(prompt="a AND [b:1e999]")  # refused by the submit checks; never a crash here
-    assert prompt_shape(broken.prompt, 20).parts == 1  # one literal part
-    assert job_cost(broken) == STANDARD_PIXEL_STEPS
+    for prompt in ("a AND [b:1e999]", "a (red:1.2.3) fox"):  # refused by the submit checks, not here
+        broken = PLAIN.replace(prompt=prompt)
+        assert prompt_shape(broken.prompt, 20).parts == 1  # one literal part
+        assert job_cost(broken) == STANDARD_PIXEL_STEPS
 
 
 def test_no_job_is_free() -> None:

@@ -32,6 +32,10 @@ async def test_too_many_and_parts_or_chunks_are_refused_naming_the_limit(tmp_pat
                 actor(), ImagineOptions(prompt="a cat", negative="ugly" + MANY_BREAKS)
             )
         assert err.value.code == "limit.chunks" and "negative prompt" in str(err.value)
+        # a prompt that cannot be read is still refused for what is wrong with it, the column named
+        with pytest.raises(UserError) as err:
+            await service.submit_imagine(actor(), ImagineOptions(prompt="a (red:1.2.3) fox"))
+        assert err.value.code == "prompt" and "column 8" in str(err.value)
         # what people write passes: 4 parts, 300 tokens
         realistic = " AND ".join(["a castle on a hill, " + "detailed, " * 35] * 4)
         await service.submit_imagine(actor(), ImagineOptions(prompt=realistic))
