@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add("backup", _backup, "consistent copy of the SQLite database (safe while chant runs)").add_argument(
         "path"
     )
-    q = add("prune-images", _prune, "drop result and source image bytes older than the retention")
+    q = add("prune-images", _prune, "drop stored image bytes older than the retention; parameters stay")
     q.add_argument("--days", type=int, help="retention in days (default: [database] image_retention_days)")
 
 
@@ -168,10 +168,9 @@ def _prune(args: argparse.Namespace, settings) -> int:
             await db.dispose()
 
     try:
-        images, sources = asyncio.run(run())
+        count, sources = asyncio.run(run())
     except ValueError as exc:
         return _fail(str(exc))
-    print(
-        f"pruned the bytes of {images} result images and {sources} source images older than {days} days"
-    )
+    print(f"pruned the bytes of {count} images older than {days} days")
+    print(f"pruned the bytes of {sources} img2img source images no job within the retention uses")
     return 0
