@@ -9,13 +9,11 @@ seconds) selects :class:`core.testing.fake_engine.FakeEngine`, for tests and dem
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
 import socket
 from collections.abc import Mapping
-from typing import Any
 
 from core.config import Settings
 from core.engine.api import Engine
@@ -148,10 +146,13 @@ class WorkerProcess:
 
     def __init__(self, db: Database, engine: Engine, worker: Worker) -> None:
         self.db, self.engine, self.worker = db, engine, worker
-        self._listening: Any = None
 
     async def run_until(self, stop: asyncio.Event) -> None:
-        self._listening = await notify.listen(self.db, notify.JOBS, lambda _note: self.worker.wake())
+        # After a lost LISTEN comes back, look at the table at once: a queued note may have been missed.
+        listening = notify.Listener(
+            self.db, notify.JOBS, lambda _note: self.worker.wake(), on_reconnect=self.worker.wake
+        )
+        await listening.start()
         task = self.worker.start()
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -159,9 +160,7 @@ class WorkerProcess:
         finally:
             stopper.cancel()
             await self.worker.stop()
-            if self._listening is not None:
-                with contextlib.suppress(Exception):
-                    await self._listening.close()
+            await listening.close()
             self.engine.close()
             await self.db.dispose()
 

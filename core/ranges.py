@@ -63,6 +63,10 @@ UPSCALERS = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
 
 RNG_SOURCES = ("gpu", "cpu", "nv")
 
+# A1111's ``second_order`` samplers: two model calls per step (the last step one). The job cost counts
+# them (``core.cost``, torch-free); the engine's sampler table marks the same names.
+SECOND_ORDER_SAMPLERS = ("DPM++ SDE", "DPM++ 2S a", "Heun", "DPM2", "DPM2 a")
+
 # A1111 1.10's schedule types (``sd_schedulers.schedulers``), by label. Before 1.9 a sampler name could end
 # in one ("DPM++ 2M Karras"); infotext from then is read with it split off.
 SCHEDULE_TYPES = (

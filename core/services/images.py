@@ -2,9 +2,9 @@
 
 Uploaded bytes are untrusted: :func:`load_source` opens them with Pillow, refuses anything that is not
 a readable still image or that is larger than the operator's pixel limit (checked from the header,
-before decoding, so a decompression bomb is never decoded), and re-encodes what it accepts as PNG,
-the format :class:`core.types.GenerationRequest` carries. :func:`load_mask` does the same for a mask
-and, as A1111 does, resizes a mask of another size to the source's size.
+before decoding, so a decompression bomb is never decoded), and keeps what it accepts as it was
+sent when the engine reads it so (PNG, JPEG, WebP), else re-encodes it as PNG. :func:`load_mask` checks
+a mask the same way and, as A1111 does, resizes a mask of another size to the source's size (PNG).
 """
 
 from __future__ import annotations
@@ -20,10 +20,16 @@ from core.services.types import UserError
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 
 
+# What the engine decodes itself (``core.engine.image_modes.load_image``, EXIF orientation included),
+# in the 8-bit modes it reads as Pillow shows them here: such an upload is kept as it was sent.
+ENGINE_FORMATS = ("PNG", "JPEG", "WEBP")
+ENGINE_MODES = ("RGB", "RGBA", "L", "LA", "P")
+
+
 @dataclass(frozen=True)
 class SourceImage:
-    png: bytes
-    width: int
+    data: bytes  # the upload as sent when the engine reads it so; else the checked image as PNG
+    width: int  # upright (EXIF orientation applied)
     height: int
     transparent: bool  # it has transparent pixels: kept as RGBA, the engine repaints them (inpaint)
 
@@ -65,15 +71,18 @@ def _png(img: Image.Image) -> bytes:
 
 
 def load_source(data: bytes, *, max_pixels: int, what: str = "source image") -> SourceImage:
-    """The source image as PNG: RGB, or RGBA when it has transparent pixels (A1111 repaints those when
-    no mask is given; the engine derives that mask and flattens the rest onto white)."""
+    """The checked source image: the upload itself when the engine reads it as it is (a phone's 3 MB
+    JPEG stays 3 MB, not a 30 MB PNG), else a PNG, RGB or RGBA when it has transparent pixels (A1111
+    repaints those when no mask is given; the engine derives that mask and flattens the rest onto
+    white)."""
     img = _open(data, what, max_pixels)
+    transparent = False
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        if rgba.getchannel("A").getextrema()[0] < 255:
-            return SourceImage(_png(rgba), rgba.width, rgba.height, True)
-    img = img.convert("RGB")
-    return SourceImage(_png(img), img.width, img.height, False)
+        transparent = img.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    if img.mode in ENGINE_MODES and Image.open(io.BytesIO(data)).format in ENGINE_FORMATS:
+        return SourceImage(data, img.width, img.height, transparent)
+    img = img.convert("RGBA" if transparent else "RGB")
+    return SourceImage(_png(img), img.width, img.height, transparent)
 
 
 def load_mask(data: bytes, size: tuple[int, int], *, max_pixels: int) -> bytes:

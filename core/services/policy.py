@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from core import ranges
 from core.config import EngineSettings, Settings
+from core.cost import prompt_shape
 from core.prompt import Interpretation, PromptError, interpret
 from core.services.types import Actor, UserError
 from core.storage.models import Guild, Job
@@ -85,6 +86,14 @@ def quota_refusal(exc: QuotaExceeded) -> UserError:
         f"needs {exc.requested:g}. Your quota resets at {u.resets_at:%H:%M} UTC "
         f"(<t:{int(u.resets_at.timestamp())}:R>).",
         retry_after_s=exc.retry_after_s,
+    )
+
+
+def source_pruned(job_id: int, retention_days: int) -> UserError:
+    return UserError(
+        "source_pruned",
+        f"The source image of job {job_id} is no longer stored: source images are kept {retention_days} "
+        "days after the last job that used them. Start again from the picture with /img2img.",
     )
 
 
@@ -164,6 +173,7 @@ def check_request(
         raise UserError(
             "limit.steps", f"Steps must be between 1 and {lim['max_steps']} here (you asked for {r.steps})."
         )
+    check_structure(r, lim)
     for name, value in (("width", r.width), ("height", r.height)):
         if value < ranges.MIN_SIDE or value % ranges.SIDE_MULTIPLE:
             raise UserError(
@@ -201,6 +211,30 @@ def check_request(
         raise UserError("sampler", f"I do not know the sampler {r.sampler!r}. Pick one from the list.")
     if models and r.model is not None and r.model not in models:
         raise UserError("model", f"I do not know the model {r.model!r}. Pick one from the list.")
+
+
+def check_structure(r: GenerationRequest, lim: Limits) -> None:
+    """AND parts and 75-token chunks against today's limits. Each part is one more UNet row per step and
+    each chunk a longer row (:mod:`core.cost`): 1,000 parts fit in 6,000 characters and run 500 times
+    the work of a plain prompt. The cost charges what passes; this refuses the extreme."""
+    texts = [("prompt", r.prompt, False), ("negative prompt", r.negative_prompt, True)]
+    if r.enable_hr:
+        texts += [("hires prompt", r.hr_prompt, False), ("hires negative prompt", r.hr_negative_prompt, True)]
+    for field, text, negative in texts:
+        shape = prompt_shape(text, r.steps, negative=negative)
+        if shape.parts > lim["max_and_parts"]:
+            raise UserError(
+                "limit.and_parts",
+                f"Your {field} has {shape.parts} AND parts; this server allows at most {lim['max_and_parts']}. "
+                "Each part is drawn separately at every step: combine some of them.",
+            )
+        if shape.max_chunks > lim["max_prompt_chunks"]:
+            most = lim["max_prompt_chunks"]
+            raise UserError(
+                "limit.chunks",
+                f"Your {field} is {shape.max_chunks} chunks of 75 tokens long; this server allows at most "
+                f"{most} ({most * 75} tokens). Shorten it, or use fewer BREAKs (each starts a new chunk).",
+            )
 
 
 def check_strength(name: str, value: float | None) -> None:

@@ -127,7 +127,7 @@ def _given(value: Any, default: Any) -> Any:
 def _image_changes(
     o: ImagineOptions, source: bytes | None, size_given: bool, max_pixels: int, max_input_pixels: int
 ) -> dict[str, Any]:
-    """img2img / inpaint from the source image: its checked PNG, the mask, the mode and the options."""
+    """img2img / inpaint from the source image: its checked bytes, the mask, the mode and the options."""
     if source is None:
         if o.mask_image is not None:
             raise UserError("invalid", "A mask needs a source image to repaint: attach one too.")
@@ -143,7 +143,7 @@ def _image_changes(
     )
     inpaint = mask is not None or image.transparent  # transparent pixels are repainted
     changes: dict[str, Any] = {
-        "init_image": image.png,
+        "init_image": image.data,
         "mask_image": mask,
         "mode": Mode.INPAINT if inpaint else Mode.IMG2IMG,
     }

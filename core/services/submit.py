@@ -1,8 +1,8 @@
 """Putting a job in the queue: /imagine and /img2img, 🔁 reroll and 🔀 variation.
 
-Each ends in :func:`enqueue`: one write transaction that takes the user's quota lock, counts the
-stored queue against the caps, reserves the quota, inserts the job and NOTIFYs the workers — so two
-submits of one user never both pass a cap, and a refused submit leaves nothing behind.
+Each ends in :func:`enqueue`: one write transaction that takes the user's quota lock and the queue's
+lock, counts the stored queue against the caps, reserves the quota, inserts the job and NOTIFYs the
+workers — so two submits never both pass a cap, and a refused submit leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ async def _job_for_action(
         guild = await guild_of(s, actor)
         policy.check_channel(ctx.settings, actor, guild)
         policy.check_reroll(actor, guild, job)
+        if await repos.jobs.inputs_pruned(job.id):
+            raise policy.source_pruned(job.id, ctx.settings.database.image_retention_days)
         stored = await repos.jobs.request(job)  # with its input images (img2img, inpaint)
     _check_limits(ctx, stored, guild)
     return job, guild, stored
@@ -116,7 +118,9 @@ async def enqueue(
     try:
         async with ctx.db.transaction(write=True) as s:
             repos = Repositories(s)
+            # Always in this order (the user's quota row, then the queue), so submits never deadlock.
             await repos.quotas.lock_user(gid, actor.user_id)
+            await repos.jobs.lock_queue()
             over = policy.over_cap(caps, await repos.jobs.active_counts(gid, actor.user_id))
             if over is not None:
                 raise _Over()
