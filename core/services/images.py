@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core import ranges
 from core.services.types import UserError
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -92,14 +93,20 @@ def load_mask(data: bytes, size: tuple[int, int], *, max_pixels: int) -> bytes:
 
 
 def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """The source's size, scaled to fit ``max_pixels`` (and up to 64 on the short side), in multiples
-    of 8, keeping the aspect ratio as well as those allow."""
-    scale = min(max(1.0, 64 / min(width, height)), (max_pixels / (width * height)) ** 0.5)
-    w = max(64, int(width * scale) // 8 * 8)
-    h = max(64, int(height * scale) // 8 * 8)
-    while w * h > max_pixels and (w > 64 or h > 64):
+    """The source's size, scaled to fit ``max_pixels`` and the engine's sides (``core.ranges``: a short
+    side is scaled up to MIN_SIDE, a long one down to MAX_SIDE), in multiples of SIDE_MULTIPLE, keeping
+    the aspect ratio as well as those allow."""
+    low, high, step = ranges.MIN_SIDE, ranges.MAX_SIDE, ranges.SIDE_MULTIPLE
+    scale = min(
+        max(1.0, low / min(width, height)),
+        (max_pixels / (width * height)) ** 0.5,
+        high / max(width, height),
+    )
+    w = min(high, max(low, int(width * scale) // step * step))
+    h = min(high, max(low, int(height * scale) // step * step))
+    while w * h > max_pixels and (w > low or h > low):
         if w >= h:
-            w -= 8
+            w -= step
         else:
-            h -= 8
+            h -= step
     return w, h
