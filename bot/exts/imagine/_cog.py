@@ -280,11 +280,12 @@ class ImagineCog(commands.Cog):
         await self.service.record_status_message(receipt.job_id, payload.channel_id, status.id)
 
     async def _delete(self, actor: Actor, payload: discord.RawReactionActionEvent) -> None:
-        job = await self.service.delete_result(actor, payload.message_id)
+        """❌ deletes the message reacted to, nothing else: the job's other results (the original, or
+        /show re-posts, perhaps in other channels) stay, and so does what 🔁 finds through them."""
+        await self.service.delete_result(actor, payload.message_id)
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
-        for message_id in {payload.message_id, *job.result_message_ids}:
-            with contextlib.suppress(discord.NotFound):
-                await channel.get_partial_message(message_id).delete()
+        with contextlib.suppress(discord.NotFound):
+            await channel.get_partial_message(payload.message_id).delete()
 
     async def _info(self, actor: Actor, job: JobView) -> None:
         images = await self.service.job_images(job.id)
