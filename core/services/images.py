@@ -1,21 +1,22 @@
 """Checking the images users upload for img2img and inpainting (Pillow only, no torch).
 
-Uploaded bytes are untrusted: :func:`load_source` opens them with Pillow, refuses anything that is not
-a readable still image or that is larger than the operator's pixel limit (checked from the header,
-before decoding, so a decompression bomb is never decoded), and re-encodes what it accepts as PNG,
-the format :class:`core.types.GenerationRequest` carries. :func:`load_mask` does the same for a mask
+Uploaded bytes are untrusted: :func:`load_source` opens them with :mod:`core.imagefile` (as the engine
+does), refuses anything that is not a readable still image or that is larger than the operator's pixel
+limit (checked from the header, before decoding, so a decompression bomb is never decoded), and
+re-encodes what it accepts, 8 bits a channel, as PNG, the format :class:`core.types.GenerationRequest`
+carries. :func:`load_mask` does the same for a mask
 and, as A1111 does, resizes a mask of another size to the source's size.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from core import ranges
+from core.imagefile import DamagedImage, ImageTooLarge, NotAnImage, decode, open_image, to_8bit
 from core.services.types import UserError
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -30,33 +31,31 @@ class SourceImage:
 
 
 def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    """Decoded, upright and 8 bits a channel (:mod:`core.imagefile`), or a UserError naming the problem."""
     if not data:
         raise UserError("image.invalid", f"The {what} is empty; attach a PNG, JPEG or WebP image.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = img.size
-            if width * height > max_pixels:
-                raise UserError(
-                    "image.too_large",
-                    f"The {what} is {width}×{height} ({width * height / 1e6:.1f} megapixels); this bot "
-                    f"accepts at most {max_pixels / 1e6:g} megapixels. Send a smaller image.",
-                )
-            img.load()
-    except UserError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        img = open_image(data, max_pixels=max_pixels, formats=FORMATS)
+        width, height = img.size
+        if width < 8 or height < 8:
+            raise UserError(
+                "image.invalid", f"The {what} is {width}×{height}; it must be at least 8×8 pixels."
+            )
+        return to_8bit(decode(img))
+    except ImageTooLarge as exc:
+        raise UserError(
+            "image.too_large",
+            f"The {what} is {exc.width}×{exc.height} ({exc.width * exc.height / 1e6:.1f} megapixels); "
+            f"this bot accepts at most {max_pixels / 1e6:g} megapixels. Send a smaller image.",
+        ) from None
+    except NotAnImage:
         raise UserError(
             "image.invalid", f"The {what} is not an image I can read; attach a PNG, JPEG or WebP image."
         ) from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except DamagedImage as exc:
         raise UserError(
             "image.invalid", f"The {what} is damaged or cut off ({exc}); attach it again or re-save it."
         ) from None
-    if width < 8 or height < 8:
-        raise UserError("image.invalid", f"The {what} is {width}×{height}; it must be at least 8×8 pixels.")
-    return ImageOps.exif_transpose(img)  # phone photos: upright as the user sees them
 
 
 def _png(img: Image.Image) -> bytes:
@@ -69,7 +68,7 @@ def load_source(data: bytes, *, max_pixels: int, what: str = "source image") -> 
     """The source image as PNG: RGB, or RGBA when it has transparent pixels (A1111 repaints those when
     no mask is given; the engine derives that mask and flattens the rest onto white)."""
     img = _open(data, what, max_pixels)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA"):  # a palette's transparency is RGBA by now
         rgba = img.convert("RGBA")
         if rgba.getchannel("A").getextrema()[0] < 255:
             return SourceImage(_png(rgba), rgba.width, rgba.height, True)
