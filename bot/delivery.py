@@ -327,13 +327,15 @@ class Delivery:
         if not images:
             raise ValueError(f"job {job.id} has no images to post")
         limit = self.upload_limit(job.guild_id)
-        files = []
-        resized = False
-        for n, image in enumerate(images):
-            fitted = render.fit_to_limit(image.png, limit, stem=f"chant-{job.id}-{n}-{image.seed}")
-            resized |= fitted.resized
-            files.append(discord.File(io.BytesIO(fitted.data), filename=fitted.filename))
-        if resized:
+        # Re-encoding a large result to fit takes seconds: not on the event loop.
+        fitted = await asyncio.to_thread(
+            lambda: [
+                render.fit_to_limit(image.png, limit, stem=f"chant-{job.id}-{n}-{image.seed}")
+                for n, image in enumerate(images)
+            ]
+        )
+        files = [discord.File(io.BytesIO(f.data), filename=f.filename) for f in fitted]
+        if any(f.resized for f in fitted):
             note = ((note + " · ") if note else "") + "re-encoded to fit this server's upload limit"
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         reference = (

@@ -56,6 +56,7 @@ class ChantService:
 
     async def stop(self) -> None:
         await self._runtime.stop()
+        self._ctx.images.close()
 
     def events(self) -> EventStream:
         return self._ctx.ledger.hub.subscribe()

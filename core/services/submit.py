@@ -11,6 +11,7 @@ from core.queue import notify
 from core.queue.notify import JOBS, Note
 from core.services import policy, presets, requests
 from core.services.context import Context, guild_of
+from core.services.images import load_upload
 from core.services.reads import images_of, visible_job
 from core.services.types import Actor, ImagineOptions, Receipt, UserError
 from core.storage.models import Guild, Job
@@ -32,21 +33,23 @@ async def submit_imagine(ctx: Context, actor: Actor, options: ImagineOptions) ->
         source = (
             merged.init_image if merged.source_job is None else await _job_source(s, actor, merged.source_job)
         )
-        lim = policy.limits(ctx.settings, guild)
-        request = requests.build(
-            merged,
-            source,
-            size_given=options.width is not None or options.height is not None,
-            default_model=(guild.default_model if guild is not None else None)
-            or ctx.settings.engine.default_model,
-            seed=requests.seed_of(options, ctx.rng),
-            max_pixels=lim["max_pixels"],
-            max_input_pixels=ctx.max_input_pixels,
-        )
-    _check_limits(ctx, request, guild)
-    policy.check_text(
-        request, list(guild.banned_words) if guild is not None else [], ctx.settings.engine
+    # Off the event loop and outside the session: a phone photo takes seconds to check and re-encode.
+    upload = (
+        await ctx.images.run(load_upload, source, merged.mask_image, ctx.max_input_pixels)
+        if source is not None
+        else None
     )
+    request = requests.build(
+        merged,
+        upload,
+        size_given=options.width is not None or options.height is not None,
+        default_model=(guild.default_model if guild is not None else None)
+        or ctx.settings.engine.default_model,
+        seed=requests.seed_of(options, ctx.rng),
+        max_pixels=policy.limits(ctx.settings, guild)["max_pixels"],
+    )
+    _check_limits(ctx, request, guild)
+    policy.check_text(request, list(guild.banned_words) if guild is not None else [], ctx.settings.engine)
     return await enqueue(ctx, actor, guild, request, kind="imagine")
 
 
