@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -232,15 +232,23 @@ class Delivery:
                     step, event.total, event.eta_s, job_id=event.job_id, prompt=t.prompt
                 )
                 self._update_status(t, text, event.preview_png if self.previews else None)
-        elif isinstance(event, JobDone):
-            self._finish(event.job.id)
-            self._spawn(self._deliver_done(event.job, event.images))
-        elif isinstance(event, JobFailed):
-            self._finish(event.job.id)
-            self._spawn(self._deliver_failed(event.job, event.reason))
-        elif isinstance(event, JobCancelled):
-            self._finish(event.job.id)
-            self._spawn(self._deliver_failed(event.job, "cancelled"))
+        elif isinstance(event, JobDone | JobFailed | JobCancelled):
+            job = event.job
+            if job.id not in self.tracked and job.id not in self._posted and job.kind != "show":
+                # Not ours yet (the submitter is between submit and track()), or another process's:
+                # track() takes it from here, or _post_untracked_later does.
+                self._finished_early[job.id] = event
+                self._spawn(self._post_untracked_later(job.id))
+                return
+            self._finish(job.id)
+            if isinstance(event, JobDone):
+                self._spawn(self._deliver_done(job, event.images))
+            else:
+                self._spawn(
+                    self._deliver_failed(
+                        job, "cancelled" if isinstance(event, JobCancelled) else event.reason
+                    )
+                )
 
     def _finish(self, job_id: int) -> None:
         t = self.tracked.get(job_id)
@@ -256,6 +264,14 @@ class Delivery:
         if t.status_message_id is not None and (t.flusher is None or t.flusher.done()):
             t.flusher = asyncio.create_task(self._flush(t))
 
+    async def first_status(self, t: Tracked, edit: Callable[[], Awaitable[object]]) -> None:
+        """The status message's first text, by ``edit`` (the interaction's own edit ends its "thinking…"),
+        in turn with the progress edits and the result: never over the job's end."""
+        async with t.lock:
+            if not t.finished:
+                await edit()
+                t.last_edit = asyncio.get_running_loop().time()
+
     async def _flush(self, t: Tracked) -> None:
         loop = asyncio.get_running_loop()
         while t.pending is not None and not t.finished:
@@ -263,11 +279,14 @@ class Delivery:
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
-            content, preview = t.pending
-            t.pending = None
-            t.last_edit = loop.time()
-            t.edits += 1
-            await self._edit_status(t, content, preview)
+            async with t.lock:  # after the first status, never over the result
+                if t.finished or t.pending is None:
+                    return
+                content, preview = t.pending
+                t.pending = None
+                t.last_edit = loop.time()
+                t.edits += 1
+                await self._edit_status(t, content, preview)
 
     async def _edit_status(self, t: Tracked, content: str, preview: bytes | None) -> None:
         if t.status_message_id is None:
@@ -290,11 +309,6 @@ class Delivery:
     # -- results -------------------------------------------------------------------------------------
     async def _deliver_done(self, job: JobView, images: tuple[GeneratedImage, ...]) -> None:
         t = self.tracked.get(job.id)
-        if t is None and job.id not in self._posted and job.status_message_id is None and job.kind != "show":
-            # Not ours yet (the submitter is still between submit and track): wait for track().
-            self._finished_early[job.id] = JobDone(job, images)
-            self._spawn(self._post_untracked_later(job.id))
-            return
         async with t.lock if t is not None else contextlib.nullcontext():
             if job.id in self._posted:
                 return
@@ -312,7 +326,10 @@ class Delivery:
         await asyncio.sleep(delay)
         early = self._finished_early.pop(job_id, None)
         if early is not None:  # nobody tracked it (e.g. another bot process submitted it): post anyway
-            self.tracked.setdefault(job_id, Tracked(job_id, early.job.channel_id, early.job.guild_id, None))
+            job = early.job
+            self.tracked.setdefault(
+                job_id, Tracked(job_id, job.channel_id, job.guild_id, job.status_message_id)
+            )
             self.handle(early)
 
     async def post_images(

@@ -23,7 +23,9 @@ from core.types import GenerationRequest
 VARIATION_STRENGTH = 0.25
 
 
-async def submit_imagine(ctx: Context, actor: Actor, options: ImagineOptions) -> Receipt:
+async def submit_imagine(
+    ctx: Context, actor: Actor, options: ImagineOptions, *, status_message_id: int | None = None
+) -> Receipt:
     async with ctx.db.session() as s:
         guild = await guild_of(s, actor)
         policy.check_channel(ctx.settings, actor, guild)
@@ -50,19 +52,27 @@ async def submit_imagine(ctx: Context, actor: Actor, options: ImagineOptions) ->
     )
     _check_limits(ctx, request, guild)
     policy.check_text(request, list(guild.banned_words) if guild is not None else [], ctx.settings.engine)
-    return await enqueue(ctx, actor, guild, request, kind="imagine")
+    return await enqueue(ctx, actor, guild, request, kind="imagine", status_message_id=status_message_id)
 
 
-async def reroll(ctx: Context, actor: Actor, message_id: int) -> Receipt:
+async def reroll(
+    ctx: Context, actor: Actor, message_id: int, *, status_message_id: int | None = None
+) -> Receipt:
     job, guild, stored = await _job_for_action(ctx, actor, message_id)
     request = stored.replace(seed=requests.random_seed(ctx.rng), subseed=-1)
-    return await enqueue(ctx, actor, guild, request, kind="reroll", parent_id=job.id)
+    return await enqueue(
+        ctx, actor, guild, request, kind="reroll", parent_id=job.id, status_message_id=status_message_id
+    )
 
 
-async def variation(ctx: Context, actor: Actor, message_id: int) -> Receipt:
+async def variation(
+    ctx: Context, actor: Actor, message_id: int, *, status_message_id: int | None = None
+) -> Receipt:
     job, guild, stored = await _job_for_action(ctx, actor, message_id)
     request = stored.replace(subseed=requests.random_seed(ctx.rng), subseed_strength=VARIATION_STRENGTH)
-    return await enqueue(ctx, actor, guild, request, kind="variation", parent_id=job.id)
+    return await enqueue(
+        ctx, actor, guild, request, kind="variation", parent_id=job.id, status_message_id=status_message_id
+    )
 
 
 def _check_limits(ctx: Context, request: GenerationRequest, guild: Guild | None) -> None:
@@ -111,7 +121,11 @@ async def enqueue(
     *,
     kind: str,
     parent_id: int | None = None,
+    status_message_id: int | None = None,
 ) -> Receipt:
+    """``status_message_id``: the message in the actor's channel that shows this job's status, posted
+    before the job exists and stored with it, so a bot killed at any point after this commit still
+    finds (and finishes) it after a restart."""
     caps = policy.caps(ctx.settings, guild)
     gid = actor.guild_id
     charges = {"images": float(request.count), "gpu_seconds": await ctx.queue.estimate_seconds(request)}
@@ -137,6 +151,8 @@ async def enqueue(
             except ValueError as exc:
                 raise UserError("invalid", f"I cannot store that request: {exc}.") from None
             await repos.quotas.attach(entries, job.id)
+            if status_message_id is not None:
+                await repos.jobs.set_status_message(job.id, actor.channel_id, status_message_id)
             await notify.send(s, JOBS, Note("queued", job.id))
             job_id = job.id
     except _Over:

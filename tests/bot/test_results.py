@@ -11,7 +11,7 @@ import pytest
 from tests.bot.conftest import ALICE, BOB, CHANNEL_A, CHANNEL_B, GUILD_A, GUILD_B, running_bot
 from tests.bot.fake_discord import FakeDiscord
 from tests.bot.test_app import imagine, opt
-from tests.core.services.conftest import Harness
+from tests.core.services.conftest import Harness, actor
 
 EPHEMERAL = 64
 
@@ -62,3 +62,45 @@ async def test_delete_on_a_show_repost_deletes_only_that_message(fake: FakeDisco
         # ❌ on the original deletes the original, where it is.
         await fake.react(original, "❌", user_id=ALICE, channel_id=CHANNEL_A, guild_id=GUILD_A)
         await fake.wait_call("DELETE", rf"/channels/{CHANNEL_A}/messages/{original}")
+
+
+async def test_a_reroll_status_is_posted_first_and_stored_with_its_job(
+    fake: FakeDiscord, real: Harness
+) -> None:
+    async with running_bot(fake, service=real.service):
+        await imagine(fake, "a fox", opt("steps", 2, 4))
+        (first,) = await fake.wait_call(
+            "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), timeout=15
+        )
+        original = int(first.response["id"])
+        await fake.wait_call("PUT", rf"/channels/{CHANNEL_A}/messages/{original}/reactions/🔀/@me")  # recorded
+        await fake.react(original, "🔁", user_id=BOB, channel_id=CHANNEL_A, guild_id=GUILD_A)
+        (placeholder,) = await fake.wait_call(
+            "POST",
+            rf"/channels/{CHANNEL_A}/messages",
+            lambda c: "queueing" in (c.json or {}).get("content", ""),
+        )
+        status_id = int(placeholder.response["id"])
+        assert int(placeholder.json["message_reference"]["message_id"]) == original
+        # The job was stored with it (one transaction), then the text became the queue position.
+        await fake.wait_call(
+            "PATCH", rf"/channels/{CHANNEL_A}/messages/{status_id}", lambda c: "job #2" in c.json["content"]
+        )
+        async with real.db.session() as s:
+            from core.storage.repositories import Repositories
+
+            assert (await Repositories(s).jobs.get(2)).status_message_id == status_id
+        await fake.wait_call("DELETE", rf"/channels/{CHANNEL_A}/messages/{status_id}", timeout=15)  # done
+        # Refused (owner-only rerolls here): the placeholder goes, the reactor is told privately.
+        await real.service.admin_set_reroll_policy(actor(user=1, manage_guild=True, guild=GUILD_A), "owner")
+        await fake.react(original, "🔁", user_id=BOB, channel_id=CHANNEL_A, guild_id=GUILD_A)
+        placeholders = await fake.wait_call(
+            "POST",
+            rf"/channels/{CHANNEL_A}/messages",
+            lambda c: "queueing" in (c.json or {}).get("content", ""),
+            count=2,
+        )
+        refused = int(placeholders[1].response["id"])
+        await fake.wait_call("DELETE", rf"/channels/{CHANNEL_A}/messages/{refused}")
+        (dm,) = await fake.wait_call("POST", rf"/channels/{BOB + 1}/messages")
+        assert "only the person who made an image can reroll" in dm.json["content"]
