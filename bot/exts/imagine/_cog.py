@@ -223,7 +223,12 @@ class ImagineCog(commands.Cog):
     ) -> None:
         # 3. The status message: queue position now, progress later (edited by the delivery task).
         tracked = self.delivery.track(
-            receipt.job_id, interaction.channel_id or 0, interaction.guild_id, status_id, prompt=prompt
+            receipt.job_id,
+            interaction.channel_id or 0,
+            interaction.guild_id,
+            status_id,
+            prompt=prompt,
+            interaction=interaction,
         )
         text = render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id)
         await self.delivery.first_status(tracked, lambda: interaction.edit_original_response(content=text))
@@ -266,11 +271,18 @@ class ImagineCog(commands.Cog):
         reference = discord.MessageReference(
             message_id=payload.message_id, channel_id=payload.channel_id, fail_if_not_exists=False
         )
-        status = await channel.send(
-            f"<@{actor.user_id}> {emoji} queueing…",
-            reference=reference,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
+        try:
+            status = await channel.send(
+                f"<@{actor.user_id}> {emoji} queueing…",
+                reference=reference,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+        except discord.Forbidden:
+            raise UserError(
+                "permission",
+                f"I cannot post in <#{payload.channel_id}>: I am missing a permission there (Send Messages). "
+                "A server admin can give it to me; until then /imagine works elsewhere.",
+            ) from None
         try:
             submit = self.service.variation if variation else self.service.reroll
             receipt = await submit(actor, payload.message_id, status_message_id=status.id)
