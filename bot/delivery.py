@@ -7,6 +7,9 @@
   token, so a queue wait longer than 15 minutes still delivers. Each result gets 🔁 and is recorded
   with ``service.record_result_messages`` (which makes it rerollable after restarts).
 * On start, results finished while the bot was down (``service.unposted_results()``) are posted.
+* Where the bot may not post (403: no Send Messages / Attach Files), the requester gets the result
+  privately (the interaction's follow-up while its token lives, else a DM), the status message is
+  finished (in the channel, else through the interaction) and the job counts as posted.
 """
 
 from __future__ import annotations
