@@ -24,6 +24,7 @@ from core.queue.worker import Worker, WorkerListener
 from core.services.announcer import Announcer
 from core.services.context import Catalog, Context
 from core.services.events import EventHub, Ledger
+from core.services.images import ImageWork
 from core.services.runtime import Runtime
 from core.services.service import ChantService
 from core.storage import db as storage_db
@@ -102,12 +103,13 @@ async def bootstrap(
     worker: bool | None = None,
     env: Mapping[str, str] | None = None,
     rng: random.Random | None = None,
+    images: ImageWork | None = None,
 ) -> ChantService:
     """Build the service the bot uses. ``worker=None`` follows ``settings.queue.in_process_worker``.
 
     Without an in-process worker (``chant run --no-worker``) no engine is loaded: model names come
     from the config and jobs are run by ``chant worker`` processes. ``rng`` draws random seeds
-    (tests pass a seeded one).
+    (tests pass a seeded one); ``images`` is the pool uploads are checked in (tests pass a small one).
     """
     db = db or await open_database(settings)
     run_worker = settings.queue.in_process_worker if worker is None else worker
@@ -136,6 +138,7 @@ async def bootstrap(
         Catalog(settings, engine),
         the_worker,
         rng or random.SystemRandom(),
+        images or ImageWork(),
     )
     return ChantService(ctx, Runtime(db, announcer, the_worker, engine))
 

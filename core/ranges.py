@@ -43,6 +43,9 @@ MAX_PADDING = 256
 
 MIN_HIRES_SCALE = 1.0
 MAX_HIRES_SCALE = 4.0
+# The hires pass runs the last ``strength`` of a schedule of steps / strength steps (A1111 img2img); a
+# tiny strength would make that schedule huge.
+MAX_HIRES_SCHEDULE = 1000
 
 # A1111's img2img resize modes and inpaint "masked content" fills.
 RESIZE_MODES = {0: "Just resize", 1: "Crop and resize", 2: "Resize and fill"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import discord
@@ -113,7 +114,17 @@ class HistoryCog(commands.Cog):
         images = await self.service.job_images(view.id)
         # Post where the command was used (not where the job originally ran).
         here = _in_channel(view, interaction)
-        await self.delivery.post_images(here, images, note="re-posted with /show")
+        try:
+            await self.delivery.post_images(here, images, note="re-posted with /show")
+        except discord.Forbidden:  # the channel is closed to the bot: the images come privately
+            await self.delivery.send_privately(
+                dataclasses.replace(here, user_id=interaction.user.id),  # to whoever asked
+                images,
+                f"I could not post in this channel (I am missing a permission here: Send Messages or Attach "
+                f"Files), so here is job #{job} just for you.",
+                interaction,
+            )
+            return
         await interaction.followup.send(f"Posted job #{job}.", ephemeral=True)
 
     @app_commands.command(name="queue", description="Your queued and running jobs")
@@ -140,8 +151,6 @@ class HistoryCog(commands.Cog):
 
 
 def _in_channel(job: JobView, interaction: discord.Interaction) -> JobView:
-    import dataclasses
-
     return dataclasses.replace(
         job, channel_id=interaction.channel_id or job.channel_id, guild_id=interaction.guild_id
     )

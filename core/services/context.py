@@ -18,6 +18,7 @@ from core.queue.positions import QueuePositions
 from core.queue.store import JobStore
 from core.queue.worker import Worker
 from core.services.events import Ledger
+from core.services.images import ImageWork
 from core.services.types import Actor
 from core.storage.db import Database
 from core.storage.models import Guild
@@ -68,6 +69,7 @@ class Context:
     catalog: Catalog
     worker: Worker | None = None  # the in-process worker, told about new and cancelled jobs at once
     rng: random.Random = field(default_factory=random.SystemRandom)  # seeds and variation seeds
+    images: ImageWork = field(default_factory=ImageWork)  # uploads are checked here, off the event loop
 
     @property
     def max_input_pixels(self) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from core import ranges
 from core.config import EngineSettings, Settings
 from core.cost import prompt_shape
+from core.engine.image_modes import hires_target  # torch-free: the engine's own hires target
 from core.prompt import Interpretation, PromptError, interpret
 from core.services.types import Actor, UserError
 from core.storage.models import Guild, Job
@@ -174,13 +175,7 @@ def check_request(
             "limit.steps", f"Steps must be between 1 and {lim['max_steps']} here (you asked for {r.steps})."
         )
     check_structure(r, lim)
-    for name, value in (("width", r.width), ("height", r.height)):
-        if value < ranges.MIN_SIDE or value % ranges.SIDE_MULTIPLE:
-            raise UserError(
-                "limit.size",
-                f"The {name} must be a multiple of {ranges.SIDE_MULTIPLE} and at least {ranges.MIN_SIDE} "
-                f"(you asked for {value}).",
-            )
+    check_sides(r.width, r.height)
     if r.width * r.height > lim["max_pixels"]:
         side = int(lim["max_pixels"] ** 0.5) // 8 * 8
         raise UserError(
@@ -237,6 +232,18 @@ def check_structure(r: GenerationRequest, lim: Limits) -> None:
             )
 
 
+def check_sides(width: int, height: int) -> None:
+    """Each side within ``core.ranges`` (the engine's own bounds): the pixel limit alone lets 64×16384
+    through."""
+    for name, value in (("width", width), ("height", height)):
+        if not ranges.MIN_SIDE <= value <= ranges.MAX_SIDE or value % ranges.SIDE_MULTIPLE:
+            raise UserError(
+                "limit.size",
+                f"The {name} must be a multiple of {ranges.SIDE_MULTIPLE} between {ranges.MIN_SIDE} and "
+                f"{ranges.MAX_SIDE} (you asked for {width}×{height}).",
+            )
+
+
 def check_strength(name: str, value: float | None) -> None:
     if value is not None and not ranges.MIN_STRENGTH <= value <= ranges.MAX_STRENGTH:
         raise UserError("invalid", f"{name} must be between 0 and 1 (you gave {value:g}).")
@@ -286,11 +293,21 @@ def check_hires(r: GenerationRequest, lim: Limits) -> None:
             f"hires_steps must be between 0 and {lim['max_steps']} here "
             f"(you asked for {r.hr_second_pass_steps}).",
         )
-    w, h = (
-        (r.hr_resize_x, r.hr_resize_y)
-        if r.hr_resize_x and r.hr_resize_y
-        else (int(r.width * r.hr_scale) // 8 * 8, int(r.height * r.hr_scale) // 8 * 8)
-    )
+    if (r.hr_second_pass_steps or r.steps) / min(r.hr_denoising_strength, 0.999) > ranges.MAX_HIRES_SCHEDULE:
+        raise UserError(
+            "invalid",
+            f"hires_strength {r.hr_denoising_strength:g} is too small for "
+            f"{r.hr_second_pass_steps or r.steps} hires steps; raise it or use fewer steps.",
+        )
+    # The engine's own target (A1111's): the upscaled size, and the box it is cropped to.
+    to_x, to_y, trunc_x, trunc_y = hires_target(r.width, r.height, r.hr_scale, r.hr_resize_x, r.hr_resize_y)
+    w, h = to_x - 8 * trunc_x, to_y - 8 * trunc_y
+    if max(to_x, to_y) > ranges.MAX_SIDE or min(w, h) < ranges.MIN_SIDE:
+        raise UserError(
+            "limit.size",
+            f"Hires fix would make {to_x}×{to_y}; each side must be between {ranges.MIN_SIDE} and "
+            f"{ranges.MAX_SIDE}. Lower hires_scale or the size.",
+        )
     if w * h > lim["max_pixels"]:
         raise UserError(
             "limit.pixels",

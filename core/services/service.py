@@ -56,20 +56,25 @@ class ChantService:
 
     async def stop(self) -> None:
         await self._runtime.stop()
+        self._ctx.images.close()
 
     def events(self) -> EventStream:
         return self._ctx.ledger.hub.subscribe()
 
     # submit, reroll, variation, cancel
 
-    async def submit_imagine(self, actor: Actor, options: ImagineOptions) -> Receipt:
-        return await submit.submit_imagine(self._ctx, actor, options)
+    async def submit_imagine(
+        self, actor: Actor, options: ImagineOptions, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await submit.submit_imagine(self._ctx, actor, options, status_message_id=status_message_id)
 
-    async def reroll(self, actor: Actor, message_id: int) -> Receipt:
-        return await submit.reroll(self._ctx, actor, message_id)
+    async def reroll(self, actor: Actor, message_id: int, *, status_message_id: int | None = None) -> Receipt:
+        return await submit.reroll(self._ctx, actor, message_id, status_message_id=status_message_id)
 
-    async def variation(self, actor: Actor, message_id: int) -> Receipt:
-        return await submit.variation(self._ctx, actor, message_id)
+    async def variation(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await submit.variation(self._ctx, actor, message_id, status_message_id=status_message_id)
 
     async def cancel(self, actor: Actor, job_id: int) -> JobView:
         return await cancel.cancel(self._ctx, actor, job_id)
@@ -110,9 +115,6 @@ class ChantService:
         return self._ctx.catalog.loras()
 
     # results and their messages
-
-    async def record_status_message(self, job_id: int, channel_id: int, message_id: int) -> None:
-        await results.record_status_message(self._ctx, job_id, channel_id, message_id)
 
     async def record_result_messages(self, job_id: int, message_ids: Sequence[int]) -> None:
         await results.record_result_messages(self._ctx, job_id, message_ids)

@@ -11,6 +11,7 @@ from core.queue import notify
 from core.queue.notify import JOBS, Note
 from core.services import policy, presets, requests
 from core.services.context import Context, guild_of
+from core.services.images import load_upload
 from core.services.reads import images_of, visible_job
 from core.services.types import Actor, ImagineOptions, Receipt, UserError
 from core.storage.models import Guild, Job
@@ -22,7 +23,9 @@ from core.types import GenerationRequest
 VARIATION_STRENGTH = 0.25
 
 
-async def submit_imagine(ctx: Context, actor: Actor, options: ImagineOptions) -> Receipt:
+async def submit_imagine(
+    ctx: Context, actor: Actor, options: ImagineOptions, *, status_message_id: int | None = None
+) -> Receipt:
     async with ctx.db.session() as s:
         guild = await guild_of(s, actor)
         policy.check_channel(ctx.settings, actor, guild)
@@ -32,34 +35,44 @@ async def submit_imagine(ctx: Context, actor: Actor, options: ImagineOptions) ->
         source = (
             merged.init_image if merged.source_job is None else await _job_source(s, actor, merged.source_job)
         )
-        lim = policy.limits(ctx.settings, guild)
-        request = requests.build(
-            merged,
-            source,
-            size_given=options.width is not None or options.height is not None,
-            default_model=(guild.default_model if guild is not None else None)
-            or ctx.settings.engine.default_model,
-            seed=requests.seed_of(options, ctx.rng),
-            max_pixels=lim["max_pixels"],
-            max_input_pixels=ctx.max_input_pixels,
-        )
-    _check_limits(ctx, request, guild)
-    policy.check_text(
-        request, list(guild.banned_words) if guild is not None else [], ctx.settings.engine
+    # Off the event loop and outside the session: a phone photo takes seconds to check and re-encode.
+    upload = (
+        await ctx.images.run(load_upload, source, merged.mask_image, ctx.max_input_pixels)
+        if source is not None
+        else None
     )
-    return await enqueue(ctx, actor, guild, request, kind="imagine")
+    request = requests.build(
+        merged,
+        upload,
+        size_given=options.width is not None or options.height is not None,
+        default_model=(guild.default_model if guild is not None else None)
+        or ctx.settings.engine.default_model,
+        seed=requests.seed_of(options, ctx.rng),
+        max_pixels=policy.limits(ctx.settings, guild)["max_pixels"],
+    )
+    _check_limits(ctx, request, guild)
+    policy.check_text(request, list(guild.banned_words) if guild is not None else [], ctx.settings.engine)
+    return await enqueue(ctx, actor, guild, request, kind="imagine", status_message_id=status_message_id)
 
 
-async def reroll(ctx: Context, actor: Actor, message_id: int) -> Receipt:
+async def reroll(
+    ctx: Context, actor: Actor, message_id: int, *, status_message_id: int | None = None
+) -> Receipt:
     job, guild, stored = await _job_for_action(ctx, actor, message_id)
     request = stored.replace(seed=requests.random_seed(ctx.rng), subseed=-1)
-    return await enqueue(ctx, actor, guild, request, kind="reroll", parent_id=job.id)
+    return await enqueue(
+        ctx, actor, guild, request, kind="reroll", parent_id=job.id, status_message_id=status_message_id
+    )
 
 
-async def variation(ctx: Context, actor: Actor, message_id: int) -> Receipt:
+async def variation(
+    ctx: Context, actor: Actor, message_id: int, *, status_message_id: int | None = None
+) -> Receipt:
     job, guild, stored = await _job_for_action(ctx, actor, message_id)
     request = stored.replace(subseed=requests.random_seed(ctx.rng), subseed_strength=VARIATION_STRENGTH)
-    return await enqueue(ctx, actor, guild, request, kind="variation", parent_id=job.id)
+    return await enqueue(
+        ctx, actor, guild, request, kind="variation", parent_id=job.id, status_message_id=status_message_id
+    )
 
 
 def _check_limits(ctx: Context, request: GenerationRequest, guild: Guild | None) -> None:
@@ -110,7 +123,11 @@ async def enqueue(
     *,
     kind: str,
     parent_id: int | None = None,
+    status_message_id: int | None = None,
 ) -> Receipt:
+    """``status_message_id``: the message in the actor's channel that shows this job's status, posted
+    before the job exists and stored with it, so a bot killed at any point after this commit still
+    finds (and finishes) it after a restart."""
     caps = policy.caps(ctx.settings, guild)
     gid = actor.guild_id
     charges = {"images": float(request.count), "gpu_seconds": await ctx.queue.estimate_seconds(request)}
@@ -138,6 +155,8 @@ async def enqueue(
             except ValueError as exc:
                 raise UserError("invalid", f"I cannot store that request: {exc}.") from None
             await repos.quotas.attach(entries, job.id)
+            if status_message_id is not None:
+                await repos.jobs.set_status_message(job.id, actor.channel_id, status_message_id)
             await notify.send(s, JOBS, Note("queued", job.id))
             job_id = job.id
     except _Over:

@@ -158,7 +158,14 @@ class FakeService:
             )
             self._emit(JobDone(view, images))
 
-    def _new_job(self, actor: Actor, request: GenerationRequest, kind: str, parent: int | None) -> Receipt:
+    def _new_job(
+        self,
+        actor: Actor,
+        request: GenerationRequest,
+        kind: str,
+        parent: int | None,
+        status_message_id: int | None = None,
+    ) -> Receipt:
         job_id = next(self._ids)
         self.jobs[job_id] = JobView(
             id=job_id,
@@ -175,7 +182,7 @@ class FakeService:
             finished_at=None,
             parent_id=parent,
             kind=kind,
-            status_message_id=None,
+            status_message_id=status_message_id,
             result_message_ids=(),
         )
         position = sum(1 for j in self.jobs.values() if j.state == "queued")
@@ -184,7 +191,9 @@ class FakeService:
         return Receipt(job_id, position, position * 0.5)
 
     # the contract
-    async def submit_imagine(self, actor: Actor, options: ImagineOptions) -> Receipt:
+    async def submit_imagine(
+        self, actor: Actor, options: ImagineOptions, *, status_message_id: int | None = None
+    ) -> Receipt:
         self.calls.append(("submit_imagine", (actor, options)))
         if self.explode:
             raise RuntimeError("database exploded (secret details)")
@@ -213,7 +222,7 @@ class FakeService:
             model=options.model,
             clip_skip=options.clip_skip,
         )
-        return self._new_job(actor, request, "imagine", None)
+        return self._new_job(actor, request, "imagine", None, status_message_id)
 
     async def job_for_message(self, message_id: int) -> JobView | None:
         for job in self.jobs.values():
@@ -221,21 +230,23 @@ class FakeService:
                 return job
         return None
 
-    async def reroll(self, actor: Actor, message_id: int) -> Receipt:
+    async def reroll(self, actor: Actor, message_id: int, *, status_message_id: int | None = None) -> Receipt:
         self.calls.append(("reroll", (actor, message_id)))
         job = await self.job_for_message(message_id)
         if job is None:
             raise UserError("not_found", "that message is not a chant result")
         request = job.request.replace(seed=random.randrange(2**32))
-        return self._new_job(actor, request, "reroll", job.id)
+        return self._new_job(actor, request, "reroll", job.id, status_message_id)
 
-    async def variation(self, actor: Actor, message_id: int) -> Receipt:
+    async def variation(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt:
         self.calls.append(("variation", (actor, message_id)))
         job = await self.job_for_message(message_id)
         if job is None:
             raise UserError("not_found", "that message is not a chant result")
         request = job.request.replace(subseed=random.randrange(2**32), subseed_strength=0.25)
-        return self._new_job(actor, request, "variation", job.id)
+        return self._new_job(actor, request, "variation", job.id, status_message_id)
 
     async def show(self, actor: Actor, job_id: int) -> JobView:
         job = self.jobs.get(job_id)
@@ -245,9 +256,6 @@ class FakeService:
 
     async def job_images(self, job_id: int) -> tuple[GeneratedImage, ...]:
         return self.images.get(job_id, ())
-
-    async def record_status_message(self, job_id: int, channel_id: int, message_id: int) -> None:
-        self._set(job_id, status_message_id=message_id)
 
     async def record_result_messages(self, job_id: int, message_ids: Sequence[int]) -> None:
         self.posted.setdefault(job_id, []).extend(message_ids)

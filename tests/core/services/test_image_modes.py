@@ -273,11 +273,11 @@ async def test_live_status_jobs_lists_waiting_jobs_with_status_messages_and_repl
     await harness.db.dispose()
     harness.service = None
     service = await harness.open(start=False)
-    plain = await service.submit_imagine(actor(user=21), ImagineOptions(prompt="b", steps=3))
-    var = await service.variation(actor(user=22), 9001)
+    plain = await service.submit_imagine(
+        actor(user=21), ImagineOptions(prompt="b", steps=3), status_message_id=8001
+    )
+    var = await service.variation(actor(user=22), 9001, status_message_id=8002)
     silent = await service.submit_imagine(actor(user=23), ImagineOptions(prompt="c", steps=3))
-    await service.record_status_message(plain.job_id, 100, 8001)
-    await service.record_status_message(var.job_id, 100, 8002)
     live = await service.live_status_jobs()
     assert [(j.id, j.status_message_id, reply) for j, reply in live] == [
         (plain.job_id, 8001, None),
