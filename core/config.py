@@ -52,6 +52,8 @@ class ModelSettings:
     kind: str = "auto"  # auto | sd1 | sd2 | sdxl (single files are detected when "auto")
     clip_skip: int = 1
     config: str | None = None  # weight-free diffusers config folder for a single file (default: shipped skeleton)
+    prediction: str = "auto"  # auto | eps | v: what the UNet predicts (auto: the checkpoint's v_pred key, SD2's test)
+    zero_terminal_snr: bool | None = None  # None: the checkpoint's ztsnr key; true: A1111's Zero Terminal SNR ᾱ
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ TARGETS = {
     "prompt": "core.bench.prompt",
     "storage": "core.bench.storage",
     "queue": "core.bench.queue",
+    "sampling": "core.bench.sampling",
 }
 
 

@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="default 20")
     p.add_argument("--cfg", type=float, default=None, metavar="X", help="CFG scale (default 7)")
+    p.add_argument(
+        "--cfg-rescale", type=float, default=None, metavar="PHI", help="CFG rescale 0..1 (v-prediction models; 0 = off)"
+    )
+    p.add_argument("--eta", type=float, default=None, metavar="X", help="eta (ancestral/SDE/DDIM samplers)")
+    p.add_argument("--ensd", type=int, default=None, metavar="N", help="eta noise seed delta (default from config)")
     p.add_argument("--sampler", default=None, metavar="NAME", help='A1111 sampler name (default "Euler a")')
     p.add_argument("--schedule", default=None, metavar="TYPE", help="A1111 schedule type (default Automatic)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="-1 = random (default)")
@@ -87,6 +92,9 @@ _FIELDS = {
     "negative_prompt": "negative",
     "steps": "steps",
     "cfg_scale": "cfg",
+    "cfg_rescale": "cfg_rescale",
+    "eta": "eta",
+    "eta_noise_seed_delta": "ensd",
     "sampler": "sampler",
     "schedule_type": "schedule",
     "seed": "seed",

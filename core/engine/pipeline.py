@@ -1,19 +1,20 @@
 """The generation pipeline: txt2img, img2img, inpaint and hires fix for 1..N compatible jobs in one
-denoising loop, with A1111's semantics, on diffusers' UNet, VAE and schedulers. A single job is a batch
+denoising loop, with A1111's semantics, on diffusers' UNet, VAE and text encoders and A1111's samplers
+(``core.engine.samplers``: k-diffusion's and A1111's own, over A1111's sigmas). A single job is a batch
 of one; ``core.engine.grouping`` decides which jobs are compatible.
 
 We use the diffusers pipelines' components but run our own loop, because A1111 needs things the pipelines
-do not do: per-step prompt schedules (editing, alternation) counted in model calls, ``AND`` parts combined
-with their weights, separate cond/uncond UNet calls when their lengths differ, A1111's noise (seeds,
-variation seeds, ENSD, the ``nv`` source), and several jobs in one loop, each image as if its job ran
-alone. For a plain prompt the loop does exactly what ``StableDiffusionPipeline.__call__`` does (a test
-compares the images).
+do not do: its samplers and schedule types (continuous timesteps, its sigma tables), per-step prompt
+schedules (editing, alternation) counted in model calls, ``AND`` parts combined with their weights,
+separate cond/uncond UNet calls when their lengths differ, A1111's noise (seeds, variation seeds, ENSD,
+the ``nv`` source, Brownian trees per image), inpaint blended on the x₀ prediction, and several jobs in one
+loop, each image as if its job ran alone.
 
-Each job keeps its own prompt schedule, ``AND`` parts, negative prompt, CFG scale, seeds, variation seed,
-ENSD, source image, mask and overlay; what shapes the loop (model, size, sampler, steps, strength, hires
-geometry, LoRA set) is the batch's. A job whose inputs, prompt, source image or mask are bad fails alone,
-with the message it gets alone, before the loop starts; a failure every job shares (the model, the LoRA
-set) fails them all. A cancelled job's rows leave the loop (``core.engine.loop``).
+Each job keeps its own prompt schedule, ``AND`` parts, negative prompt, CFG scale and rescale, seeds,
+variation seed, ENSD, source image, mask and overlay; what shapes the loop (model, size, sampler, steps,
+strength, hires geometry, LoRA set) is the batch's. A job whose inputs, prompt, source image or mask are
+bad fails alone, with the message it gets alone, before the loop starts; a failure every job shares (the
+model, the LoRA set) fails them all. A cancelled job's rows leave the loop (``core.engine.loop``).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Pipeline:
             stats.encode = time.perf_counter() - t
             if not jobs:
                 return
-            # 4. Prepare each job's start: its source's latents and keep mask (img2img, inpaint), and an
+            # 4. Prepare each job's start: its source's latents and repaint mask (img2img, inpaint), and an
             #    inpainting UNet's [mask, masked-image latents]
             self.prepare_starts(model, jobs)
             # 5.-7. Initial noise, timesteps, denoising loop
@@ -146,20 +147,23 @@ class Pipeline:
         return self._each(jobs, encode)
 
     def prepare_starts(self, model: models.LoadedModel, jobs: list[Job]) -> None:
-        """img2img / inpaint: each job's source latents, latent keep mask and masked content; for a
-        9-channel (inpainting) UNet also its ``image_cond`` rows."""
-        in_channels = model.pipe.unet.config.in_channels
+        """img2img / inpaint: each job's source latents, latent repaint mask and masked content; for a
+        9-channel (inpainting) UNet also its ``image_cond`` rows (txt2img: A1111's all-masked grey)."""
+        inpainting_unet = model.pipe.unet.config.in_channels == 9
         for job in jobs:
             init = job.init
             if init is None:
+                if inpainting_unet:
+                    size = (job.request.height, job.request.width)
+                    job.plan.image_cond = vae.blank_inpainting_conditioning(model, job.count, size, self.runtime.device)
                 continue
             latents = self.runtime.encode_images(model, [init.image]).repeat(job.count, 1, 1, 1)
-            keep = None
-            if init.mask is not None:
-                keep = (1.0 - torch.from_numpy(init.mask))[None, None].to(self.runtime.device, latents.dtype)
+            mask = None
+            if init.mask is not None:  # A1111's nmask: 1 where the image is repainted
+                mask = torch.from_numpy(init.mask)[None, None].to(self.runtime.device, torch.float32)
             strength = job.request.denoising_strength
-            job.start = Start(latents=latents, strength=strength, keep=keep, fill=init.fill)
-            if in_channels == 9:
+            job.start = Start(latents=latents, strength=strength, mask=mask, fill=init.fill)
+            if inpainting_unet:
                 job.plan.image_cond = vae.inpainting_conditioning(model, init, job.count, self.runtime.device)
 
     def denoise(self, jobs: list[Job], progress: tuple[int, int] | None) -> list[Job]:
@@ -187,16 +191,25 @@ class Pipeline:
         if not second:
             return []
         runtime = self.runtime
-        for job in second:  # each upscaled as alone: a pixel upscaler decodes, resizes and encodes its images
+        def upscale(job: Job) -> None:  # each as alone: a pixel upscaler decodes, resizes and encodes
             latents = first[job.index].latents
-            upscaled = hires.upscale(
-                model, job.request, latents, decode=runtime.decode, encode=runtime.encode_images
-            )
+            upscaled = hires.upscale(model, job.request, latents, decode=runtime.decode, encode=runtime.encode_images)
             job.start = hires.start(job.request, upscaled)
+
+        second = self._each(second, upscale)
+        if not second:
+            return []
         with runtime.extra_networks(model, second[0].interpretations[0].networks):  # equal for all
             second = self.encode_prompt(model, second, {index: job.plan for index, job in first.items()})
             if not second:
                 return []
+            if model.pipe.unet.config.in_channels == 9:  # A1111: the hires pass is all masked, too
+                factor = model.vae_scale_factor
+                for job in second:
+                    size = (job.start.latents.shape[2] * factor, job.start.latents.shape[3] * factor)
+                    job.plan.image_cond = vae.blank_inpainting_conditioning(
+                        model, job.count, size, runtime.device
+                    )
             done = self.denoise(second, hires.progress(second[0].request, second_pass=True))
         for job in done:  # the first pass's plans write the PNGs
             first[job.index].latents = job.latents

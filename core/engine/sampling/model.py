@@ -17,7 +17,7 @@ Tables live on the CPU; :meth:`NoiseSchedule.to` gives a copy on the UNet's devi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +80,7 @@ class NoiseSchedule:
 
     alphas_cumprod: Tensor
     prediction: str = "eps"
+    zero_terminal_snr: bool = False  # ᾱ rescaled (A1111's "Noise Schedule: Zero Terminal SNR")
     sigmas: Tensor = field(init=False)
     log_sigmas: Tensor = field(init=False)
 
@@ -96,13 +97,13 @@ class NoiseSchedule:
         alphas_cumprod = ldm_alphas_cumprod()
         if zero_terminal_snr:
             alphas_cumprod = rescale_zero_terminal_snr(alphas_cumprod)
-        return cls(alphas_cumprod, prediction)
+        return cls(alphas_cumprod, prediction, zero_terminal_snr)
 
     def to(self, device: str | torch.device) -> NoiseSchedule:
         """The same schedule with its tables on ``device``."""
         if self.alphas_cumprod.device == torch.device(device):
             return self
-        return type(self)(self.alphas_cumprod.to(device), self.prediction)
+        return type(self)(self.alphas_cumprod.to(device), self.prediction, self.zero_terminal_snr)
 
     @property
     def sigma_min(self) -> float:
@@ -210,19 +211,16 @@ def timestep_eps(alphas_cumprod: Tensor, prediction: str, unet: UNet, x: Tensor,
 # -- classifier-free guidance ---------------------------------------------------------------------------
 
 
-def combine_cfg(
-    cond_out: Tensor, uncond_out: Tensor, conds: list[list[tuple[int, float]]], cond_scale: float
-) -> Tensor:
-    """A1111's CFG combination: ``uncond[i] + Σ (cond[k] - uncond[i]) · weight_k · scale`` per image.
+def combine_cfg(uncond: Tensor, conds: Sequence[Tensor], weights: Sequence[float], scale: float) -> Tensor:
+    """A1111's CFG with ``AND`` parts (``combine_denoised``): ``uncond + Σₖ (condₖ - uncond) · (wₖ · scale)``.
 
-    ``cond_out`` holds one row per (image, AND part), ``uncond_out`` one per image; ``conds[i]`` lists the
-    rows of image i with their ``AND`` weights. Works on x₀ (k-diffusion samplers) or ε (timesteps samplers).
+    ``uncond`` and each of ``conds`` hold one row per image. Works on x₀ (k-diffusion samplers) or ε
+    (timesteps samplers): the combination is linear. The arithmetic is A1111's, term for term.
     """
-    denoised = torch.clone(uncond_out)
-    for i, parts in enumerate(conds):
-        for row, weight in parts:
-            denoised[i] += (cond_out[row] - uncond_out[i]) * (weight * cond_scale)
-    return denoised
+    out = uncond
+    for cond, weight in zip(conds, weights, strict=True):
+        out = out + (cond - uncond) * (weight * scale)
+    return out
 
 
 def rescale_cfg(x: Tensor, sigma: Tensor, cond: Tensor, guided: Tensor, phi: float) -> Tensor:
@@ -242,3 +240,17 @@ def rescale_cfg(x: Tensor, sigma: Tensor, cond: Tensor, guided: Tensor, phi: flo
     ratio = v_cond.std(dim=tuple(range(1, x.ndim)), keepdim=True) / v_cfg.std(dim=tuple(range(1, x.ndim)), keepdim=True)
     v_final = phi * (v_cfg * ratio) + (1.0 - phi) * v_cfg
     return x_scaled - v_final * s / root
+
+
+def rescale_cfg_eps(
+    alphas_cumprod: Tensor, x: Tensor, t: Tensor, cond: Tensor, guided: Tensor, phi: float
+) -> Tensor:
+    """:func:`rescale_cfg` for the timesteps samplers, whose model gives ε at integer timestep ``t``: the same
+    rescale, done on the x₀ those ε mean (x in σ space is x/√ᾱ, x₀ = x/√ᾱ - σ·ε), and turned back into ε."""
+    if phi == 0:
+        return guided
+    a = _append_dims(alphas_cumprod.to(x.device)[t.to(torch.int)], x.ndim)
+    sigma = ((1 - a) / a) ** 0.5
+    x_sigma = x / a.sqrt()
+    rescaled = rescale_cfg(x_sigma, sigma.flatten(), x_sigma - sigma * cond, x_sigma - sigma * guided, phi)
+    return (x_sigma - rescaled) / sigma

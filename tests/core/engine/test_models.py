@@ -203,3 +203,33 @@ print("ok", len(result.images[0].png) > 0, os.environ.get("HF_HUB_OFFLINE"))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "ok True 1"  # create_engine set HF_HUB_OFFLINE
+
+
+def test_v_prediction_and_ztsnr_come_from_the_checkpoint_keys_or_the_settings(tiny_sdxl, tmp_path) -> None:
+    """NoobAI/Illustrious v-pred files carry empty ``v_pred`` / ``ztsnr`` tensors (A1111 1.10, Forge and
+    ComfyUI read them); a model's settings override what the file says."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tiny_sdxl.single_file))
+    save_file({**state, "v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(tmp_path / "vpred.safetensors"))
+    cpu, fp32 = torch.device("cpu"), torch.float32
+
+    def load(name, **settings):
+        source = models.ModelSource(name=name, location=str(tmp_path / "vpred.safetensors"),
+                                    config=str(tiny_sdxl.config), **settings)
+        return models.load_model(source, cpu, fp32).noise
+
+    found = load("v")
+    assert found.prediction == "v" and found.zero_terminal_snr
+    assert found.alphas_cumprod[-1].item() == pytest.approx(4.8973451890853435e-08)
+    overridden = load("eps", prediction="eps", zero_terminal_snr=False)
+    assert overridden.prediction == "eps" and not overridden.zero_terminal_snr
+    plain = models.load_model(
+        models.ModelSource(name="p", location=str(tiny_sdxl.single_file), config=str(tiny_sdxl.config)), cpu, fp32
+    ).noise
+    assert plain.prediction == "eps" and not plain.zero_terminal_snr
+    with pytest.raises(models.ModelError, match="prediction must be one of auto, eps, v"):
+        models.resolve_model(
+            EngineSettings(models={"m": ModelSettings(source=str(tmp_path / "vpred.safetensors"), prediction="x")}),
+            "m",
+        )

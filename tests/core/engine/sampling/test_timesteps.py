@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from core.engine.rng import ImageRNG
-from core.engine.sampling import CFGPP_SCALE, NoiseSchedule, combine_cfg, plan, resolve, sample, timestep_eps
+from core.engine.samplers import plan, resolve, sample
+from core.engine.sampling import CFGPP_SCALE, NoiseSchedule, combine_cfg, timestep_eps
 from core.engine.sampling.timesteps import timesteps
 
 CFG = 7.0
@@ -29,10 +30,9 @@ def eps_model(tiny, cfgpp=False, prediction="eps"):
         n = x.shape[0]
         out = timestep_eps(MODEL.alphas_cumprod, prediction, lambda xi, ti: tiny(xi, ti, _rows(tiny, n)),
                            torch.cat([x, x]), torch.cat([t, t]))
-        conds = [[(i, 1.0)] for i in range(n)]
         if cfgpp:
-            return combine_cfg(out[:n], out[n:], conds, CFG * CFGPP_SCALE), out[n:]
-        return combine_cfg(out[:n], out[n:], conds, CFG)
+            return combine_cfg(out[n:], [out[:n]], [1.0], CFG * CFGPP_SCALE), out[n:]
+        return combine_cfg(out[n:], [out[:n]], [1.0], CFG)
 
     return model
 

@@ -1,14 +1,16 @@
-"""Per-step overhead of the sampling library against a bare loop on the same model (for ``chant bench``).
+"""``chant bench sampling``: per-step overhead of the samplers (``core.engine.samplers``) against a bare
+loop on the same model.
 
-``sampler_overhead()`` runs Euler through :func:`core.engine.sampling.sample` (plan, noise sampler,
+``sampler_overhead()`` runs a sampler through :func:`core.engine.samplers.sample` (plan, noise sampler,
 callback, denoiser wrapper) and a hand-written Euler loop doing the same UNet calls, and returns the time
-per step of each and their ratio. ``python -m core.engine.bench_sampling`` prints them.
+per step of each and their ratio (meaningful for one-call-a-step samplers, Euler by default).
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import time
+from typing import Any
 
 import torch
 
@@ -28,7 +30,8 @@ def sampler_overhead(*, name: str = "Euler", steps: int = 20, batch: int = 2, re
                      device: str = "cpu") -> dict[str, float]:
     """Seconds per step of the library path and of a bare loop over the same sigmas and UNet, best of ``repeats``."""
     from core.engine.rng import ImageRNG
-    from core.engine.sampling import NoiseSchedule, plan, resolve, sample
+    from core.engine.samplers import plan, resolve, sample
+    from core.engine.sampling import NoiseSchedule
 
     unet = _tiny_unet(device)
     cond = torch.randn((batch, 4, 32), device=device)
@@ -75,5 +78,16 @@ def sampler_overhead(*, name: str = "Euler", steps: int = 20, batch: int = 2, re
             "ratio": timings["library"] / timings["bare"]}
 
 
-if __name__ == "__main__":
-    print(json.dumps(sampler_overhead(), indent=1))
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sampler", default="Euler")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=2, help="images per loop")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (best is kept)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+
+
+def run(args: argparse.Namespace, settings) -> dict[str, Any]:
+    return sampler_overhead(
+        name=args.sampler, steps=args.steps, batch=args.batch, repeats=args.repeats, device=args.device
+    )
