@@ -14,7 +14,8 @@ Each job keeps its own prompt schedule, ``AND`` parts, negative prompt, CFG scal
 variation seed, ENSD, source image, mask and overlay; what shapes the loop (model, size, sampler, steps,
 strength, hires geometry, LoRA set) is the batch's. A job whose inputs, prompt, source image or mask are
 bad fails alone, with the message it gets alone, before the loop starts; a failure every job shares (the
-model, the LoRA set) fails them all. A cancelled job's rows leave the loop (``core.engine.loop``).
+model, the LoRA set) fails them all; a job whose latents or pixels come out NaN/inf fails alone after the
+loop. A cancelled job's rows leave the loop (``core.engine.loop``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ from core.engine import checks, hires, loop, models, output, prompts, vae
 from core.engine.job import Job, Outcome, RunStats, Start
 from core.engine.runtime import Runtime
 from core.types import GenerationError, GenerationRequest, GenerationResult, Progress
+
+NAN_LATENTS = (
+    "the image came out broken (NaN/infinite values while sampling): usually a LoRA, embedding or "
+    "hypernetwork with broken or extreme weights (try without it, or a lower weight), or an fp16 overflow "
+    'in the UNet (the operator can set engine.dtype = "fp32")'
+)
+NAN_PIXELS = (
+    "the image came out broken (the VAE decoded NaN/infinite pixels, in float32 too): the VAE is likely "
+    "broken or does not fit this model; try another VAE (for SDXL in fp16: sdxl-vae-fp16-fix)"
+)
 
 
 class Pipeline:
@@ -89,9 +100,10 @@ class Pipeline:
             finished = self.hires_fix(model, finished)
         if not finished:
             return
-        # 9. Decode; inpaint: paste each job's images back onto its own source
+        # 9. Decode (a job whose pixels are NaN/inf fails); inpaint: paste each job's images onto its source
         t = time.perf_counter()
         images = runtime.decode(model, torch.cat([job.latents for job in finished]))
+        finished, images = self.drop_broken_images(finished, images)
         images = output.apply_overlays(finished, images)
         runtime.sync()
         stats.decode = time.perf_counter() - t
@@ -167,8 +179,9 @@ class Pipeline:
                 job.plan.image_cond = vae.inpainting_conditioning(model, init, job.count, self.runtime.device)
 
     def denoise(self, jobs: list[Job], progress: tuple[int, int] | None) -> list[Job]:
-        """The loop (``core.engine.loop``); returns the jobs that finished, with their latents."""
-        return loop.denoise(
+        """The loop (``core.engine.loop``); returns the jobs that finished with finite latents. A job
+        whose latents came out NaN/inf fails alone, with the likely cause."""
+        done = loop.denoise(
             self.runtime,
             jobs,
             self.stats,
@@ -177,6 +190,24 @@ class Pipeline:
             self.should_cancel,
             progress=progress,
         )
+        finite = torch.stack([torch.isfinite(job.latents).all() for job in done]).tolist() if done else []
+        for job, ok in zip(done, finite, strict=True):
+            if not ok:
+                self.outcomes[job.index] = GenerationError(NAN_LATENTS)
+        return [job for job, ok in zip(done, finite, strict=True) if ok]
+
+    def drop_broken_images(self, jobs: list[Job], images: list) -> tuple[list[Job], list]:
+        """The jobs whose every image decoded to finite pixels, and their images; the others fail."""
+        kept_jobs, kept_images, row = [], [], 0
+        for job in jobs:
+            mine = images[row : row + job.count]
+            row += job.count
+            if any(image is None for image in mine):
+                self.outcomes[job.index] = GenerationError(NAN_PIXELS)
+                continue
+            kept_jobs.append(job)
+            kept_images.extend(mine)
+        return kept_jobs, kept_images
 
     def hires_fix(self, model: models.LoadedModel, jobs: list[Job]) -> list[Job]:
         """A1111's hires fix for jobs whose first passes are done: each job upscaled on its own, then one
@@ -191,9 +222,15 @@ class Pipeline:
         if not second:
             return []
         runtime = self.runtime
+        def decode(model, latents):  # a pixel upscaler's first-pass images; NaN/inf pixels fail the job
+            images = runtime.decode(model, latents)
+            if any(image is None for image in images):
+                raise GenerationError(NAN_PIXELS)
+            return images
+
         def upscale(job: Job) -> None:  # each as alone: a pixel upscaler decodes, resizes and encodes
             latents = first[job.index].latents
-            upscaled = hires.upscale(model, job.request, latents, decode=runtime.decode, encode=runtime.encode_images)
+            upscaled = hires.upscale(model, job.request, latents, decode=decode, encode=runtime.encode_images)
             job.start = hires.start(job.request, upscaled)
 
         second = self._each(second, upscale)

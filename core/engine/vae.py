@@ -45,10 +45,19 @@ def decode_latents(
 
 
 def decode(model: models.LoadedModel, latents: torch.Tensor, *, chunk: int = 0) -> list:
-    """Latents -> PIL images (see :func:`decode_latents`)."""
-    return model.pipe.image_processor.postprocess(
-        decode_latents(model, latents, chunk=chunk), output_type="pil"
-    )
+    """Latents -> PIL images (see :func:`decode_latents`); None for a latent whose pixels are NaN/inf.
+
+    As A1111 (``auto_vae_precision``, on by default), rows a half-precision VAE decodes to NaN/inf are
+    decoded again with the VAE in float32 (an fp16 VAE overflows on some images).
+    """
+    pixels = decode_latents(model, latents, chunk=chunk)
+    bad = ~torch.isfinite(pixels).flatten(1).all(dim=1)
+    if bad.any() and model.pipe.vae.dtype != torch.float32:
+        rows = bad.nonzero().flatten()
+        pixels[rows] = decode_latents(model, latents[rows], chunk=chunk, fp32=True).to(pixels.dtype)
+        bad = ~torch.isfinite(pixels).flatten(1).all(dim=1)
+    images = model.pipe.image_processor.postprocess(pixels.nan_to_num(), output_type="pil")
+    return [None if broken else image for image, broken in zip(images, bad.tolist(), strict=True)]
 
 
 @torch.no_grad()
