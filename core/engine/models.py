@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import threading
 import time
 from collections import OrderedDict
@@ -193,9 +194,38 @@ def _checkpoint_keys(path: Path) -> list[str]:
             raise ModelError(f"{path.name}: not a readable .safetensors file ({exc})") from None
     import torch
 
-    state = torch.load(str(path), map_location="meta", weights_only=True)
+    try:
+        state = torch.load(str(path), map_location="meta", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(unpickling_refused(path, exc)) from None
     state = state.get("state_dict", state)
     return list(state)
+
+
+def unpickling_refused(path: Path, exc: BaseException) -> str:
+    """One line for a pickle that ``weights_only`` loading refused (it needs code run to load)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"{path.name}: refused: this pickle file holds Python objects, not only tensors, and chant never runs "
+        f"code to load a model (torch.load weights_only=True said: {reason[:160]}). Convert it to .safetensors "
+        "with a tool you trust, or use another copy of the model"
+    )
+
+
+def check_folder_allowed(folder: Path, allow_pickle: bool) -> None:
+    """A diffusers folder whose weights are pickles (``.bin``, ``.ckpt``, ...) with no ``.safetensors`` next to
+    them is refused before anything is read, unless the operator allows pickles."""
+    if allow_pickle:
+        return
+    for component in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        files = [f for f in component.iterdir() if f.is_file()]
+        pickled = [f for f in files if f.suffix.lower() in PICKLE_SUFFIXES]
+        if pickled and not any(f.suffix.lower() in SAFE_SUFFIXES for f in files):
+            raise ModelError(
+                f"{folder.name}: {pickled[0].relative_to(folder)} is a pickle weights file and the folder has "
+                "no .safetensors for it; chant refuses pickles (they can run code when loaded). Convert the "
+                "folder to .safetensors, or set engine.allow_pickle = true (loads with weights_only=True)"
+            )
 
 
 # --- A1111 short hash ------------------------------------------------------------------------------
@@ -314,6 +344,10 @@ def load_model(source: ModelSource, device, dtype, *, allow_pickle: bool = False
                 kwargs["local_files_only"] = True
             if _pipeline_has_safety_checker(location, source.is_hub):
                 kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            if not source.is_hub:
+                check_folder_allowed(location, allow_pickle)
+            if not allow_pickle:
+                kwargs["use_safetensors"] = True  # a hub repo with pickle weights only is refused, unread
             pipe = DiffusionPipeline.from_pretrained(source.location, **kwargs)
             if not hasattr(pipe, "unet") or not hasattr(pipe, "text_encoder"):
                 raise ModelError(f"{source.name}: not a Stable Diffusion pipeline ({type(pipe).__name__})")
@@ -340,9 +374,11 @@ def load_model(source: ModelSource, device, dtype, *, allow_pickle: bool = False
                 v_pred = uses_v_prediction(pipe.unet)
             found = (v_pred, "ztsnr" in keys)
         if source.vae:
-            pipe.vae = _load_vae(source.vae, pipe, dtype)
+            pipe.vae = _load_vae(source.vae, pipe, dtype, allow_pickle)
     except ModelError:
         raise
+    except pickle.UnpicklingError as exc:
+        raise ModelError(unpickling_refused(location, exc)) from None
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"could not load model {source.name!r}: {exc}") from exc
     if hasattr(pipe, "safety_checker"):
@@ -411,11 +447,12 @@ def uses_v_prediction(unet) -> bool:
     return out < -1
 
 
-def _load_vae(vae: str, pipe, dtype):
+def _load_vae(vae: str, pipe, dtype, allow_pickle: bool = False):
     from diffusers import AutoencoderKL
 
     path = Path(vae)
     if path.is_dir():
+        check_folder_allowed(path, allow_pickle)
         return AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
     if path.is_file():
         check_file_allowed(path, allow_pickle=False)

@@ -205,6 +205,37 @@ print("ok", len(result.images[0].png) > 0, os.environ.get("HF_HUB_OFFLINE"))
     assert out.stdout.strip().splitlines()[-1] == "ok True 1"  # create_engine set HF_HUB_OFFLINE
 
 
+def test_a_diffusers_folder_with_pickle_weights_is_refused_before_reading(tiny_sd15, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_sd15.folder, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))  # the name is what counts: nothing may read it
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a pickle was read")
+
+    monkeypatch.setattr(torch, "load", no_reading)
+    source = models.ModelSource(name="pickled", location=str(folder))
+    with pytest.raises(models.ModelError, match=r"unet/diffusion_pytorch_model\.bin is a pickle weights file") as err:
+        models.load_model(source, torch.device("cpu"), torch.float32)
+    assert "\n" not in str(err.value) and "engine.allow_pickle" in str(err.value)
+
+
+def test_a_pickle_that_needs_code_to_load_is_one_clear_line(tmp_path) -> None:
+    import argparse
+
+    path = tmp_path / "trap.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(x=1)}, str(path))
+    source = models.ModelSource(name="trap", location=str(path), kind="sd1")
+    with pytest.raises(models.ModelError, match=r"trap\.ckpt: refused: this pickle file holds Python objects") as err:
+        models.load_model(source, torch.device("cpu"), torch.float32, allow_pickle=True)
+    assert "\n" not in str(err.value)
+    with pytest.raises(models.ModelError, match="refused: this pickle file"):  # the kind detection reads it too
+        models.detect_kind(path)
+
+
 def test_v_prediction_and_ztsnr_come_from_the_checkpoint_keys_or_the_settings(tiny_sdxl, tmp_path) -> None:
     """NoobAI/Illustrious v-pred files carry empty ``v_pred`` / ``ztsnr`` tensors (A1111 1.10, Forge and
     ComfyUI read them); a model's settings override what the file says."""
