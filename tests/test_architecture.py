@@ -20,8 +20,11 @@ SOURCES = ("core", "bot")
 # The engine's tiny-model fixtures and its benchmark sit on top of it and build or time torch models.
 TORCH_ON_TOP_OF_THE_ENGINE = {
     "core/testing/tiny.py",
+    "core/testing/tiny_control.py",
+    "core/testing/tiny_upscalers.py",
     "core/bench/engine.py",
     "core/bench/sampling.py",
+    "core/bench/postprocess.py",
 }
 
 

@@ -17,6 +17,7 @@ TARGETS = {
     "storage": "core.bench.storage",
     "queue": "core.bench.queue",
     "sampling": "core.bench.sampling",
+    "postprocess": "core.bench.postprocess",
 }
 
 
