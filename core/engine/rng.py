@@ -137,10 +137,18 @@ class _Generator:
 
     def randn(self, shape: Sequence[int]) -> torch.Tensor:
         if self._nv is not None:
-            return torch.from_numpy(self._nv.randn(shape)).to(self.device)
+            return _onto(torch.from_numpy(self._nv.randn(shape)), self.device)
         assert self._torch is not None
         out = torch.randn(tuple(shape), generator=self._torch, device=self._torch.device, dtype=torch.float32)
-        return out.to(self.device)
+        return _onto(out, self.device)
+
+
+def _onto(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``. Host noise goes to a GPU through pinned memory without waiting: a plain copy
+    from pageable memory waits for everything queued on the GPU, a host sync at every sampler step."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def create_generator(seed: int, source: str = "gpu", device: str | torch.device = "cpu") -> _Generator:
