@@ -129,7 +129,8 @@ SIGMA_LIST_SAMPLERS = [n for n in K_SAMPLERS if n not in ("DPM fast", "DPM adapt
 @pytest.mark.parametrize("name", SIGMA_LIST_SAMPLERS)
 def test_every_sampler_and_schedule_matches_k_diffusion(kd, tiny_unet, name, schedule_type):
     # 4 steps (5 with a discarded sigma) exercise every multistep order; 7 steps (not a divisor of 1000) below.
-    _check(*run_pair(kd, tiny_unet, name, schedule_type, steps=4))
+    # One image per pair keeps the matrix cheap; batches are the 20-step test's and the pipeline's.
+    _check(*run_pair(kd, tiny_unet, name, schedule_type, steps=4, seeds=(11,)))
 
 
 @pytest.mark.slow

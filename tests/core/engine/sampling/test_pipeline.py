@@ -246,6 +246,7 @@ def check(ours, theirs):
     assert torch.isfinite(ours).all()
     delta = (ours - theirs).abs().max().item()
     assert delta <= TOL, f"max |Δ| {delta:.2e} (latents up to {theirs.abs().max().item():.1f})"
+    print(f"max |Δ| {delta:.1e} (latents up to {theirs.abs().max().item():.1f})")
 
 
 # -- the tests ---------------------------------------------------------------------------------------
