@@ -403,3 +403,16 @@ def test_the_largest_seed_works_and_random_seeds_are_drawn_as_a1111_draws_them(s
     random.seed(5)
     drawn = sd15_engine.generate(request.replace(seed=-1, count=1)).images[0].seed
     assert drawn == random.Random(5).randrange(4294967294)  # A1111's get_fixed_seed
+
+
+def test_eta_and_ensd_are_written_where_a1111_writes_them(sd15_engine) -> None:
+    base = GenerationRequest(prompt="a fox", seed=10, eta_noise_seed_delta=31337, **{**SMALL, "steps": 3})
+    texts = {
+        (sampler, eta): sd15_engine.generate(base.replace(sampler=sampler, eta=eta)).images[0].infotext
+        for sampler, eta in (("Euler a", 0.6), ("Euler a", 0.0), ("DDIM", 0.3), ("Euler", 0.5), ("DPM++ 2M", None))
+    }
+    assert "Eta: 0.6" in texts["Euler a", 0.6] and "ENSD: 31337" in texts["Euler a", 0.6]
+    assert "Eta: 0" in texts["Euler a", 0.0] and "ENSD" not in texts["Euler a", 0.0]  # eta 0: no step noise
+    assert "Eta DDIM: 0.3" in texts["DDIM", 0.3] and "ENSD" not in texts["DDIM", 0.3]
+    for key in (("Euler", 0.5), ("DPM++ 2M", None)):  # samplers without eta: A1111 writes neither
+        assert "Eta" not in texts[key] and "ENSD" not in texts[key]
