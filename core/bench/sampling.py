@@ -19,15 +19,27 @@ def _tiny_unet(device: str):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
-    ).eval().to(device)
+    return (
+        UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+        .eval()
+        .to(device)
+    )
 
 
-def sampler_overhead(*, name: str = "Euler", steps: int = 20, batch: int = 2, repeats: int = 3,
-                     device: str = "cpu") -> dict[str, float]:
+def sampler_overhead(
+    *, name: str = "Euler", steps: int = 20, batch: int = 2, repeats: int = 3, device: str = "cpu"
+) -> dict[str, float]:
     """Seconds per step of the library path and of a bare loop over the same sigmas and UNet, best of ``repeats``."""
     from core.engine.rng import ImageRNG
     from core.engine.samplers import plan, resolve, sample
@@ -73,10 +85,15 @@ def sampler_overhead(*, name: str = "Euler", steps: int = 20, batch: int = 2, re
                 sync()
                 best = min(best, time.perf_counter() - start)
             timings[label] = best / steps
-    return {"sampler": name, "steps": steps, "batch": batch, "device": device,
-            "library_s_per_step": timings["library"], "bare_s_per_step": timings["bare"],
-            "ratio": timings["library"] / timings["bare"]}
-
+    return {
+        "sampler": name,
+        "steps": steps,
+        "batch": batch,
+        "device": device,
+        "library_s_per_step": timings["library"],
+        "bare_s_per_step": timings["bare"],
+        "ratio": timings["library"] / timings["bare"],
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

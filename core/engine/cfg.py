@@ -211,9 +211,13 @@ class CFGDenoiser:
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, counter: int) -> list[torch.Tensor]:
         """Each job's raw outputs, [uncond, cond₁ … condₙ]: row blocks of equal token length share a call."""
-        blocks: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, dict | None]] = []
+        blocks: list[
+            tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, dict | None]
+        ] = []
         owner: list[int] = []  # the job of each block
-        for position, (job, rows, sigmas) in enumerate(zip(self.jobs, self.rows(x), self.rows(sigma), strict=True)):
+        for position, (job, rows, sigmas) in enumerate(
+            zip(self.jobs, self.rows(x), self.rows(sigma), strict=True)
+        ):
             for repeats, embeds, added in job.row_blocks(counter):
                 image_cond = job.image_cond
                 if repeats > 1:

@@ -30,10 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, metavar="N", help="default 20")
     p.add_argument("--cfg", type=float, default=None, metavar="X", help="CFG scale (default 7)")
     p.add_argument(
-        "--cfg-rescale", type=float, default=None, metavar="PHI", help="CFG rescale 0..1 (v-prediction models; 0 = off)"
+        "--cfg-rescale",
+        type=float,
+        default=None,
+        metavar="PHI",
+        help="CFG rescale 0..1 (v-prediction models; 0 = off)",
     )
     p.add_argument("--eta", type=float, default=None, metavar="X", help="eta (ancestral/SDE/DDIM samplers)")
-    p.add_argument("--ensd", type=int, default=None, metavar="N", help="eta noise seed delta (default from config)")
+    p.add_argument(
+        "--ensd", type=int, default=None, metavar="N", help="eta noise seed delta (default from config)"
+    )
     p.add_argument("--sampler", default=None, metavar="NAME", help='A1111 sampler name (default "Euler a")')
     p.add_argument("--schedule", default=None, metavar="TYPE", help="A1111 schedule type (default Automatic)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="-1 = random (default)")

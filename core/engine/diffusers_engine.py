@@ -191,5 +191,10 @@ def import_diffusers() -> None:
     """
     import diffusers
 
-    for name in ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "AutoencoderKL", "UNet2DConditionModel"):
+    for name in (
+        "StableDiffusionPipeline",
+        "StableDiffusionXLPipeline",
+        "AutoencoderKL",
+        "UNet2DConditionModel",
+    ):
         getattr(diffusers, name)

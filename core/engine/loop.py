@@ -101,7 +101,9 @@ def denoise(
         cfgpp=plan.spec.sampler.cfgpp,
     )
     # 7. Denoising loop
-    steps = Steps(runtime, model, active, denoiser, plan, stats, outcomes, should_cancel, on_progress, progress)
+    steps = Steps(
+        runtime, model, active, denoiser, plan, stats, outcomes, should_cancel, on_progress, progress
+    )
     image_rng = BatchRNG([job.image_rng for job in active])
     try:
         latents = samplers.sample(plan, denoiser, x, rng=image_rng, callback=steps, eta=request.eta)

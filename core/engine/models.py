@@ -354,7 +354,10 @@ def load_model(source: ModelSource, device, dtype, *, allow_pickle: bool = False
             weights = _weights_file_of_folder(location) if not source.is_hub else None
             model_hash = short_hash(weights) if weights else ""
             scheduler = pipe.scheduler.config
-            found = (scheduler.get("prediction_type") == "v_prediction", bool(scheduler.get("rescale_betas_zero_snr")))
+            found = (
+                scheduler.get("prediction_type") == "v_prediction",
+                bool(scheduler.get("rescale_betas_zero_snr")),
+            )
         else:
             check_file_allowed(location, allow_pickle)
             keys = _checkpoint_keys(location)

@@ -167,7 +167,9 @@ class Pipeline:
             if init is None:
                 if inpainting_unet:
                     size = (job.request.height, job.request.width)
-                    job.plan.image_cond = vae.blank_inpainting_conditioning(model, job.count, size, self.runtime.device)
+                    job.plan.image_cond = vae.blank_inpainting_conditioning(
+                        model, job.count, size, self.runtime.device
+                    )
                 continue
             latents = self.runtime.encode_images(model, [init.image]).repeat(job.count, 1, 1, 1)
             mask = None
@@ -222,6 +224,7 @@ class Pipeline:
         if not second:
             return []
         runtime = self.runtime
+
         def decode(model, latents):  # a pixel upscaler's first-pass images; NaN/inf pixels fail the job
             images = runtime.decode(model, latents)
             if any(image is None for image in images):

@@ -146,7 +146,9 @@ def resolve(name: str, schedule: str | None = "Automatic") -> SamplerSpec:
     requested = schedule_type(schedule)
     if from_name is not None:
         if requested.label not in ("Automatic", from_name):
-            raise ValueError(f"sampler {name!r} already names schedule {from_name!r}, but {requested.label!r} was given")
+            raise ValueError(
+                f"sampler {name!r} already names schedule {from_name!r}, but {requested.label!r} was given"
+            )
         requested = schedule_type(from_name)
     if sampler.kind == "timesteps":
         return SamplerSpec(sampler, requested, requested.label)
@@ -226,8 +228,15 @@ def _sigmas(spec: SamplerSpec, steps: int, schedule: NoiseSchedule, options: Sch
     return sigmas
 
 
-def plan(spec: SamplerSpec, steps: int, model: NoiseSchedule, *, options: ScheduleOptions = ScheduleOptions(),
-         denoising_strength: float | None = None, fixed_steps: bool = False) -> Plan:
+def plan(
+    spec: SamplerSpec,
+    steps: int,
+    model: NoiseSchedule,
+    *,
+    options: ScheduleOptions = ScheduleOptions(),
+    denoising_strength: float | None = None,
+    fixed_steps: bool = False,
+) -> Plan:
     """What a run of ``steps`` samples over; with ``denoising_strength``, A1111's img2img/hires tail."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -241,15 +250,26 @@ def plan(spec: SamplerSpec, steps: int, model: NoiseSchedule, *, options: Schedu
         ts = timesteps.timesteps(steps)
         run = ts if t_enc is None else ts[:t_enc]
         if spec.sampler.function is timesteps.sample_unipc and len(run) < UNIPC_ORDER:
-            raise ValueError(f"UniPC needs at least {UNIPC_ORDER} steps to run (A1111's order {UNIPC_ORDER}), got {len(run)}")
+            raise ValueError(
+                f"UniPC needs at least {UNIPC_ORDER} steps to run (A1111's order {UNIPC_ORDER}), got {len(run)}"
+            )
         return Plan(spec, schedule, None, run, steps, t_enc)
     sigmas = _sigmas(spec, steps, schedule, options)
     run = sigmas if t_enc is None else sigmas[steps - t_enc - 1 :]
     return Plan(spec, schedule, sigmas, run, steps, t_enc)
 
 
-def sample(p: Plan, model: Callable, x: Tensor, *, rng: ImageRNG, seeds: Sequence[int] | None = None,
-           callback: samplers.Callback | None = None, eta: float | None = None, **extras: float) -> Tensor:
+def sample(
+    p: Plan,
+    model: Callable,
+    x: Tensor,
+    *,
+    rng: ImageRNG,
+    seeds: Sequence[int] | None = None,
+    callback: samplers.Callback | None = None,
+    eta: float | None = None,
+    **extras: float,
+) -> Tensor:
     """Run ``p``'s sampler from ``x`` (:meth:`Plan.start`'s result) and return the final latents.
 
     ``model``: k-diffusion samplers ``model(x, sigma) -> x₀``; timesteps samplers ``model(x, t) -> ε``
@@ -267,14 +287,22 @@ def sample(p: Plan, model: Callable, x: Tensor, *, rng: ImageRNG, seeds: Sequenc
     if sampler.takes_eta:
         kwargs["eta"] = sampler.default_eta if eta is None else float(eta)
     if sampler.brownian:
-        noise = BrownianNoise(p.sigmas, list(seeds if seeds is not None else rng.seeds), x.shape[1:],
-                              source=rng.source, device=x.device, dtype=x.dtype)
+        noise = BrownianNoise(
+            p.sigmas,
+            list(seeds if seeds is not None else rng.seeds),
+            x.shape[1:],
+            source=rng.source,
+            device=x.device,
+            dtype=x.dtype,
+        )
     else:
         noise = StepNoise(rng, device=x.device, dtype=x.dtype)
     if sampler.kind == "timesteps":
         if sampler.function is timesteps.sample_unipc and p.img2img:
             kwargs["img2img"] = True
-        return sampler.function(model, x, p.run, p.schedule.alphas_cumprod, callback=callback, noise=noise, **kwargs)
+        return sampler.function(
+            model, x, p.run, p.schedule.alphas_cumprod, callback=callback, noise=noise, **kwargs
+        )
     if sampler.kind == "dpm":
         if p.img2img:
             low, high, n = float(p.run[-2]), float(p.run[0]), len(p.run) - 1

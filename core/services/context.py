@@ -26,6 +26,7 @@ from core.storage.repositories import Repositories
 
 log = logging.getLogger(__name__)
 
+
 class Catalog:
     """The names users pick from: models, samplers and LoRAs (the engine's when it runs in this
     process, else the configuration's)."""

@@ -86,7 +86,9 @@ class NoiseSchedule:
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
-            raise ValueError(f"unknown model prediction {self.prediction!r}; use one of: {', '.join(PREDICTIONS)}")
+            raise ValueError(
+                f"unknown model prediction {self.prediction!r}; use one of: {', '.join(PREDICTIONS)}"
+            )
         sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
         object.__setattr__(self, "sigmas", sigmas)
         object.__setattr__(self, "log_sigmas", sigmas.log())
@@ -162,7 +164,9 @@ class LCMSchedule(NoiseSchedule):
     @classmethod
     def from_model(cls, model: NoiseSchedule) -> LCMSchedule:
         steps = TIMESTEPS // cls.skip
-        valid = torch.stack([model.alphas_cumprod[TIMESTEPS - 1 - i * cls.skip] for i in reversed(range(steps))])
+        valid = torch.stack(
+            [model.alphas_cumprod[TIMESTEPS - 1 - i * cls.skip] for i in reversed(range(steps))]
+        )
         return cls(valid.to(torch.float32), "eps")
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
@@ -237,7 +241,9 @@ def rescale_cfg(x: Tensor, sigma: Tensor, cond: Tensor, guided: Tensor, phi: flo
     x_scaled = x / (s * s + 1.0)
     v_cond = (x_scaled - cond) * root / s
     v_cfg = (x_scaled - guided) * root / s
-    ratio = v_cond.std(dim=tuple(range(1, x.ndim)), keepdim=True) / v_cfg.std(dim=tuple(range(1, x.ndim)), keepdim=True)
+    ratio = v_cond.std(dim=tuple(range(1, x.ndim)), keepdim=True) / v_cfg.std(
+        dim=tuple(range(1, x.ndim)), keepdim=True
+    )
     v_final = phi * (v_cfg * ratio) + (1.0 - phi) * v_cfg
     return x_scaled - v_final * s / root
 

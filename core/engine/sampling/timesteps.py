@@ -140,7 +140,9 @@ class _VP:
 
     def inverse_lambda(self, lamb: Tensor) -> Tensor:
         log_alpha = -0.5 * torch.logaddexp(torch.zeros((1,)).to(lamb), -2.0 * lamb)
-        return self._interp(log_alpha, self.log_alpha_array.flip(0).to(lamb.device), self.t_array.flip(0).to(lamb.device))
+        return self._interp(
+            log_alpha, self.log_alpha_array.flip(0).to(lamb.device), self.t_array.flip(0).to(lamb.device)
+        )
 
 
 def _unipc_times(vp: _VP, skip_type: str, t_start: float, t_end: float, n: int) -> Tensor:
@@ -154,8 +156,20 @@ def _unipc_times(vp: _VP, skip_type: str, t_start: float, t_end: float, n: int) 
     raise ValueError(f"unknown UniPC skip type {skip_type!r}; use time_uniform, time_quadratic or logSNR")
 
 
-def sample_unipc(model, x, ts, alphas_cumprod, *, callback=None, noise=None, img2img=False, order=3,
-                 variant="bh1", skip_type="time_uniform", lower_order_final=True):
+def sample_unipc(
+    model,
+    x,
+    ts,
+    alphas_cumprod,
+    *,
+    callback=None,
+    noise=None,
+    img2img=False,
+    order=3,
+    variant="bh1",
+    skip_type="time_uniform",
+    lower_order_final=True,
+):
     """UniPC multistep (predictor UniP + corrector UniC, data prediction) over ``len(ts)`` steps.
 
     The model is called at model time (t - 1/1000)·1000 for t from 1 (img2img: ts[-1]/1000 + 1/1000)

@@ -130,7 +130,9 @@ def test_infotext_model_is_matched_by_hash(tiny_sd15, tmp_path) -> None:
     assert match_model(settings, None, None) is None
 
 
-def test_infotext_reproduces_a1111_samplers_schedules_eta_ensd_rescale_and_variation(tiny_sd15, tmp_path, monkeypatch):
+def test_infotext_reproduces_a1111_samplers_schedules_eta_ensd_rescale_and_variation(
+    tiny_sd15, tmp_path, monkeypatch
+):
     """The second image of a variation batch made with an SDE sampler on a chosen schedule type, eta, ENSD and
     CFG rescale: its PNG's parameters alone give it again (A1111's all_seeds: the job's seed, variation seed
     + 1), to one 8-bit level: the first run's UNet summed two images at once, the second one."""
@@ -141,8 +143,24 @@ def test_infotext_reproduces_a1111_samplers_schedules_eta_ensd_rescale_and_varia
     monkeypatch.chdir(tmp_path)
     config = ["--config", str(_config(tmp_path, tiny_sd15))]
     options = ["--sampler", "DPM++ 2M SDE", "--schedule", "Karras", "--eta", "0.6", "--ensd", "31337"]
-    options += ["--cfg-rescale", "0.5", "--seed", "42", "--steps", "4", "--size", "64x64", "--rng", "cpu", "-n", "2"]
-    variation = ["--infotext", "Steps: 4, Sampler: Euler, Seed: 42, Variation seed: 9, Variation seed strength: 0.3"]
+    options += [
+        "--cfg-rescale",
+        "0.5",
+        "--seed",
+        "42",
+        "--steps",
+        "4",
+        "--size",
+        "64x64",
+        "--rng",
+        "cpu",
+        "-n",
+        "2",
+    ]
+    variation = [
+        "--infotext",
+        "Steps: 4, Sampler: Euler, Seed: 42, Variation seed: 9, Variation seed strength: 0.3",
+    ]
     assert main([*config, "generate", "a boat", *options, *variation, "-o", "a.png"]) == 0
     text = Image.open(tmp_path / "a-1.png").info["parameters"]
     assert "Sampler: DPM++ 2M SDE, Schedule type: Karras" in text and "Seed: 42," in text

@@ -409,7 +409,13 @@ def test_eta_and_ensd_are_written_where_a1111_writes_them(sd15_engine) -> None:
     base = GenerationRequest(prompt="a fox", seed=10, eta_noise_seed_delta=31337, **{**SMALL, "steps": 3})
     texts = {
         (sampler, eta): sd15_engine.generate(base.replace(sampler=sampler, eta=eta)).images[0].infotext
-        for sampler, eta in (("Euler a", 0.6), ("Euler a", 0.0), ("DDIM", 0.3), ("Euler", 0.5), ("DPM++ 2M", None))
+        for sampler, eta in (
+            ("Euler a", 0.6),
+            ("Euler a", 0.0),
+            ("DDIM", 0.3),
+            ("Euler", 0.5),
+            ("DPM++ 2M", None),
+        )
     }
     assert "Eta: 0.6" in texts["Euler a", 0.6] and "ENSD: 31337" in texts["Euler a", 0.6]
     assert "Eta: 0" in texts["Euler a", 0.0] and "ENSD" not in texts["Euler a", 0.0]  # eta 0: no step noise

@@ -459,7 +459,9 @@ def test_img2img_equals_the_diffusers_img2img_pipeline_on_the_same_timesteps(
     model = next(iter(sd15_engine.models._models.values()))
     pipe = StableDiffusionImg2ImgPipeline(**model.pipe.components)
     pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = EulerDiscreteScheduler.from_config(model.pipe.scheduler.config, timestep_spacing="linspace")
+    pipe.scheduler = EulerDiscreteScheduler.from_config(
+        model.pipe.scheduler.config, timestep_spacing="linspace"
+    )
     monkeypatch.setattr(module, "retrieve_latents", lambda out, generator=None: out.latent_dist.mean)
     theirs = pipe(
         "a cat",

@@ -205,7 +205,9 @@ print("ok", len(result.images[0].png) > 0, os.environ.get("HF_HUB_OFFLINE"))
     assert out.stdout.strip().splitlines()[-1] == "ok True 1"  # create_engine set HF_HUB_OFFLINE
 
 
-def test_a_diffusers_folder_with_pickle_weights_is_refused_before_reading(tiny_sd15, tmp_path, monkeypatch) -> None:
+def test_a_diffusers_folder_with_pickle_weights_is_refused_before_reading(
+    tiny_sd15, tmp_path, monkeypatch
+) -> None:
     import shutil
 
     folder = tmp_path / "pickled"
@@ -218,7 +220,9 @@ def test_a_diffusers_folder_with_pickle_weights_is_refused_before_reading(tiny_s
 
     monkeypatch.setattr(torch, "load", no_reading)
     source = models.ModelSource(name="pickled", location=str(folder))
-    with pytest.raises(models.ModelError, match=r"unet/diffusion_pytorch_model\.bin is a pickle weights file") as err:
+    with pytest.raises(
+        models.ModelError, match=r"unet/diffusion_pytorch_model\.bin is a pickle weights file"
+    ) as err:
         models.load_model(source, torch.device("cpu"), torch.float32)
     assert "\n" not in str(err.value) and "engine.allow_pickle" in str(err.value)
 
@@ -229,10 +233,14 @@ def test_a_pickle_that_needs_code_to_load_is_one_clear_line(tmp_path) -> None:
     path = tmp_path / "trap.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(x=1)}, str(path))
     source = models.ModelSource(name="trap", location=str(path), kind="sd1")
-    with pytest.raises(models.ModelError, match=r"trap\.ckpt: refused: this pickle file holds Python objects") as err:
+    with pytest.raises(
+        models.ModelError, match=r"trap\.ckpt: refused: this pickle file holds Python objects"
+    ) as err:
         models.load_model(source, torch.device("cpu"), torch.float32, allow_pickle=True)
     assert "\n" not in str(err.value)
-    with pytest.raises(models.ModelError, match="refused: this pickle file"):  # the kind detection reads it too
+    with pytest.raises(
+        models.ModelError, match="refused: this pickle file"
+    ):  # the kind detection reads it too
         models.detect_kind(path)
 
 
@@ -242,12 +250,15 @@ def test_v_prediction_and_ztsnr_come_from_the_checkpoint_keys_or_the_settings(ti
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(tiny_sdxl.single_file))
-    save_file({**state, "v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(tmp_path / "vpred.safetensors"))
+    save_file(
+        {**state, "v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(tmp_path / "vpred.safetensors")
+    )
     cpu, fp32 = torch.device("cpu"), torch.float32
 
     def load(name, **settings):
-        source = models.ModelSource(name=name, location=str(tmp_path / "vpred.safetensors"),
-                                    config=str(tiny_sdxl.config), **settings)
+        source = models.ModelSource(
+            name=name, location=str(tmp_path / "vpred.safetensors"), config=str(tiny_sdxl.config), **settings
+        )
         return models.load_model(source, cpu, fp32).noise
 
     found = load("v")
@@ -256,11 +267,15 @@ def test_v_prediction_and_ztsnr_come_from_the_checkpoint_keys_or_the_settings(ti
     overridden = load("eps", prediction="eps", zero_terminal_snr=False)
     assert overridden.prediction == "eps" and not overridden.zero_terminal_snr
     plain = models.load_model(
-        models.ModelSource(name="p", location=str(tiny_sdxl.single_file), config=str(tiny_sdxl.config)), cpu, fp32
+        models.ModelSource(name="p", location=str(tiny_sdxl.single_file), config=str(tiny_sdxl.config)),
+        cpu,
+        fp32,
     ).noise
     assert plain.prediction == "eps" and not plain.zero_terminal_snr
     with pytest.raises(models.ModelError, match="prediction must be one of auto, eps, v"):
         models.resolve_model(
-            EngineSettings(models={"m": ModelSettings(source=str(tmp_path / "vpred.safetensors"), prediction="x")}),
+            EngineSettings(
+                models={"m": ModelSettings(source=str(tmp_path / "vpred.safetensors"), prediction="x")}
+            ),
             "m",
         )

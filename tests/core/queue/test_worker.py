@@ -344,13 +344,17 @@ async def test_a_job_whose_image_comes_out_nan_fails_alone_and_is_refunded(tmp_p
     h.settings = dataclasses.replace(h.settings, engine=engine_config)
     service = await h.open(start=False, engine=engine)
     admin = actor(user=1, manage_guild=True)
-    await service.admin_set_quota(admin, scope="guild", target_id=None, images=1, gpu_seconds=None, period="day")
+    await service.admin_set_quota(
+        admin, scope="guild", target_id=None, images=1, gpu_seconds=None, period="day"
+    )
     small = {"width": 64, "height": 64, "steps": 2, "sampler": "Euler", "seed": 1}
     bad = await service.submit_imagine(actor(user=2), ImagineOptions(prompt="a cat <lora:broken:1>", **small))
     good = await service.submit_imagine(actor(user=3), ImagineOptions(prompt="a cat", **small))
     events = service.events()
     await service.start()
-    failed = await wait_for(events, lambda e: isinstance(e, JobFailed) and e.job.id == bad.job_id, timeout=120)
+    failed = await wait_for(
+        events, lambda e: isinstance(e, JobFailed) and e.job.id == bad.job_id, timeout=120
+    )
     assert "NaN" in failed.reason and "LoRA" in failed.reason
     await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == good.job_id, timeout=120)
     # the failed job's image was refunded: user 2 may generate one more today

@@ -87,7 +87,11 @@ def encode(engine: DiffusersEngine, request: GenerationRequest, first_pass=None)
         interpretations = hires.interpret(request, engine.settings)
         request = hires.hires_request(request)
     return prompts.encode_prompt(
-        request, model, interpretations, settings=engine.settings, embeddings=engine.embeddings,
+        request,
+        model,
+        interpretations,
+        settings=engine.settings,
+        embeddings=engine.embeddings,
         first_pass=first_pass,
     )
 
@@ -144,7 +148,7 @@ class A1111Denoiser:
             for j, part in enumerate(parts):
                 denoised[i] += (x_out[i * k + j] - denoised_uncond[i]) * (part.weight * self.cfg)
         if self.rescale:
-            denoised = rescale_cfg(x, sigma, x_out[:n * k:k], denoised, self.rescale)
+            denoised = rescale_cfg(x, sigma, x_out[: n * k : k], denoised, self.rescale)
         if not self.timesteps and self.nmask is not None:
             denoised = self.blend(denoised)
         self.step += 1
@@ -165,15 +169,23 @@ def rescale_cfg(x, sigma, cond, guided, phi):
 def a1111_seeds(request: GenerationRequest):
     """A1111's all_seeds / all_subseeds for one job."""
     step = 1 if request.subseed_strength == 0 else 0
-    return ([request.seed + i * step for i in range(request.count)],
-            [request.subseed + i for i in range(request.count)])
+    return (
+        [request.seed + i * step for i in range(request.count)],
+        [request.subseed + i for i in range(request.count)],
+    )
 
 
 def image_rng(request: GenerationRequest, shape, ensd=0):
     seeds, subseeds = a1111_seeds(request)
     strength = request.subseed_strength
-    return ImageRNG(shape, seeds, subseeds=subseeds if strength else None, subseed_strength=strength,
-                    source=request.rng, eta_noise_seed_delta=ensd)
+    return ImageRNG(
+        shape,
+        seeds,
+        subseeds=subseeds if strength else None,
+        subseed_strength=strength,
+        source=request.rng,
+        eta_noise_seed_delta=ensd,
+    )
 
 
 def sigmas_for(kd, wrap, name, steps, schedule=None):
@@ -201,7 +213,9 @@ def k_sample(kd, name, denoiser, wrap, x, sigmas, rng, seeds, *, eta=None, dpm_r
     if name in BROWNIAN:
         full = sigmas if full is None else full
         positive = full[full > 0]
-        kwargs["noise_sampler"] = kd.sampling.BrownianTreeNoiseSampler(x, positive.min(), full.max(), seed=seeds)
+        kwargs["noise_sampler"] = kd.sampling.BrownianTreeNoiseSampler(
+            x, positive.min(), full.max(), seed=seeds
+        )
     if name == "DPM fast":
         kwargs.update(dpm_range)
     else:
@@ -210,8 +224,9 @@ def k_sample(kd, name, denoiser, wrap, x, sigmas, rng, seeds, *, eta=None, dpm_r
         return function(denoiser, x, disable=True, **kwargs)
 
 
-def reference(kd, engine, request, *, ensd=0, schedule=None, prediction="eps", alphas=None, init=None,
-              nmask=None):
+def reference(
+    kd, engine, request, *, ensd=0, schedule=None, prediction="eps", alphas=None, init=None, nmask=None
+):
     """A1111's txt2img (or, with ``init``, img2img / inpaint) final latents for one job."""
     model = model_of(engine)
     alphas = model.noise.alphas_cumprod if alphas is None else alphas
@@ -235,8 +250,9 @@ def reference(kd, engine, request, *, ensd=0, schedule=None, prediction="eps", a
         x = init + noise * run_sigmas[0]
         fill = {"sigma_min": run_sigmas[-2], "sigma_max": run_sigmas[0], "n": len(run_sigmas) - 1}
         denoiser.init, denoiser.nmask = init, nmask
-    samples = k_sample(kd, name, denoiser, wrap, x, run_sigmas, rng, seeds, eta=request.eta, dpm_range=fill,
-                       full=sigmas)
+    samples = k_sample(
+        kd, name, denoiser, wrap, x, run_sigmas, rng, seeds, eta=request.eta, dpm_range=fill, full=sigmas
+    )
     if nmask is not None:
         samples = samples * nmask + init * (1.0 - nmask)
     return samples
@@ -259,9 +275,13 @@ def test_txt2img_every_k_diffusion_family(kd, engine, name):
     check(ours, reference(kd, engine, request))
 
 
-@pytest.mark.parametrize(("name", "schedule"), [("Euler", "Karras"), ("DPM++ 2M", "Exponential"), ("Heun", "Uniform")])
+@pytest.mark.parametrize(
+    ("name", "schedule"), [("Euler", "Karras"), ("DPM++ 2M", "Exponential"), ("Heun", "Uniform")]
+)
 def test_txt2img_with_a_chosen_schedule_type(kd, engine, name, schedule):
-    request = GenerationRequest(prompt="a lighthouse AND fog:0.4", sampler=name, schedule_type=schedule, **BASE)
+    request = GenerationRequest(
+        prompt="a lighthouse AND fog:0.4", sampler=name, schedule_type=schedule, **BASE
+    )
     check(run(engine, request), reference(kd, engine, request, schedule=schedule.lower()))
 
 
@@ -292,10 +312,21 @@ def test_variation_seeds_in_one_job_keep_the_job_seed(kd, engine):
 def test_a_batch_of_jobs_each_equals_a1111(kd, engine):
     jobs = [
         GenerationRequest(prompt=PROMPT, sampler="DPM++ SDE", cfg_scale=6.0, **BASE),
-        GenerationRequest(prompt="an astronaut AND a horse:0.6", sampler="DPM++ SDE", cfg_scale=8.5,
-                          **{**BASE, "seed": 5, "negative_prompt": "low quality, " * 40}),
-        GenerationRequest(prompt="a boat", sampler="DPM++ SDE", count=2, subseed=3, subseed_strength=0.5,
-                          eta_noise_seed_delta=31337, **{**BASE, "seed": 9}),
+        GenerationRequest(
+            prompt="an astronaut AND a horse:0.6",
+            sampler="DPM++ SDE",
+            cfg_scale=8.5,
+            **{**BASE, "seed": 5, "negative_prompt": "low quality, " * 40},
+        ),
+        GenerationRequest(
+            prompt="a boat",
+            sampler="DPM++ SDE",
+            count=2,
+            subseed=3,
+            subseed_strength=0.5,
+            eta_noise_seed_delta=31337,
+            **{**BASE, "seed": 9},
+        ),
     ]
     spy = DecodeSpy(engine)
     try:
@@ -317,17 +348,30 @@ def img2img_init(engine, request):
 
 @pytest.mark.parametrize("name", ["Euler a", "DPM++ 2M", "DPM++ 2M SDE", "DPM fast"])
 def test_img2img(kd, engine, name):
-    request = GenerationRequest(mode=Mode.IMG2IMG, init_image=png(noise_image(seed=1)), prompt=PROMPT,
-                                sampler=name, denoising_strength=0.6, **{**BASE, "steps": 8})
+    request = GenerationRequest(
+        mode=Mode.IMG2IMG,
+        init_image=png(noise_image(seed=1)),
+        prompt=PROMPT,
+        sampler=name,
+        denoising_strength=0.6,
+        **{**BASE, "steps": 8},
+    )
     init, _ = img2img_init(engine, request)
     check(run(engine, request), reference(kd, engine, request, init=init))
 
 
 @pytest.mark.parametrize("name", ["Euler a", "DPM++ 2M"])
 def test_inpaint_blends_x0_as_a1111(kd, engine, name):
-    request = GenerationRequest(mode=Mode.INPAINT, init_image=png(noise_image(seed=2)), mask_image=png(square_mask()),
-                                prompt=PROMPT, sampler=name, denoising_strength=0.8, mask_blur=0,
-                                **{**BASE, "steps": 8})
+    request = GenerationRequest(
+        mode=Mode.INPAINT,
+        init_image=png(noise_image(seed=2)),
+        mask_image=png(square_mask()),
+        prompt=PROMPT,
+        sampler=name,
+        denoising_strength=0.8,
+        mask_blur=0,
+        **{**BASE, "steps": 8},
+    )
     init, nmask = img2img_init(engine, request)
     assert 0 < nmask.mean() < 1
     ours = run(engine, request)
@@ -337,9 +381,17 @@ def test_inpaint_blends_x0_as_a1111(kd, engine, name):
 
 
 def test_hires_fix_both_passes(kd, engine):
-    request = GenerationRequest(prompt=PROMPT, hr_prompt="a red [cat:fox:0.5] on a chair", sampler="DPM++ 2M",
-                                enable_hr=True, hr_scale=1.5, hr_second_pass_steps=4, hr_denoising_strength=0.55,
-                                hr_upscaler="Latent", **BASE)
+    request = GenerationRequest(
+        prompt=PROMPT,
+        hr_prompt="a red [cat:fox:0.5] on a chair",
+        sampler="DPM++ 2M",
+        enable_hr=True,
+        hr_scale=1.5,
+        hr_second_pass_steps=4,
+        hr_denoising_strength=0.55,
+        hr_upscaler="Latent",
+        **BASE,
+    )
     model = model_of(engine)
     wrap = kd.external.CompVisDenoiser(Inner(model.pipe.unet, model.noise.alphas_cumprod), quantize=False)
     first = reference(kd, engine, request.replace(enable_hr=False))
@@ -365,13 +417,24 @@ def test_ddim_through_the_pipeline_equals_diffusers_ddim_over_a1111s_grid(engine
     request = GenerationRequest(prompt=PROMPT, sampler="DDIM", **{**BASE, "steps": 10})
     model = model_of(engine)
     plan = encode(engine, request)
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                          beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1,
-                          timestep_spacing="leading")
+    sched = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        beta_schedule="scaled_linear",
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
     sched.alphas_cumprod = model.noise.alphas_cumprod.clone()
     sched.set_timesteps(10)
-    denoiser = A1111Denoiser(lambda x, t, cond: model.pipe.unet(x, t, encoder_hidden_states=cond).sample,
-                             plan, request.cfg_scale, timesteps=True)
+    denoiser = A1111Denoiser(
+        lambda x, t, cond: model.pipe.unet(x, t, encoder_hidden_states=cond).sample,
+        plan,
+        request.cfg_scale,
+        timesteps=True,
+    )
     x = image_rng(request, (4, 8, 8)).next()
     for t in sched.timesteps[:-1]:
         x = sched.step(denoiser(x, t.float().expand(x.shape[0])), int(t), x, eta=0.0).prev_sample
@@ -389,8 +452,12 @@ def test_v_prediction_and_zero_terminal_snr_from_the_settings(kd, tiny_sd15):
         ours = run(engine, request)
         model = model_of(engine)
         assert model.noise.prediction == "v" and model.noise.zero_terminal_snr
-        ldm = torch.tensor(__import__("numpy").cumprod(
-            1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64).numpy() ** 2), dtype=torch.float32)
+        ldm = torch.tensor(
+            __import__("numpy").cumprod(
+                1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64).numpy() ** 2
+            ),
+            dtype=torch.float32,
+        )
         root = ldm.sqrt()
         ztsnr = ((root - root[-1]) * (root[0] / (root[0] - root[-1]))) ** 2
         ztsnr[-1] = 4.8973451890853435e-08  # A1111's last ᾱ (σ_max ≈ 4518.9)
