@@ -133,6 +133,7 @@ Sampler = app_commands.Transform[str, SamplerTransformer]
 Model = app_commands.Transform[str, ModelTransformer]
 Steps = app_commands.Range[int, ranges.MIN_STEPS, ranges.MAX_STEPS]
 Cfg = app_commands.Range[float, ranges.BOT_MIN_CFG, ranges.BOT_MAX_CFG]
+CfgRescale = app_commands.Range[float, ranges.MIN_CFG_RESCALE, ranges.MAX_CFG_RESCALE]
 Count = app_commands.Range[int, ranges.MIN_COUNT, ranges.BOT_MAX_COUNT]
 Seed = app_commands.Range[int, ranges.RANDOM_SEED, ranges.MAX_SEED]
 ClipSkip = app_commands.Range[int, ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP]
@@ -158,6 +159,7 @@ DESCRIBE = {
     "preset": "one of your or the server's presets (options you give here win)",
     "steps": "sampling steps",
     "cfg": "CFG scale",
+    "cfg_rescale": "CFG rescale 0-1 for v-prediction models (0 = off; model cards often ask 0.7)",
     "sampler": "A1111 sampler name",
     "seed": "seed (-1 = random)",
     "count": "number of images",

@@ -63,6 +63,8 @@ class ModelSettings:
     kind: str = "auto"  # auto | sd1 | sd2 | sdxl (single files are detected when "auto")
     clip_skip: int = 1
     config: str | None = None  # weight-free diffusers config folder for a single file (default: shipped skeleton)
+    prediction: str = "auto"  # auto | eps | v: what the UNet predicts (auto: the checkpoint's v_pred key, SD2's test)
+    zero_terminal_snr: bool | None = None  # None: the checkpoint's ztsnr key; true: A1111's Zero Terminal SNR ᾱ
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,8 @@ CHECKS: dict[type, dict[str, Check]] = {
         "kind": choices(*MODEL_KINDS),
         "clip_skip": between(ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP),
         "config": text(what="a config folder"),
+        "prediction": choices("auto", "eps", "v"),
+        "zero_terminal_snr": lambda v: None if v is None or isinstance(v, bool) else "true, false or unset",
     },
     EngineSettings: {
         "device": choices(*DEVICES, pattern=r"auto|cpu|cuda(:\d+)?"),

@@ -31,6 +31,13 @@ def check_inputs(request: GenerationRequest, settings: EngineSettings) -> None:
         raise GenerationError(
             f"CFG scale must be between {ranges.MIN_CFG:g} and {ranges.MAX_CFG:g}, not {r.cfg_scale}"
         )
+    if not ranges.MIN_CFG_RESCALE <= r.cfg_rescale <= ranges.MAX_CFG_RESCALE:
+        raise GenerationError(
+            f"CFG rescale must be between {ranges.MIN_CFG_RESCALE:g} and {ranges.MAX_CFG_RESCALE:g}, "
+            f"not {r.cfg_rescale}"
+        )
+    if r.eta is not None and not ranges.MIN_ETA <= r.eta <= ranges.MAX_ETA:
+        raise GenerationError(f"eta must be between {ranges.MIN_ETA:g} and {ranges.MAX_ETA:g}, not {r.eta}")
     if not (r.seed == ranges.RANDOM_SEED or 0 <= r.seed <= ranges.MAX_SEED):
         raise GenerationError(f"seed must be -1 (random) or between 0 and {ranges.MAX_SEED}, not {r.seed}")
     if not (r.subseed == ranges.RANDOM_SEED or 0 <= r.subseed <= ranges.MAX_SEED):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import ranges
 from core.config import Settings
 from core.engine.api import Engine
 from core.queue.positions import QueuePositions
@@ -25,9 +26,6 @@ from core.storage.models import Guild
 from core.storage.repositories import Repositories
 
 log = logging.getLogger(__name__)
-
-# Offered (and accepted) when no engine runs in this process: `chant run --no-worker`.
-DEFAULT_SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DDIM", "LMS", "Heun")
 
 
 class Catalog:
@@ -46,7 +44,7 @@ class Catalog:
     def samplers(self) -> list[str]:
         if self.engine is not None:
             return list(self.engine.sampler_names())
-        return list(DEFAULT_SAMPLERS)
+        return list(ranges.SAMPLERS)  # no engine in this process (`chant run --no-worker`): A1111's names
 
     def loras(self) -> list[str]:
         """LoRA names for autocomplete and /loras (file stems in the configured folders)."""

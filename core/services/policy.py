@@ -193,6 +193,12 @@ def check_request(
             f"CFG scale must be between {ranges.BOT_MIN_CFG:g} and {ranges.BOT_MAX_CFG:g} "
             f"(you asked for {r.cfg_scale:g}).",
         )
+    if not ranges.MIN_CFG_RESCALE <= r.cfg_rescale <= ranges.MAX_CFG_RESCALE:
+        raise UserError(
+            "cfg_rescale",
+            f"CFG rescale must be between {ranges.MIN_CFG_RESCALE:g} and {ranges.MAX_CFG_RESCALE:g} "
+            f"(you asked for {r.cfg_rescale:g}).",
+        )
     if not 0 <= r.seed <= ranges.MAX_SEED:
         raise UserError("seed", f"The seed must be between 0 and {ranges.MAX_SEED} (or -1 for random).")
     if r.clip_skip is not None and not ranges.MIN_CLIP_SKIP <= r.clip_skip <= ranges.MAX_CLIP_SKIP:

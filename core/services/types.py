@@ -56,6 +56,7 @@ class ImagineOptions:
     height: int | None = None
     steps: int | None = None
     cfg: float | None = None
+    cfg_rescale: float | None = None  # CFG rescale φ, 0..1 (v-prediction models); 0 = off
     sampler: str | None = None
     seed: int | None = None
     count: int | None = None

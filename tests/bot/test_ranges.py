@@ -31,6 +31,7 @@ async def test_the_bots_options_are_core_ranges(bot: RunningBot) -> None:
         "seed": (ranges.RANDOM_SEED, ranges.MAX_SEED),
         "steps": (ranges.MIN_STEPS, ranges.MAX_STEPS),
         "cfg": (ranges.BOT_MIN_CFG, ranges.BOT_MAX_CFG),
+        "cfg_rescale": (ranges.MIN_CFG_RESCALE, ranges.MAX_CFG_RESCALE),
         "count": (ranges.MIN_COUNT, ranges.BOT_MAX_COUNT),
         "clip_skip": (ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP),
         "hires_scale": (ranges.MIN_HIRES_SCALE, ranges.MAX_HIRES_SCALE),
