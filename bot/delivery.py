@@ -6,6 +6,10 @@
 * Results are posted with the bot's channel permissions (``channel.send``), not the interaction
   token, so a queue wait longer than 15 minutes still delivers. Each result gets 🔁 and is recorded
   with ``service.record_result_messages`` (which makes it rerollable after restarts).
+* Each image is posted as its moderation decision says (``JobView.moderation``, made by core for the
+  place it goes to): as it is, as a ``SPOILER_`` attachment, or not at all — then the requester is
+  told privately (an ephemeral follow-up while their interaction lives, else a DM).
+* Under a result go the persistent buttons of ``result_view`` (set by the controls extension).
 * On start, results finished while the bot was down (``service.unposted_results()``) are posted.
 """
 
@@ -15,7 +19,8 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,6 +29,7 @@ import discord
 from bot import render
 from core.config import Settings
 from core.services import (
+    ImageModeration,
     JobCancelled,
     JobDone,
     JobEvent,
@@ -44,6 +50,14 @@ VARIATION = "🔀"
 DELETE = "❌"
 INFO = "ℹ️"
 INFO_EMOJIS = ("ℹ️", "ℹ")  # with and without the variation selector
+INTERACTION_LIFETIME_S = 14 * 60  # an interaction's token answers for 15 minutes; keep a margin
+POSTED = ImageModeration("post", None, "not moderated")
+UNMATCHED = ImageModeration(
+    "block", None, "its moderation decision could not be matched to it", charged=False
+)
+
+# The buttons under a result: (the job, the positions of the images posted) -> a view, or None.
+ResultView = Callable[[JobView, Sequence[int]], "discord.ui.View | None"]
 
 
 @dataclass
@@ -54,6 +68,9 @@ class Tracked:
     status_message_id: int | None
     reply_to: int | None = None  # a reroll answers the original result message
     prompt: str = ""
+    # The interaction that asked for the job (a command, a button, a form): what a private notice goes
+    # through while it lives.
+    interaction: discord.Interaction | None = None
     last_edit: float = -1e9
     pending: tuple[str, bytes | None] | None = None
     flusher: asyncio.Task[None] | None = None
@@ -94,6 +111,7 @@ class Delivery:
         self._events: EventStream | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()  # set once subscribed and the backlog is posted
+        self.result_view: ResultView | None = None  # the controls extension sets it
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -200,15 +218,17 @@ class Delivery:
         *,
         reply_to: int | None = None,
         prompt: str = "",
+        interaction: discord.Interaction | None = None,
     ) -> Tracked:
         tracked = self.tracked.get(job_id)
         if tracked is None:
             tracked = self.tracked[job_id] = Tracked(
-                job_id, channel_id, guild_id, status_message_id, reply_to, prompt
+                job_id, channel_id, guild_id, status_message_id, reply_to, prompt, interaction=interaction
             )
         else:
             tracked.status_message_id = status_message_id or tracked.status_message_id
             tracked.reply_to = reply_to or tracked.reply_to
+            tracked.interaction = interaction or tracked.interaction
         early = self._finished_early.pop(job_id, None)
         if early is not None:  # the job finished before the submitter got its receipt back
             self.handle(early)
@@ -306,6 +326,13 @@ class Delivery:
                 log.exception("could not post the result of job %s", job.id)
                 return
             await self._delete_status(t, job)
+            withheld = [m for m in _moderation(job, images) if m.blocked]
+            if withheld:
+                await self.tell_privately(
+                    job.user_id,
+                    render.withheld_text(job.id, len(withheld), len(images), withheld[0].reason),
+                    t,
+                )
         self._forget(job.id)
 
     async def _post_untracked_later(self, job_id: int, delay: float = 5.0) -> None:
@@ -323,29 +350,52 @@ class Delivery:
         reply_to: int | None = None,
         note: str | None = None,
         record: bool = True,
-    ) -> discord.Message:
+        controls: bool = True,
+        view: discord.ui.View | None = None,
+    ) -> discord.Message | None:
+        """Post the job's images as their moderation says (``job.moderation``, aligned with ``images``):
+        blocked ones are left out, spoilered ones sent as ``SPOILER_`` attachments; with every image
+        blocked nothing is posted (None; the job still counts as posted). Under them go ``view``, or
+        with ``controls`` the result's buttons (``result_view``)."""
         if not images:
             raise ValueError(f"job {job.id} has no images to post")
+        decisions = _moderation(job, images)
+        shown = [n for n, m in enumerate(decisions) if not m.blocked]
+        if not shown:
+            if record:
+                await self.service.record_result_messages(job.id, [])
+            return None
         limit = self.upload_limit(job.guild_id)
         files = []
         resized = False
-        for n, image in enumerate(images):
-            fitted = render.fit_to_limit(image.png, limit, stem=f"chant-{job.id}-{n}-{image.seed}")
+        for n in shown:
+            image = images[n]
+            spoiler = "SPOILER_" if decisions[n].action == "spoiler" else ""
+            fitted = render.fit_to_limit(image.png, limit, stem=f"{spoiler}chant-{job.id}-{n}-{image.seed}")
             resized |= fitted.resized
             files.append(discord.File(io.BytesIO(fitted.data), filename=fitted.filename))
         if resized:
             note = ((note + " · ") if note else "") + "re-encoded to fit this server's upload limit"
+        if len(shown) < len(images):
+            withheld = (
+                f"{len(images) - len(shown)} of {len(images)} images withheld by this server's moderation"
+            )
+            note = ((note + " · ") if note else "") + withheld
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         reference = (
             discord.MessageReference(message_id=reply_to, channel_id=job.channel_id, fail_if_not_exists=False)
             if reply_to
             else None
         )
+        # Per-image buttons name images by their position in the job: only when every image is there.
+        if view is None and controls and self.result_view is not None and len(images) == len(job.seeds):
+            view = self.result_view(job, shown)
         message = await channel.send(
             result_caption(job, images, note),
             files=files,
             reference=reference,
             allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+            **({"view": view} if view is not None else {}),
         )
         if record:
             await self.service.record_result_messages(job.id, [message.id])
@@ -353,6 +403,25 @@ class Delivery:
             with contextlib.suppress(discord.HTTPException):
                 await message.add_reaction(emoji)
         return message
+
+    async def tell_privately(self, user_id: int, text: str, t: Tracked | None = None) -> None:
+        """A private notice to a user: an ephemeral follow-up to the interaction that asked, while its
+        token lives; else a direct message."""
+        interaction = t.interaction if t is not None else None
+        if (
+            interaction is not None
+            and time.time() - interaction.created_at.timestamp() < INTERACTION_LIFETIME_S
+        ):
+            try:
+                await interaction.followup.send(text, ephemeral=True)
+                return
+            except discord.HTTPException as exc:
+                log.info("could not follow up interaction %s (%s); sending a DM", interaction.id, exc)
+        try:
+            channel = await self.bot.create_dm(discord.Object(id=user_id))
+            await channel.send(text)
+        except discord.HTTPException as exc:
+            log.info("could not DM user %s: %s", user_id, exc)
 
     async def _delete_status(self, t: Tracked | None, job: JobView) -> None:
         message_id = (t.status_message_id if t else None) or job.status_message_id
@@ -390,3 +459,19 @@ class Delivery:
         if len(self._posted) > 10_000:
             for old in sorted(self._posted)[:5_000]:
                 self._posted.discard(old)
+
+
+def _moderation(job: JobView, images: tuple[GeneratedImage, ...]) -> list[ImageModeration]:
+    """Each image's decision: ``job.moderation`` (core's, aligned with the images). None made (an
+    in-memory test service): posted as it is; decisions that do not match the images: none is posted."""
+    if not job.moderation:
+        return [POSTED] * len(images)
+    if len(job.moderation) != len(images):
+        log.error(
+            "job %s: %d moderation decisions for %d images; posting none",
+            job.id,
+            len(job.moderation),
+            len(images),
+        )
+        return [UNMATCHED] * len(images)
+    return list(job.moderation)
