@@ -3,7 +3,7 @@
 Entry points (``chant run``, ``chant worker``, tests) call these builders with Settings; nothing
 else decides between the real diffusers engine and the torch-free fake, or between SQLite and
 PostgreSQL behaviour. ``CHANT_FAKE_ENGINE=1`` (delay per step in ``CHANT_FAKE_ENGINE_DELAY``
-seconds) selects :class:`core.testing.fake_engine.FakeEngine`, for tests and demos without a model;
+seconds, square images of ``CHANT_FAKE_ENGINE_IMAGE_SIZE`` pixels) selects :class:`core.testing.fake_engine.FakeEngine`, for tests and demos without a model;
 ``CHANT_FAKE_CLASSIFIER=1`` the moderation stub :class:`core.testing.fake_classifier.FakeClassifier`.
 """
 
@@ -51,11 +51,14 @@ def build_engine(settings: Settings, env: Mapping[str, str] | None = None) -> En
         from core.testing.fake_engine import FakeEngine
 
         delay = env.get("CHANT_FAKE_ENGINE_DELAY", "0") or "0"
+        size = env.get("CHANT_FAKE_ENGINE_IMAGE_SIZE", "32") or "32"
         try:
             step_delay = float(delay)
         except ValueError:
             raise ValueError(f"CHANT_FAKE_ENGINE_DELAY must be a number of seconds, got {delay!r}") from None
-        return FakeEngine(step_delay_s=step_delay)
+        if not size.isdigit() or not 8 <= int(size) <= 2048:
+            raise ValueError(f"CHANT_FAKE_ENGINE_IMAGE_SIZE must be 8 to 2048 pixels, got {size!r}")
+        return FakeEngine(step_delay_s=step_delay, image_size=int(size))
     from core.engine import create_engine
 
     if not settings.engine.models:
