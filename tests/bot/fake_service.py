@@ -88,7 +88,7 @@ class FakeService:
         self.submit_delay_s = 0.0  # a slow database
         # Moderation stub: a word in the prompt -> the decision for every image of the job (as core's
         # worker stores it); age-restricted channels post everything.
-        self.moderation: dict[str, str] = {}
+        self.moderation: dict[str, str | tuple[str, ...]] = {}
         self.tags: list[tuple[str, str]] = []  # (label, value) for prompt autocomplete
 
     # lifecycle
@@ -161,14 +161,18 @@ class FakeService:
                 finished_at=datetime.now(UTC),
                 model=job.request.model or "fake",
                 model_hash="0123456789",
-                moderation=tuple(self._decide(job) for _ in images),
+                moderation=tuple(self._decide(job, index=n) for n in range(len(images))),
             )
             self._emit(JobDone(view, images))
 
-    def _decide(self, job: JobView, age_restricted: bool | None = None) -> ImageModeration:
+    def _decide(self, job: JobView, age_restricted: bool | None = None, index: int = 0) -> ImageModeration:
+        """``moderation[word]``: one action for every image, or a tuple of actions, one per image."""
         age_restricted = job.age_restricted if age_restricted is None else age_restricted
         for word, action in self.moderation.items():
             if word in job.request.prompt and not age_restricted:
+                action = action if isinstance(action, str) else action[index % len(action)]
+                if action == "post":
+                    break
                 return ImageModeration(
                     action, 0.97, "scored 0.97, at or over the limit of 0.80", "guild", 0.8
                 )
@@ -258,7 +262,9 @@ class FakeService:
         job = self.jobs.get(job_id)
         if job is None or job.user_id != actor.user_id:
             raise UserError("not_found", f"job #{job_id} is not one of yours")
-        here = tuple(self._decide(job, bool(actor.age_restricted)) for _ in self.images.get(job_id, ()))
+        here = tuple(
+            self._decide(job, bool(actor.age_restricted), n) for n in range(len(self.images.get(job_id, ())))
+        )
         if here and all(m.blocked for m in here):
             raise UserError("moderation", "That image is blocked in this channel.")
         return dataclasses.replace(job, moderation=here)
@@ -317,7 +323,7 @@ class FakeService:
     async def pick(self, actor: Actor, job_id: int, index: int) -> tuple[JobView, GeneratedImage]:
         self.calls.append(("pick", (actor, job_id, index)))
         job = self._control_source(job_id, index)
-        decision = self._decide(job, bool(actor.age_restricted))
+        decision = self._decide(job, bool(actor.age_restricted), index)
         if decision.blocked:
             raise UserError("moderation", "That image is blocked in this channel.")
         return dataclasses.replace(job, moderation=(decision,)), self.images[job_id][index]

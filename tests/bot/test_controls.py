@@ -240,3 +240,41 @@ async def test_admin_moderation_command_and_job_view(bot: RunningBot) -> None:
     )  # fmt: skip
     (reply,) = await fake.wait_call("POST", rf"/webhooks/\d+/{token}")
     assert "image 1: **spoiler** · score 0.970 · guild" in reply.json["content"]
+
+
+async def test_some_images_withheld_the_rest_posted_with_controls_for_them(bot: RunningBot) -> None:
+    fake, service = bot.fake, bot.service
+    service.moderation = {"MIXED": ("post", "block", "spoiler", "post")}
+    _, token = await imagine(fake, "a MIXED bag", opt("count", 4, 4), opt("seed", 20, 4))
+    post = await result(fake)
+    assert [name.split("-")[0] for name, _ in post.files] == ["chant", "SPOILER_chant", "chant"]
+    assert [name.split("-")[2] for name, _ in post.files] == ["0", "2", "3"]  # image 2 withheld
+    assert "1 of 4 images withheld by this server's moderation" in post.json["content"]
+    assert buttons(post)[:3] == ["chant:c:1:0:u", "chant:c:1:2:u", "chant:c:1:3:u"]  # none for image 2
+    (notice,) = await fake.wait_call("POST", rf"/webhooks/\d+/{token}")
+    assert (
+        notice.json["flags"] & EPHEMERAL
+        and "1 of your 4 images of job #1 was not posted" in notice.json["content"]
+    )
+
+
+async def test_history_names_what_a_job_was_made_from_and_info_shows_a_dynamic_prompt_as_typed(
+    bot: RunningBot,
+) -> None:
+    import dataclasses
+
+    fake, service = bot.fake, bot.service
+    await imagine(fake, "a red fox", opt("seed", 8, 4))
+    mid = int((await result(fake)).response["id"])
+    await click(fake, "chant:c:1:0:vstr", mid)
+    await result(fake, 2)
+    _, token = await fake.interaction("history", [], guild_id=GUILD_A, channel_id=CHANNEL_A, user_id=ALICE)
+    (page,) = await fake.wait_call("POST", rf"/webhooks/\d+/{token}")
+    assert "`#2` done · vary of #1 · seed 8" in page.json["content"]
+    service.jobs[1] = dataclasses.replace(
+        service.jobs[1], prompt_templates={"prompt": "a {red|blue} __animal__", "wildcards": ["animal"]}
+    )
+    await fake.react(mid, "ℹ️", user_id=BOB, channel_id=CHANNEL_A, guild_id=GUILD_A)
+    notes = await fake.wait_call("POST", rf"/channels/{BOB + 1}/messages", count=2)
+    assert "prompt as typed: `a {red|blue} __animal__`" in notes[1].json["content"]
+    assert "`__animal__`" in notes[1].json["content"] and "seed 8" in notes[1].json["content"]
