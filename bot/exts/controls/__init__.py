@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from bot.app import ChantBot
 from bot.exts.controls._buttons import ResultControl, result_view
-from bot.exts.controls._cog import ControlsCog
+from bot.exts.controls._cog import ControlsCog, run_control
 
 
 async def setup(bot: ChantBot) -> None:
+    ResultControl.handler = run_control
     bot.add_dynamic_items(ResultControl)
     bot.delivery.result_view = result_view
     await bot.add_cog(ControlsCog(bot))

@@ -4,8 +4,9 @@ image (its 0-based position in the job) and the action, and the rows they are la
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import discord
 
@@ -13,6 +14,9 @@ from bot.app import ChantBot
 from core.services import JobView
 
 MAX_PER_ROW = 5  # Discord's limit of buttons in one action row
+
+# What a click runs: (interaction, job id, image index, action).
+Handler = Callable[[discord.Interaction[ChantBot], int, int, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class ResultControl(
 ):
     """A button under a result. ``index``: the image it acts on (0-based; 🔁 acts on the whole job)."""
 
+    # Set by the extension's setup() (the handler posts these views, so it cannot be imported here).
+    handler: ClassVar[Handler | None] = None
+
     def __init__(self, job_id: int, index: int, action: str, *, row: int | None = None) -> None:
         spec = ACTIONS[action]
         label = f"{spec.label}{index + 1}" if action in ("u", "v") else spec.label
@@ -71,9 +78,10 @@ class ResultControl(
         return cls(int(match["job"]), int(match["index"]), match["action"])
 
     async def callback(self, interaction: discord.Interaction[ChantBot]) -> None:
-        from bot.exts.controls._cog import run_control
-
-        await run_control(interaction, self.job_id, self.index, self.action)
+        handler = ResultControl.handler
+        if handler is None:  # the extension is not set up: nothing to run
+            raise RuntimeError("ResultControl.handler is not set (bot.exts.controls setup)")
+        await handler(interaction, self.job_id, self.index, self.action)
 
 
 def single_view(job_id: int, index: int) -> discord.ui.View:
