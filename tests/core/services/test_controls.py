@@ -155,3 +155,14 @@ async def test_controls_need_a_finished_job(harness, service) -> None:
     with pytest.raises(UserError) as err:
         await service.vary(actor(), receipt.job_id, 0, "subtle")
     assert err.value.code == "not_done"
+
+
+async def test_a_control_queued_before_a_restart_still_answers_its_parents_result(harness, service) -> None:
+    original = await imagine(service)
+    await service.record_result_messages(original.job.id, [5001])
+    await harness.close()
+    service = await harness.open(worker=False, start=False)  # a new process, no worker yet
+    receipt = await service.zoom_out(actor(), original.job.id, 0, 1.5)
+    await service.record_status_message(receipt.job_id, 100, 5002)
+    live = {view.id: reply_to for view, reply_to in await service.live_status_jobs()}
+    assert live == {receipt.job_id: 5001}

@@ -154,3 +154,13 @@ async def test_tag_autocomplete_from_the_tag_file(tmp_path) -> None:
         assert service.complete_prompt("x" * 120 + ", lo") == []  # Discord allows 100 characters a value
     finally:
         await h.close()
+
+
+async def test_a_tag_file_that_is_not_there_stops_chant_at_start(tmp_path) -> None:
+    from core.types import GenerationError
+
+    h = Harness(tmp_path)
+    h.settings = dataclasses.replace(h.settings, prompts=PromptSettings(tag_file=str(tmp_path / "nope.csv")))
+    with pytest.raises(GenerationError, match=r"prompts\.tag_file: there is no file"):
+        await h.open(worker=False)
+    await h.close()
