@@ -39,8 +39,12 @@ def parse_size(value: str) -> tuple[int, int]:
     if not m:
         raise UserError("size", f"size {value[:40]!r} is not WIDTHxHEIGHT, e.g. 512x768")
     width, height = int(m.group(1)), int(m.group(2))
-    if width % 8 or height % 8:
-        raise UserError("size", f"size {width}x{height}: width and height must be multiples of 8")
+    low, high, step = ranges.MIN_SIDE, ranges.MAX_SIDE, ranges.SIDE_MULTIPLE
+    if any(not low <= side <= high or side % step for side in (width, height)):
+        raise UserError(
+            "size",
+            f"size {width}x{height}: width and height must be multiples of {step} between {low} and {high}",
+        )
     return width, height
 
 

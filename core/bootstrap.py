@@ -10,13 +10,11 @@ seconds, square images of ``CHANT_FAKE_ENGINE_IMAGE_SIZE`` pixels) selects :clas
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
 import socket
 from collections.abc import Mapping
-from typing import Any
 
 from core import moderation
 from core.config import Settings
@@ -29,6 +27,7 @@ from core.queue.worker import ImageScorer, Worker, WorkerListener
 from core.services.announcer import Announcer
 from core.services.context import Catalog, Context
 from core.services.events import EventHub, Ledger
+from core.services.images import ImageWork
 from core.services.prompts import TagSource
 from core.services.runtime import Runtime
 from core.services.service import ChantService
@@ -156,12 +155,14 @@ async def bootstrap(
     env: Mapping[str, str] | None = None,
     rng: random.Random | None = None,
     scorer: ImageScorer | None = None,
+    images: ImageWork | None = None,
 ) -> ChantService:
     """Build the service the bot uses. ``worker=None`` follows ``settings.queue.in_process_worker``.
 
     Without an in-process worker (``chant run --no-worker``) no engine is loaded: model names come
     from the config and jobs are run by ``chant worker`` processes. ``rng`` draws random seeds
-    (tests pass a seeded one); ``scorer`` is the moderation classifier (default: :func:`build_scorer`).
+    (tests pass a seeded one); ``scorer`` is the moderation classifier (default: :func:`build_scorer`);
+    ``images`` is the pool uploads are checked in (tests pass a small one).
     """
     db = db or await open_database(settings)
     run_worker = settings.queue.in_process_worker if worker is None else worker
@@ -194,6 +195,7 @@ async def bootstrap(
         moderation=operator_moderation(settings),
         wildcards=WildcardLibrary(settings.prompts.wildcard_dir) if settings.prompts.dynamic else None,
         tags=tag_source(settings),
+        images=images or ImageWork(),
     )
     return ChantService(ctx, Runtime(db, announcer, the_worker, engine, ctx.tags))
 
@@ -204,10 +206,13 @@ class WorkerProcess:
 
     def __init__(self, db: Database, engine: Engine, worker: Worker) -> None:
         self.db, self.engine, self.worker = db, engine, worker
-        self._listening: Any = None
 
     async def run_until(self, stop: asyncio.Event) -> None:
-        self._listening = await notify.listen(self.db, notify.JOBS, lambda _note: self.worker.wake())
+        # After a lost LISTEN comes back, look at the table at once: a queued note may have been missed.
+        listening = notify.Listener(
+            self.db, notify.JOBS, lambda _note: self.worker.wake(), on_reconnect=self.worker.wake
+        )
+        await listening.start()
         task = self.worker.start()
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -215,9 +220,7 @@ class WorkerProcess:
         finally:
             stopper.cancel()
             await self.worker.stop()
-            if self._listening is not None:
-                with contextlib.suppress(Exception):
-                    await self._listening.close()
+            await listening.close()
             self.engine.close()
             await self.db.dispose()
 

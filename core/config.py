@@ -132,6 +132,8 @@ class LimitSettings:
     max_queued_per_guild: int = 50
     max_queued_global: int = 500
     max_prompt_chars: int = 6000
+    max_and_parts: int = 8  # AND parts of a prompt: each is one more UNet row per step
+    max_prompt_chunks: int = 12  # 75-token chunks of a prompt's (or negative's) longest part
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,8 @@ CHECKS: dict[type, dict[str, Check]] = {
         "max_queued_per_guild": POSITIVE_INT,
         "max_queued_global": POSITIVE_INT,
         "max_prompt_chars": between(1, MAX_PROMPT_CHARS),  # what the database stores
+        "max_and_parts": POSITIVE_INT,
+        "max_prompt_chunks": POSITIVE_INT,
     },
     QueueSettings: {
         "worker_id": text(what="a non-empty name"),

@@ -43,6 +43,9 @@ MAX_PADDING = 256
 
 MIN_HIRES_SCALE = 1.0
 MAX_HIRES_SCALE = 4.0
+# The hires pass runs the last ``strength`` of a schedule of steps / strength steps (A1111 img2img); a
+# tiny strength would make that schedule huge.
+MAX_HIRES_SCHEDULE = 1000
 
 # A1111's img2img resize modes and inpaint "masked content" fills.
 RESIZE_MODES = {0: "Just resize", 1: "Crop and resize", 2: "Resize and fill"}
@@ -62,6 +65,10 @@ IMAGE_UPSCALERS = ("Lanczos", "Nearest", "None")
 UPSCALERS = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
 
 RNG_SOURCES = ("gpu", "cpu", "nv")
+
+# A1111's ``second_order`` samplers: two model calls per step (the last step one). The job cost counts
+# them (``core.cost``, torch-free); the engine's sampler table marks the same names.
+SECOND_ORDER_SAMPLERS = ("DPM++ SDE", "DPM++ 2S a", "Heun", "DPM2", "DPM2 a")
 
 # A1111 1.10's schedule types (``sd_schedulers.schedulers``), by label. Before 1.9 a sampler name could end
 # in one ("DPM++ 2M Karras"); infotext from then is read with it split off.

@@ -86,7 +86,9 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Server 
     async def limit(
         self,
         interaction: discord.Interaction,
-        name: Literal["max_steps", "max_pixels", "max_images", "max_queued_per_user"],
+        name: Literal[
+            "max_steps", "max_pixels", "max_images", "max_queued_per_user", "max_and_parts", "max_prompt_chunks"
+        ],
         value: app_commands.Range[int, 0, 100_000_000],
     ) -> None:
         actor = await self._admin(interaction)

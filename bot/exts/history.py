@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import discord
@@ -116,7 +117,18 @@ class HistoryCog(commands.Cog):
         # Post where the command was used (not where the job originally ran); core decided each image's
         # moderation for this channel (a job blocked here entirely was refused).
         here = _in_channel(view, interaction)
-        await self.delivery.post_images(here, images, note="re-posted with /show")
+        try:
+            await self.delivery.post_images(here, images, note="re-posted with /show")
+        except discord.Forbidden:  # the channel is closed to the bot: the images come privately,
+            # moderated as here (blocked ones left out and named, spoilered ones kept spoilered)
+            await self.delivery.send_privately(
+                dataclasses.replace(here, user_id=interaction.user.id),  # to whoever asked
+                images,
+                f"I could not post in this channel (I am missing a permission here: Send Messages or Attach "
+                f"Files), so here is job #{job} just for you.",
+                interaction,
+            )
+            return
         withheld = sum(m.blocked for m in view.moderation)
         tail = (
             f" ({withheld} of its images not here: this server's moderation blocks them)" if withheld else ""
@@ -147,8 +159,6 @@ class HistoryCog(commands.Cog):
 
 
 def _in_channel(job: JobView, interaction: discord.Interaction) -> JobView:
-    import dataclasses
-
     return dataclasses.replace(
         job, channel_id=interaction.channel_id or job.channel_id, guild_id=interaction.guild_id
     )

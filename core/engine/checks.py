@@ -117,7 +117,7 @@ def _check_hires(r: GenerationRequest) -> None:
             f"the hires size {to_x}x{to_y} must be between {ranges.MIN_SIDE} and {ranges.MAX_SIDE} a side"
         )
     steps = r.hr_second_pass_steps or r.steps
-    if steps / min(r.hr_denoising_strength, 0.999) > 1000:
+    if steps / min(r.hr_denoising_strength, 0.999) > ranges.MAX_HIRES_SCHEDULE:
         raise GenerationError("hires denoising strength is too small for that many hires steps")
 
 

@@ -22,7 +22,7 @@ from core.queue import notify
 from core.queue.fair import QueuedJob
 from core.queue.notify import EVENTS, JOBS, Note
 from core.storage.db import Database
-from core.storage.models import Guild, Job, JobInput
+from core.storage.models import Guild, Job
 from core.storage.repositories import Repositories, moderation_of
 from core.types import GenerationRequest, GenerationResult
 
@@ -215,9 +215,7 @@ class JobStore:
             images: dict[str, bytes | None] = {}
             if params.get("mode", "txt2img") != "txt2img":  # img2img / inpaint: their input images
                 async with self.db.session() as s:
-                    inputs = await s.get(JobInput, job_id)
-                if inputs is not None:
-                    images = {"init_image": inputs.init_image, "mask_image": inputs.mask_image}
+                    images = await Repositories(s).jobs.inputs(job_id)
             out.append(Claimed(job_id, GenerationRequest.from_dict(params, **images), attempts))
         return out
 

@@ -21,6 +21,7 @@ from core.queue.positions import QueuePositions
 from core.queue.store import JobStore
 from core.queue.worker import Worker
 from core.services.events import Ledger
+from core.services.images import ImageWork
 from core.services.types import Actor
 from core.storage.db import Database
 from core.storage.models import Guild
@@ -77,6 +78,7 @@ class Context:
     moderation: OperatorPolicy = field(default_factory=OperatorPolicy)  # the operator's [moderation]
     wildcards: WildcardLibrary | None = None  # dynamic prompts' files; None = prompts.dynamic off
     tags: TagSource | None = None  # tag autocomplete's index (core.services.prompts)
+    images: ImageWork = field(default_factory=ImageWork)  # uploads are checked here, off the event loop
 
     @property
     def max_input_pixels(self) -> int:

@@ -35,12 +35,17 @@ from core.types import GeneratedImage, GenerationRequest
 PANS = tuple(str(d) for d in outpaint.Direction)
 
 
-async def reroll_job(ctx: Context, actor: Actor, job_id: int) -> Receipt:
+async def reroll_job(
+    ctx: Context, actor: Actor, job_id: int, *, status_message_id: int | None = None
+) -> Receipt:
     """🔁 as a button: the job again with a new seed."""
-    return await reroll_source(ctx, actor, await load_source(ctx, actor, job_id=job_id))
+    src = await load_source(ctx, actor, job_id=job_id)
+    return await reroll_source(ctx, actor, src, status_message_id=status_message_id)
 
 
-async def vary(ctx: Context, actor: Actor, job_id: int, index: int, strength: str) -> Receipt:
+async def vary(
+    ctx: Context, actor: Actor, job_id: int, index: int, strength: str, *, status_message_id: int | None = None
+) -> Receipt:
     """Vary (Subtle / Strong) image ``index``: its seed, a new variation seed at that strength."""
     if strength not in vary_control.STRENGTHS:
         raise UserError("invalid", f"Vary is subtle or strong, not {strength!r}.")
@@ -51,7 +56,7 @@ async def vary(ctx: Context, actor: Actor, job_id: int, index: int, strength: st
         strength=strength,
         subseed=requests.random_seed(ctx.rng),
     )
-    return await _derived(ctx, actor, src, request, "vary")
+    return await _derived(ctx, actor, src, request, "vary", status_message_id)
 
 
 async def remix_form(ctx: Context, actor: Actor, job_id: int, index: int) -> RemixForm:
@@ -65,7 +70,15 @@ async def remix_form(ctx: Context, actor: Actor, job_id: int, index: int) -> Rem
 
 
 async def remix(
-    ctx: Context, actor: Actor, job_id: int, index: int, *, prompt: str, negative: str, seed: int | None
+    ctx: Context,
+    actor: Actor,
+    job_id: int,
+    index: int,
+    *,
+    prompt: str,
+    negative: str,
+    seed: int | None,
+    status_message_id: int | None = None,
 ) -> Receipt:
     """Remix image ``index``: the job with the edited prompt, negative prompt and seed (None or -1: a new
     one), through every check of /imagine (dynamic prompts expanded with that seed)."""
@@ -79,28 +92,34 @@ async def remix(
     )
     return await submit_checked(
         ctx, actor, src.guild, request, kind="remix", parent_id=src.job.id, expand=True,
-        age_restricted=src.age_restricted,
+        age_restricted=src.age_restricted, status_message_id=status_message_id,
     )  # fmt: skip
 
 
-async def zoom_out(ctx: Context, actor: Actor, job_id: int, index: int, factor: float) -> Receipt:
+async def zoom_out(
+    ctx: Context, actor: Actor, job_id: int, index: int, factor: float, *, status_message_id: int | None = None
+) -> Receipt:
     """Zoom Out image ``index`` by ``factor`` (1.5 or 2): outpainted around it."""
     if factor not in outpaint.ZOOM_FACTORS:
         raise UserError("invalid", f"Zoom out is {' or '.join(f'{f:g}×' for f in outpaint.ZOOM_FACTORS)}.")
     src = await _source(ctx, actor, job_id, index)
     png = (await _image(ctx, src, index)).png
     return await _outpaint(
-        ctx, actor, src, "zoom", lambda base, lim: outpaint.zoom_out(base, png, factor, lim)
+        ctx, actor, src, "zoom", lambda base, lim: outpaint.zoom_out(base, png, factor, lim), status_message_id
     )
 
 
-async def pan(ctx: Context, actor: Actor, job_id: int, index: int, direction: str) -> Receipt:
+async def pan(
+    ctx: Context, actor: Actor, job_id: int, index: int, direction: str, *, status_message_id: int | None = None
+) -> Receipt:
     """Pan image ``index`` left, right, up or down: outpainted on that side."""
     if direction not in PANS:
         raise UserError("invalid", f"Pan is one of {', '.join(PANS)}, not {direction!r}.")
     src = await _source(ctx, actor, job_id, index)
     png = (await _image(ctx, src, index)).png
-    return await _outpaint(ctx, actor, src, "pan", lambda base, lim: outpaint.pan(base, png, direction, lim))
+    return await _outpaint(
+        ctx, actor, src, "pan", lambda base, lim: outpaint.pan(base, png, direction, lim), status_message_id
+    )
 
 
 async def pick(ctx: Context, actor: Actor, job_id: int, index: int) -> tuple[JobView, GeneratedImage]:
@@ -127,11 +146,13 @@ async def _source(ctx: Context, actor: Actor, job_id: int, index: int) -> Source
     return src
 
 
-async def _derived(ctx: Context, actor: Actor, src: Source, request: GenerationRequest, kind: str) -> Receipt:
+async def _derived(
+    ctx: Context, actor: Actor, src: Source, request: GenerationRequest, kind: str, status_message_id: int | None
+) -> Receipt:
     """A job made from ``src``'s stored expansion (not drawn again; its templates carried along)."""
     return await submit_checked(
         ctx, actor, src.guild, request, kind=kind, parent_id=src.job.id, templates=src.job.prompt_templates,
-        age_restricted=src.age_restricted,
+        age_restricted=src.age_restricted, status_message_id=status_message_id,
     )  # fmt: skip
 
 
@@ -151,6 +172,7 @@ async def _outpaint(
     src: Source,
     kind: str,
     make: Callable[[GenerationRequest, int], outpaint.Outpaint],
+    status_message_id: int | None,
 ) -> Receipt:
     max_pixels = policy.limits(ctx.settings, src.guild)["max_pixels"]
     try:
@@ -158,4 +180,4 @@ async def _outpaint(
     except ValueError as exc:
         raise UserError("invalid", f"I cannot outpaint that image: {exc}.") from None
     request = made.request.replace(seed=requests.random_seed(ctx.rng))
-    return await _derived(ctx, actor, src, request, kind)
+    return await _derived(ctx, actor, src, request, kind, status_message_id)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from core import moderation, ranges
 from core.config import EngineSettings, Settings
+from core.cost import prompt_shape
+from core.engine.image_modes import hires_target  # torch-free: the engine's own hires target
 from core.prompt import Interpretation, PromptError, interpret
 from core.services.types import Actor, ImageModeration, UserError
 from core.storage.models import Guild, Job
@@ -85,6 +87,14 @@ def quota_refusal(exc: QuotaExceeded) -> UserError:
         f"needs {exc.requested:g}. Your quota resets at {u.resets_at:%H:%M} UTC "
         f"(<t:{int(u.resets_at.timestamp())}:R>).",
         retry_after_s=exc.retry_after_s,
+    )
+
+
+def source_pruned(job_id: int, retention_days: int) -> UserError:
+    return UserError(
+        "source_pruned",
+        f"The source image of job {job_id} is no longer stored: source images are kept {retention_days} "
+        "days after the last job that used them. Start again from the picture with /img2img.",
     )
 
 
@@ -209,13 +219,8 @@ def check_request(
         raise UserError(
             "limit.steps", f"Steps must be between 1 and {lim['max_steps']} here (you asked for {r.steps})."
         )
-    for name, value in (("width", r.width), ("height", r.height)):
-        if value < ranges.MIN_SIDE or value % ranges.SIDE_MULTIPLE:
-            raise UserError(
-                "limit.size",
-                f"The {name} must be a multiple of {ranges.SIDE_MULTIPLE} and at least {ranges.MIN_SIDE} "
-                f"(you asked for {value}).",
-            )
+    check_structure(r, lim)
+    check_sides(r.width, r.height)
     if r.width * r.height > lim["max_pixels"]:
         side = int(lim["max_pixels"] ** 0.5) // 8 * 8
         raise UserError(
@@ -246,6 +251,42 @@ def check_request(
         raise UserError("sampler", f"I do not know the sampler {r.sampler!r}. Pick one from the list.")
     if models and r.model is not None and r.model not in models:
         raise UserError("model", f"I do not know the model {r.model!r}. Pick one from the list.")
+
+
+def check_structure(r: GenerationRequest, lim: Limits) -> None:
+    """AND parts and 75-token chunks against today's limits. Each part is one more UNet row per step and
+    each chunk a longer row (:mod:`core.cost`): 1,000 parts fit in 6,000 characters and run 500 times
+    the work of a plain prompt. The cost charges what passes; this refuses the extreme."""
+    texts = [("prompt", r.prompt, False), ("negative prompt", r.negative_prompt, True)]
+    if r.enable_hr:
+        texts += [("hires prompt", r.hr_prompt, False), ("hires negative prompt", r.hr_negative_prompt, True)]
+    for field, text, negative in texts:
+        shape = prompt_shape(text, r.steps, negative=negative)
+        if shape.parts > lim["max_and_parts"]:
+            raise UserError(
+                "limit.and_parts",
+                f"Your {field} has {shape.parts} AND parts; this server allows at most {lim['max_and_parts']}. "
+                "Each part is drawn separately at every step: combine some of them.",
+            )
+        if shape.max_chunks > lim["max_prompt_chunks"]:
+            most = lim["max_prompt_chunks"]
+            raise UserError(
+                "limit.chunks",
+                f"Your {field} is {shape.max_chunks} chunks of 75 tokens long; this server allows at most "
+                f"{most} ({most * 75} tokens). Shorten it, or use fewer BREAKs (each starts a new chunk).",
+            )
+
+
+def check_sides(width: int, height: int) -> None:
+    """Each side within ``core.ranges`` (the engine's own bounds): the pixel limit alone lets 64×16384
+    through."""
+    for name, value in (("width", width), ("height", height)):
+        if not ranges.MIN_SIDE <= value <= ranges.MAX_SIDE or value % ranges.SIDE_MULTIPLE:
+            raise UserError(
+                "limit.size",
+                f"The {name} must be a multiple of {ranges.SIDE_MULTIPLE} between {ranges.MIN_SIDE} and "
+                f"{ranges.MAX_SIDE} (you asked for {width}×{height}).",
+            )
 
 
 def check_strength(name: str, value: float | None) -> None:
@@ -297,11 +338,21 @@ def check_hires(r: GenerationRequest, lim: Limits) -> None:
             f"hires_steps must be between 0 and {lim['max_steps']} here "
             f"(you asked for {r.hr_second_pass_steps}).",
         )
-    w, h = (
-        (r.hr_resize_x, r.hr_resize_y)
-        if r.hr_resize_x and r.hr_resize_y
-        else (int(r.width * r.hr_scale) // 8 * 8, int(r.height * r.hr_scale) // 8 * 8)
-    )
+    if (r.hr_second_pass_steps or r.steps) / min(r.hr_denoising_strength, 0.999) > ranges.MAX_HIRES_SCHEDULE:
+        raise UserError(
+            "invalid",
+            f"hires_strength {r.hr_denoising_strength:g} is too small for "
+            f"{r.hr_second_pass_steps or r.steps} hires steps; raise it or use fewer steps.",
+        )
+    # The engine's own target (A1111's): the upscaled size, and the box it is cropped to.
+    to_x, to_y, trunc_x, trunc_y = hires_target(r.width, r.height, r.hr_scale, r.hr_resize_x, r.hr_resize_y)
+    w, h = to_x - 8 * trunc_x, to_y - 8 * trunc_y
+    if max(to_x, to_y) > ranges.MAX_SIDE or min(w, h) < ranges.MIN_SIDE:
+        raise UserError(
+            "limit.size",
+            f"Hires fix would make {to_x}×{to_y}; each side must be between {ranges.MIN_SIDE} and "
+            f"{ranges.MAX_SIDE}. Lower hires_scale or the size.",
+        )
     if w * h > lim["max_pixels"]:
         raise UserError(
             "limit.pixels",

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core import ranges
-from core.services.images import fit_size, load_mask, load_source
+from core.services.images import Upload, fit_size
 from core.services.policy import check_strength
 from core.services.types import ImagineOptions, UserError
 from core.types import GenerationRequest, Mode
@@ -87,15 +87,15 @@ def check_sources(o: ImagineOptions) -> None:
 
 def build(
     o: ImagineOptions,
-    source: bytes | None,
+    upload: Upload | None,
     *,
     size_given: bool,
     default_model: str | None,
     seed: int,
     max_pixels: int,
-    max_input_pixels: int,
 ) -> GenerationRequest:
-    """The request for merged options ``o`` and the source image (uploaded, or a job's first image).
+    """The request for merged options ``o`` and the checked source image (uploaded, or a job's first
+    image; :func:`core.services.images.load_upload`).
 
     Without ``size_given`` (the user chose no size), an image-to-image job keeps its source's size,
     within ``max_pixels``."""
@@ -113,8 +113,8 @@ def build(
             model=_given(o.model, default_model),
             clip_skip=o.clip_skip,
         )
-        changes = _image_changes(o, source, size_given, max_pixels, max_input_pixels)
-        changes.update(_hires_changes(o, source))
+        changes = _image_changes(o, upload, size_given, max_pixels)
+        changes.update(_hires_changes(o, upload is not None))
         return request.replace(**changes) if changes else request
     except (TypeError, ValueError) as exc:
         raise UserError("invalid", f"One of the options has the wrong type: {exc}.") from None
@@ -125,25 +125,20 @@ def _given(value: Any, default: Any) -> Any:
 
 
 def _image_changes(
-    o: ImagineOptions, source: bytes | None, size_given: bool, max_pixels: int, max_input_pixels: int
+    o: ImagineOptions, upload: Upload | None, size_given: bool, max_pixels: int
 ) -> dict[str, Any]:
-    """img2img / inpaint from the source image: its checked PNG, the mask, the mode and the options."""
-    if source is None:
+    """img2img / inpaint from the checked upload: its bytes, the mask, the mode and the options."""
+    if upload is None:
         if o.mask_image is not None:
             raise UserError("invalid", "A mask needs a source image to repaint: attach one too.")
         given = [option for option, _ in IMAGE if getattr(o, option) is not None]
         if given:
             raise UserError("invalid", f"{', '.join(given)} only apply with a source image.")
         return {}
-    image = load_source(source, max_pixels=max_input_pixels)
-    mask = (
-        load_mask(o.mask_image, (image.width, image.height), max_pixels=max_input_pixels)
-        if o.mask_image is not None
-        else None
-    )
+    image, mask = upload.source, upload.mask
     inpaint = mask is not None or image.transparent  # transparent pixels are repainted
     changes: dict[str, Any] = {
-        "init_image": image.png,
+        "init_image": image.data,
         "mask_image": mask,
         "mode": Mode.INPAINT if inpaint else Mode.IMG2IMG,
     }
@@ -153,13 +148,13 @@ def _image_changes(
     return changes
 
 
-def _hires_changes(o: ImagineOptions, source: bytes | None) -> dict[str, Any]:
+def _hires_changes(o: ImagineOptions, has_source: bool) -> dict[str, Any]:
     given = [option for option, _ in HIRES if getattr(o, option) is not None]
     if not (o.hires or (given and o.hires is None)):
         if given:
             raise UserError("invalid", f"{', '.join(given)} only apply with hires on.")
         return {}
-    if source is not None:
+    if has_source:
         raise UserError("invalid", "Hires fix is for text-to-image; leave it off with a source image.")
     return {"enable_hr": True, **{field: getattr(o, option) for option, field in HIRES if option in given}}
 

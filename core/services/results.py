@@ -1,6 +1,6 @@
-"""A job's messages and its result after it ran: the status and result messages the bot posted (so 🔁,
-❌ and ℹ️ find the job, also after a restart), ❌ delete, and the results and live statuses a
-restarted bot picks up again."""
+"""A job's messages and its result after it ran: the result messages the bot posted (so 🔁, ❌ and ℹ️
+find the job, also after a restart), ❌ delete, and the results and live statuses a restarted bot picks
+up again. (A status message is stored with its job, by :func:`core.services.submit.enqueue`.)"""
 
 from __future__ import annotations
 
@@ -11,11 +11,6 @@ from core.services.context import Context, guild_of
 from core.services.reads import view_of
 from core.services.types import Actor, JobView, UserError
 from core.storage.repositories import Repositories
-
-
-async def record_status_message(ctx: Context, job_id: int, channel_id: int, message_id: int) -> None:
-    async with ctx.db.transaction(write=True) as s:
-        await Repositories(s).jobs.set_status_message(job_id, channel_id, message_id)
 
 
 async def record_result_messages(ctx: Context, job_id: int, message_ids: Sequence[int]) -> None:

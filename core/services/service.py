@@ -58,45 +58,67 @@ class ChantService:
 
     async def stop(self) -> None:
         await self._runtime.stop()
+        self._ctx.images.close()
 
     def events(self) -> EventStream:
         return self._ctx.ledger.hub.subscribe()
 
     # submit, reroll, variation, cancel
 
-    async def submit_imagine(self, actor: Actor, options: ImagineOptions) -> Receipt:
-        return await submit.submit_imagine(self._ctx, actor, options)
+    async def submit_imagine(
+        self, actor: Actor, options: ImagineOptions, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await submit.submit_imagine(self._ctx, actor, options, status_message_id=status_message_id)
 
-    async def reroll(self, actor: Actor, message_id: int) -> Receipt:
-        return await submit.reroll(self._ctx, actor, message_id)
+    async def reroll(self, actor: Actor, message_id: int, *, status_message_id: int | None = None) -> Receipt:
+        return await submit.reroll(self._ctx, actor, message_id, status_message_id=status_message_id)
 
-    async def variation(self, actor: Actor, message_id: int) -> Receipt:
-        return await submit.variation(self._ctx, actor, message_id)
+    async def variation(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await submit.variation(self._ctx, actor, message_id, status_message_id=status_message_id)
 
     async def cancel(self, actor: Actor, job_id: int) -> JobView:
         return await cancel.cancel(self._ctx, actor, job_id)
 
     # the result controls
 
-    async def reroll_job(self, actor: Actor, job_id: int) -> Receipt:
-        return await controls.reroll_job(self._ctx, actor, job_id)
+    async def reroll_job(self, actor: Actor, job_id: int, *, status_message_id: int | None = None) -> Receipt:
+        return await controls.reroll_job(self._ctx, actor, job_id, status_message_id=status_message_id)
 
-    async def vary(self, actor: Actor, job_id: int, index: int, strength: str) -> Receipt:
-        return await controls.vary(self._ctx, actor, job_id, index, strength)
+    async def vary(
+        self, actor: Actor, job_id: int, index: int, strength: str, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await controls.vary(self._ctx, actor, job_id, index, strength, status_message_id=status_message_id)
 
     async def remix_form(self, actor: Actor, job_id: int, index: int) -> RemixForm:
         return await controls.remix_form(self._ctx, actor, job_id, index)
 
     async def remix(
-        self, actor: Actor, job_id: int, index: int, *, prompt: str, negative: str, seed: int | None
+        self,
+        actor: Actor,
+        job_id: int,
+        index: int,
+        *,
+        prompt: str,
+        negative: str,
+        seed: int | None,
+        status_message_id: int | None = None,
     ) -> Receipt:
-        return await controls.remix(self._ctx, actor, job_id, index, prompt=prompt, negative=negative, seed=seed)
+        return await controls.remix(
+            self._ctx, actor, job_id, index, prompt=prompt, negative=negative, seed=seed,
+            status_message_id=status_message_id,
+        )  # fmt: skip
 
-    async def zoom_out(self, actor: Actor, job_id: int, index: int, factor: float) -> Receipt:
-        return await controls.zoom_out(self._ctx, actor, job_id, index, factor)
+    async def zoom_out(
+        self, actor: Actor, job_id: int, index: int, factor: float, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await controls.zoom_out(self._ctx, actor, job_id, index, factor, status_message_id=status_message_id)
 
-    async def pan(self, actor: Actor, job_id: int, index: int, direction: str) -> Receipt:
-        return await controls.pan(self._ctx, actor, job_id, index, direction)
+    async def pan(
+        self, actor: Actor, job_id: int, index: int, direction: str, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await controls.pan(self._ctx, actor, job_id, index, direction, status_message_id=status_message_id)
 
     async def pick(self, actor: Actor, job_id: int, index: int) -> tuple[JobView, GeneratedImage]:
         return await controls.pick(self._ctx, actor, job_id, index)
@@ -140,9 +162,6 @@ class ChantService:
         return prompts.complete_prompt(self._ctx, text)
 
     # results and their messages
-
-    async def record_status_message(self, job_id: int, channel_id: int, message_id: int) -> None:
-        await results.record_status_message(self._ctx, job_id, channel_id, message_id)
 
     async def record_result_messages(self, job_id: int, message_ids: Sequence[int]) -> None:
         await results.record_result_messages(self._ctx, job_id, message_ids)

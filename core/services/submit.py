@@ -1,9 +1,9 @@
 """Putting a job in the queue: /imagine and /img2img, 🔁 reroll and 🔀 variation (the result controls,
 :mod:`.controls`, build on :func:`load_source` and :func:`submit_checked` here).
 
-Each ends in :func:`enqueue`: one write transaction that takes the user's quota lock, counts the
-stored queue against the caps, reserves the quota, inserts the job and NOTIFYs the workers — so two
-submits of one user never both pass a cap, and a refused submit leaves nothing behind.
+Each ends in :func:`enqueue`: one write transaction that takes the user's quota lock and the queue's
+lock, counts the stored queue against the caps, reserves the quota, inserts the job and NOTIFYs the
+workers — so two submits never both pass a cap, and a refused submit leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from core.queue import notify
 from core.queue.notify import JOBS, Note
 from core.services import policy, presets, prompts, requests
 from core.services.context import Context, guild_of
+from core.services.images import load_upload
 from core.services.reads import images_of, visible_job
 from core.services.types import Actor, ImagineOptions, Receipt, UserError
 from core.storage.models import Guild, Job
@@ -26,7 +27,9 @@ from core.types import GenerationRequest
 VARIATION_STRENGTH = 0.25
 
 
-async def submit_imagine(ctx: Context, actor: Actor, options: ImagineOptions) -> Receipt:
+async def submit_imagine(
+    ctx: Context, actor: Actor, options: ImagineOptions, *, status_message_id: int | None = None
+) -> Receipt:
     async with ctx.db.session() as s:
         guild = await guild_of(s, actor)
         policy.check_channel(ctx.settings, actor, guild)
@@ -38,36 +41,49 @@ async def submit_imagine(ctx: Context, actor: Actor, options: ImagineOptions) ->
             if merged.source_job is None
             else await _job_source(ctx, s, actor, guild, merged.source_job)
         )
-        lim = policy.limits(ctx.settings, guild)
-        request = requests.build(
-            merged,
-            source,
-            size_given=options.width is not None or options.height is not None,
-            default_model=(guild.default_model if guild is not None else None)
-            or ctx.settings.engine.default_model,
-            seed=requests.seed_of(options, ctx.rng),
-            max_pixels=lim["max_pixels"],
-            max_input_pixels=ctx.max_input_pixels,
-        )
-    return await submit_checked(ctx, actor, guild, request, kind="imagine", expand=True)
+    # Off the event loop and outside the session: a phone photo takes seconds to check and re-encode.
+    upload = (
+        await ctx.images.run(load_upload, source, merged.mask_image, ctx.max_input_pixels)
+        if source is not None
+        else None
+    )
+    request = requests.build(
+        merged,
+        upload,
+        size_given=options.width is not None or options.height is not None,
+        default_model=(guild.default_model if guild is not None else None)
+        or ctx.settings.engine.default_model,
+        seed=requests.seed_of(options, ctx.rng),
+        max_pixels=policy.limits(ctx.settings, guild)["max_pixels"],
+    )
+    return await submit_checked(
+        ctx, actor, guild, request, kind="imagine", expand=True, status_message_id=status_message_id
+    )
 
 
-async def reroll(ctx: Context, actor: Actor, message_id: int) -> Receipt:
+async def reroll(
+    ctx: Context, actor: Actor, message_id: int, *, status_message_id: int | None = None
+) -> Receipt:
     """🔁: the same request with a new seed (a dynamic prompt is drawn again with it)."""
-    return await reroll_source(ctx, actor, await load_source(ctx, actor, message_id=message_id))
+    src = await load_source(ctx, actor, message_id=message_id)
+    return await reroll_source(ctx, actor, src, status_message_id=status_message_id)
 
 
-async def reroll_source(ctx: Context, actor: Actor, src: Source) -> Receipt:
+async def reroll_source(
+    ctx: Context, actor: Actor, src: Source, *, status_message_id: int | None = None
+) -> Receipt:
     src.check_not_blocked(ctx, actor)
     request = src.request.replace(seed=requests.random_seed(ctx.rng), subseed=-1)
     templates = src.job.prompt_templates
     return await submit_checked(
         ctx, actor, src.guild, request, kind="reroll", parent_id=src.job.id, templates=templates,
-        expand=templates is not None, age_restricted=src.age_restricted,
+        expand=templates is not None, age_restricted=src.age_restricted, status_message_id=status_message_id,
     )  # fmt: skip
 
 
-async def variation(ctx: Context, actor: Actor, message_id: int) -> Receipt:
+async def variation(
+    ctx: Context, actor: Actor, message_id: int, *, status_message_id: int | None = None
+) -> Receipt:
     """🔀: the same request and seed (and so the same expansion), a variation seed mixed in."""
     src = await load_source(ctx, actor, message_id=message_id)
     src.check_not_blocked(ctx, actor)
@@ -75,6 +91,7 @@ async def variation(ctx: Context, actor: Actor, message_id: int) -> Receipt:
     return await submit_checked(
         ctx, actor, src.guild, request, kind="variation", parent_id=src.job.id,
         templates=src.job.prompt_templates, age_restricted=src.age_restricted,
+        status_message_id=status_message_id,
     )  # fmt: skip
 
 
@@ -89,6 +106,7 @@ async def submit_checked(
     templates: dict[str, Any] | None = None,
     expand: bool = False,
     age_restricted: bool | None = None,
+    status_message_id: int | None = None,
 ) -> Receipt:
     """Every submit's checks, then :func:`enqueue`. ``expand``: the prompts (or ``templates``, what was
     typed) are dynamic-prompt templates to expand with the request's seed; otherwise the request holds a
@@ -102,8 +120,9 @@ async def submit_checked(
     policy.check_text(request, list(guild.banned_words) if guild is not None else [], ctx.settings.engine)
     place = policy.age_restricted_here(actor) if age_restricted is None else age_restricted
     return await enqueue(
-        ctx, actor, guild, request, kind=kind, parent_id=parent_id, templates=templates, age_restricted=place
-    )
+        ctx, actor, guild, request, kind=kind, parent_id=parent_id, templates=templates, age_restricted=place,
+        status_message_id=status_message_id,
+    )  # fmt: skip
 
 
 def _check_limits(ctx: Context, request: GenerationRequest, guild: Guild | None) -> None:
@@ -175,6 +194,8 @@ async def load_source(
         guild = await guild_of(s, actor)
         policy.check_channel(ctx.settings, actor, guild)
         policy.check_reroll(actor, guild, job)
+        if await repos.jobs.inputs_pruned(job.id):
+            raise policy.source_pruned(job.id, ctx.settings.database.image_retention_days)
         stored = await repos.jobs.request(job)  # with its input images (img2img, inpaint)
         seeds = tuple(await repos.jobs.seeds(job.id))
         scores = tuple(score for score, _ in await repos.jobs.moderation(job.id))
@@ -191,7 +212,11 @@ async def enqueue(
     parent_id: int | None = None,
     templates: dict[str, Any] | None = None,
     age_restricted: bool = False,
+    status_message_id: int | None = None,
 ) -> Receipt:
+    """``status_message_id``: the message in the actor's channel that shows this job's status, posted
+    before the job exists and stored with it, so a bot killed at any point after this commit still
+    finds (and finishes) it after a restart."""
     caps = policy.caps(ctx.settings, guild)
     gid = actor.guild_id
     charges = {"images": float(request.count), "gpu_seconds": await ctx.queue.estimate_seconds(request)}
@@ -199,7 +224,9 @@ async def enqueue(
     try:
         async with ctx.db.transaction(write=True) as s:
             repos = Repositories(s)
+            # Always in this order (the user's quota row, then the queue), so submits never deadlock.
             await repos.quotas.lock_user(gid, actor.user_id)
+            await repos.jobs.lock_queue()
             over = policy.over_cap(caps, await repos.jobs.active_counts(gid, actor.user_id))
             if over is not None:
                 raise _Over()
@@ -219,6 +246,8 @@ async def enqueue(
             except ValueError as exc:
                 raise UserError("invalid", f"I cannot store that request: {exc}.") from None
             await repos.quotas.attach(entries, job.id)
+            if status_message_id is not None:
+                await repos.jobs.set_status_message(job.id, actor.channel_id, status_message_id)
             await notify.send(s, JOBS, Note("queued", job.id))
             job_id = job.id
     except _Over:

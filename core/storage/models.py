@@ -8,7 +8,8 @@ Conventions:
   unique keys and row locks work the same on both backends. ``jobs.guild_id`` is NULL in DMs.
 * A job's full parameters are ``GenerationRequest.to_dict()`` in ``jobs.params`` (JSON); the
   columns next to it (model, size, steps, ...) are copies for queries. Input images for img2img
-  live in ``job_inputs`` and result PNGs in ``job_images``, so scanning jobs never reads blobs.
+  live in ``source_images`` (once each, referenced from ``job_inputs``) and result PNGs in
+  ``job_images``, so scanning jobs never reads blobs.
 
 Every change to this file needs a new Alembic revision in ``migrations/versions``
 (``chant db check`` fails on drift).
@@ -123,6 +124,8 @@ class Guild(Base):
     max_images: Mapped[int | None]
     max_queued_per_user: Mapped[int | None]
     max_queued_per_guild: Mapped[int | None]
+    max_and_parts: Mapped[int | None]
+    max_prompt_chunks: Mapped[int | None]
     reroll_policy: Mapped[str] = mapped_column(String(16), default="everyone")
     weight: Mapped[float] = mapped_column(default=1.0)  # share of the GPU in the fair queue
     banned_words: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -186,7 +189,7 @@ class Job(Base):
     height: Mapped[int]
     steps: Mapped[int]
     sampler: Mapped[str] = mapped_column(String(64))
-    cost: Mapped[float]  # pixels x steps x images, for fair scheduling
+    cost: Mapped[float]  # core.cost.job_cost: UNet rows x pixels x model calls, for fair scheduling
     # Where it was asked: an age-restricted channel (Discord's nsfw flag; a thread's parent's). Kept so
     # that a result posted later (after a restart) is moderated for the place it goes to.
     age_restricted: Mapped[bool] = mapped_column(default=False, server_default=false())
@@ -219,14 +222,29 @@ class Job(Base):
     )
 
 
+class SourceImage(Base):
+    """A source or mask image of img2img / inpaint jobs, stored once however many jobs use it (rerolls,
+    variations, the same upload again): content-addressed by its SHA-256, in the encoding it came in.
+    Its bytes are pruned with the results' retention once no recent job uses it; the row stays."""
+
+    __tablename__ = "source_images"
+
+    id: Mapped[IntPK]
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)  # of the bytes, hex
+    data: Mapped[bytes | None]  # PNG, JPEG or WebP as the engine reads it; NULL once pruned
+    size_bytes: Mapped[int]
+    created_at: Mapped[Timestamp]
+    pruned_at: Mapped[datetime | None]
+
+
 class JobInput(Base):
-    """Input images of an img2img / inpaint job (kept out of ``jobs`` so scans stay small)."""
+    """Which source (and mask) an img2img / inpaint job starts from (kept out of ``jobs``)."""
 
     __tablename__ = "job_inputs"
 
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    init_image: Mapped[bytes | None]
-    mask_image: Mapped[bytes | None]
+    init_image_id: Mapped[int | None] = mapped_column(ForeignKey("source_images.id"), index=True)
+    mask_image_id: Mapped[int | None] = mapped_column(ForeignKey("source_images.id"), index=True)
 
 
 class JobImage(Base):

@@ -11,6 +11,10 @@ Runs inside the test's event loop on 127.0.0.1. The bot under test is pointed at
 * sends each interaction's channel object as Discord does (its ``nsfw`` flag: age-restricted
   channels; a thread carries its parent's id, and the parent is in the guild's channel list),
 * answers one chosen request with a 429 and ``retry_after`` (the client must retry after the delay),
+  refuses chosen requests with 403 "Missing Permissions" (50013) as Discord does when the bot lacks a
+  channel permission, and holds chosen requests unanswered (a process killed while waiting on Discord),
+* keeps each interaction's original response as one message (its id stable from the deferral on, as on
+  Discord), so GET/PATCH/DELETE ``@original`` and the channel endpoints see the same message,
 * serves attachment bytes (uploads given to :meth:`FakeDiscord.add_attachment`, and files the bot posted)
   at loopback "CDN" URLs, as Discord's CDN serves an interaction's attachments.
 
@@ -71,6 +75,21 @@ class _Failure:
 
 
 @dataclass
+class _Refusal:
+    method: str
+    pattern: re.Pattern[str]
+    code: int
+    message: str
+
+
+@dataclass
+class _Hold:
+    method: str
+    pattern: re.Pattern[str]
+    release: asyncio.Event
+
+
+@dataclass
 class _Session:
     id: str
     seq: int = 0
@@ -97,6 +116,10 @@ class FakeDiscord:
         self.interaction_acked_at: dict[int, float] = {}
         self._ids = _snowflakes()
         self._failures: list[_Failure] = []
+        self._refusals: list[_Refusal] = []
+        self._holds: list[_Hold] = []
+        self.interaction_channels: dict[str, tuple[int, int | None]] = {}  # token -> (channel, guild)
+        self.originals: dict[str, int] = {}  # interaction token -> its original response's message id
         self._session: _Session | None = None
         self._pending: list[tuple[str, dict[str, Any]]] = []  # dispatched while no session existed
         self._changed = asyncio.Condition()
@@ -239,6 +262,26 @@ class FakeDiscord:
     # -- failure injection -------------------------------------------------------------------------
     def fail_once_with_429(self, method: str, pattern: str, retry_after: float) -> None:
         self._failures.append(_Failure(method, re.compile(pattern), retry_after))
+
+    def refuse(
+        self, method: str, pattern: str, code: int = 50013, message: str = "Missing Permissions"
+    ) -> None:
+        """Answer matching requests with 403 and Discord's error ``code`` until :meth:`allow`."""
+        self._refusals.append(_Refusal(method, re.compile(pattern), code, message))
+
+    def allow(self) -> None:
+        self._refusals.clear()
+
+    def hold(self, method: str, pattern: str) -> asyncio.Event:
+        """Leave matching requests unanswered until the returned event is set (recorded on arrival)."""
+        held = _Hold(method, re.compile(pattern), asyncio.Event())
+        self._holds.append(held)
+        return held.release
+
+    def release_holds(self) -> None:
+        for held in self._holds:
+            held.release.set()
+        self._holds.clear()
 
     async def drop_gateway(self) -> None:
         """Close the socket abnormally (code 4000): the client must RESUME the same session."""
@@ -417,6 +460,7 @@ class FakeDiscord:
         refers to one by its id."""
         iid = self.new_id()
         token = f"itoken-{iid}"
+        self.interaction_channels[token] = (channel_id, guild_id)
         opts = options or []
         if subcommand:
             opts = [{"type": 1, "name": subcommand, "options": opts}]
@@ -674,6 +718,15 @@ class FakeDiscord:
         self.calls.append(call)
         if request.method == "POST" and path.startswith("/interactions/") and path.endswith("/callback"):
             self.interaction_acked_at.setdefault(int(path.split("/")[2]), arrived)
+        for held in self._holds:
+            if held.method == request.method and held.pattern.fullmatch(path):
+                await self._notify()
+                await held.release.wait()
+        for refusal in self._refusals:
+            if refusal.method == request.method and refusal.pattern.fullmatch(path):
+                call.status = 403
+                await self._notify()
+                return self._json({"message": refusal.message, "code": refusal.code}, status=403)
         for failure in self._failures:
             if failure.remaining and failure.method == request.method and failure.pattern.fullmatch(path):
                 failure.remaining -= 1
@@ -802,6 +855,13 @@ class FakeDiscord:
             iid = int(parts[1])
             kind = (body or {}).get("type")
             flags = ((body or {}).get("data") or {}).get("flags") or 0
+            if kind in (4, 5) and parts[2] in self.interaction_channels:  # a response message exists now
+                channel_id, _ = self.interaction_channels[parts[2]]
+                msg = self._message(channel_id, (body or {}).get("data") or {}, files)
+                if kind == 5:
+                    msg["flags"] = msg["flags"] | 128  # LOADING: "thinking…"
+                self.messages[int(msg["id"])] = msg
+                self.originals[parts[2]] = int(msg["id"])
             return 200, {
                 "interaction": {
                     "id": str(iid),
@@ -816,10 +876,11 @@ class FakeDiscord:
                 msg = self._message(0, body, files)
                 self.messages[int(msg["id"])] = msg
                 return 200, msg
+            if len(parts) == 5 and parts[4] == "@original":
+                return self._original(method, parts[2], body, files)
             if method == "PATCH" and len(parts) == 5:
                 msg = self._message(0, body, files)
-                if parts[4] != "@original":
-                    msg["id"] = parts[4]
+                msg["id"] = parts[4]
                 return 200, msg
             if method == "DELETE":
                 return 204, None
@@ -857,6 +918,27 @@ class FakeDiscord:
                 "last_message_id": None,
             }
         return 404, {"message": f"fake discord: no route {method} {path}", "code": 0}
+
+    def _original(
+        self, method: str, token: str, body: Any, files: list[tuple[str, bytes]]
+    ) -> tuple[int, Any]:
+        """An interaction's original response: one message, whichever endpoint reads or edits it."""
+        channel_id, _ = self.interaction_channels.get(token, (0, None))
+        mid = self.originals.get(token)
+        if method == "DELETE":
+            if mid is None or self.messages.pop(mid, None) is None:
+                return 404, {"message": "Unknown Message", "code": 10008}
+            return 204, None
+        if method == "GET":
+            if mid is None or mid not in self.messages:
+                return 404, {"message": "Unknown Message", "code": 10008}
+            return 200, self.messages[mid]
+        if mid is not None and mid not in self.messages:
+            return 404, {"message": "Unknown Message", "code": 10008}
+        msg = self._message(channel_id, body, files, message_id=mid)
+        self.messages[int(msg["id"])] = msg
+        self.originals[token] = int(msg["id"])
+        return 200, msg
 
     # -- helpers for tests -------------------------------------------------------------------------
     def ack_latencies(self) -> dict[int, float]:

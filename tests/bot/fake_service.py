@@ -178,7 +178,14 @@ class FakeService:
                 )
         return ImageModeration("post", 0.02, "scored 0.02, under the limit of 0.80", "guild", 0.8)
 
-    def _new_job(self, actor: Actor, request: GenerationRequest, kind: str, parent: int | None) -> Receipt:
+    def _new_job(
+        self,
+        actor: Actor,
+        request: GenerationRequest,
+        kind: str,
+        parent: int | None,
+        status_message_id: int | None = None,
+    ) -> Receipt:
         job_id = next(self._ids)
         self.jobs[job_id] = JobView(
             id=job_id,
@@ -195,7 +202,7 @@ class FakeService:
             finished_at=None,
             parent_id=parent,
             kind=kind,
-            status_message_id=None,
+            status_message_id=status_message_id,
             result_message_ids=(),
             age_restricted=bool(actor.age_restricted),
         )
@@ -205,7 +212,9 @@ class FakeService:
         return Receipt(job_id, position, position * 0.5)
 
     # the contract
-    async def submit_imagine(self, actor: Actor, options: ImagineOptions) -> Receipt:
+    async def submit_imagine(
+        self, actor: Actor, options: ImagineOptions, *, status_message_id: int | None = None
+    ) -> Receipt:
         self.calls.append(("submit_imagine", (actor, options)))
         if self.explode:
             raise RuntimeError("database exploded (secret details)")
@@ -234,7 +243,7 @@ class FakeService:
             model=options.model,
             clip_skip=options.clip_skip,
         )
-        return self._new_job(actor, request, "imagine", None)
+        return self._new_job(actor, request, "imagine", None, status_message_id)
 
     async def job_for_message(self, message_id: int) -> JobView | None:
         for job in self.jobs.values():
@@ -242,21 +251,23 @@ class FakeService:
                 return job
         return None
 
-    async def reroll(self, actor: Actor, message_id: int) -> Receipt:
+    async def reroll(self, actor: Actor, message_id: int, *, status_message_id: int | None = None) -> Receipt:
         self.calls.append(("reroll", (actor, message_id)))
         job = await self.job_for_message(message_id)
         if job is None:
             raise UserError("not_found", "that message is not a chant result")
         request = job.request.replace(seed=random.randrange(2**32))
-        return self._new_job(actor, request, "reroll", job.id)
+        return self._new_job(actor, request, "reroll", job.id, status_message_id)
 
-    async def variation(self, actor: Actor, message_id: int) -> Receipt:
+    async def variation(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt:
         self.calls.append(("variation", (actor, message_id)))
         job = await self.job_for_message(message_id)
         if job is None:
             raise UserError("not_found", "that message is not a chant result")
         request = job.request.replace(subseed=random.randrange(2**32), subseed_strength=0.25)
-        return self._new_job(actor, request, "variation", job.id)
+        return self._new_job(actor, request, "variation", job.id, status_message_id)
 
     async def show(self, actor: Actor, job_id: int) -> JobView:
         job = self.jobs.get(job_id)
@@ -279,12 +290,15 @@ class FakeService:
             raise UserError("not_found", f"job #{job_id} has no image {index + 1}")
         return job
 
-    async def reroll_job(self, actor: Actor, job_id: int) -> Receipt:
+    async def reroll_job(self, actor: Actor, job_id: int, *, status_message_id: int | None = None) -> Receipt:
         self.calls.append(("reroll_job", (actor, job_id)))
         job = self._control_source(job_id, 0)
-        return self._new_job(actor, job.request.replace(seed=random.randrange(2**32)), "reroll", job_id)
+        request = job.request.replace(seed=random.randrange(2**32))
+        return self._new_job(actor, request, "reroll", job_id, status_message_id)
 
-    async def vary(self, actor: Actor, job_id: int, index: int, strength: str) -> Receipt:
+    async def vary(
+        self, actor: Actor, job_id: int, index: int, strength: str, *, status_message_id: int | None = None
+    ) -> Receipt:
         self.calls.append(("vary", (actor, job_id, index, strength)))
         job = self._control_source(job_id, index)
         request = job.request.replace(
@@ -292,14 +306,22 @@ class FakeService:
             subseed=random.randrange(2**32),
             subseed_strength={"subtle": 0.15, "strong": 0.5}[strength],
         )
-        return self._new_job(actor, request, "vary", job_id)
+        return self._new_job(actor, request, "vary", job_id, status_message_id)
 
     async def remix_form(self, actor: Actor, job_id: int, index: int) -> RemixForm:
         job = self._control_source(job_id, index)
         return RemixForm(job.request.prompt, job.request.negative_prompt, job.seeds[index])
 
     async def remix(
-        self, actor: Actor, job_id: int, index: int, *, prompt: str, negative: str, seed: int | None
+        self,
+        actor: Actor,
+        job_id: int,
+        index: int,
+        *,
+        prompt: str,
+        negative: str,
+        seed: int | None,
+        status_message_id: int | None = None,
     ) -> Receipt:
         self.calls.append(("remix", (actor, job_id, index, prompt, negative, seed)))
         job = self._control_source(job_id, index)
@@ -308,17 +330,23 @@ class FakeService:
         request = job.request.replace(
             prompt=prompt, negative_prompt=negative, seed=random.randrange(2**32) if seed is None else seed
         )
-        return self._new_job(actor, request, "remix", job_id)
+        return self._new_job(actor, request, "remix", job_id, status_message_id)
 
-    async def zoom_out(self, actor: Actor, job_id: int, index: int, factor: float) -> Receipt:
+    async def zoom_out(
+        self, actor: Actor, job_id: int, index: int, factor: float, *, status_message_id: int | None = None
+    ) -> Receipt:
         self.calls.append(("zoom_out", (actor, job_id, index, factor)))
         job = self._control_source(job_id, index)
-        return self._new_job(actor, job.request.replace(seed=random.randrange(2**32)), "zoom", job_id)
+        request = job.request.replace(seed=random.randrange(2**32))
+        return self._new_job(actor, request, "zoom", job_id, status_message_id)
 
-    async def pan(self, actor: Actor, job_id: int, index: int, direction: str) -> Receipt:
+    async def pan(
+        self, actor: Actor, job_id: int, index: int, direction: str, *, status_message_id: int | None = None
+    ) -> Receipt:
         self.calls.append(("pan", (actor, job_id, index, direction)))
         job = self._control_source(job_id, index)
-        return self._new_job(actor, job.request.replace(seed=random.randrange(2**32)), "pan", job_id)
+        request = job.request.replace(seed=random.randrange(2**32))
+        return self._new_job(actor, request, "pan", job_id, status_message_id)
 
     async def pick(self, actor: Actor, job_id: int, index: int) -> tuple[JobView, GeneratedImage]:
         self.calls.append(("pick", (actor, job_id, index)))
@@ -354,9 +382,6 @@ class FakeService:
 
     async def job_images(self, job_id: int) -> tuple[GeneratedImage, ...]:
         return self.images.get(job_id, ())
-
-    async def record_status_message(self, job_id: int, channel_id: int, message_id: int) -> None:
-        self._set(job_id, status_message_id=message_id)
 
     async def record_result_messages(self, job_id: int, message_ids: Sequence[int]) -> None:
         self.posted.setdefault(job_id, []).extend(message_ids)

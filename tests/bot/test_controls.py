@@ -75,9 +75,13 @@ async def test_a_result_carries_persistent_controls_and_each_asks_core_for_its_j
         assert (
             int(status.json["message_reference"]["message_id"]) == mid
             and f"<@{BOB}>" in status.json["content"]
+            and "queueing" in status.json["content"]
         )
+        # The status message is posted first and its id goes in with the job (as /imagine's and 🔁's).
+        await fake.wait_until(lambda n=n: len(service.calls) >= n, 5, f"{action} reached core")
         call = service.calls[-1]
         assert (call[0], call[1][1:]) == (name, args) and call[1][0].user_id == BOB
+        assert service.jobs[max(service.jobs)].status_message_id == int(status.response["id"])
         await result(fake, n)  # the new job's result follows, as a reply with controls of its own
 
 
@@ -278,3 +282,4 @@ async def test_history_names_what_a_job_was_made_from_and_info_shows_a_dynamic_p
     notes = await fake.wait_call("POST", rf"/channels/{BOB + 1}/messages", count=2)
     assert "prompt as typed: `a {red|blue} __animal__`" in notes[1].json["content"]
     assert "`__animal__`" in notes[1].json["content"] and "seed 8" in notes[1].json["content"]
+

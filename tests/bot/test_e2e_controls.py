@@ -87,8 +87,10 @@ def stored(tmp_path: Path, job_id: int) -> tuple[str, int | None, dict, bytes | 
         kind, parent, params = db.execute(
             "SELECT kind, parent_id, params FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
-        inputs = db.execute(
-            "SELECT init_image, mask_image FROM job_inputs WHERE job_id = ?", (job_id,)
+        inputs = db.execute(  # the sources are stored once by content (source_images)
+            "SELECT i.data, m.data FROM job_inputs j JOIN source_images i ON i.id = j.init_image_id"
+            " LEFT JOIN source_images m ON m.id = j.mask_image_id WHERE j.job_id = ?",
+            (job_id,),
         ).fetchone()
     return kind, parent, json.loads(params), *(inputs or (None, None))
 

@@ -5,9 +5,12 @@ works when it is sent after."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import discord
@@ -77,16 +80,16 @@ async def run_control(
             await post_pick(interaction, actor, job_id, index)
             return
         if action == "rr":
-            receipt = await service.reroll_job(actor, job_id)
+            submit = partial(service.reroll_job, actor, job_id)
         elif action in VARY:
-            receipt = await service.vary(actor, job_id, index, VARY[action])
+            submit = partial(service.vary, actor, job_id, index, VARY[action])
         elif action in ZOOM:
-            receipt = await service.zoom_out(actor, job_id, index, ZOOM[action])
+            submit = partial(service.zoom_out, actor, job_id, index, ZOOM[action])
         elif action in PAN:
-            receipt = await service.pan(actor, job_id, index, PAN[action])
+            submit = partial(service.pan, actor, job_id, index, PAN[action])
         else:
             raise UserError("invalid", "This button is from a newer chant; it does nothing here.")
-        await bot.delivery.until_done(post_status(interaction, actor, receipt, _what(action, index)))
+        await submit_with_status(interaction, actor, _what(action, index), submit)
     except Exception as exc:  # buttons bypass the command tree's error handler
         await report_error(interaction, exc)
 
@@ -125,11 +128,16 @@ async def post_pick(
     )
 
 
-async def post_status(
-    interaction: discord.Interaction[ChantBot], actor: Actor, receipt: Receipt, what: str
+async def submit_with_status(
+    interaction: discord.Interaction[ChantBot],
+    actor: Actor,
+    what: str,
+    submit: Callable[..., Awaitable[Receipt]],
 ) -> None:
-    """The new job's status message, replying to the result the control was under; tracked, so its
-    progress shows and its result (or a private notice) follows."""
+    """The new job's status message first, replying to the result the control was under; then
+    ``submit(status_message_id=...)``, which stores its id with the job in the submit's transaction (as
+    /imagine's and 🔁's are), so a bot killed in between still finishes it after a restart. A refused
+    submit deletes it again (the refusal is told privately)."""
     bot = interaction.client
     channel_id = interaction.channel_id or 0
     reply_to = interaction.message.id if interaction.message is not None else None
@@ -139,21 +147,50 @@ async def post_status(
         if reply_to
         else None
     )
-    status = await channel.send(
-        f"<@{actor.user_id}> {what} "
-        + render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id),
-        reference=reference,
-        allowed_mentions=discord.AllowedMentions.none(),
-    )
-    bot.delivery.track(
+    try:
+        status = await channel.send(
+            f"<@{actor.user_id}> {what} queueing…",
+            reference=reference,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+    except discord.Forbidden:
+        raise UserError(
+            "permission",
+            f"I cannot post in <#{channel_id}>: I am missing a permission there (Send Messages). "
+            "A server admin can give it to me; until then /imagine works elsewhere.",
+        ) from None
+    try:
+        receipt = await submit(status_message_id=status.id)
+    except BaseException:
+        with contextlib.suppress(discord.HTTPException):
+            await status.delete()  # refused or cut short: nothing queued
+        raise
+    await bot.delivery.until_done(post_status(interaction, actor, receipt, status, what, reply_to))
+
+
+async def post_status(
+    interaction: discord.Interaction[ChantBot],
+    actor: Actor,
+    receipt: Receipt,
+    status: discord.Message,
+    what: str,
+    reply_to: int | None,
+) -> None:
+    """The status message's queue position; tracked, so its progress shows and its result (or a
+    private notice) follows."""
+    bot = interaction.client
+    tracked = bot.delivery.track(
         receipt.job_id,
-        channel_id,
+        interaction.channel_id or 0,
         interaction.guild_id,
         status.id,
         reply_to=reply_to,
         interaction=interaction,
     )
-    await bot.service.record_status_message(receipt.job_id, channel_id, status.id)
+    text = f"<@{actor.user_id}> {what} " + render.queued_text(
+        receipt.position, receipt.eta_s, job_id=receipt.job_id
+    )
+    await bot.delivery.first_status(tracked, lambda: status.edit(content=text))
 
 
 def _what(action: str, index: int) -> str:
@@ -210,7 +247,8 @@ class ControlsCog(commands.Cog):
             values = modal_values(interaction.data)
             actor = actor_from_interaction(interaction)
             job_id, index = int(match["job"]), int(match["index"])
-            receipt = await self.bot.service.remix(
+            submit = partial(
+                self.bot.service.remix,
                 actor,
                 job_id,
                 index,
@@ -218,8 +256,6 @@ class ControlsCog(commands.Cog):
                 negative=values.get("negative", ""),
                 seed=parse_seed(values.get("seed", "")),
             )
-            await self.bot.delivery.until_done(
-                post_status(interaction, actor, receipt, f"🖌️ Remix (image {index + 1})")
-            )
+            await submit_with_status(interaction, actor, f"🖌️ Remix (image {index + 1})", submit)
         except Exception as exc:
             await report_error(interaction, exc)

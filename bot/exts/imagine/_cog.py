@@ -211,25 +211,28 @@ class ImagineCog(commands.Cog):
         refuse_dm_if_configured(self.bot, interaction.guild_id)
 
     async def _submit(self, interaction: discord.Interaction, options: ImagineOptions) -> None:
-        receipt = await self.service.submit_imagine(actor_from_interaction(interaction), options)
-        await self.delivery.until_done(self._post_queued(interaction, receipt, options.prompt))
-
-    async def _post_queued(self, interaction: discord.Interaction, receipt: Receipt, prompt: str) -> None:
-        # 3. The status message: queue position now, progress later (edited by the delivery task).
-        message = await interaction.edit_original_response(
-            content=render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id)
+        # The status message is this interaction's response ("thinking…" until edited). Its id goes in
+        # with the job, in one transaction: a bot killed before the edit below still finishes it later.
+        status = await interaction.original_response()
+        receipt = await self.service.submit_imagine(
+            actor_from_interaction(interaction), options, status_message_id=status.id
         )
-        channel_id = interaction.channel_id or 0
-        # Track before recording: a result whose status message is recorded can be posted at once.
-        self.delivery.track(
+        await self.delivery.until_done(self._post_queued(interaction, receipt, options.prompt, status.id))
+
+    async def _post_queued(
+        self, interaction: discord.Interaction, receipt: Receipt, prompt: str, status_id: int
+    ) -> None:
+        # 3. The status message: queue position now, progress later (edited by the delivery task).
+        tracked = self.delivery.track(
             receipt.job_id,
-            channel_id,
+            interaction.channel_id or 0,
             interaction.guild_id,
-            message.id,
+            status_id,
             prompt=prompt,
             interaction=interaction,
         )
-        await self.service.record_status_message(receipt.job_id, channel_id, message.id)
+        text = render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id)
+        await self.delivery.first_status(tracked, lambda: interaction.edit_original_response(content=text))
 
     # -- reactions on results (raw events: also messages from before a restart) ----------------------
     @commands.Cog.listener()
@@ -262,37 +265,57 @@ class ImagineCog(commands.Cog):
     async def _reroll(
         self, actor: Actor, payload: discord.RawReactionActionEvent, *, variation: bool = False
     ) -> None:
-        """🔁 a new seed, or 🔀 a variation (same seed, a variation seed mixed in); a reply either way."""
-        if variation:
-            receipt = await self.service.variation(actor, payload.message_id)
-        else:
-            receipt = await self.service.reroll(actor, payload.message_id)
-        await self.delivery.until_done(self._post_requeued(actor, payload, receipt, variation))
-
-    async def _post_requeued(
-        self, actor: Actor, payload: discord.RawReactionActionEvent, receipt: Receipt, variation: bool
-    ) -> None:
+        """🔁 a new seed, or 🔀 a variation (same seed, a variation seed mixed in); a reply either way,
+        posted first: its id goes in with the job, as /imagine's status does."""
+        emoji = VARIATION if variation else REROLL
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
         reference = discord.MessageReference(
             message_id=payload.message_id, channel_id=payload.channel_id, fail_if_not_exists=False
         )
-        status = await channel.send(
-            f"<@{actor.user_id}> {VARIATION if variation else REROLL} "
-            + render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id),
-            reference=reference,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
-        self.delivery.track(
+        try:
+            status = await channel.send(
+                f"<@{actor.user_id}> {emoji} queueing…",
+                reference=reference,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+        except discord.Forbidden:
+            raise UserError(
+                "permission",
+                f"I cannot post in <#{payload.channel_id}>: I am missing a permission there (Send Messages). "
+                "A server admin can give it to me; until then /imagine works elsewhere.",
+            ) from None
+        try:
+            submit = self.service.variation if variation else self.service.reroll
+            receipt = await submit(actor, payload.message_id, status_message_id=status.id)
+        except BaseException:
+            with contextlib.suppress(discord.HTTPException):
+                await status.delete()  # refused (the reactor is told by DM) or cut short: nothing queued
+            raise
+        await self.delivery.until_done(self._post_requeued(actor, payload, receipt, status, emoji))
+
+    async def _post_requeued(
+        self,
+        actor: Actor,
+        payload: discord.RawReactionActionEvent,
+        receipt: Receipt,
+        status: discord.Message,
+        emoji: str,
+    ) -> None:
+        tracked = self.delivery.track(
             receipt.job_id, payload.channel_id, payload.guild_id, status.id, reply_to=payload.message_id
         )
-        await self.service.record_status_message(receipt.job_id, payload.channel_id, status.id)
+        text = f"<@{actor.user_id}> {emoji} " + render.queued_text(
+            receipt.position, receipt.eta_s, job_id=receipt.job_id
+        )
+        await self.delivery.first_status(tracked, lambda: status.edit(content=text))
 
     async def _delete(self, actor: Actor, payload: discord.RawReactionActionEvent) -> None:
-        job = await self.service.delete_result(actor, payload.message_id)
+        """❌ deletes the message reacted to, nothing else: the job's other results (the original, or
+        /show re-posts, perhaps in other channels) stay, and so does what 🔁 finds through them."""
+        await self.service.delete_result(actor, payload.message_id)
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
-        for message_id in {payload.message_id, *job.result_message_ids}:
-            with contextlib.suppress(discord.NotFound):
-                await channel.get_partial_message(message_id).delete()
+        with contextlib.suppress(discord.NotFound):
+            await channel.get_partial_message(payload.message_id).delete()
 
     async def _info(self, actor: Actor, job: JobView) -> None:
         images = await self.service.job_images(job.id)

@@ -22,7 +22,15 @@ from core.storage.validation import (
     check_text,
 )
 
-GUILD_LIMIT_FIELDS = ("max_steps", "max_pixels", "max_images", "max_queued_per_user", "max_queued_per_guild")
+GUILD_LIMIT_FIELDS = (
+    "max_steps",
+    "max_pixels",
+    "max_images",
+    "max_queued_per_user",
+    "max_queued_per_guild",
+    "max_and_parts",
+    "max_prompt_chunks",
+)
 MODERATION_FIELDS = ("moderation_policy", "moderation_threshold", "age_restricted_policy")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Select, and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.cost import pixel_steps
+from core.cost import job_cost
 from core.storage.models import (
     FINISHED_STATES,
     JOB_KINDS,
@@ -24,10 +24,13 @@ from core.storage.models import (
     utcnow,
 )
 from core.storage.repositories._sql import insert
+from core.storage.repositories.sources import SourceRepo
 from core.storage.validation import MAX_ERROR_CHARS, MAX_PROMPT_CHARS, check_id, check_json_texts, check_text
 from core.types import GeneratedImage, GenerationRequest, Mode
 
 ACTIVE_STATES = ("queued", "running")
+# PostgreSQL advisory lock key of the queue caps ("chant" and 1): one lock, taken by every submit.
+QUEUE_CAPS_LOCK = 0x6368616E74_0001
 
 
 class JobRepo:
@@ -100,7 +103,7 @@ class JobRepo:
             height=request.height,
             steps=request.steps,
             sampler=check_text(request.sampler, "sampler", max_chars=64),
-            cost=pixel_steps(request),
+            cost=job_cost(request),
             attempts=0,
             posted=False,
             created_at=created_at or utcnow(),
@@ -110,9 +113,10 @@ class JobRepo:
         self.session.add(job)
         await self.session.flush()
         if request.init_image is not None or request.mask_image is not None:
-            self.session.add(
-                JobInput(job_id=job.id, init_image=request.init_image, mask_image=request.mask_image)
-            )
+            sources = SourceRepo(self.session)  # stored once, whichever jobs use them
+            init = None if request.init_image is None else await sources.put(request.init_image)
+            mask = None if request.mask_image is None else await sources.put(request.mask_image)
+            self.session.add(JobInput(job_id=job.id, init_image_id=init, mask_image_id=mask))
             await self.session.flush()
         return job
 
@@ -123,13 +127,25 @@ class JobRepo:
         return await self.session.scalar(stmt)
 
     async def request(self, job: Job) -> GenerationRequest:
-        """The stored request, with its input images if it has any."""
-        images: dict[str, bytes | None] = {}
-        if job.params.get("mode", "txt2img") != Mode.TXT2IMG:
-            inputs = await self.session.get(JobInput, job.id)
-            if inputs is not None:
-                images = {"init_image": inputs.init_image, "mask_image": inputs.mask_image}
+        """The stored request, with its input images if it has any (None where they were pruned)."""
+        images = await self.inputs(job.id) if job.params.get("mode", "txt2img") != Mode.TXT2IMG else {}
         return GenerationRequest.from_dict(job.params, **images)
+
+    async def inputs(self, job_id: int) -> dict[str, bytes | None]:
+        """``init_image`` and ``mask_image`` of an img2img / inpaint job (None: none, or pruned)."""
+        row = await self.session.get(JobInput, job_id)
+        if row is None:
+            return {}
+        data = await SourceRepo(self.session).data([row.init_image_id, row.mask_image_id])
+        return {"init_image": data.get(row.init_image_id), "mask_image": data.get(row.mask_image_id)}
+
+    async def inputs_pruned(self, job_id: int) -> bool:
+        """Whether an input image of this job was pruned (the job cannot run again)."""
+        row = await self.session.get(JobInput, job_id)
+        if row is None:
+            return False
+        data = await SourceRepo(self.session).data([row.init_image_id, row.mask_image_id])
+        return any(data.get(i) is None for i in (row.init_image_id, row.mask_image_id) if i is not None)
 
     async def by_message(self, message_id: int) -> Job | None:
         """The job shown by a status or result message (🔁, ❌, ℹ️ on any message we posted)."""
@@ -173,6 +189,19 @@ class JobRepo:
             select(Job).where(Job.user_id == user_id).order_by(Job.id.desc()).limit(1)
         )
 
+    async def lock_queue(self) -> None:
+        """Serialise submits until the transaction ends, so that :meth:`active_counts` stays true until
+        the new job is inserted: the caps are exact.
+
+        PostgreSQL: a transaction-level advisory lock. Under READ COMMITTED two submits of different
+        users each count the queue before the other commits and both pass a cap: 100 concurrent submits
+        against a guild cap of 10 accepted 11, against a global cap of 10 accepted 17 to 21. Every two
+        submits may race for the global cap, so one lock covers the three caps. SQLite: nothing to do
+        (``BEGIN IMMEDIATE`` already holds the database's write lock).
+        """
+        if self.session.bind.dialect.name == "postgresql":
+            await self.session.execute(select(func.pg_advisory_xact_lock(QUEUE_CAPS_LOCK)))
+
     async def active_counts(self, guild_id: int | None, user_id: int) -> tuple[int, int, int]:
         """Queued + running jobs of (this user here, this guild or the DMs, everyone): one query."""
         here = Job.guild_id.is_(None) if guild_id is None else Job.guild_id == guild_id
@@ -194,6 +223,10 @@ class JobRepo:
                 select(Job).where(Job.user_id == user_id, Job.state.in_(ACTIVE_STATES)).order_by(Job.id)
             )
         )
+
+    async def running_ids(self) -> list[int]:
+        """Running jobs, oldest first (what started while a bot process could not hear it)."""
+        return list(await self.session.scalars(select(Job.id).where(Job.state == "running").order_by(Job.id)))
 
     async def live_with_status(self, *, limit: int = 1000) -> list[Job]:
         """Queued and running jobs that have a status message, oldest first (restart recovery)."""

@@ -487,7 +487,7 @@ def _jpeg_with_orientation(stored: Image.Image, orientation: int) -> bytes:
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_sources_are_turned_upright_by_their_exif_orientation(orientation) -> None:
     """A phone photo stored sideways with an orientation tag loads as the user sees it, in the engine
-    (``chant generate --init-image``) as in the bot's upload check, which stores it upright."""
+    (``chant generate --init-image``) as from what the bot's upload check stores (the JPEG as sent)."""
     from core.services.images import load_source
 
     stored = Image.new("RGB", (96, 64), (0, 0, 0))
@@ -498,7 +498,7 @@ def test_sources_are_turned_upright_by_their_exif_orientation(orientation) -> No
     with Image.open(io.BytesIO(data)) as decoded:  # the same JPEG pixels, turned by the EXIF rule
         upright = np.asarray(decoded.convert("RGB").transpose(expected[orientation]))
     assert image.size == upright.shape[1::-1] and np.array_equal(np.asarray(image), upright)
-    bot = image_modes.load_image(load_source(data, max_pixels=10**6).png, max_megapixels=1)
+    bot = image_modes.load_image(load_source(data, max_pixels=10**6).data, max_megapixels=1)
     assert bot.size == image.size and np.array_equal(np.asarray(bot), np.asarray(image.convert("RGB")))
 
 

@@ -162,7 +162,8 @@ async def test_a_control_queued_before_a_restart_still_answers_its_parents_resul
     await service.record_result_messages(original.job.id, [5001])
     await harness.close()
     service = await harness.open(worker=False, start=False)  # a new process, no worker yet
-    receipt = await service.zoom_out(actor(), original.job.id, 0, 1.5)
-    await service.record_status_message(receipt.job_id, 100, 5002)
+    # The status message's id goes in with the job (as every submit's does).
+    receipt = await service.zoom_out(actor(), original.job.id, 0, 1.5, status_message_id=5002)
     live = {view.id: reply_to for view, reply_to in await service.live_status_jobs()}
     assert live == {receipt.job_id: 5001}
+

@@ -3,8 +3,8 @@
 Guild moderation policy; a job's age-restricted flag and prompt templates; each result image's
 classifier score and moderation decision; the job kinds of the result controls.
 
-Revision ID: 0002_controls
-Revises: 0001
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-03
 
 """
@@ -16,8 +16,8 @@ from alembic import op
 
 
 # revision identifiers, used by Alembic.
-revision: str = '0002_controls'
-down_revision: str | Sequence[str] | None = '0001'
+revision: str = '0004'
+down_revision: str | Sequence[str] | None = '0003'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
