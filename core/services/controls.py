@@ -174,9 +174,11 @@ async def _outpaint(
     make: Callable[[GenerationRequest, int], outpaint.Outpaint],
     status_message_id: int | None,
 ) -> Receipt:
+    """The canvas and its mask are made in the image pool (a PNG decode and encode of up to the guild's
+    pixel limit: off the event loop, as uploads are); the job stores them as content-addressed sources."""
     max_pixels = policy.limits(ctx.settings, src.guild)["max_pixels"]
     try:
-        made = make(src.request, max_pixels)
+        made = await ctx.images.run(make, src.request, max_pixels)
     except ValueError as exc:
         raise UserError("invalid", f"I cannot outpaint that image: {exc}.") from None
     request = made.request.replace(seed=requests.random_seed(ctx.rng))
