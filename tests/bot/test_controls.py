@@ -283,3 +283,24 @@ async def test_history_names_what_a_job_was_made_from_and_info_shows_a_dynamic_p
     assert "prompt as typed: `a {red|blue} __animal__`" in notes[1].json["content"]
     assert "`__animal__`" in notes[1].json["content"] and "seed 8" in notes[1].json["content"]
 
+
+async def test_where_the_bot_may_not_post_moderation_holds_in_the_private_result_too(bot: RunningBot) -> None:
+    """A 403 on the result post sends it privately: the blocked image stays out of it (named in the text),
+    the spoilered one stays a ``SPOILER_`` attachment; /show in that channel does the same."""
+    fake, service = bot.fake, bot.service
+    service.moderation = {"MIXED": ("post", "block", "spoiler", "post")}
+    fake.refuse("POST", rf"/channels/{CHANNEL_A}/messages")  # 403, code 50013
+    _, token = await imagine(fake, "a MIXED bag", opt("count", 4, 4), opt("seed", 20, 4))
+    (told,) = await fake.wait_call("POST", rf"/webhooks/\d+/{token}", lambda c: bool(c.files), timeout=15)
+    assert told.json["flags"] & EPHEMERAL and "could not post" in told.json["content"]
+    assert [name.split("-")[0] for name, _ in told.files] == ["chant", "SPOILER_chant", "chant"]
+    assert [name.split("-")[2] for name, _ in told.files] == ["0", "2", "3"]  # image 2 never sent
+    assert "1 of your 4 images of job #1 was not posted" in told.json["content"]
+    assert not [c for c in fake.find("POST", rf"/webhooks/\d+/{token}") if c is not told and c.files]
+    _, show = await fake.interaction(
+        "show", [opt("job", 1, 4)], guild_id=GUILD_A, channel_id=CHANNEL_A, user_id=ALICE
+    )
+    (private,) = await fake.wait_call("POST", rf"/webhooks/\d+/{show}", lambda c: bool(c.files), timeout=15)
+    assert private.json["flags"] & EPHEMERAL
+    assert [name.split("-")[0] for name, _ in private.files] == ["chant", "SPOILER_chant", "chant"]
+    assert [name.split("-")[2] for name, _ in private.files] == ["0", "2", "3"]

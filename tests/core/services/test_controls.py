@@ -167,3 +167,52 @@ async def test_a_control_queued_before_a_restart_still_answers_its_parents_resul
     live = {view.id: reply_to for view, reply_to in await service.live_status_jobs()}
     assert live == {receipt.job_id: 5001}
 
+
+async def test_control_sources_are_stored_once_by_content_and_each_control_stores_its_status_message(
+    harness, service
+) -> None:
+    """Outpaint canvases and masks, and /img2img job:'s image, go to ``source_images`` like uploads: the
+    same canvas twice (the same image zoomed twice, and 🔁 of that zoom) is one row; the status message
+    each control was given is stored with its job."""
+    from sqlalchemy import select
+
+    from core.storage.models import JobInput, SourceImage
+
+    original = await imagine(service)
+    a = actor(user=13)
+    ids = []
+    for n, make in enumerate(
+        (
+            lambda sid: service.zoom_out(a, original.job.id, 0, 1.5, status_message_id=sid),
+            lambda sid: service.zoom_out(a, original.job.id, 0, 1.5, status_message_id=sid),
+            lambda sid: service.vary(a, original.job.id, 0, "subtle", status_message_id=sid),
+            lambda sid: service.pan(a, original.job.id, 0, "up", status_message_id=sid),
+            lambda sid: service.remix(
+                a, original.job.id, 0, prompt="a tower", negative="", seed=3, status_message_id=sid
+            ),
+        )
+    ):
+        done = await run(service, a, make(7000 + n))
+        ids.append(done.job.id)
+        assert done.job.status_message_id == 7000 + n
+    zoomed = ids[0]
+    rerolled = await run(service, a, service.reroll_job(a, zoomed, status_message_id=7100))
+    assert rerolled.job.status_message_id == 7100
+    from_job = await run(
+        service, a, service.submit_imagine(a, ImagineOptions("a harbour", source_job=zoomed))
+    )
+    async with harness.db.session() as s:
+        inputs = {
+            row.job_id: (row.init_image_id, row.mask_image_id)
+            for row in (await s.scalars(select(JobInput))).all()
+        }
+        sources = {row.id: row.data for row in (await s.scalars(select(SourceImage))).all()}
+    # Both zooms and the reroll share one canvas row and one mask row.
+    assert inputs[ids[0]] == inputs[ids[1]] == inputs[rerolled.job.id]
+    pan = ids[3]
+    assert inputs[pan] != inputs[ids[0]] and None not in inputs[pan]
+    # /img2img job: stores the zoom's result image as it is (a PNG the engine reads as sent).
+    zoom_result = (await service.job_images(zoomed))[0].png
+    assert sources[inputs[from_job.job.id][0]] == zoom_result and inputs[from_job.job.id][1] is None
+    # Each content once: canvas+mask of the zooms, of the pan, and the zoom's result.
+    assert len(sources) == len(set(sources.values())) == 5
