@@ -304,3 +304,16 @@ async def test_where_the_bot_may_not_post_moderation_holds_in_the_private_result
     assert private.json["flags"] & EPHEMERAL
     assert [name.split("-")[0] for name, _ in private.files] == ["chant", "SPOILER_chant", "chant"]
     assert [name.split("-")[2] for name, _ in private.files] == ["0", "2", "3"]
+
+
+async def test_u_where_the_bot_may_not_post_sends_that_image_privately_as_moderated(bot: RunningBot) -> None:
+    fake, service = bot.fake, bot.service
+    service.moderation = {"MIXED": ("post", "block", "spoiler", "post")}
+    await imagine(fake, "a MIXED bag", opt("count", 4, 4), opt("seed", 20, 4))
+    mid = int((await result(fake)).response["id"])
+    fake.refuse("POST", rf"/channels/{CHANNEL_A}/messages")
+    _, token = await click(fake, "chant:c:1:2:u", mid)
+    (told,) = await fake.wait_call("POST", rf"/webhooks/\d+/{token}", lambda c: bool(c.files), timeout=15)
+    assert told.json["flags"] & EPHEMERAL and "image 3 of job #1 just for you" in told.json["content"]
+    assert [name.split("-")[0] for name, _ in told.files] == ["SPOILER_chant"]  # still spoilered
+    assert "error id" not in told.json["content"]

@@ -119,13 +119,22 @@ async def post_pick(
         guild_id=interaction.guild_id,
         seeds=(image.seed,),
     )
-    await bot.delivery.post_images(
-        here,
-        (image,),
-        reply_to=interaction.message.id if interaction.message else None,
-        note=f"image {index + 1} of job #{job_id}",
-        view=single_view(job_id, index),
-    )
+    try:
+        await bot.delivery.post_images(
+            here,
+            (image,),
+            reply_to=interaction.message.id if interaction.message else None,
+            note=f"image {index + 1} of job #{job_id}",
+            view=single_view(job_id, index),
+        )
+    except discord.Forbidden:  # the channel is closed to the bot: privately, moderated as here (as /show)
+        await bot.delivery.send_privately(
+            dataclasses.replace(here, user_id=interaction.user.id),
+            (image,),
+            f"I could not post in this channel (I am missing a permission here: Send Messages or Attach "
+            f"Files), so here is image {index + 1} of job #{job_id} just for you.",
+            interaction,
+        )
 
 
 async def submit_with_status(
