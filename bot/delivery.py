@@ -6,6 +6,10 @@
 * Results are posted with the bot's channel permissions (``channel.send``), not the interaction
   token, so a queue wait longer than 15 minutes still delivers. Each result gets 🔁 and is recorded
   with ``service.record_result_messages`` (which makes it rerollable after restarts).
+* Each image is posted as its moderation decision says (``JobView.moderation``, made by core for the
+  place it goes to): as it is, as a ``SPOILER_`` attachment, or not at all — then the requester is
+  told privately (an ephemeral follow-up while their interaction lives, else a DM).
+* Under a result go the persistent buttons of ``result_view`` (set by the controls extension).
 * On start, results finished while the bot was down (``service.unposted_results()``) are posted.
 * Where the bot may not post (403: no Send Messages / Attach Files), the requester gets the result
   privately (the interaction's follow-up while its token lives, else a DM), the status message is
@@ -18,7 +22,7 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -28,6 +32,7 @@ import discord
 from bot import render
 from core.config import Settings
 from core.services import (
+    ImageModeration,
     JobCancelled,
     JobDone,
     JobEvent,
@@ -48,6 +53,13 @@ VARIATION = "🔀"
 DELETE = "❌"
 INFO = "ℹ️"
 INFO_EMOJIS = ("ℹ️", "ℹ")  # with and without the variation selector
+POSTED = ImageModeration("post", None, "not moderated")
+UNMATCHED = ImageModeration(
+    "block", None, "its moderation decision could not be matched to it", charged=False
+)
+
+# The buttons under a result: (the job, the positions of the images posted) -> a view, or None.
+ResultView = Callable[[JobView, Sequence[int]], "discord.ui.View | None"]
 
 
 @dataclass
@@ -58,13 +70,15 @@ class Tracked:
     status_message_id: int | None
     reply_to: int | None = None  # a reroll answers the original result message
     prompt: str = ""
+    # The interaction that asked for the job (a command, a button, a form): what a private notice goes
+    # through while it lives.
+    interaction: discord.Interaction | None = None
     last_edit: float = -1e9
     pending: tuple[str, bytes | None] | None = None
     flusher: asyncio.Task[None] | None = None
     edits: int = 0
     finished: bool = False
     editable: bool = True  # False once Discord refused an edit (no permission): no more progress edits
-    interaction: discord.Interaction | None = None  # the command's own (its token lives 15 minutes)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -100,6 +114,7 @@ class Delivery:
         self._events: EventStream | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()  # set once subscribed and the backlog is posted
+        self.result_view: ResultView | None = None  # the controls extension sets it
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -218,6 +233,7 @@ class Delivery:
         else:
             tracked.status_message_id = status_message_id or tracked.status_message_id
             tracked.reply_to = reply_to or tracked.reply_to
+            tracked.interaction = interaction or tracked.interaction
         early = self._finished_early.pop(job_id, None)
         if early is not None:  # the job finished before the submitter got its receipt back
             self.handle(early)
@@ -334,6 +350,7 @@ class Delivery:
                 return
             else:
                 await self._delete_status(t, job)
+                await self._tell_withheld(t, job, images)
         self._forget(job.id)
 
     async def _post_untracked_later(self, job_id: int, delay: float = 5.0) -> None:
@@ -354,24 +371,45 @@ class Delivery:
         reply_to: int | None = None,
         note: str | None = None,
         record: bool = True,
-    ) -> discord.Message:
+        controls: bool = True,
+        view: discord.ui.View | None = None,
+    ) -> discord.Message | None:
+        """Post the job's images as their moderation says (``job.moderation``, aligned with ``images``):
+        blocked ones are left out, spoilered ones sent as ``SPOILER_`` attachments; with every image
+        blocked nothing is posted (None; the job still counts as posted). Under them go ``view``, or
+        with ``controls`` the result's buttons (``result_view``)."""
         if not images:
             raise ValueError(f"job {job.id} has no images to post")
-        fitted = await self._fitted(job, images, self.upload_limit(job.guild_id))
+        decisions = _moderation(job, images)
+        shown = [n for n, m in enumerate(decisions) if not m.blocked]
+        if not shown:
+            if record:
+                await self.service.record_result_messages(job.id, [])
+            return None
+        fitted = await self._fitted(job, images, decisions, self.upload_limit(job.guild_id))
         files = _files(fitted)
         if any(f.resized for f in fitted):
             note = ((note + " · ") if note else "") + "re-encoded to fit this server's upload limit"
+        if len(shown) < len(images):
+            withheld = (
+                f"{len(images) - len(shown)} of {len(images)} images withheld by this server's moderation"
+            )
+            note = ((note + " · ") if note else "") + withheld
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         reference = (
             discord.MessageReference(message_id=reply_to, channel_id=job.channel_id, fail_if_not_exists=False)
             if reply_to
             else None
         )
+        # Per-image buttons name images by their position in the job: only when every image is there.
+        if view is None and controls and self.result_view is not None and len(images) == len(job.seeds):
+            view = self.result_view(job, shown)
         message = await channel.send(
             result_caption(job, images, note),
             files=files,
             reference=reference,
             allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+            **({"view": view} if view is not None else {}),
         )
         if record:
             await self.service.record_result_messages(job.id, [message.id])
@@ -380,17 +418,51 @@ class Delivery:
                 await message.add_reaction(emoji)
         return message
 
+    async def _tell_withheld(
+        self, t: Tracked | None, job: JobView, images: tuple[GeneratedImage, ...]
+    ) -> None:
+        """The requester's private notice for the images moderation kept out of the channel."""
+        withheld = [m for m in _moderation(job, images) if m.blocked]
+        if withheld:
+            await self.tell_privately(
+                job.user_id, render.withheld_text(job.id, len(withheld), len(images), withheld[0].reason), t
+            )
+
+    async def tell_privately(self, user_id: int, text: str, t: Tracked | None = None) -> None:
+        """A private notice to a user: an ephemeral follow-up to the interaction that asked, while its
+        token lives; else a direct message."""
+        interaction = t.interaction if t is not None else None
+        if interaction is not None and _token_lives(interaction):
+            try:
+                await interaction.followup.send(text, ephemeral=True)
+                return
+            except discord.HTTPException as exc:
+                log.info("could not follow up interaction %s (%s); sending a DM", interaction.id, exc)
+        try:
+            channel = await self.bot.create_dm(discord.Object(id=user_id))
+            await channel.send(text)
+        except discord.HTTPException as exc:
+            log.info("could not DM user %s: %s", user_id, exc)
+
     @staticmethod
     async def _fitted(
-        job: JobView, images: tuple[GeneratedImage, ...], limit: int
+        job: JobView, images: tuple[GeneratedImage, ...], decisions: list[ImageModeration], limit: int
     ) -> list[render.FittedImage]:
-        # Re-encoding a large result to fit takes seconds: not on the event loop.
-        return await asyncio.to_thread(
-            lambda: [
-                render.fit_to_limit(image.png, limit, stem=f"chant-{job.id}-{n}-{image.seed}")
-                for n, image in enumerate(images)
+        """The images moderation lets through (a spoilered one as a ``SPOILER_`` attachment), each fitted
+        to ``limit``. Re-encoding a large result to fit takes seconds: not on the event loop."""
+
+        def fit() -> list[render.FittedImage]:
+            return [
+                render.fit_to_limit(
+                    image.png,
+                    limit,
+                    stem=f"{'SPOILER_' if m.action == 'spoiler' else ''}chant-{job.id}-{n}-{image.seed}",
+                )
+                for n, (image, m) in enumerate(zip(images, decisions, strict=True))
+                if not m.blocked
             ]
-        )
+
+        return await asyncio.to_thread(fit)
 
     # -- where the bot may not post ------------------------------------------------------------------
     async def _undeliverable(
@@ -404,7 +476,8 @@ class Delivery:
     ) -> None:
         """The job's end could not be shown in its channel (the bot lacks Send Messages or Attach Files
         there; slash commands still work): the requester gets it privately, the status message says so,
-        and the job counts as posted (a restart does not try again); ``/show`` posts it where we may."""
+        and the job counts as posted (a restart does not try again); ``/show`` posts it where we may.
+        Moderation holds privately too: what it blocks stays out, what it spoilers stays spoilered."""
         log.warning("may not post the end of job %s in channel %s: %s", job.id, job.channel_id, exc)
         where = f"I could not post in <#{job.channel_id}>: I am missing a permission there (Send Messages or Attach Files)."
         if images:
@@ -431,9 +504,14 @@ class Delivery:
         interaction: discord.Interaction | None,
     ) -> bool:
         """``text`` (and the images) to the job's requester only: an ephemeral follow-up while the
-        interaction's token lives, else a DM. False when neither went through."""
+        interaction's token lives, else a DM. False when neither went through. The images go as their
+        moderation says (``job.moderation``), as in the channel: never a way around a block or a spoiler."""
         limit = min(self.upload_limit(job.guild_id), render.DEFAULT_UPLOAD_LIMIT)
-        fitted = await self._fitted(job, images, limit) if images else []
+        decisions = _moderation(job, images)
+        fitted = await self._fitted(job, images, decisions, limit) if images else []
+        withheld = [m for m in decisions if m.blocked]
+        if withheld:
+            text += " " + render.withheld_text(job.id, len(withheld), len(images), withheld[0].reason)
         text = render.truncate(text, render.MESSAGE_LIMIT)
         if interaction is not None and _token_lives(interaction):
             try:
@@ -515,6 +593,22 @@ class Delivery:
         if len(self._posted) > 10_000:
             for old in sorted(self._posted)[:5_000]:
                 self._posted.discard(old)
+
+
+def _moderation(job: JobView, images: tuple[GeneratedImage, ...]) -> list[ImageModeration]:
+    """Each image's decision: ``job.moderation`` (core's, aligned with the images). None made (an
+    in-memory test service): posted as it is; decisions that do not match the images: none is posted."""
+    if not job.moderation:
+        return [POSTED] * len(images)
+    if len(job.moderation) != len(images):
+        log.error(
+            "job %s: %d moderation decisions for %d images; posting none",
+            job.id,
+            len(job.moderation),
+            len(images),
+        )
+        return [UNMATCHED] * len(images)
+    return list(job.moderation)
 
 
 def _files(fitted: list[render.FittedImage]) -> list[discord.File]:

@@ -210,3 +210,14 @@ async def preset_autocomplete(
 ) -> list[app_commands.Choice[str]]:
     names = await interaction.client.service.preset_names(actor_from_interaction(interaction), current)
     return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]
+
+
+async def prompt_autocomplete(
+    interaction: discord.Interaction[ChantBot], current: str
+) -> list[app_commands.Choice[str]]:
+    """Tag suggestions for the prompt typed so far (``prompts.tag_file``): its last tag completed. Discord
+    caps a suggestion at 100 characters, so a longer prompt gets none (the typed text is still used)."""
+    pairs = interaction.client.service.complete_prompt(current)
+    return [
+        app_commands.Choice(name=label[:100], value=value) for label, value in pairs[:25] if len(value) <= 100
+    ]

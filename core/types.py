@@ -117,6 +117,7 @@ class GeneratedImage:
     seed: int
     subseed: int
     infotext: str
+    score: float | None = None  # the moderation classifier's score (0..1), set by the worker; None = not checked
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import ranges
 from core.config import Settings
 from core.engine.api import Engine
+from core.moderation import OperatorPolicy
+from core.prompt.wildcards import WildcardLibrary
 from core.queue.positions import QueuePositions
 from core.queue.store import JobStore
 from core.queue.worker import Worker
@@ -24,6 +27,9 @@ from core.services.types import Actor
 from core.storage.db import Database
 from core.storage.models import Guild
 from core.storage.repositories import Repositories
+
+if TYPE_CHECKING:
+    from core.services.prompts import TagSource
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,9 @@ class Context:
     catalog: Catalog
     worker: Worker | None = None  # the in-process worker, told about new and cancelled jobs at once
     rng: random.Random = field(default_factory=random.SystemRandom)  # seeds and variation seeds
+    moderation: OperatorPolicy = field(default_factory=OperatorPolicy)  # the operator's [moderation]
+    wildcards: WildcardLibrary | None = None  # dynamic prompts' files; None = prompts.dynamic off
+    tags: TagSource | None = None  # tag autocomplete's index (core.services.prompts)
     images: ImageWork = field(default_factory=ImageWork)  # uploads are checked here, off the event loop
 
     @property

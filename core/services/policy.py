@@ -1,8 +1,8 @@
 """The rules a request and an actor are held to: no database, no I/O, every refusal a :class:`UserError`.
 
 Limits (the operator's, lowered per guild by its admins), queue caps, where the bot answers, what a
-prompt may contain (its syntax, banned words, known LoRAs) and who may see, reroll, cancel, delete or
-administer what. Value ranges come from :mod:`core.ranges`, the one definition the bot and the engine
+prompt may contain (its syntax, banned words, known LoRAs), who may see, reroll, cancel, delete or
+administer what, and where an image may be posted again (moderation). Value ranges come from :mod:`core.ranges`, the one definition the bot and the engine
 share, so nothing accepted here is refused later.
 """
 
@@ -12,14 +12,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from core import ranges
+from core import moderation, ranges
 from core.config import EngineSettings, Settings
 from core.cost import prompt_shape
 from core.engine.image_modes import hires_target  # torch-free: the engine's own hires target
 from core.prompt import Interpretation, PromptError, interpret
-from core.services.types import Actor, UserError
+from core.services.types import Actor, ImageModeration, UserError
 from core.storage.models import Guild, Job
-from core.storage.repositories import GUILD_LIMIT_FIELDS, QuotaExceeded
+from core.storage.repositories import GUILD_LIMIT_FIELDS, QuotaExceeded, moderation_of
 from core.types import GenerationRequest, Mode
 
 Limits = dict[str, int]  # GUILD_LIMIT_FIELDS -> value
@@ -149,6 +149,51 @@ def acts_for_another(actor: Actor, guild: Guild | None, job: Job, refusal: str) 
     if not is_admin(actor, guild) or job.guild_id != actor.guild_id:
         raise UserError("permission", refusal)
     return True
+
+
+# ------------------------------------------------------------------------------------ moderation
+
+
+def age_restricted_here(actor: Actor, job: Job | None = None) -> bool:
+    """Whether the actor's channel is age-restricted; when the bot could not tell (None), a job's own
+    channel counts as the job recorded it and any other channel as not age-restricted."""
+    if actor.age_restricted is not None:
+        return actor.age_restricted
+    return job is not None and job.age_restricted and actor.channel_id == job.channel_id
+
+
+def moderation_here(
+    actor: Actor,
+    guild: Guild | None,
+    operator: moderation.OperatorPolicy,
+    scores: Sequence[float | None],
+    job: Job | None = None,
+) -> list[moderation.Decision]:
+    """Each image (by its stored score) as it would be moderated where the actor is now, under the
+    policy of now: ``/show``, a picked image, and what the controls would make from it."""
+    place = moderation.place_of(actor.guild_id, age_restricted_here(actor, job))
+    rules = None if actor.guild_id is None else moderation_of(guild, operator.default)
+    return [moderation.decide(score, place, rules, operator) for score in scores]
+
+
+def moderation_view(decision: moderation.Decision, policy: dict | None = None) -> ImageModeration:
+    return ImageModeration(
+        action=str(decision.action),
+        score=decision.score,
+        reason=decision.reason,
+        rule=decision.rule,
+        threshold=decision.threshold,
+        charged=decision.charged,
+        policy=policy,
+    )
+
+
+def check_not_blocked(decisions: Sequence[moderation.Decision], what: str = "That image") -> None:
+    """Refuse a re-post or a new job made from images this place blocks (never spend work on them)."""
+    for decision in decisions:
+        refusal = moderation.refusal(decision)
+        if refusal is not None:
+            raise UserError("moderation", refusal.replace("That image", what, 1))
 
 
 # ------------------------------------------------------------------------------------ the request

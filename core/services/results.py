@@ -56,14 +56,14 @@ async def unposted_results(ctx: Context) -> list[JobView]:
 
 async def live_status_jobs(ctx: Context, limit: int = 1000) -> list[tuple[JobView, int | None]]:
     """Queued and running jobs that have a status message (restart recovery: the bot tracks them
-    again, so their live progress continues), each with the result message a reroll or variation
-    answers (its parent's first result), or None."""
+    again, so their live progress continues), each with the result message a reroll, variation or
+    control answers (its parent's first result), or None."""
     async with ctx.db.session() as s:
         repos = Repositories(s)
         out = []
         for job in await repos.jobs.live_with_status(limit=limit):
             reply_to = None
-            if job.parent_id is not None and job.kind in ("reroll", "variation"):
+            if job.parent_id is not None:  # a reroll, variation or result control
                 parent_messages = await repos.jobs.result_message_ids(job.parent_id)
                 reply_to = parent_messages[0] if parent_messages else None
             out.append((await view_of(s, job), reply_to))

@@ -6,7 +6,10 @@ Runs inside the test's event loop on 127.0.0.1. The bot under test is pointed at
 * records every REST call (:class:`Call`: method, path, query, json, files) so tests assert on them,
 * serves the gateway: HELLO, IDENTIFY -> READY + GUILD_CREATE, HEARTBEAT -> ACK, RESUME -> replay of
   the events the client missed + RESUMED,
-* injects INTERACTION_CREATE and MESSAGE_REACTION_ADD events, can drop the gateway connection,
+* injects INTERACTION_CREATE (commands, autocomplete, button clicks, form submits) and
+  MESSAGE_REACTION_ADD events, can drop the gateway connection,
+* sends each interaction's channel object as Discord does (its ``nsfw`` flag: age-restricted
+  channels; a thread carries its parent's id, and the parent is in the guild's channel list),
 * answers one chosen request with a 429 and ``retry_after`` (the client must retry after the delay),
   refuses chosen requests with 403 "Missing Permissions" (50013) as Discord does when the bot lacks a
   channel permission, and holds chosen requests unanswered (a process killed while waiting on Discord),
@@ -59,6 +62,8 @@ class FakeGuild:
     admin_role_id: int | None = None  # a role carrying Manage Guild
     channel_ids: tuple[int, ...] = ()
     attachment_size_limit: int = 10 * 1024 * 1024
+    nsfw_channel_ids: tuple[int, ...] = ()  # age-restricted channels (listed with the others)
+    threads: dict[int, int] = field(default_factory=dict)  # thread id -> parent channel id
 
 
 @dataclass
@@ -366,10 +371,10 @@ class FakeDiscord:
                 "position": i,
                 "guild_id": str(guild.id),
                 "permission_overwrites": [],
-                "nsfw": False,
+                "nsfw": c in guild.nsfw_channel_ids,
                 "parent_id": None,
             }
-            for i, c in enumerate(guild.channel_ids)
+            for i, c in enumerate(dict.fromkeys((*guild.channel_ids, *guild.nsfw_channel_ids)))
         ]
         return {
             "id": str(guild.id),
@@ -399,6 +404,40 @@ class FakeDiscord:
             "stage_instances": [],
             "guild_scheduled_events": [],
             "soundboard_sounds": [],
+        }
+
+    def _channel_payload(self, guild_id: int, channel_id: int) -> dict[str, Any]:
+        """The interaction's channel as Discord sends it: a text channel with its nsfw flag, or a public
+        thread (type 11) naming its parent (a thread has no nsfw flag of its own)."""
+        guild = self.guilds.get(guild_id)
+        if guild is not None and channel_id in guild.threads:
+            return {
+                "id": str(channel_id),
+                "type": 11,
+                "guild_id": str(guild_id),
+                "name": "thread",
+                "parent_id": str(guild.threads[channel_id]),
+                "owner_id": "1",
+                "thread_metadata": {
+                    "archived": False,
+                    "auto_archive_duration": 1440,
+                    "archive_timestamp": "2024-01-01T00:00:00+00:00",
+                    "locked": False,
+                },
+                "message_count": 0,
+                "member_count": 1,
+                "rate_limit_per_user": 0,
+                "flags": 0,
+            }
+        return {
+            "id": str(channel_id),
+            "type": 0,
+            "guild_id": str(guild_id),
+            "name": "chan",
+            "position": 0,
+            "permission_overwrites": [],
+            "nsfw": guild is not None and channel_id in guild.nsfw_channel_ids,
+            "parent_id": None,
         }
 
     async def interaction(
@@ -451,16 +490,7 @@ class FakeDiscord:
                 member=member,
                 guild_locale="en-US",
                 context=0,
-                channel={
-                    "id": str(channel_id),
-                    "type": 0,
-                    "guild_id": str(guild_id),
-                    "name": "chan",
-                    "position": 0,
-                    "permission_overwrites": [],
-                    "nsfw": False,
-                    "parent_id": None,
-                },
+                channel=self._channel_payload(guild_id, channel_id),
             )
         else:
             data.update(
@@ -481,21 +511,68 @@ class FakeDiscord:
         user_id: int,
         ephemeral: bool = True,
     ) -> tuple[int, str]:
-        """Send INTERACTION_CREATE for a button click on ``message_id``; returns (interaction id, token)."""
+        """Send INTERACTION_CREATE for a button click on ``message_id``; returns (interaction id, token).
+
+        On a message the bot posted (kept in :attr:`messages`) the button must be one it posted: the
+        message is sent with its real components, as Discord does."""
         iid = self.new_id()
         token = f"itoken-{iid}"
-        message = self._message(channel_id, {"flags": 64 if ephemeral else 0}, [], message_id=message_id)
-        message["components"] = [
-            {"type": 1, "components": [{"type": 2, "style": 2, "custom_id": custom_id, "label": "x"}]}
+        stored = self.messages.get(message_id)
+        if stored is not None:
+            message = dict(stored)
+            ids = [
+                b.get("custom_id")
+                for row in message.get("components") or []
+                for b in row.get("components", [])
+            ]
+            assert custom_id in ids, f"message {message_id} has no button {custom_id!r} (it has {ids})"
+        else:
+            message = self._message(channel_id, {"flags": 64 if ephemeral else 0}, [], message_id=message_id)
+            message["components"] = [
+                {"type": 1, "components": [{"type": 2, "style": 2, "custom_id": custom_id, "label": "x"}]}
+            ]
+        data = self._interaction_base(
+            iid, token, 3, guild_id=guild_id, channel_id=channel_id, user_id=user_id
+        )
+        data.update(data={"custom_id": custom_id, "component_type": 2}, message=message)
+        await self.dispatch("INTERACTION_CREATE", data)
+        return iid, token
+
+    async def modal_submit(
+        self,
+        custom_id: str,
+        values: dict[str, str],
+        *,
+        message_id: int | None,
+        guild_id: int | None,
+        channel_id: int,
+        user_id: int,
+    ) -> tuple[int, str]:
+        """Send INTERACTION_CREATE for a submitted form (text inputs by ``custom_id``), opened from a
+        button on ``message_id``; returns (interaction id, token)."""
+        iid = self.new_id()
+        token = f"itoken-{iid}"
+        rows = [
+            {"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]} for k, v in values.items()
         ]
+        data = self._interaction_base(
+            iid, token, 5, guild_id=guild_id, channel_id=channel_id, user_id=user_id
+        )
+        data["data"] = {"custom_id": custom_id, "components": rows}
+        if message_id is not None and message_id in self.messages:
+            data["message"] = dict(self.messages[message_id])
+        await self.dispatch("INTERACTION_CREATE", data)
+        return iid, token
+
+    def _interaction_base(
+        self, iid: int, token: str, type_: int, *, guild_id: int | None, channel_id: int, user_id: int
+    ) -> dict[str, Any]:
         data: dict[str, Any] = {
             "id": str(iid),
             "application_id": str(APPLICATION_ID),
-            "type": 3,
+            "type": type_,
             "token": token,
             "version": 1,
-            "data": {"custom_id": custom_id, "component_type": 2},
-            "message": message,
             "channel_id": str(channel_id),
             "locale": "en-US",
             "entitlements": [],
@@ -511,21 +588,15 @@ class FakeDiscord:
                 member=member,
                 guild_locale="en-US",
                 context=0,
-                channel={
-                    "id": str(channel_id),
-                    "type": 0,
-                    "guild_id": str(guild_id),
-                    "name": "chan",
-                    "position": 0,
-                    "permission_overwrites": [],
-                    "nsfw": False,
-                    "parent_id": None,
-                },
+                channel=self._channel_payload(guild_id, channel_id),
             )
         else:
-            data.update(user=self._user(user_id), context=1)
-        await self.dispatch("INTERACTION_CREATE", data)
-        return iid, token
+            data.update(
+                user=self._user(user_id),
+                context=1,
+                channel={"id": str(channel_id), "type": 1, "recipients": [self._user(user_id)]},
+            )
+        return data
 
     async def react(
         self,
@@ -727,7 +798,7 @@ class FakeDiscord:
             "pinned": False,
             "type": 19 if ref else 0,
             "flags": body.get("flags") or 0,
-            "components": [],
+            "components": body.get("components") or [],
         }
         if ref:
             message["message_reference"] = ref

@@ -38,6 +38,7 @@ from bot.options import (
     Upscaler,
     command_options,
     preset_autocomplete,
+    prompt_autocomplete,
     read_attachment,
 )
 from core.services import Actor, ImagineOptions, JobView, Receipt, UserError
@@ -61,7 +62,7 @@ class ImagineCog(commands.Cog):
     @app_commands.command(name="imagine", description="Generate images from an A1111-style prompt")
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     @app_commands.describe(
-        prompt="the prompt, A1111 syntax: (emphasis:1.2), [from:to:when], AND, BREAK, <lora:name:0.8>",
+        prompt="A1111 prompt: (emphasis:1.2), [from:to:when], AND, BREAK, <lora:x:0.8>; {a|b}, __wildcard__",
         size="width x height (choices stay within this server's pixel limit)",
         lora="add a LoRA to the prompt (<lora:name:1>); /loras lists them",
         **DESCRIBE,
@@ -71,7 +72,7 @@ class ImagineCog(commands.Cog):
         hires_strength="hires fix: denoising strength of the second pass (default 0.7)",
         upscaler="hires fix: Latent or Lanczos (image) upscaling",
     )
-    @app_commands.autocomplete(preset=preset_autocomplete)
+    @app_commands.autocomplete(preset=preset_autocomplete, prompt=prompt_autocomplete)
     async def imagine(
         self,
         interaction: discord.Interaction,
@@ -246,7 +247,7 @@ class ImagineCog(commands.Cog):
         name = payload.emoji.name if payload.emoji.id is None else None
         if name not in (REROLL, VARIATION, DELETE, *INFO_EMOJIS):
             return
-        actor = actor_from_reaction(payload)
+        actor = actor_from_reaction(payload, self.bot)
         try:
             job = await self.service.job_for_message(payload.message_id)
             if job is None:
@@ -330,6 +331,9 @@ class ImagineCog(commands.Cog):
                 image.infotext, job_id=job.id, limit=render.MESSAGE_LIMIT - len(tail)
             )
             await self._dm(actor.user_id, text + tail)
+        if job.prompt_templates:  # a dynamic prompt: the parameters hold its expansion, this what was typed
+            seed = job.seeds[0] if job.seeds else job.request.seed
+            await self._dm(actor.user_id, render.template_text(job.prompt_templates, seed=seed))
 
     async def _dm(self, user_id: int, text: str) -> None:
         try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.storage.repositories.audit import AuditRepo
-from core.storage.repositories.guilds import GUILD_LIMIT_FIELDS, GuildRepo
+from core.storage.repositories.guilds import GUILD_LIMIT_FIELDS, MODERATION_FIELDS, GuildRepo, moderation_of
 from core.storage.repositories.jobs import JobRepo
 from core.storage.repositories.presets import MAX_PRESETS_PER_OWNER, PresetLimitReached, PresetRepo
 from core.storage.repositories.quotas import (
@@ -52,6 +52,7 @@ class Repositories:
 __all__ = [
     "GUILD_LIMIT_FIELDS",
     "MAX_PRESETS_PER_OWNER",
+    "MODERATION_FIELDS",
     "QUOTA_PERIODS",
     "QUOTA_UNITS",
     "Allowance",
@@ -65,5 +66,6 @@ __all__ = [
     "QuotaUsage",
     "Repositories",
     "SourceRepo",
+    "moderation_of",
     "quota_window",
 ]

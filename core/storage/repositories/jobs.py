@@ -65,14 +65,26 @@ class JobRepo:
         parent_id: int | None = None,
         model_hash: str | None = None,
         created_at: datetime | None = None,
+        age_restricted: bool = False,
+        prompt_templates: dict[str, Any] | None = None,
     ) -> Job:
-        """Insert a queued job with the full request (input images go to ``job_inputs``)."""
+        """Insert a queued job with the full request (input images go to ``job_inputs``).
+
+        ``age_restricted``: asked in an age-restricted channel; ``prompt_templates``: the prompts as typed
+        when dynamic prompts changed them (the request holds the expansion)."""
         if kind not in JOB_KINDS:
             raise ValueError(f"job kind must be one of {', '.join(JOB_KINDS)}, got {kind!r}")
         params = request.to_dict()
         for field in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
             check_text(params[field], field.replace("_", " "), max_chars=MAX_PROMPT_CHARS, multiline=True)
         check_json_texts(params, "request")
+        if prompt_templates is not None:
+            for field in ("prompt", "negative_prompt"):
+                text = prompt_templates.get(field)
+                if text is not None:
+                    check_text(text, f"{field.replace('_', ' ')} template", max_chars=MAX_PROMPT_CHARS,
+                               multiline=True)
+            check_json_texts(prompt_templates, "prompt templates")
         if request.model is not None:
             check_text(request.model, "model", max_chars=200)
         job = Job(
@@ -95,6 +107,8 @@ class JobRepo:
             attempts=0,
             posted=False,
             created_at=created_at or utcnow(),
+            age_restricted=bool(age_restricted),
+            prompt_templates=prompt_templates,
         )
         self.session.add(job)
         await self.session.flush()
@@ -254,8 +268,16 @@ class JobRepo:
 
     # -- results
 
-    async def add_images(self, job_id: int, images: Sequence[GeneratedImage]) -> list[JobImage]:
-        """Store result PNGs and their seeds (positions continue after images already stored)."""
+    async def add_images(
+        self,
+        job_id: int,
+        images: Sequence[GeneratedImage],
+        moderation: Sequence[dict[str, Any] | None] | None = None,
+    ) -> list[JobImage]:
+        """Store result PNGs, their seeds and classifier scores, and per image its moderation decision
+        (positions continue after images already stored)."""
+        if moderation is not None and len(moderation) != len(images):
+            raise ValueError(f"{len(moderation)} moderation decisions for {len(images)} images")
         start = int(
             await self.session.scalar(
                 select(func.count()).select_from(JobImage).where(JobImage.job_id == job_id)
@@ -271,6 +293,8 @@ class JobRepo:
                 infotext=check_text(img.infotext, "infotext", max_chars=4 * MAX_PROMPT_CHARS, multiline=True),
                 png=img.png,
                 size_bytes=len(img.png),
+                moderation_score=img.score,
+                moderation=None if moderation is None else moderation[i],
             )
             for i, img in enumerate(images)
         ]
@@ -291,6 +315,17 @@ class JobRepo:
                 select(JobImage.seed).where(JobImage.job_id == job_id).order_by(JobImage.position)
             )
         )
+
+    async def moderation(
+        self, job_id: int, *, stored_only: bool = False
+    ) -> list[tuple[float | None, dict[str, Any] | None]]:
+        """Each image's classifier score and stored moderation decision, by position (no PNG bytes);
+        ``stored_only``: of the images whose PNG is still stored (as :meth:`images` yields them)."""
+        stmt = select(JobImage.moderation_score, JobImage.moderation).where(JobImage.job_id == job_id)
+        if stored_only:
+            stmt = stmt.where(JobImage.png.is_not(None))
+        rows = await self.session.execute(stmt.order_by(JobImage.position))
+        return [(score, decision) for score, decision in rows]
 
     async def prune_images(self, older_than: datetime, *, now: datetime | None = None) -> int:
         """Drop PNG bytes of images created before ``older_than``; seeds and infotext stay."""
@@ -391,6 +426,24 @@ class JobRepo:
         )
 
     # -- stats
+
+    async def moderation_counts(self, *, guild_id: int | None = None) -> dict[str, int]:
+        """Result images by moderation decision ("post" | "spoiler" | "block"), and how many were not
+        checked by a classifier (``unchecked``)."""
+        action = JobImage.moderation["action"].as_string()
+        stmt = (
+            select(action, func.count(), func.count(JobImage.moderation_score))
+            .join(Job, Job.id == JobImage.job_id)
+            .group_by(action)
+        )
+        if guild_id is not None:
+            stmt = stmt.where(Job.guild_id == guild_id)
+        out = {"post": 0, "spoiler": 0, "block": 0, "unchecked": 0}
+        for name, images, scored in await self.session.execute(stmt):
+            if name is not None:
+                out[str(name)] = out.get(str(name), 0) + int(images)
+            out["unchecked"] += int(images) - int(scored)
+        return out
 
     async def stats(self, *, guild_id: int | None = None, since: datetime | None = None) -> dict[str, float]:
         stmt: Select[Any] = select(
