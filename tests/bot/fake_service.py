@@ -408,6 +408,10 @@ class FakeService:
             self._emit(JobCancelled(view))
         return view
 
+    async def live_status_jobs(self, limit: int = 1000) -> list[tuple[JobView, int | None]]:
+        """Queued/running jobs with a status message to bring back after a restart (none survive here)."""
+        return []
+
     async def history(self, actor: Actor, page: int = 0, per_page: int = 10) -> tuple[list[JobView], int]:
         mine = sorted((j for j in self.jobs.values() if j.user_id == actor.user_id), key=lambda j: -j.id)
         return mine[page * per_page : (page + 1) * per_page], len(mine)

@@ -75,6 +75,7 @@ async def test_startup_identifies_syncs_commands_and_never_logs_the_token(bot: R
         "size",
         "steps",
         "cfg",
+        "cfg_rescale",
         "sampler",
         "seed",
         "count",
