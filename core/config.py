@@ -54,6 +54,12 @@ class DatabaseSettings:
     echo: bool = False
 
 
+# A1111 1.10 downloads runwayml/stable-diffusion-v1-5's file; that repo is gone from the hub and
+# stable-diffusion-v1-5/stable-diffusion-v1-5 holds the same file (same sha256).
+DEFAULT_DOWNLOAD = "stable-diffusion-v1-5/stable-diffusion-v1-5/v1-5-pruned-emaonly.safetensors"
+DEFAULT_DOWNLOAD_SHA256 = "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """One configured model: ``source`` is a hub id, a diffusers folder or a single .safetensors file."""
@@ -63,6 +69,16 @@ class ModelSettings:
     kind: str = "auto"  # auto | sd1 | sd2 | sdxl (single files are detected when "auto")
     clip_skip: int = 1
     config: str | None = None  # weight-free diffusers config folder for a single file (default: shipped skeleton)
+    # Defaults for requests that leave the value out (order: the user's option > their preset > these >
+    # chant's defaults). Unset = chant's default (size: 1024x1024 for SDXL, else 512x512).
+    size: str | None = None  # "WxH"
+    steps: int | None = None
+    cfg: float | None = None
+    sampler: str | None = None  # an A1111 sampler name
+    schedule: str | None = None  # an A1111 schedule type (Karras, Exponential, ...)
+    negative: str | None = None  # negative prompt when the user gives none
+    prompt_prefix: str | None = None  # joined before every prompt with ", " (e.g. Pony's score tags)
+    prompt_suffix: str | None = None  # joined after every prompt with ", "
 
 
 @dataclass(frozen=True)
@@ -71,7 +87,12 @@ class EngineSettings:
     dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp16 | bf16 | fp32
     rng: str = "gpu"  # gpu | cpu | nv (A1111's "Random number generator source")
     default_model: str | None = None
-    model_dirs: tuple[str, ...] = ("models/Stable-diffusion",)
+    model_dirs: tuple[str, ...] = ("models/Stable-diffusion",)  # scanned for checkpoints (subfolders too)
+    # With no model at all, `chant run`/`worker`/`generate` download this hub file into model_dirs[0]
+    # (A1111 downloads the same SD 1.5 file); the sha256 is checked when set.
+    auto_download: bool = True
+    download_model: str = DEFAULT_DOWNLOAD
+    download_sha256: str | None = DEFAULT_DOWNLOAD_SHA256
     lora_dirs: tuple[str, ...] = ("models/Lora",)
     embedding_dirs: tuple[str, ...] = ("embeddings",)
     hypernetwork_dirs: tuple[str, ...] = ("models/hypernetworks",)
@@ -166,6 +187,14 @@ class ModerationSettings:
 
 
 @dataclass(frozen=True)
+class OutputSettings:
+    """Result files on disk, as A1111 writes them (off unless ``dir`` is set)."""
+
+    dir: str | None = None  # every result as DIR/YYYY-MM-DD/<job>-<seed>.png (infotext in the PNG)
+    save_txt: bool = False  # A1111 "save_txt": also <job>-<seed>.txt with the infotext
+
+
+@dataclass(frozen=True)
 class Settings:
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -175,6 +204,7 @@ class Settings:
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     prompts: PromptSettings = field(default_factory=PromptSettings)
     moderation: ModerationSettings = field(default_factory=ModerationSettings)
+    outputs: OutputSettings = field(default_factory=OutputSettings)
     log_level: str = "INFO"
 
 
@@ -265,6 +295,7 @@ POSITIVE_INT = between(1)
 COUNT_OR_ZERO = between(0)
 ID = between(1)
 DIRS = each(text(what="a folder name"))
+PROMPT_TEXT = text(rf"(?s).{{0,{MAX_PROMPT_CHARS}}}", f"a text of at most {MAX_PROMPT_CHARS} characters")
 
 CHECKS: dict[type, dict[str, Check]] = {
     Settings: {"log_level": choices(*LOG_LEVELS)},
@@ -284,6 +315,14 @@ CHECKS: dict[type, dict[str, Check]] = {
         "kind": choices(*MODEL_KINDS),
         "clip_skip": between(ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP),
         "config": text(what="a config folder"),
+        "size": _size,
+        "steps": between(ranges.MIN_STEPS, ranges.MAX_STEPS),
+        "cfg": between(ranges.MIN_CFG, ranges.MAX_CFG),
+        "sampler": text(what="an A1111 sampler name"),
+        "schedule": text(what="an A1111 schedule type"),
+        "negative": PROMPT_TEXT,
+        "prompt_prefix": PROMPT_TEXT,
+        "prompt_suffix": PROMPT_TEXT,
     },
     EngineSettings: {
         "device": choices(*DEVICES, pattern=r"auto|cpu|cuda(:\d+)?"),
@@ -291,6 +330,8 @@ CHECKS: dict[type, dict[str, Check]] = {
         "rng": choices(*ranges.RNG_SOURCES),
         "default_model": text(what="a model name"),
         "model_dirs": DIRS,
+        "download_model": text(r"[\w.-]+/[\w.-]+/\S+\.safetensors", "ORG/REPO/FILE.safetensors (a hub file)"),
+        "download_sha256": text(r"[0-9a-f]{64}", "64 lower-case hex digits"),
         "lora_dirs": DIRS,
         "embedding_dirs": DIRS,
         "hypernetwork_dirs": DIRS,
@@ -338,6 +379,7 @@ CHECKS: dict[type, dict[str, Check]] = {
         "age_restricted": choices(*AGE_RESTRICTED_POLICIES),
         "dm_policy": choices(*MODERATION_POLICIES),
     },
+    OutputSettings: {"dir": text(what="a folder name")},
     LimitSettings: {
         "max_steps": between(ranges.MIN_STEPS, ranges.MAX_STEPS),
         "max_pixels": between(ranges.MIN_SIDE**2, ranges.MAX_SIDE**2),
