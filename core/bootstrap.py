@@ -52,12 +52,10 @@ def build_engine(settings: Settings, env: Mapping[str, str] | None = None) -> En
             raise ValueError(f"CHANT_FAKE_ENGINE_DELAY must be a number of seconds, got {delay!r}") from None
         return FakeEngine(step_delay_s=step_delay)
     from core.engine import create_engine
+    from core.engine.download import ensure_model
 
-    if not settings.engine.models:
-        log.warning(
-            "no model configured: every job will fail until you add one under [engine.models] "
-            "(see config.example.toml)"
-        )
+    # A model on first run, as A1111: none at all -> download the default (or stop with what to do).
+    ensure_model(settings.engine, env)
     return create_engine(settings.engine)
 
 

@@ -110,7 +110,7 @@ def test_infotext_reproduces_an_image_and_options_override_it(
     a1111 = text.replace("Model: tiny", "Model: v1-5-pruned-emaonly").replace("Model hash: ", "Model hash: 0")
     assert main([*config, "generate", "--infotext", a1111, "-o", "d.png"]) == 2
     err = capsys.readouterr().err
-    assert "model v1-5-pruned-emaonly" in err and "is not configured (configured: tiny)" in err
+    assert "model v1-5-pruned-emaonly" in err and "is not here (known: tiny)" in err
     assert not (tmp_path / "d.png").exists()
     assert main([*config, "generate", "--infotext", "missing.png"]) == 2
     assert "no such file: missing.png" in capsys.readouterr().err
