@@ -7,15 +7,21 @@ submits of one user never both pass a cap, and a refused submit leaves nothing b
 
 from __future__ import annotations
 
+import logging
+
 from core.queue import notify
 from core.queue.notify import JOBS, Note
 from core.services import policy, presets, requests
-from core.services.context import Context, guild_of
+from core.services.context import Context, default_model, guild_of
 from core.services.reads import images_of, visible_job
 from core.services.types import Actor, ImagineOptions, Receipt, UserError
 from core.storage.models import Guild, Job
 from core.storage.repositories import QuotaExceeded, Repositories
 from core.types import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+NO_MODEL = "This bot has no model yet — ask a server admin."
 
 # 🔀: the same request and seed, plus a random A1111 variation seed mixed in at this strength: close
 # to the original (composition kept), visibly different in the details.
@@ -23,6 +29,7 @@ VARIATION_STRENGTH = 0.25
 
 
 async def submit_imagine(ctx: Context, actor: Actor, options: ImagineOptions) -> Receipt:
+    _require_a_model(ctx, actor)
     async with ctx.db.session() as s:
         guild = await guild_of(s, actor)
         policy.check_channel(ctx.settings, actor, guild)
@@ -33,15 +40,16 @@ async def submit_imagine(ctx: Context, actor: Actor, options: ImagineOptions) ->
             merged.init_image if merged.source_job is None else await _job_source(s, actor, merged.source_job)
         )
         lim = policy.limits(ctx.settings, guild)
+        model = merged.model or _default_model(ctx, actor, guild)
         request = requests.build(
             merged,
             source,
             size_given=options.width is not None or options.height is not None,
-            default_model=(guild.default_model if guild is not None else None)
-            or ctx.settings.engine.default_model,
+            model=model,
             seed=requests.seed_of(options, ctx.rng),
             max_pixels=lim["max_pixels"],
             max_input_pixels=ctx.max_input_pixels,
+            defaults=ctx.catalog.defaults(model),
         )
     _check_limits(ctx, request, guild)
     policy.check_text(
@@ -60,6 +68,33 @@ async def variation(ctx: Context, actor: Actor, message_id: int) -> Receipt:
     job, guild, stored = await _job_for_action(ctx, actor, message_id)
     request = stored.replace(subseed=requests.random_seed(ctx.rng), subseed_strength=VARIATION_STRENGTH)
     return await enqueue(ctx, actor, guild, request, kind="variation", parent_id=job.id)
+
+
+def _require_a_model(ctx: Context, actor: Actor) -> None:
+    """Refuse before anything is stored or charged when no job could run (and tell the operator why)."""
+    if ctx.catalog.models():
+        return
+    log.warning(
+        "refused a job from user %s (guild %s): %s", actor.user_id, actor.guild_id, ctx.catalog.no_model_reason()
+    )
+    raise UserError("no_model", NO_MODEL)
+
+
+def _default_model(ctx: Context, actor: Actor, guild: Guild | None) -> str:
+    """The model of a job that names none (:func:`~core.services.context.default_model`); a default
+    naming a model that is gone is refused, and the operator's log says which."""
+    name, whose = default_model(ctx, guild)
+    if name is not None:
+        return name
+    if whose is None:
+        _require_a_model(ctx, actor)  # nothing at all (the models went between the checks)
+        raise UserError("no_model", NO_MODEL)
+    wanted = guild.default_model if whose == "this server's" and guild else ctx.settings.engine.default_model
+    log.warning(
+        "refused a job from user %s (guild %s): %s default model %r is not available (models: %s)",
+        actor.user_id, actor.guild_id, whose, wanted, ", ".join(ctx.catalog.models()[:20]),
+    )  # fmt: skip
+    raise UserError("no_model", f"{whose.capitalize()} default model {wanted!r} is not available — ask a server admin.")
 
 
 def _check_limits(ctx: Context, request: GenerationRequest, guild: Guild | None) -> None:
@@ -96,6 +131,7 @@ async def _job_for_action(
         policy.check_channel(ctx.settings, actor, guild)
         policy.check_reroll(actor, guild, job)
         stored = await repos.jobs.request(job)  # with its input images (img2img, inpaint)
+    _require_a_model(ctx, actor)
     _check_limits(ctx, stored, guild)
     return job, guild, stored
 

@@ -1,0 +1,192 @@
+"""Models in the service: no usable model refuses a job privately before anything is stored or charged
+(and the operator's log says why); per-model defaults fill what the user leaves out, in the order
+explicit option > preset > model default > chant's default."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+from sqlalchemy import func, select
+
+from core.bootstrap import bootstrap, open_database
+from core.config import ModelSettings
+from core.services import ImagineOptions, UserError
+from core.services.types import JobDone
+from core.storage.models import Job, UsageEntry
+from core.testing.fake_engine import FakeEngine
+from tests.core.services.conftest import Harness, actor, wait_for
+
+PONY = ModelSettings(
+    source="org/pony",
+    kind="sdxl",
+    size="832x1216",
+    steps=25,
+    cfg=6.5,
+    sampler="Euler",
+    schedule="Karras",
+    clip_skip=2,
+    negative="lowres",
+    prompt_prefix="score_9",
+    prompt_suffix="detailed",
+)
+
+
+async def _stored(harness: Harness) -> tuple[int, int]:
+    """(jobs, usage entries) in the database."""
+    async with harness.db.session() as s:
+        jobs = await s.scalar(select(func.count()).select_from(Job))
+        usage = await s.scalar(select(func.count()).select_from(UsageEntry))
+    return int(jobs or 0), int(usage or 0)
+
+
+async def test_no_model_refuses_before_anything_is_queued_or_charged(tmp_path, caplog) -> None:
+    harness = Harness(tmp_path)
+    harness.settings = dataclasses.replace(
+        harness.settings,
+        engine=dataclasses.replace(harness.settings.engine, model_dirs=(str(tmp_path / "models"),)),
+    )
+    try:
+        service = await harness.open(engine=FakeEngine(models=()))
+        caplog.set_level(logging.WARNING)
+        with pytest.raises(UserError) as refused:
+            await service.submit_imagine(actor(), ImagineOptions(prompt="a cat"))
+        assert refused.value.code == "no_model"
+        assert str(refused.value) == "This bot has no model yet — ask a server admin."
+        assert await _stored(harness) == (0, 0)
+        quota = await service.quota_status(actor())
+        assert quota.used_images == 0 and quota.used_gpu_seconds == 0
+        (line,) = [r.getMessage() for r in caplog.records if "refused a job" in r.getMessage()]
+        assert "user 10 (guild 1)" in line and str(tmp_path / "models") in line and "[engine.models.NAME]" in line
+    finally:
+        await harness.close()
+
+
+async def test_a_bot_without_a_worker_lists_the_model_folders_and_refuses_when_empty(tmp_path) -> None:
+    harness = Harness(tmp_path)
+    folder = tmp_path / "models"
+    harness.settings = dataclasses.replace(
+        harness.settings, engine=dataclasses.replace(harness.settings.engine, model_dirs=(str(folder),))
+    )
+    try:
+        harness.db = await open_database(harness.settings)
+        harness.service = service = await bootstrap(harness.settings, db=harness.db, worker=False)  # no engine
+        assert service.model_names() == []
+        with pytest.raises(UserError, match="no model yet"):
+            await service.submit_imagine(actor(), ImagineOptions(prompt="a cat"))
+        (folder / "sdxl").mkdir(parents=True)
+        (folder / "sdxl" / "pony.safetensors").write_bytes(b"x")  # dropped in: offered at once
+        assert service.model_names() == ["sdxl/pony"]
+        r = await service.submit_imagine(actor(), ImagineOptions(prompt="a cat"))
+        assert (await service.show(actor(), r.job_id)).request.model == "sdxl/pony"
+    finally:
+        await harness.close()
+
+
+async def test_a_reroll_after_the_models_are_gone_is_refused_too(harness) -> None:
+    service = await harness.open()
+    events = service.events()
+    r = await service.submit_imagine(actor(), ImagineOptions(prompt="a cat"))
+    await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == r.job_id)
+    await service.record_result_messages(r.job_id, [555])
+    jobs_before = await _stored(harness)
+    harness.engine._models = []  # the operator removed every model
+    with pytest.raises(UserError, match="no model yet"):
+        await service.reroll(actor(), 555)
+    assert await _stored(harness) == jobs_before
+
+
+def _with_models(harness: Harness, **changes) -> None:
+    engine = dataclasses.replace(
+        harness.settings.engine,
+        models={"fake-sdxl": ModelSettings(source="org/xl", kind="sdxl"), "pony": PONY},
+        **changes,
+    )
+    harness.settings = dataclasses.replace(harness.settings, engine=engine)
+    harness.engine = FakeEngine(models=("fake-sd15", "fake-sdxl", "pony"))
+
+
+async def _request(service, **options):
+    r = await service.submit_imagine(actor(), ImagineOptions(**{"prompt": "a cat", **options}))
+    return (await service.show(actor(), r.job_id)).request
+
+
+async def test_an_sdxl_model_without_a_size_makes_1024_square_and_explicit_options_win(tmp_path) -> None:
+    harness = Harness(tmp_path)
+    _with_models(harness)
+    try:
+        service = await harness.open(start=False)
+        xl = await _request(service, model="fake-sdxl")
+        assert (xl.width, xl.height) == (1024, 1024)
+        assert (xl.steps, xl.cfg_scale, xl.sampler, xl.prompt) == (20, 7.0, "Euler a", "a cat")
+        sd = await _request(service, model="fake-sd15")
+        assert (sd.width, sd.height) == (512, 512)
+        given = await _request(service, model="fake-sdxl", width=768, height=1152)
+        assert (given.width, given.height) == (768, 1152)
+    finally:
+        await harness.close()
+
+
+async def test_a_models_table_fills_every_left_out_option_and_is_written_in_the_infotext(tmp_path) -> None:
+    harness = Harness(tmp_path)
+    _with_models(harness, default_model="pony")
+    try:
+        service = await harness.open()
+        events = service.events()
+        r = await service.submit_imagine(actor(), ImagineOptions(prompt="a cat"))  # no model: the default
+        done = await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == r.job_id)
+        req = done.job.request
+        assert req.model == "pony"
+        assert (req.width, req.height, req.steps, req.cfg_scale) == (832, 1216, 25, 6.5)
+        assert (req.sampler, req.schedule_type, req.clip_skip) == ("Euler", "Karras", 2)
+        assert (req.prompt, req.negative_prompt) == ("score_9, a cat, detailed", "lowres")
+        info = done.images[0].infotext
+        assert info.startswith("score_9, a cat, detailed\nNegative prompt: lowres\nSteps: 25, Sampler: Euler")
+        assert "CFG scale: 6.5" in info and "Size: 832x1216" in info and "Model: pony" in info
+        # What the user gives wins, one option at a time.
+        mine = await _request(service, steps=10, cfg=4.0, negative="", sampler="DDIM", width=640, height=640)
+        assert (mine.steps, mine.cfg_scale, mine.negative_prompt, mine.sampler) == (10, 4.0, "", "DDIM")
+        assert (mine.width, mine.height, mine.clip_skip) == (640, 640, 2)
+    finally:
+        await harness.close()
+
+
+async def test_a_preset_wins_over_the_models_defaults_and_an_explicit_option_over_the_preset(tmp_path) -> None:
+    harness = Harness(tmp_path)
+    _with_models(harness, default_model="pony")
+    try:
+        service = await harness.open(start=False)
+        a = actor()
+        await service.save_preset(
+            a, "quick", ImagineOptions(prompt="", steps=12, width=768, height=768, negative="blurry")
+        )
+        req = await _request(service, preset="quick")
+        assert (req.steps, req.width, req.height, req.negative_prompt) == (12, 768, 768, "blurry")
+        assert (req.cfg_scale, req.sampler) == (6.5, "Euler")  # the preset sets neither: the model's
+        req = await _request(service, preset="quick", steps=30)
+        assert req.steps == 30
+        # A preset that picks a model gets that model's defaults.
+        await service.save_preset(a, "xl", ImagineOptions(prompt="", model="fake-sdxl"))
+        req = await _request(service, preset="xl")
+        assert (req.model, req.width, req.height, req.steps, req.prompt) == ("fake-sdxl", 1024, 1024, 20, "a cat")
+    finally:
+        await harness.close()
+
+
+async def test_a_default_model_that_is_gone_is_refused_and_named(tmp_path, caplog) -> None:
+    harness = Harness(tmp_path)
+    harness.settings = dataclasses.replace(
+        harness.settings, engine=dataclasses.replace(harness.settings.engine, default_model="deleted")
+    )
+    try:
+        service = await harness.open(start=False)
+        caplog.set_level(logging.WARNING)
+        with pytest.raises(UserError, match="This bot's default model 'deleted' is not available"):
+            await service.submit_imagine(actor(), ImagineOptions(prompt="a cat"))
+        assert await _stored(harness) == (0, 0)
+        assert any("'deleted' is not available" in r.getMessage() for r in caplog.records)
+        # A model the user names still works.
+        assert (await _request(service, model="fake-sd15")).model == "fake-sd15"
+    finally:
+        await harness.close()
