@@ -20,6 +20,7 @@ from typing import Any
 from core.config import Settings
 from core.engine.api import Engine
 from core.queue import notify
+from core.queue.outputs import ResultFiles
 from core.queue.positions import QueuePositions
 from core.queue.store import JobStore
 from core.queue.worker import Worker, WorkerListener
@@ -91,6 +92,7 @@ def build_worker(
         # Embedded SQLite is one process: whatever was running when it stopped is orphaned now.
         recover_all_on_start=db.is_sqlite,
         default_weight=settings.queue.default_guild_weight,
+        outputs=ResultFiles(settings.outputs) if settings.outputs.dir else None,
     )
 
 

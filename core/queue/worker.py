@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 
 from core.engine.api import Engine
 from core.queue.fair import FairScheduler
+from core.queue.outputs import ResultFiles
 from core.queue.store import Claimed, JobStore
 from core.types import (
     GenerationCancelled,
@@ -81,8 +82,10 @@ class Worker:
         poll_interval_s: float = 1.0,
         recover_all_on_start: bool = False,
         default_weight: float = 1.0,
+        outputs: ResultFiles | None = None,  # outputs.dir: results also written as files
     ) -> None:
         self.store = store
+        self.outputs = outputs
         self.engine = engine
         self.listener: WorkerListener = listener or NullListener()
         self.max_batch = max(0, max_batch)
@@ -391,33 +394,39 @@ class Worker:
                 stored = await self.store.complete_many(finished)
             except Exception:
                 log.exception("storing %d results together failed; storing them one by one", len(finished))
+        done: list[tuple[int, GenerationResult]] = []  # stored and announced: their files next
         for job_id, result, share in zip(ids, results, shares, strict=True):
             try:
                 if stored is not None and isinstance(result, GenerationResult):
                     if job_id in stored:
                         await self.listener.job_finished(job_id)
+                        done.append((job_id, result))
                     else:
                         log.info("job %s finished but is no longer ours (cancelled or lease lost)", job_id)
-                else:
-                    await self._settle(job_id, result, share)
+                elif await self._settle(job_id, result, share) and isinstance(result, GenerationResult):
+                    done.append((job_id, result))
             except Exception:
                 log.exception("job %s: could not store its outcome", job_id)
             self._running.pop(job_id, None)
             self._cancelled.discard(job_id)
+        if self.outputs is not None:
+            for job_id, result in done:
+                await self.outputs.save(job_id, result)
 
     async def _settle(
         self, job_id: int, result: GenerationResult | BaseException, gpu_seconds: float
-    ) -> None:
+    ) -> bool:
+        """Store one job's outcome; True when it is a result that was stored (done)."""
         if isinstance(result, GenerationResult):
             if await self.store.complete(job_id, result, gpu_seconds):
                 await self.listener.job_finished(job_id)
-            else:
-                log.info("job %s finished but is no longer ours (cancelled or lease lost)", job_id)
-            return
+                return True
+            log.info("job %s finished but is no longer ours (cancelled or lease lost)", job_id)
+            return False
         if isinstance(result, GenerationCancelled):
             if self._stopping:
                 await self.store.release(job_id)  # shutdown: back to the queue, not counted
-            return  # otherwise the service already marked it cancelled
+            return False  # otherwise the service already marked it cancelled
         if isinstance(result, OutOfMemory):
             reason = str(result) or OOM_MESSAGE
             log.warning("job %s: out of memory: %s", job_id, reason)
@@ -430,6 +439,7 @@ class Worker:
             )
         if await self.store.fail(job_id, reason):
             await self.listener.job_finished(job_id)
+        return False
 
     def _cost(self, job_id: int) -> float:
         for job in self.fair.running:
