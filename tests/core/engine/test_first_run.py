@@ -74,3 +74,15 @@ def test_no_model_downloads_the_default_with_a_bar_and_generates_with_it(tiny_sd
     assert "downloading v1-5-pruned-emaonly.safetensors" in proc.stderr and "100%" in proc.stderr
     text = Image.open(tmp_path / "cat.png").info["parameters"]
     assert "Model: v1-5-pruned-emaonly" in text and "Size: 64x64" in text
+    # A checkpoint in a subfolder is named by its path, and the infotext names its file as A1111 does.
+    (downloaded.parent / "mine").mkdir()
+    shutil.copy(downloaded, downloaded.parent / "mine" / "fox.safetensors")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "generate", "a cat", "--model", "mine/fox", "--steps", "2",
+         "--size", "64x64", "-o", "fox.png"],
+        cwd=tmp_path, env=_env(CHANT_CACHE=str(cache), HF_HUB_OFFLINE="1"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = Image.open(tmp_path / "fox.png").info["parameters"]
+    assert "Model: fox," in text and "mine/" not in text
