@@ -92,10 +92,13 @@ def _usable(model: ModelSettings) -> bool:
     return path.exists() or looks_like_hub_id(model.source)
 
 
-def model_names(settings: EngineSettings) -> list[str]:
+def model_names(settings: EngineSettings, *, check_sources: bool = True) -> list[str]:
     """Every model a user may pick: the usable configured ones, then the found ones (a found file that
-    is a configured model's source is listed once, by its configured name)."""
-    configured = [name for name, model in settings.models.items() if _usable(model)]
+    is a configured model's source is listed once, by its configured name).
+
+    ``check_sources=False`` lists every configured model, whether or not its file is on this machine:
+    a bot process without an engine (``chant run --no-worker``) names its workers' models."""
+    configured = [name for name, model in settings.models.items() if not check_sources or _usable(model)]
     sources = {
         str(Path(model.source).expanduser().resolve())
         for model in settings.models.values()

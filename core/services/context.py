@@ -43,7 +43,8 @@ class Catalog:
         there is no usable model (the no-model refusal)."""
         if self.engine is not None:
             return list(self.engine.model_names())
-        return catalog.model_names(self.settings.engine)
+        # No engine here (`chant run --no-worker`): the configured models are the workers' files.
+        return catalog.model_names(self.settings.engine, check_sources=False)
 
     def defaults(self, model: str | None) -> catalog.ModelDefaults:
         """What ``model``'s ``[engine.models.NAME]`` table sets (1024x1024 for SDXL when it sets no size)."""
@@ -51,6 +52,12 @@ class Catalog:
 
     def no_model_reason(self) -> str:
         """Why there is no model, for the operator's log."""
+        if self.engine is None:
+            return (
+                "this bot process runs no engine (chant run --no-worker) and knows no model: name the "
+                "workers' models under [engine.models.NAME] in its settings too, or share their model "
+                f"folder as {', '.join(self.settings.engine.model_dirs) or 'engine.model_dirs'}"
+            )
         return f"this bot has no usable model: {catalog.no_model_hint(self.settings.engine)}"
 
     def samplers(self) -> list[str]:

@@ -84,6 +84,26 @@ async def test_a_bot_without_a_worker_lists_the_model_folders_and_refuses_when_e
         await harness.close()
 
 
+async def test_a_bot_without_a_worker_names_the_workers_configured_models(tmp_path, caplog) -> None:
+    harness = Harness(tmp_path)
+    harness.settings = dataclasses.replace(
+        harness.settings,
+        engine=dataclasses.replace(
+            harness.settings.engine,
+            model_dirs=(str(tmp_path / "models"),),
+            models={"xl": ModelSettings(source="/on/the/gpu/box/xl.safetensors", kind="sdxl")},
+        ),
+    )
+    try:
+        harness.db = await open_database(harness.settings)
+        harness.service = service = await bootstrap(harness.settings, db=harness.db, worker=False)
+        assert service.model_names() == ["xl"]  # not on this machine: a worker's file
+        req = (await service.show(actor(), (await service.submit_imagine(actor(), ImagineOptions(prompt="x"))).job_id)).request
+        assert (req.model, req.width, req.height) == ("xl", 1024, 1024)
+    finally:
+        await harness.close()
+
+
 async def test_a_reroll_after_the_models_are_gone_is_refused_too(harness) -> None:
     service = await harness.open()
     events = service.events()
