@@ -46,7 +46,9 @@ def scan_checkpoints(folders: tuple[str, ...], *, allow_pickle: bool = False) ->
 
     Hidden folders (``.cache``) and files, VAEs (``*.vae.safetensors``) and partial downloads are left
     out, and so is a file whose real path leaves its folder (a symlink out): model names resolve
-    inside the configured folders only.
+    inside the configured folders only. A diffusers pipeline folder (``model_index.json`` and UNet
+    weights) is one model, named by its path and listed with the files beside it; its component
+    files are not models.
     """
     suffixes = CHECKPOINT_SUFFIXES + (PICKLE_CHECKPOINT_SUFFIXES if allow_pickle else ())
     found: dict[str, FoundModel] = {}
@@ -55,23 +57,34 @@ def scan_checkpoints(folders: tuple[str, ...], *, allow_pickle: bool = False) ->
         if not base.is_dir():
             continue
         real_base = base.resolve()
-        walked = sorted(os.walk(base, followlinks=True), key=lambda entry: natural_key(entry[0]))
-        for root, _dirs, files in walked:
+        entries: list[tuple[list, list, FoundModel]] = []  # (folder's sort key, name's sort key, model)
+        for root, dirs, files in os.walk(base, followlinks=True):
             relative_root = Path(root).relative_to(base)
-            if any(part.startswith(".") for part in relative_root.parts):
-                continue
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
             root_inside = Path(root).resolve().is_relative_to(real_base)  # a linked folder may leave it
-            for filename in sorted(files, key=natural_key):
+            if relative_root.parts and _is_pipeline(Path(root)):
+                dirs[:] = []  # its parts are not models
+                if root_inside:
+                    entries.append((natural_key(str(Path(root).parent)), natural_key(Path(root).name),
+                                    FoundModel(relative_root.as_posix(), Path(root))))  # fmt: skip
+                continue
+            for filename in files:
                 lower = filename.lower()
                 if filename.startswith(".") or not lower.endswith(suffixes) or lower.endswith(NOT_CHECKPOINTS):
                     continue
                 path = Path(root) / filename
                 inside = root_inside and (not path.is_symlink() or path.resolve().is_relative_to(real_base))
-                if not inside:
-                    continue
-                name = (relative_root / filename).with_suffix("").as_posix()
-                found.setdefault(name, FoundModel(name, path))
+                if inside:
+                    name = (relative_root / filename).with_suffix("").as_posix()
+                    entries.append((natural_key(str(Path(root))), natural_key(filename), FoundModel(name, path)))
+        for _, _, model in sorted(entries, key=lambda entry: (entry[0], entry[1])):
+            found.setdefault(model.name, model)
     return list(found.values())
+
+
+def _is_pipeline(folder: Path) -> bool:
+    """A diffusers pipeline with weights (a weight-free config skeleton is not a model)."""
+    return (folder / "model_index.json").is_file() and any((folder / "unet").glob("*.safetensors"))
 
 
 def looks_like_hub_id(text: str) -> bool:

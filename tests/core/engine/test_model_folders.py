@@ -57,6 +57,23 @@ def test_checkpoints_are_found_in_subfolders_in_a1111_order(tmp_path: Path) -> N
     assert "old" in [f.name for f in with_pickles]
 
 
+def test_a_diffusers_folder_is_one_model_and_its_parts_are_not(tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    pipeline = folder / "b-turbo"
+    (pipeline / "unet").mkdir(parents=True)
+    (pipeline / "model_index.json").write_text("{}")
+    checkpoint(pipeline / "unet" / "diffusion_pytorch_model.safetensors", "conv_in.weight")
+    checkpoint(pipeline / "text_encoder" / "model.safetensors", "text_model.final_layer_norm.weight")
+    skeleton = folder / "configs" / "sd15"  # a weight-free config skeleton: not a model
+    (skeleton / "unet").mkdir(parents=True)
+    (skeleton / "model_index.json").write_text("{}")
+    checkpoint(folder / "a.safetensors", SD1_KEY)
+    checkpoint(folder / "c.safetensors", SD1_KEY)
+    settings = EngineSettings(model_dirs=(str(folder),))
+    assert catalog.model_names(settings) == ["a", "b-turbo", "c"]
+    assert models.resolve_model(settings, "b-turbo").location == str(pipeline.resolve())
+
+
 def test_a_checkpoint_linked_from_outside_the_folder_is_not_listed(tmp_path: Path) -> None:
     folder = tmp_path / "models"
     outside = checkpoint(tmp_path / "elsewhere" / "secret.safetensors", SD1_KEY)
