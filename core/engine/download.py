@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from core.config import EngineSettings
+from core.config import DEFAULT_DOWNLOAD, EngineSettings
 from core.engine import catalog
 from core.engine.models import ModelError
 
@@ -69,7 +69,7 @@ def download_needed(settings: EngineSettings, env: Mapping[str, str] | None = No
     if catalog.model_names(settings):
         return False
     hint = catalog.no_model_hint(settings)
-    what = f"{settings.download_model} (about 4 GB for SD 1.5)"
+    what = settings.download_model + (" (about 4 GB)" if settings.download_model == DEFAULT_DOWNLOAD else "")
     if not settings.auto_download:
         raise ModelError(f"no model: {hint}; or set engine.auto_download = true to download {what}")
     if env.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
@@ -92,28 +92,39 @@ def download(
 ) -> Path:
     """``url`` into ``dest`` through ``dest.part`` (resumed when one is there); see the module doc."""
     part = dest.with_name(dest.name + ".part")
+    start = time.monotonic()
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "ab") as handle:
-            _lock(handle)  # another chant process downloading the same file: wait for it
-            if dest.exists():  # it finished while we waited
-                if part.exists() and part.stat().st_size == 0:
-                    part.unlink()
-                return dest
-            start = time.monotonic()
-            try:
-                _fetch(url, handle, token, progress, dest)
-            except ModelError:
-                if handle.tell() == 0:  # nothing to resume: leave nothing behind
-                    part.unlink(missing_ok=True)
-                raise
-            _verify(part, sha256, url)  # still under the lock: nobody resumes a file being checked
-            os.replace(part, dest)
+        while True:
+            with open(part, "ab") as handle:
+                _lock(handle)  # another chant process downloading the same file: wait for it
+                if dest.exists():  # it finished while we waited
+                    if part.exists() and part.stat().st_size == 0:
+                        part.unlink()
+                    return dest
+                if not _still_named(handle, part):
+                    continue  # the .part we waited on was deleted (corrupt) meanwhile: open the new one
+                try:
+                    _fetch(url, handle, token, progress, dest)
+                except ModelError:
+                    if handle.tell() == 0:  # nothing to resume: leave nothing behind
+                        part.unlink(missing_ok=True)
+                    raise
+                _verify(part, sha256, url)  # still under the lock: nobody resumes a file being checked
+                os.replace(part, dest)
+                break
     except OSError as exc:
         raise ModelError(f"cannot write the model download into {dest.parent}: {exc.strerror or exc}") from None
     size = dest.stat().st_size
     log.info("downloaded %s (%.2f GB) in %.0f s", dest, size / 1e9, time.monotonic() - start)
     return dest
+
+
+def _still_named(handle, part: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), part.stat())
+    except FileNotFoundError:
+        return False
 
 
 def _lock(handle) -> None:

@@ -154,3 +154,24 @@ def test_two_processes_starting_at_once_download_once(tmp_path: Path, hub: FakeH
     assert all(isinstance(r, Path) or r is None for r in results), results
     assert len(hub.seen) == 1
     assert (tmp_path / "models" / "Stable-diffusion" / "v1-5-pruned-emaonly.safetensors").read_bytes() == MODEL
+
+
+def test_a_process_that_waited_on_a_corrupt_download_tries_again_cleanly(tmp_path: Path, hub: FakeHub) -> None:
+    hub.files[DEFAULT_PATH] = safetensors_bytes(SD1_KEY, padding=150_000)  # not the expected file
+    s = settings(tmp_path)
+    errors: list[str] = []
+
+    def start() -> None:
+        try:
+            ensure_model(s, env(hub), progress=False)
+        except ModelError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # Each found the file corrupt (the second one on a fresh .part, not on the deleted one).
+    assert len(errors) == 2 and all("is corrupt: its sha256 is" in e for e in errors), errors
+    assert files(tmp_path / "models" / "Stable-diffusion") == []
