@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = (
     "bot.exts.imagine",
+    "bot.exts.controls",
     "bot.exts.presets",
     "bot.exts.history",
     "bot.exts.quotas",

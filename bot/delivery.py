@@ -6,7 +6,14 @@
 * Results are posted with the bot's channel permissions (``channel.send``), not the interaction
   token, so a queue wait longer than 15 minutes still delivers. Each result gets 🔁 and is recorded
   with ``service.record_result_messages`` (which makes it rerollable after restarts).
+* Each image is posted as its moderation decision says (``JobView.moderation``, made by core for the
+  place it goes to): as it is, as a ``SPOILER_`` attachment, or not at all — then the requester is
+  told privately (an ephemeral follow-up while their interaction lives, else a DM).
+* Under a result go the persistent buttons of ``result_view`` (set by the controls extension).
 * On start, results finished while the bot was down (``service.unposted_results()``) are posted.
+* Where the bot may not post (403: no Send Messages / Attach Files), the requester gets the result
+  privately (the interaction's follow-up while its token lives, else a DM), the status message is
+  finished (in the channel, else through the interaction) and the job counts as posted.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import discord
@@ -24,6 +32,7 @@ import discord
 from bot import render
 from core.config import Settings
 from core.services import (
+    ImageModeration,
     JobCancelled,
     JobDone,
     JobEvent,
@@ -44,6 +53,13 @@ VARIATION = "🔀"
 DELETE = "❌"
 INFO = "ℹ️"
 INFO_EMOJIS = ("ℹ️", "ℹ")  # with and without the variation selector
+POSTED = ImageModeration("post", None, "not moderated")
+UNMATCHED = ImageModeration(
+    "block", None, "its moderation decision could not be matched to it", charged=False
+)
+
+# The buttons under a result: (the job, the positions of the images posted) -> a view, or None.
+ResultView = Callable[[JobView, Sequence[int]], "discord.ui.View | None"]
 
 
 @dataclass
@@ -54,11 +70,15 @@ class Tracked:
     status_message_id: int | None
     reply_to: int | None = None  # a reroll answers the original result message
     prompt: str = ""
+    # The interaction that asked for the job (a command, a button, a form): what a private notice goes
+    # through while it lives.
+    interaction: discord.Interaction | None = None
     last_edit: float = -1e9
     pending: tuple[str, bytes | None] | None = None
     flusher: asyncio.Task[None] | None = None
     edits: int = 0
     finished: bool = False
+    editable: bool = True  # False once Discord refused an edit (no permission): no more progress edits
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -94,6 +114,7 @@ class Delivery:
         self._events: EventStream | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()  # set once subscribed and the backlog is posted
+        self.result_view: ResultView | None = None  # the controls extension sets it
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -200,15 +221,19 @@ class Delivery:
         *,
         reply_to: int | None = None,
         prompt: str = "",
+        interaction: discord.Interaction | None = None,
     ) -> Tracked:
+        """``interaction``: the command whose response is the status message; while its token lives it
+        can still finish the status and tell the requester privately when the channel is closed to us."""
         tracked = self.tracked.get(job_id)
         if tracked is None:
             tracked = self.tracked[job_id] = Tracked(
-                job_id, channel_id, guild_id, status_message_id, reply_to, prompt
+                job_id, channel_id, guild_id, status_message_id, reply_to, prompt, interaction=interaction
             )
         else:
             tracked.status_message_id = status_message_id or tracked.status_message_id
             tracked.reply_to = reply_to or tracked.reply_to
+            tracked.interaction = interaction or tracked.interaction
         early = self._finished_early.pop(job_id, None)
         if early is not None:  # the job finished before the submitter got its receipt back
             self.handle(early)
@@ -232,15 +257,23 @@ class Delivery:
                     step, event.total, event.eta_s, job_id=event.job_id, prompt=t.prompt
                 )
                 self._update_status(t, text, event.preview_png if self.previews else None)
-        elif isinstance(event, JobDone):
-            self._finish(event.job.id)
-            self._spawn(self._deliver_done(event.job, event.images))
-        elif isinstance(event, JobFailed):
-            self._finish(event.job.id)
-            self._spawn(self._deliver_failed(event.job, event.reason))
-        elif isinstance(event, JobCancelled):
-            self._finish(event.job.id)
-            self._spawn(self._deliver_failed(event.job, "cancelled"))
+        elif isinstance(event, JobDone | JobFailed | JobCancelled):
+            job = event.job
+            if job.id not in self.tracked and job.id not in self._posted and job.kind != "show":
+                # Not ours yet (the submitter is between submit and track()), or another process's:
+                # track() takes it from here, or _post_untracked_later does.
+                self._finished_early[job.id] = event
+                self._spawn(self._post_untracked_later(job.id))
+                return
+            self._finish(job.id)
+            if isinstance(event, JobDone):
+                self._spawn(self._deliver_done(job, event.images))
+            else:
+                self._spawn(
+                    self._deliver_failed(
+                        job, "cancelled" if isinstance(event, JobCancelled) else event.reason
+                    )
+                )
 
     def _finish(self, job_id: int) -> None:
         t = self.tracked.get(job_id)
@@ -253,8 +286,16 @@ class Delivery:
     def _update_status(self, t: Tracked, content: str, preview: bytes | None = None) -> None:
         # Keep the newest preview until an edit carries it, even if later steps bring none.
         t.pending = (content, preview or (t.pending[1] if t.pending else None))
-        if t.status_message_id is not None and (t.flusher is None or t.flusher.done()):
+        if t.status_message_id is not None and t.editable and (t.flusher is None or t.flusher.done()):
             t.flusher = asyncio.create_task(self._flush(t))
+
+    async def first_status(self, t: Tracked, edit: Callable[[], Awaitable[object]]) -> None:
+        """The status message's first text, by ``edit`` (the interaction's own edit ends its "thinking…"),
+        in turn with the progress edits and the result: never over the job's end."""
+        async with t.lock:
+            if not t.finished:
+                await edit()
+                t.last_edit = asyncio.get_running_loop().time()
 
     async def _flush(self, t: Tracked) -> None:
         loop = asyncio.get_running_loop()
@@ -263,11 +304,14 @@ class Delivery:
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
-            content, preview = t.pending
-            t.pending = None
-            t.last_edit = loop.time()
-            t.edits += 1
-            await self._edit_status(t, content, preview)
+            async with t.lock:  # after the first status, never over the result
+                if t.finished or t.pending is None:
+                    return
+                content, preview = t.pending
+                t.pending = None
+                t.last_edit = loop.time()
+                t.edits += 1
+                await self._edit_status(t, content, preview)
 
     async def _edit_status(self, t: Tracked, content: str, preview: bytes | None) -> None:
         if t.status_message_id is None:
@@ -286,33 +330,37 @@ class Delivery:
                 await message.edit(content=content)
         except discord.HTTPException as exc:
             log.warning("could not edit the status of job %s: %s", t.job_id, exc)
+            if isinstance(exc, discord.Forbidden):
+                t.editable = False  # it stays so: the end of the job finishes it another way
 
     # -- results -------------------------------------------------------------------------------------
     async def _deliver_done(self, job: JobView, images: tuple[GeneratedImage, ...]) -> None:
         t = self.tracked.get(job.id)
-        if t is None and job.id not in self._posted and job.status_message_id is None and job.kind != "show":
-            # Not ours yet (the submitter is still between submit and track): wait for track().
-            self._finished_early[job.id] = JobDone(job, images)
-            self._spawn(self._post_untracked_later(job.id))
-            return
         async with t.lock if t is not None else contextlib.nullcontext():
             if job.id in self._posted:
                 return
             self._posted.add(job.id)
             try:
                 await self.post_images(job, images, reply_to=t.reply_to if t else None)
+            except discord.Forbidden as exc:
+                await self._undeliverable(t, job, images, exc)
             except Exception:
                 self._posted.discard(job.id)
                 log.exception("could not post the result of job %s", job.id)
                 return
-            await self._delete_status(t, job)
+            else:
+                await self._delete_status(t, job)
+                await self._tell_withheld(t, job, images)
         self._forget(job.id)
 
     async def _post_untracked_later(self, job_id: int, delay: float = 5.0) -> None:
         await asyncio.sleep(delay)
         early = self._finished_early.pop(job_id, None)
         if early is not None:  # nobody tracked it (e.g. another bot process submitted it): post anyway
-            self.tracked.setdefault(job_id, Tracked(job_id, early.job.channel_id, early.job.guild_id, None))
+            job = early.job
+            self.tracked.setdefault(
+                job_id, Tracked(job_id, job.channel_id, job.guild_id, job.status_message_id)
+            )
             self.handle(early)
 
     async def post_images(
@@ -323,29 +371,45 @@ class Delivery:
         reply_to: int | None = None,
         note: str | None = None,
         record: bool = True,
-    ) -> discord.Message:
+        controls: bool = True,
+        view: discord.ui.View | None = None,
+    ) -> discord.Message | None:
+        """Post the job's images as their moderation says (``job.moderation``, aligned with ``images``):
+        blocked ones are left out, spoilered ones sent as ``SPOILER_`` attachments; with every image
+        blocked nothing is posted (None; the job still counts as posted). Under them go ``view``, or
+        with ``controls`` the result's buttons (``result_view``)."""
         if not images:
             raise ValueError(f"job {job.id} has no images to post")
-        limit = self.upload_limit(job.guild_id)
-        files = []
-        resized = False
-        for n, image in enumerate(images):
-            fitted = render.fit_to_limit(image.png, limit, stem=f"chant-{job.id}-{n}-{image.seed}")
-            resized |= fitted.resized
-            files.append(discord.File(io.BytesIO(fitted.data), filename=fitted.filename))
-        if resized:
+        decisions = _moderation(job, images)
+        shown = [n for n, m in enumerate(decisions) if not m.blocked]
+        if not shown:
+            if record:
+                await self.service.record_result_messages(job.id, [])
+            return None
+        fitted = await self._fitted(job, images, decisions, self.upload_limit(job.guild_id))
+        files = _files(fitted)
+        if any(f.resized for f in fitted):
             note = ((note + " · ") if note else "") + "re-encoded to fit this server's upload limit"
+        if len(shown) < len(images):
+            withheld = (
+                f"{len(images) - len(shown)} of {len(images)} images withheld by this server's moderation"
+            )
+            note = ((note + " · ") if note else "") + withheld
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         reference = (
             discord.MessageReference(message_id=reply_to, channel_id=job.channel_id, fail_if_not_exists=False)
             if reply_to
             else None
         )
+        # Per-image buttons name images by their position in the job: only when every image is there.
+        if view is None and controls and self.result_view is not None and len(images) == len(job.seeds):
+            view = self.result_view(job, shown)
         message = await channel.send(
             result_caption(job, images, note),
             files=files,
             reference=reference,
             allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+            **({"view": view} if view is not None else {}),
         )
         if record:
             await self.service.record_result_messages(job.id, [message.id])
@@ -353,6 +417,135 @@ class Delivery:
             with contextlib.suppress(discord.HTTPException):
                 await message.add_reaction(emoji)
         return message
+
+    async def _tell_withheld(
+        self, t: Tracked | None, job: JobView, images: tuple[GeneratedImage, ...]
+    ) -> None:
+        """The requester's private notice for the images moderation kept out of the channel."""
+        withheld = [m for m in _moderation(job, images) if m.blocked]
+        if withheld:
+            await self.tell_privately(
+                job.user_id, render.withheld_text(job.id, len(withheld), len(images), withheld[0].reason), t
+            )
+
+    async def tell_privately(self, user_id: int, text: str, t: Tracked | None = None) -> None:
+        """A private notice to a user: an ephemeral follow-up to the interaction that asked, while its
+        token lives; else a direct message."""
+        interaction = t.interaction if t is not None else None
+        if interaction is not None and _token_lives(interaction):
+            try:
+                await interaction.followup.send(text, ephemeral=True)
+                return
+            except discord.HTTPException as exc:
+                log.info("could not follow up interaction %s (%s); sending a DM", interaction.id, exc)
+        try:
+            channel = await self.bot.create_dm(discord.Object(id=user_id))
+            await channel.send(text)
+        except discord.HTTPException as exc:
+            log.info("could not DM user %s: %s", user_id, exc)
+
+    @staticmethod
+    async def _fitted(
+        job: JobView, images: tuple[GeneratedImage, ...], decisions: list[ImageModeration], limit: int
+    ) -> list[render.FittedImage]:
+        """The images moderation lets through (a spoilered one as a ``SPOILER_`` attachment), each fitted
+        to ``limit``. Re-encoding a large result to fit takes seconds: not on the event loop."""
+
+        def fit() -> list[render.FittedImage]:
+            return [
+                render.fit_to_limit(
+                    image.png,
+                    limit,
+                    stem=f"{'SPOILER_' if m.action == 'spoiler' else ''}chant-{job.id}-{n}-{image.seed}",
+                )
+                for n, (image, m) in enumerate(zip(images, decisions, strict=True))
+                if not m.blocked
+            ]
+
+        return await asyncio.to_thread(fit)
+
+    # -- where the bot may not post ------------------------------------------------------------------
+    async def _undeliverable(
+        self,
+        t: Tracked | None,
+        job: JobView,
+        images: tuple[GeneratedImage, ...],
+        exc: discord.HTTPException,
+        *,
+        end: str = "",
+    ) -> None:
+        """The job's end could not be shown in its channel (the bot lacks Send Messages or Attach Files
+        there; slash commands still work): the requester gets it privately, the status message says so,
+        and the job counts as posted (a restart does not try again); ``/show`` posts it where we may.
+        Moderation holds privately too: what it blocks stays out, what it spoilers stays spoilered."""
+        log.warning("may not post the end of job %s in channel %s: %s", job.id, job.channel_id, exc)
+        where = f"I could not post in <#{job.channel_id}>: I am missing a permission there (Send Messages or Attach Files)."
+        if images:
+            text = (
+                f"Your result of job #{job.id}. {where} `/show job:{job.id}` posts it again wherever I can "
+                "post, or a server admin can give me the permission."
+            )
+        else:
+            text = f"{end} ({where})"
+        await self.send_privately(job, images, text, t.interaction if t is not None else None)
+        with contextlib.suppress(Exception):
+            await self.service.record_result_messages(job.id, [])  # told; kept for /show
+        done = (
+            f"<@{job.user_id}> job #{job.id} is done, but I could not post it here (missing permission). "
+            f"I sent it to you privately; `/show job:{job.id}` posts it where I can."
+        )
+        await self._finish_status(t, job, done if images else end)
+
+    async def send_privately(
+        self,
+        job: JobView,
+        images: tuple[GeneratedImage, ...],
+        text: str,
+        interaction: discord.Interaction | None,
+    ) -> bool:
+        """``text`` (and the images) to the job's requester only: an ephemeral follow-up while the
+        interaction's token lives, else a DM. False when neither went through. The images go as their
+        moderation says (``job.moderation``), as in the channel: never a way around a block or a spoiler."""
+        limit = min(self.upload_limit(job.guild_id), render.DEFAULT_UPLOAD_LIMIT)
+        decisions = _moderation(job, images)
+        fitted = await self._fitted(job, images, decisions, limit) if images else []
+        withheld = [m for m in decisions if m.blocked]
+        if withheld:
+            text += " " + render.withheld_text(job.id, len(withheld), len(images), withheld[0].reason)
+        text = render.truncate(text, render.MESSAGE_LIMIT)
+        if interaction is not None and _token_lives(interaction):
+            try:
+                await interaction.followup.send(text, files=_files(fitted), ephemeral=True)
+                return True
+            except discord.HTTPException as exc:
+                log.info("could not follow up on job %s: %s", job.id, exc)
+        try:
+            channel = await self.bot.create_dm(discord.Object(id=job.user_id))
+            await channel.send(text, files=_files(fitted))
+            return True
+        except discord.HTTPException as exc:
+            log.warning("could not tell user %s about job %s: %s", job.user_id, job.id, exc)
+            return False
+
+    async def _finish_status(self, t: Tracked | None, job: JobView, text: str) -> None:
+        """The status message's last text: by the channel, else by the interaction (no channel
+        permission needed), else the message goes."""
+        message_id = (t.status_message_id if t else None) or job.status_message_id
+        if message_id is None:
+            return
+        message = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id).get_partial_message(
+            message_id
+        )
+        with contextlib.suppress(discord.HTTPException):
+            await message.edit(content=text, attachments=[])
+            return
+        interaction = t.interaction if t is not None else None
+        if interaction is not None and _token_lives(interaction):
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(content=text, attachments=[])
+                return
+        with contextlib.suppress(discord.HTTPException):
+            await message.delete()
 
     async def _delete_status(self, t: Tracked | None, job: JobView) -> None:
         message_id = (t.status_message_id if t else None) or job.status_message_id
@@ -372,12 +565,22 @@ class Delivery:
             text = render.truncate(f"<@{job.user_id}> job #{job.id} {what}", render.MESSAGE_LIMIT)
             channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             message_id = (t.status_message_id if t else None) or job.status_message_id
+            interaction = t.interaction if t is not None else None
             try:
-                if message_id is not None:
-                    message = await channel.get_partial_message(message_id).edit(content=text, attachments=[])
+                if message_id is None:
+                    message: discord.abc.Snowflake = await channel.send(text)
                 else:
-                    message = await channel.send(text)
+                    try:
+                        message = await channel.get_partial_message(message_id).edit(
+                            content=text, attachments=[]
+                        )
+                    except discord.Forbidden:
+                        if interaction is None or not _token_lives(interaction):
+                            raise
+                        message = await interaction.edit_original_response(content=text, attachments=[])
                 await self.service.record_result_messages(job.id, [message.id])
+            except discord.Forbidden as exc:
+                await self._undeliverable(t, job, (), exc, end=text)
             except Exception:
                 self._posted.discard(job.id)
                 log.exception("could not report the end of job %s", job.id)
@@ -390,3 +593,29 @@ class Delivery:
         if len(self._posted) > 10_000:
             for old in sorted(self._posted)[:5_000]:
                 self._posted.discard(old)
+
+
+def _moderation(job: JobView, images: tuple[GeneratedImage, ...]) -> list[ImageModeration]:
+    """Each image's decision: ``job.moderation`` (core's, aligned with the images). None made (an
+    in-memory test service): posted as it is; decisions that do not match the images: none is posted."""
+    if not job.moderation:
+        return [POSTED] * len(images)
+    if len(job.moderation) != len(images):
+        log.error(
+            "job %s: %d moderation decisions for %d images; posting none",
+            job.id,
+            len(job.moderation),
+            len(images),
+        )
+        return [UNMATCHED] * len(images)
+    return list(job.moderation)
+
+
+def _files(fitted: list[render.FittedImage]) -> list[discord.File]:
+    """Fresh files for one send (discord.py closes what it sent)."""
+    return [discord.File(io.BytesIO(f.data), filename=f.filename) for f in fitted]
+
+
+def _token_lives(interaction: discord.Interaction) -> bool:
+    """An interaction's token works for 15 minutes; a minute's margin for the request in flight."""
+    return discord.utils.utcnow() < interaction.expires_at - timedelta(minutes=1)

@@ -39,8 +39,12 @@ def parse_size(value: str) -> tuple[int, int]:
     if not m:
         raise UserError("size", f"size {value[:40]!r} is not WIDTHxHEIGHT, e.g. 512x768")
     width, height = int(m.group(1)), int(m.group(2))
-    if width % 8 or height % 8:
-        raise UserError("size", f"size {width}x{height}: width and height must be multiples of 8")
+    low, high, step = ranges.MIN_SIDE, ranges.MAX_SIDE, ranges.SIDE_MULTIPLE
+    if any(not low <= side <= high or side % step for side in (width, height)):
+        raise UserError(
+            "size",
+            f"size {width}x{height}: width and height must be multiples of {step} between {low} and {high}",
+        )
     return width, height
 
 
@@ -146,6 +150,7 @@ Sampler = app_commands.Transform[str, SamplerTransformer]
 Model = app_commands.Transform[str, ModelTransformer]
 Steps = app_commands.Range[int, ranges.MIN_STEPS, ranges.MAX_STEPS]
 Cfg = app_commands.Range[float, ranges.BOT_MIN_CFG, ranges.BOT_MAX_CFG]
+CfgRescale = app_commands.Range[float, ranges.MIN_CFG_RESCALE, ranges.MAX_CFG_RESCALE]
 Count = app_commands.Range[int, ranges.MIN_COUNT, ranges.BOT_MAX_COUNT]
 Seed = app_commands.Range[int, ranges.RANDOM_SEED, ranges.MAX_SEED]
 ClipSkip = app_commands.Range[int, ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP]
@@ -171,6 +176,7 @@ DESCRIBE = {
     "preset": "one of your or the server's presets (options you give here win)",
     "steps": "sampling steps",
     "cfg": "CFG scale",
+    "cfg_rescale": "CFG rescale 0-1 for v-prediction models (0 = off; model cards often ask 0.7)",
     "sampler": "A1111 sampler name",
     "seed": "seed (-1 = random)",
     "count": "number of images",
@@ -221,3 +227,14 @@ async def preset_autocomplete(
 ) -> list[app_commands.Choice[str]]:
     names = await interaction.client.service.preset_names(actor_from_interaction(interaction), current)
     return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]
+
+
+async def prompt_autocomplete(
+    interaction: discord.Interaction[ChantBot], current: str
+) -> list[app_commands.Choice[str]]:
+    """Tag suggestions for the prompt typed so far (``prompts.tag_file``): its last tag completed. Discord
+    caps a suggestion at 100 characters, so a longer prompt gets none (the typed text is still used)."""
+    pairs = interaction.client.service.complete_prompt(current)
+    return [
+        app_commands.Choice(name=label[:100], value=value) for label, value in pairs[:25] if len(value) <= 100
+    ]

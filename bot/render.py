@@ -189,3 +189,41 @@ def parameters_text(infotext: str, *, job_id: int, limit: int = MESSAGE_LIMIT) -
     tail = "\n```"
     body = truncate(infotext.replace("```", "'''"), limit - len(head) - len(tail))
     return head + body + tail
+
+
+def withheld_text(job_id: int, withheld: int, total: int, reason: str) -> str:
+    """The private notice for images that moderation kept out of the channel."""
+    if total == 1:
+        what = "Your image"
+    else:
+        what = "All your images" if withheld == total else f"{withheld} of your {total} images"
+    verb, it = ("was", "it") if withheld == 1 else ("were", "them")
+    return truncate(
+        f"{what} of job #{job_id} {verb} not posted: this server's image moderation blocked {it} "
+        f"({reason}). An age-restricted channel may allow {it}, depending on the server's settings.",
+        MESSAGE_LIMIT,
+    )
+
+
+def template_text(templates: dict, *, seed: int, limit: int = MESSAGE_LIMIT) -> str:
+    """ℹ️'s note on a dynamic prompt: what was typed (the parameters show the expansion)."""
+    lines = [f"Dynamic prompt, expanded with seed {seed}:"]
+    for field, label in (("prompt", "prompt"), ("negative_prompt", "negative prompt")):
+        if templates.get(field):
+            typed = truncate(templates[field].replace("`", "'"), 700)
+            lines.append(f"{label} as typed: `{typed}`")
+    if templates.get("wildcards"):
+        lines.append("wildcards: " + ", ".join(f"`__{w}__`" for w in templates["wildcards"][:20]))
+    return truncate("\n".join(lines), limit)
+
+
+def moderation_lines(moderation: tuple, *, limit: int = MESSAGE_LIMIT) -> str:
+    """An admin's view of a job's images: score, decision, the rule and the policy that applied."""
+    lines = []
+    for n, m in enumerate(moderation):
+        score = "not checked" if m.score is None else f"score {m.score:.3f}"
+        policy = m.policy or {}
+        rules = ", ".join(f"{k} {v}" for k, v in policy.items())
+        lines.append(f"image {n + 1}: **{m.action}** · {score} · {m.rule}" + (f" · policy: {rules}" if rules else "")
+                     + ("" if m.charged else " · refunded"))  # fmt: skip
+    return truncate("\n".join(lines) or "no images", limit)

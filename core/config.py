@@ -69,6 +69,8 @@ class ModelSettings:
     kind: str = "auto"  # auto | sd1 | sd2 | sdxl (single files are detected when "auto")
     clip_skip: int = 1
     config: str | None = None  # weight-free diffusers config folder for a single file (default: shipped skeleton)
+    prediction: str = "auto"  # auto | eps | v: what the UNet predicts (auto: the checkpoint's v_pred key, SD2's test)
+    zero_terminal_snr: bool | None = None  # None: the checkpoint's ztsnr key; true: A1111's Zero Terminal SNR ᾱ
     # Defaults for requests that leave the value out (order: the user's option > their preset > these >
     # chant's defaults). Unset = chant's default (size: 1024x1024 for SDXL, else 512x512).
     size: str | None = None  # "WxH"
@@ -153,6 +155,8 @@ class LimitSettings:
     max_queued_per_guild: int = 50
     max_queued_global: int = 500
     max_prompt_chars: int = 6000
+    max_and_parts: int = 8  # AND parts of a prompt: each is one more UNet row per step
+    max_prompt_chunks: int = 12  # 75-token chunks of a prompt's (or negative's) longest part
 
 
 @dataclass(frozen=True)
@@ -315,6 +319,8 @@ CHECKS: dict[type, dict[str, Check]] = {
         "kind": choices(*MODEL_KINDS),
         "clip_skip": between(ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP),
         "config": text(what="a config folder"),
+        "prediction": choices("auto", "eps", "v"),
+        "zero_terminal_snr": lambda v: None if v is None or isinstance(v, bool) else "true, false or unset",
         "size": _size,
         "steps": between(ranges.MIN_STEPS, ranges.MAX_STEPS),
         "cfg": between(ranges.MIN_CFG, ranges.MAX_CFG),
@@ -388,6 +394,8 @@ CHECKS: dict[type, dict[str, Check]] = {
         "max_queued_per_guild": POSITIVE_INT,
         "max_queued_global": POSITIVE_INT,
         "max_prompt_chars": between(1, MAX_PROMPT_CHARS),  # what the database stores
+        "max_and_parts": POSITIVE_INT,
+        "max_prompt_chunks": POSITIVE_INT,
     },
     QueueSettings: {
         "worker_id": text(what="a non-empty name"),

@@ -169,3 +169,27 @@ def refusal(decision: Decision) -> str | None:
         return None
     where = "in direct messages" if decision.rule == "dm" else "in this channel"
     return f"That image is blocked {where} ({decision.reason}), so I will not post it or make new images from it here."
+
+
+def place_of(guild_id: int | None, age_restricted: bool) -> Place:
+    """The place of a job or a re-post: a direct message (no guild), or a guild channel whose
+    age-restricted flag (a thread's: its parent's) was read from the interaction."""
+    return Place.direct_message() if guild_id is None else Place(dm=False, age_restricted=age_restricted)
+
+
+def record(decision: Decision, place: Place, guild: GuildPolicy | None, operator: OperatorPolicy) -> dict:
+    """What is stored with an image: the decision, where it was made for and the policy that applied
+    (the guild's as its admins set it, else the operator's; the operator's DM policy in DMs)."""
+    rules = guild or operator.default
+    where = "dm" if place.dm else "age-restricted channel" if place.age_restricted else "channel"
+    policy = (
+        {"policy": str(operator.dm_policy), "threshold": operator.default.threshold}
+        if place.dm
+        else {"policy": str(rules.policy), "threshold": rules.threshold, "age_restricted": str(rules.age_restricted)}
+    )
+    return {**decision.to_json(), "place": where, "policy": policy}
+
+
+def operator_policy(policy: str, threshold: float, age_restricted: str, dm_policy: str) -> OperatorPolicy:
+    """The operator's ``[moderation]`` settings as an :class:`OperatorPolicy` (values checked at load)."""
+    return OperatorPolicy(parse_guild_policy(policy, threshold, age_restricted), Policy(dm_policy))

@@ -28,6 +28,10 @@ BOT_MAX_COUNT = 4
 MIN_CFG = -100.0
 MAX_CFG = 100.0
 BOT_MIN_CFG = 1.0  # what Discord's option offers
+MIN_CFG_RESCALE = 0.0  # CFG rescale φ (Forge/ComfyUI's RescaleCFG; 0 = off)
+MAX_CFG_RESCALE = 1.0
+MIN_ETA = 0.0  # A1111's eta (ancestral / DDIM) slider
+MAX_ETA = 1.0
 BOT_MAX_CFG = 30.0
 
 MIN_CLIP_SKIP = 1
@@ -43,6 +47,9 @@ MAX_PADDING = 256
 
 MIN_HIRES_SCALE = 1.0
 MAX_HIRES_SCALE = 4.0
+# The hires pass runs the last ``strength`` of a schedule of steps / strength steps (A1111 img2img); a
+# tiny strength would make that schedule huge.
+MAX_HIRES_SCHEDULE = 1000
 
 # A1111's img2img resize modes and inpaint "masked content" fills.
 RESIZE_MODES = {0: "Just resize", 1: "Crop and resize", 2: "Resize and fill"}
@@ -62,6 +69,18 @@ IMAGE_UPSCALERS = ("Lanczos", "Nearest", "None")
 UPSCALERS = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
 
 RNG_SOURCES = ("gpu", "cpu", "nv")
+
+# A1111 1.10's samplers, in A1111's order (``core.engine.samplers`` is the table from these names to our
+# sampler functions; the bot offers these names even where no engine runs in the process).
+SAMPLERS = (
+    "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a",
+    "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "LCM", "DDIM",
+    "DDIM CFG++", "PLMS", "UniPC",
+)  # fmt: skip
+
+# A1111's ``second_order`` samplers: two model calls per step (the last step one). The job cost counts
+# them (``core.cost``, torch-free); the engine's sampler table marks the same names.
+SECOND_ORDER_SAMPLERS = ("DPM++ SDE", "DPM++ 2S a", "Heun", "DPM2", "DPM2 a", "Restart")
 
 # A1111 1.10's schedule types (``sd_schedulers.schedulers``), by label. Before 1.9 a sampler name could end
 # in one ("DPM++ 2M Karras"); infotext from then is read with it split off.

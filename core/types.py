@@ -27,6 +27,7 @@ class GenerationRequest:
     negative_prompt: str = ""
     steps: int = 20
     cfg_scale: float = 7.0
+    cfg_rescale: float = 0.0  # CFG rescale φ (Forge/ComfyUI's RescaleCFG; v-prediction models); 0 = off
     sampler: str = "Euler a"  # an A1111 sampler name, e.g. "DPM++ 2M"
     schedule_type: str = "Automatic"  # A1111 "Schedule type": Automatic, Karras, Exponential, ...
     seed: int = -1  # -1 = random; the engine reports the seed it used
@@ -116,6 +117,7 @@ class GeneratedImage:
     seed: int
     subseed: int
     infotext: str
+    score: float | None = None  # the moderation classifier's score (0..1), set by the worker; None = not checked
 
 
 @dataclass(frozen=True)

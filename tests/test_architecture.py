@@ -18,7 +18,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("core", "bot")
 # The engine's tiny-model fixtures and its benchmark sit on top of it and build or time torch models.
-TORCH_ON_TOP_OF_THE_ENGINE = {"core/testing/tiny.py", "core/bench/engine.py"}
+TORCH_ON_TOP_OF_THE_ENGINE = {
+    "core/testing/tiny.py",
+    "core/testing/tiny_control.py",
+    "core/testing/tiny_upscalers.py",
+    "core/bench/engine.py",
+    "core/bench/sampling.py",
+    "core/bench/postprocess.py",
+}
 
 
 def _module_name(path: Path) -> str:

@@ -1,5 +1,5 @@
 """/admin …: quotas, limits, default model, guild presets, banned words, channels, reroll policy,
-admin roles and stats. Discord's default permission (Manage Guild) only hides the commands; every
+admin roles, image moderation, stats and a job's details. Discord's default permission (Manage Guild) only hides the commands; every
 call is checked again in core (``service.is_admin``), so opening the permissions grants nothing."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from discord.ext import commands
 from bot.actors import actor_from_interaction
 from bot.app import ChantBot
 from bot.exts.presets import PresetName, describe_options
-from bot.options import Cfg, ClipSkip, Count, Model, Sampler, Size, Steps, command_options
-from bot.render import truncate
-from core.services import Actor, UserError
+from bot.options import Cfg, ClipSkip, Count, JobId, Model, Sampler, Size, Steps, command_options
+from bot.render import moderation_lines, truncate
+from core.moderation import MAX_THRESHOLD, MIN_THRESHOLD
+from core.services import Actor, ModerationView, UserError
 
 _ID_RE = re.compile(r"\d{5,20}")
 
@@ -85,7 +86,9 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Server 
     async def limit(
         self,
         interaction: discord.Interaction,
-        name: Literal["max_steps", "max_pixels", "max_images", "max_queued_per_user"],
+        name: Literal[
+            "max_steps", "max_pixels", "max_images", "max_queued_per_user", "max_and_parts", "max_prompt_chunks"
+        ],
         value: app_commands.Range[int, 0, 100_000_000],
     ) -> None:
         actor = await self._admin(interaction)
@@ -175,6 +178,37 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Server 
             f"{role.mention} {'is now' if action == 'add' else 'is no longer'} a chant admin role.",
         )
 
+    @app_commands.command(
+        name="moderation", description="Image moderation: policy, threshold, age-restricted channels"
+    )
+    @app_commands.describe(
+        policy="off: post everything · spoiler: flagged images as spoilers · block: flagged images not posted",
+        threshold="a classifier score at or over this flags an image (0.01–1; default 0.8)",
+        age_restricted="in age-restricted channels: allow everything, spoiler flagged images, or the same policy",
+    )
+    async def moderation(
+        self,
+        interaction: discord.Interaction,
+        policy: Literal["off", "spoiler", "block"] | None = None,
+        threshold: app_commands.Range[float, MIN_THRESHOLD, MAX_THRESHOLD] | None = None,
+        age_restricted: Literal["allow", "spoiler", "same"] | None = None,
+    ) -> None:
+        actor = await self._admin(interaction)
+        view = await self.service.admin_moderation(
+            actor, policy=policy, threshold=threshold, age_restricted=age_restricted
+        )
+        changed = policy is not None or threshold is not None or age_restricted is not None
+        await self._done(interaction, ("Saved. " if changed else "") + moderation_text(view))
+
+    @app_commands.command(name="job", description="A job's details: its images' scores and moderation")
+    async def job(self, interaction: discord.Interaction, job: JobId) -> None:
+        actor = await self._admin(interaction)
+        view = await self.service.admin_job(actor, job)
+        made = f" · {view.kind} of #{view.parent_id}" if view.parent_id is not None else ""
+        place = " · age-restricted channel" if view.age_restricted else ""
+        head = f"Job #{view.id} · {view.state}{made} · <@{view.user_id}> in <#{view.channel_id}>{place}"
+        await self._done(interaction, head + "\n" + moderation_lines(view.moderation))
+
     @app_commands.command(name="stats", description="Usage statistics for this server")
     async def stats(self, interaction: discord.Interaction) -> None:
         actor = await self._admin(interaction)
@@ -183,6 +217,20 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Server 
             f"{k}: **{v:g}**" if isinstance(v, float) else f"{k}: **{v}**" for k, v in sorted(stats.items())
         ]
         await self._done(interaction, "\n".join(lines) or "No statistics yet.")
+
+
+def moderation_text(view: ModerationView) -> str:
+    text = (
+        f"Image moderation: **{view.policy}** at a score of **{view.threshold:g}** · age-restricted "
+        f"channels: **{view.age_restricted}** · direct messages (the bot operator's): **{view.dm_policy}**."
+    )
+    if not view.classifier and view.policy != "off":
+        text += (
+            "\n⚠️ This bot has no image classifier configured, so no image can be checked: "
+            f"{'every image is spoilered' if view.policy == 'spoiler' else 'every image is withheld'} "
+            "outside channels that allow it (and a withheld image is not charged)."
+        )
+    return text
 
 
 async def setup(bot: ChantBot) -> None:

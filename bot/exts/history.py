@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import discord
@@ -22,7 +23,9 @@ def job_line(job: JobView) -> str:
     seed = job.seeds[0] if job.seeds else job.request.seed
     prompt = truncate(escape_markdown(" ".join(job.request.prompt.split())), 80)
     when = f"<t:{int(job.created_at.timestamp())}:R>"
-    return f"`#{job.id}` {job.state} · seed {seed} · {when}\n  {prompt}"
+    # A reroll, variation or control names the job it came from.
+    made = f" · {job.kind} of #{job.parent_id}" if job.parent_id is not None else ""
+    return f"`#{job.id}` {job.state}{made} · seed {seed} · {when}\n  {prompt}"
 
 
 def history_text(items: list[JobView], total: int, page: int) -> str:
@@ -111,10 +114,26 @@ class HistoryCog(commands.Cog):
         if view.state != "done":
             raise UserError("not_done", f"Job #{job} is {view.state}; only finished jobs can be shown.")
         images = await self.service.job_images(view.id)
-        # Post where the command was used (not where the job originally ran).
+        # Post where the command was used (not where the job originally ran); core decided each image's
+        # moderation for this channel (a job blocked here entirely was refused).
         here = _in_channel(view, interaction)
-        await self.delivery.post_images(here, images, note="re-posted with /show")
-        await interaction.followup.send(f"Posted job #{job}.", ephemeral=True)
+        try:
+            await self.delivery.post_images(here, images, note="re-posted with /show")
+        except discord.Forbidden:  # the channel is closed to the bot: the images come privately,
+            # moderated as here (blocked ones left out and named, spoilered ones kept spoilered)
+            await self.delivery.send_privately(
+                dataclasses.replace(here, user_id=interaction.user.id),  # to whoever asked
+                images,
+                f"I could not post in this channel (I am missing a permission here: Send Messages or Attach "
+                f"Files), so here is job #{job} just for you.",
+                interaction,
+            )
+            return
+        withheld = sum(m.blocked for m in view.moderation)
+        tail = (
+            f" ({withheld} of its images not here: this server's moderation blocks them)" if withheld else ""
+        )
+        await interaction.followup.send(f"Posted job #{job}{tail}.", ephemeral=True)
 
     @app_commands.command(name="queue", description="Your queued and running jobs")
     async def queue(self, interaction: discord.Interaction) -> None:
@@ -140,8 +159,6 @@ class HistoryCog(commands.Cog):
 
 
 def _in_channel(job: JobView, interaction: discord.Interaction) -> JobView:
-    import dataclasses
-
     return dataclasses.replace(
         job, channel_id=interaction.channel_id or job.channel_id, guild_id=interaction.guild_id
     )

@@ -17,6 +17,8 @@ TARGETS = {
     "storage": "core.bench.storage",
     "queue": "core.bench.queue",
     "tags": "core.bench.tags",
+    "sampling": "core.bench.sampling",
+    "postprocess": "core.bench.postprocess",
 }
 
 

@@ -245,11 +245,13 @@ def _single(bench: _Bench) -> dict[str, Any]:
 
 
 def _diffusers_run(bench: _Bench):
-    """A function that runs the bench's job through diffusers' own pipeline (same components, scheduler,
-    initial latents) and returns its seconds."""
+    """A function that runs the bench's job through diffusers' own pipeline (same components and initial
+    latents, diffusers' Euler on "linspace" timesteps: A1111's Euler to rounding) and returns its seconds.
+    With another ``--sampler`` it stays a cost reference only (one UNet call a step)."""
     import torch
+    from diffusers import EulerDiscreteScheduler
 
-    from core.engine import rng, samplers
+    from core.engine import rng
 
     args, engine, model, request, size = bench.args, bench.engine, bench.model, bench.request, bench.size
     pipe = type(model.pipe)(**model.pipe.components)
@@ -261,7 +263,7 @@ def _diffusers_run(bench: _Bench):
     ).first()
 
     def theirs() -> float:
-        pipe.scheduler = samplers.make_scheduler(model.scheduler_config, args.sampler, "Automatic")
+        pipe.scheduler = EulerDiscreteScheduler.from_config(model.pipe.scheduler.config, timestep_spacing="linspace")
         start = time.perf_counter()
         with torch.no_grad():
             pipe(

@@ -150,7 +150,7 @@ def blank_unet_call(model, rows: int, width: int, height: int, device) -> None:
                 [[height, width, 0, 0, height, width]] * rows, device=device, dtype=model.dtype
             ),
         }
-    t = torch.tensor(999, device=device)
+    t = torch.full((rows,), 999.0, device=device)  # as the samplers call it: one float32 timestep per row
     pipe.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)
 
 

@@ -31,6 +31,13 @@ def check_inputs(request: GenerationRequest, settings: EngineSettings) -> None:
         raise GenerationError(
             f"CFG scale must be between {ranges.MIN_CFG:g} and {ranges.MAX_CFG:g}, not {r.cfg_scale}"
         )
+    if not ranges.MIN_CFG_RESCALE <= r.cfg_rescale <= ranges.MAX_CFG_RESCALE:
+        raise GenerationError(
+            f"CFG rescale must be between {ranges.MIN_CFG_RESCALE:g} and {ranges.MAX_CFG_RESCALE:g}, "
+            f"not {r.cfg_rescale}"
+        )
+    if r.eta is not None and not ranges.MIN_ETA <= r.eta <= ranges.MAX_ETA:
+        raise GenerationError(f"eta must be between {ranges.MIN_ETA:g} and {ranges.MAX_ETA:g}, not {r.eta}")
     if not (r.seed == ranges.RANDOM_SEED or 0 <= r.seed <= ranges.MAX_SEED):
         raise GenerationError(f"seed must be -1 (random) or between 0 and {ranges.MAX_SEED}, not {r.seed}")
     if not (r.subseed == ranges.RANDOM_SEED or 0 <= r.subseed <= ranges.MAX_SEED):
@@ -117,7 +124,7 @@ def _check_hires(r: GenerationRequest) -> None:
             f"the hires size {to_x}x{to_y} must be between {ranges.MIN_SIDE} and {ranges.MAX_SIDE} a side"
         )
     steps = r.hr_second_pass_steps or r.steps
-    if steps / min(r.hr_denoising_strength, 0.999) > 1000:
+    if steps / min(r.hr_denoising_strength, 0.999) > ranges.MAX_HIRES_SCHEDULE:
         raise GenerationError("hires denoising strength is too small for that many hires steps")
 
 

@@ -16,12 +16,16 @@ probabilities for a multi-label one (as transformers' image-classification pipel
 from __future__ import annotations
 
 import io
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("config.json", "preprocessor_config.json", "model.safetensors")
 
@@ -34,6 +38,21 @@ class ClassifierError(RuntimeError):
 class ImageScore:
     score: float  # the unsafe labels' probability, 0..1
     labels: dict[str, float]  # every label's probability, for admins
+
+
+def check_folder(folder: Path | str) -> Path:
+    """The folder, if it holds a classifier's files; else ClassifierError naming what is missing (checked
+    when chant starts, before anything loads)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ClassifierError(f"moderation.classifier: the folder {folder} does not exist")
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        hint = ""
+        if "model.safetensors" in missing and any(folder.glob("*.bin")):
+            hint = " (only .safetensors weights are loaded; convert the .bin file)"
+        raise ClassifierError(f"moderation.classifier: {folder} has no {', '.join(missing)}{hint}")
+    return folder
 
 
 class ImageClassifier:
@@ -62,15 +81,7 @@ class ImageClassifier:
         naming a missing folder or file, weights that are not safetensors, or an unknown label."""
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise ClassifierError(f"moderation.classifier: the folder {folder} does not exist")
-        missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-        if missing:
-            hint = ""
-            if "model.safetensors" in missing and any(folder.glob("*.bin")):
-                hint = " (only .safetensors weights are loaded; convert the .bin file)"
-            raise ClassifierError(f"moderation.classifier: {folder} has no {', '.join(missing)}{hint}")
+        folder = check_folder(folder)
         try:
             processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
             model = AutoModelForImageClassification.from_pretrained(
@@ -112,3 +123,45 @@ def _rgb(image: Image.Image | bytes) -> Image.Image:
         image = Image.open(io.BytesIO(image))
         image.load()
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class ClassifierScorer:
+    """The worker's classifier (``core.queue.worker.ImageScorer``): loaded once, on the engine's device,
+    the first time it is needed (the worker preloads it before the first job); thread-safe.
+
+    A classifier that cannot be loaded is reported once and every image is "not checked" (None); the
+    guild's policy decides what that means (``core.moderation``)."""
+
+    def __init__(self, folder: Path | str, *, unsafe_labels: Sequence[str], engine_settings) -> None:
+        self.folder = check_folder(folder)
+        self.unsafe_labels = tuple(unsafe_labels)
+        self.engine_settings = engine_settings  # core.config.EngineSettings: the device and dtype
+        self._classifier: ImageClassifier | None = None
+        self._error: str | None = None
+        self._lock = threading.Lock()
+
+    def preload(self) -> ImageClassifier:
+        with self._lock:
+            if self._classifier is None:
+                if self._error is not None:
+                    raise ClassifierError(self._error)
+                from core.engine.models import torch_device_and_dtype
+
+                try:
+                    device, _ = torch_device_and_dtype(self.engine_settings)
+                    # fp16 is fine for the engine's UNet; a small ViT scores in fp32 at no real cost.
+                    self._classifier = ImageClassifier.load(
+                        self.folder, unsafe_labels=self.unsafe_labels, device=device, dtype=torch.float32
+                    )
+                except Exception as exc:
+                    self._error = str(exc)
+                    raise
+                log.info("moderation classifier %s loaded on %s", self.folder, device)
+            return self._classifier
+
+    def scores(self, pngs: Sequence[bytes]) -> list[float | None]:
+        try:
+            classifier = self.preload()
+        except Exception:
+            return [None] * len(pngs)
+        return [s.score for s in classifier.score(pngs)]

@@ -35,6 +35,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="default 20")
     p.add_argument("--cfg", type=float, default=None, metavar="X", help="CFG scale (default 7)")
+    p.add_argument(
+        "--cfg-rescale",
+        type=float,
+        default=None,
+        metavar="PHI",
+        help="CFG rescale 0..1 (v-prediction models; 0 = off)",
+    )
+    p.add_argument("--eta", type=float, default=None, metavar="X", help="eta (ancestral/SDE/DDIM samplers)")
+    p.add_argument(
+        "--ensd", type=int, default=None, metavar="N", help="eta noise seed delta (default from config)"
+    )
     p.add_argument("--sampler", default=None, metavar="NAME", help='A1111 sampler name (default "Euler a")')
     p.add_argument("--schedule", default=None, metavar="TYPE", help="A1111 schedule type (default Automatic)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="-1 = random (default)")
@@ -93,6 +104,9 @@ _FIELDS = {
     "negative_prompt": "negative",
     "steps": "steps",
     "cfg_scale": "cfg",
+    "cfg_rescale": "cfg_rescale",
+    "eta": "eta",
+    "eta_noise_seed_delta": "ensd",
     "sampler": "sampler",
     "schedule_type": "schedule",
     "seed": "seed",
@@ -272,6 +286,11 @@ def check_request(request) -> None:
     _in("--hr-scale", r.hr_scale, ranges.MIN_HIRES_SCALE, ranges.MAX_HIRES_SCALE)
     _in("--hr-steps (0 = --steps)", r.hr_second_pass_steps, 0, ranges.MAX_HIRES_STEPS)
     _in("--hr-strength", r.hr_denoising_strength, ranges.MIN_STRENGTH, ranges.MAX_STRENGTH)
+    _in("--cfg-rescale", r.cfg_rescale, ranges.MIN_CFG_RESCALE, ranges.MAX_CFG_RESCALE)
+    if r.eta is not None:
+        _in("--eta", r.eta, ranges.MIN_ETA, ranges.MAX_ETA)
+    if r.eta_noise_seed_delta is not None:
+        _in("--ensd", r.eta_noise_seed_delta, 0, ranges.MAX_SEED)
     if r.enable_hr and r.hr_upscaler not in ranges.UPSCALERS:
         raise ValueError(f"--hr-upscaler must be one of {', '.join(ranges.UPSCALERS)}, not {r.hr_upscaler!r}")
     if not r.sampler.strip():

@@ -188,15 +188,15 @@ def import_diffusers() -> None:
 
     diffusers imports its classes lazily on first attribute access, and that is not thread-safe: when
     two threads touch it first at the same time (the worker preloading a model while the bot lists
-    samplers), one of them can get ``ImportError: cannot import name 'StableDiffusionPipeline'`` or a
-    missing scheduler class, for the life of the process. Done once here, later accesses are plain
-    attribute reads.
+    samplers), one of them can get ``ImportError: cannot import name 'StableDiffusionPipeline'``, for the
+    life of the process. Done once here, later accesses are plain attribute reads.
     """
     import diffusers
 
-    from core.engine import samplers
-
-    names = {row.cls_name for row in samplers.SAMPLERS.values()}
-    names |= {"StableDiffusionPipeline", "StableDiffusionXLPipeline", "AutoencoderKL", "UNet2DConditionModel"}
-    for name in sorted(names):
+    for name in (
+        "StableDiffusionPipeline",
+        "StableDiffusionXLPipeline",
+        "AutoencoderKL",
+        "UNet2DConditionModel",
+    ):
         getattr(diffusers, name)

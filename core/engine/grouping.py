@@ -30,6 +30,8 @@ def batch_key(settings: EngineSettings, request: GenerationRequest) -> tuple | N
 
     try:
         checks.check_inputs(request, settings)
+        if not prompts.resolve_sampler(request).sampler.batchable:
+            return None  # DPM adaptive: its step sizes come from the whole batch, so it runs alone
         positive, _ = prompts.interpret(request, settings)
         hires_networks = None
         if request.enable_hr:

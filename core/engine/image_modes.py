@@ -17,14 +17,13 @@ Errors are ``ValueError`` with a message a user can act on; the engine turns the
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 from core import ranges
+from core.imagefile import DamagedImage, ImageTooLarge, NotAnImage, decode, open_image, to_8bit
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 BACKGROUND = (255, 255, 255)  # A1111 img2img_background_color "#ffffff": transparent source pixels
@@ -52,36 +51,30 @@ def upscaler_names() -> list[str]:
 def load_image(data: bytes, *, max_megapixels: float, what: str = "source image") -> Image.Image:
     """Decode PNG/JPEG/WebP ``data``; refuse other formats, corrupt files and images over the limit.
 
-    The size is checked from the header before the pixels are decoded, so a decompression bomb costs nothing.
+    Opened as the bot's upload check opens it (:mod:`core.imagefile`): the size is checked from the header
+    before the pixels are decoded (so a decompression bomb costs nothing), and every mode comes back 8 bits
+    a channel (L, LA, RGB or RGBA), a 16-bit grey scaled, not clipped.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise ValueError(f"the {what} is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(bytes(data)))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"the {what} is too large (over {max_megapixels:g} megapixels)") from None
-    except Exception:
+        image = open_image(bytes(data), max_pixels=int(max_megapixels * 1_000_000))
+    except ImageTooLarge as exc:
+        raise ValueError(
+            f"the {what} is {exc.width}x{exc.height} ({exc.width * exc.height / 1e6:.1f} megapixels); "
+            f"the limit is {max_megapixels:g} megapixels"
+        ) from None
+    except NotAnImage:
         raise ValueError(f"the {what} is not a PNG, JPEG or WebP image") from None
     if image.format not in FORMATS:
         raise ValueError(f"the {what} is a {image.format} file; use PNG, JPEG or WebP")
-    width, height = image.size
-    if width * height > max_megapixels * 1_000_000:
-        raise ValueError(
-            f"the {what} is {width}x{height} ({width * height / 1e6:.1f} megapixels); "
-            f"the limit is {max_megapixels:g} megapixels"
-        )
     try:
-        image.load()
         # Phone photos: upright as the user sees them, as A1111 (``images.fix_image``) and the bot's upload
         # check do, so `chant generate --init-image` and /img2img agree.
-        image = ImageOps.exif_transpose(image)
-    except Exception:
+        image = decode(image)
+    except DamagedImage:
         raise ValueError(f"the {what} is corrupt or truncated and cannot be decoded") from None
-    if image.mode not in ("RGB", "RGBA", "L", "LA"):
-        image = image.convert("RGBA" if "transparency" in image.info or "A" in image.mode else "RGB")
-    return image
+    return to_8bit(image)
 
 
 def has_transparency(image: Image.Image) -> bool:

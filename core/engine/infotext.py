@@ -282,8 +282,8 @@ def split_sampler_name(sampler: str, schedule_type: str = "Automatic") -> tuple[
 def settings_from_infotext(text: str) -> InfotextSettings:
     """The settings an A1111 1.10 (or chant) parameters text asks for, as A1111's paste reads them.
 
-    Sampler and schedule type (old combined names split), steps, CFG, seed, size, variation seed and
-    strength, Clip skip (missing = 1), ENSD, RNG (missing = GPU), Eta, mask blur, and Denoising strength:
+    Sampler and schedule type (old combined names split), steps, CFG, CFG rescale, seed, size, variation
+    seed and strength, Clip skip (missing = 1), ENSD, RNG (missing = GPU), Eta, mask blur, and Denoising strength:
     the hires pass's when the text has hires keys (A1111's rule), else img2img's. ``Model``/``Model
     hash`` are returned for the caller to match against its models; ``Lora hashes``, ``TI hashes`` and
     ``Version`` are informational; other keys are listed in ``ignored``. ValueError names a bad value.
@@ -309,6 +309,12 @@ def settings_from_infotext(text: str) -> InfotextSettings:
         ("ENSD", "eta_noise_seed_delta", _whole),
         ("Eta", "eta", _number),
         ("Eta DDIM", "eta", _number),
+        # CFG rescale: A1111's CFG_Rescale extension writes "CFG Rescale" (and reads the other two back);
+        # Forge Classic writes "Rescale CFG". chant writes "CFG Rescale".
+        ("CFG Rescale", "cfg_rescale", _number),
+        ("CFG Rescale φ", "cfg_rescale", _number),
+        ("CFG Rescale phi", "cfg_rescale", _number),
+        ("Rescale CFG", "cfg_rescale", _number),
         ("Mask blur", "mask_blur", _whole),
         ("Hires steps", "hr_second_pass_steps", _whole),
         ("Hires upscale", "hr_scale", _number),

@@ -40,7 +40,7 @@ class Plan:
     subseeds: list[int]
     positive: list[ScheduledPart]  # the AND parts, each with its weight
     negative: ScheduledPart
-    sampler: Any  # samplers.SamplerSpec
+    sampler: Any  # core.engine.samplers.SamplerSpec: the sampler and A1111's schedule label
     schedule_steps: int
     interpretation: Any  # the positive prompt's core.prompt interpretation
     rng_source: str
@@ -57,7 +57,7 @@ class Start:
     latents: torch.Tensor  # the clean source latents, one row per image
     strength: float  # denoising strength: how far down the schedule the loop starts
     steps: int | None = None  # hires: run exactly this many steps (A1111 passes ``steps`` to sample_img2img)
-    keep: torch.Tensor | None = None  # inpaint: 1 where the source is kept, (1, 1, h, w) at latent size
+    mask: torch.Tensor | None = None  # inpaint: 1 where the image is repainted, (1, 1, h, w) at latent size
     fill: int = 1  # inpainting_fill: 2 latent noise, 3 latent nothing in the masked area
 
 
@@ -74,10 +74,8 @@ class Job:
     latents: torch.Tensor | None = None  # final latents once the loop is done
     # The loop's state for this job's rows:
     image_rng: Any = None  # rng.ImageRNG
-    noise: torch.Tensor | None = None  # the first noise (img2img / inpaint: what its source is noised with)
-    source: torch.Tensor | None = None  # inpaint: the source latents (masked content applied) it keeps
-    keep: torch.Tensor | None = None  # inpaint: 1 where the source is kept, (1, 1, h, w)
-    cancelled: bool = False  # cancelled, but its rows could not leave the batch
+    init_latents: torch.Tensor | None = None  # inpaint: the source latents (masked content applied) it keeps
+    nmask: torch.Tensor | None = None  # inpaint: 1 where the image is repainted (A1111's nmask), (1, 1, h, w)
 
     @property
     def count(self) -> int:

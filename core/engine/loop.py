@@ -1,20 +1,17 @@
-"""Steps 5–7 of the pipeline: the denoising loop over the rows of 1..N jobs.
+"""Steps 5–7 of the pipeline: the denoising loop over the rows of 1..N jobs, with A1111's samplers.
 
-Each job starts from noise (``job.start`` None) or from its own start (img2img, inpaint, hires second pass:
-equal strength and steps in a batch; its own latents, keep mask and masked content). Per step:
+The loop is ``core.engine.samplers``' three calls, as A1111 makes them: :func:`~core.engine.samplers.plan`
+(A1111's sigmas or timesteps; img2img and the hires pass take the tail of the full schedule by A1111's
+denoising-strength rule), :meth:`~core.engine.samplers.Plan.start` (each job's first x: its noise at the
+first σ, or its source latents noised to it) and :func:`~core.engine.samplers.sample` over the batch's
+:class:`~core.engine.cfg.CFGDenoiser`. Each job starts from noise (``job.start`` None) or from its own start
+(img2img, inpaint, hires second pass: equal strength and steps in a batch; its own latents and mask).
 
-1. hooks, before: a cancelled job's rows leave the batch (:class:`Cancel`);
-2. the sampler's model input (:class:`~core.engine.stepping.SchedulerStepper`, today a diffusers
-   scheduler), through the CFG denoiser (:class:`~core.engine.cfg.CFGDenoiser`: every job's UNet rows and
-   its ``AND``/CFG combination, at A1111's step counter);
-3. one step for the whole batch (the stepper);
-4. hooks, after: inpaint's kept area reset to each job's source (:class:`Keep`), progress and previews
-   (:class:`Report`).
-
-The model side, the stepping and the hooks meet only here, so another sampler (a k-diffusion-style
-function over the denoiser and sigmas) replaces step 2–3's stepper without touching the others.
-Step noise comes from each job's own :class:`~core.engine.rng.ImageRNG` (:class:`BatchNoise`), so ancestral
-and SDE samplers draw what each job draws alone.
+Step noise comes from each job's own :class:`~core.engine.rng.ImageRNG` (:class:`BatchRNG`) and the SDE
+samplers' Brownian trees are seeded per image with A1111's image seeds, so every image draws what its job
+draws alone. After each step the sampler calls :class:`Steps`: a cancelled job's rows leave the batch
+(the sampler cuts its state, the denoiser its conditioning), and each job gets its progress and preview.
+Sigmas stay on the CPU, so nothing in the loop waits for the GPU.
 """
 
 from __future__ import annotations
@@ -25,26 +22,43 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from core.engine import cfg, models, rng
+from core.engine import cfg, models, rng, samplers
 from core.engine.job import Job, Outcome, RunStats, Start
 from core.engine.runtime import Runtime
-from core.engine.stepping import SchedulerStepper
+from core.engine.sampling import ScheduleOptions, Step
 from core.types import GenerationCancelled, GenerationError, GenerationRequest, Progress
 
 log = logging.getLogger(__name__)
 
 
-class BatchNoise:
-    """The step noise of several jobs' :class:`ImageRNG`\\ s, stacked in batch order (active jobs only)."""
+class BatchRNG:
+    """The jobs' :class:`~core.engine.rng.ImageRNG`\\ s stacked in batch order: what the samplers draw step
+    noise from (``next()``), with the rows of the jobs still running (``select``)."""
 
-    def __init__(self, jobs: list[Job]) -> None:
-        self.jobs = jobs
+    def __init__(self, rngs: Sequence[rng.ImageRNG]) -> None:
+        self.rngs = list(rngs)
+        self.source = self.rngs[0].source  # one source per batch (the batch key holds it)
 
-    def first(self) -> torch.Tensor:
-        return torch.cat([job.image_rng.first() for job in self.jobs])
+    @property
+    def seeds(self) -> list[int]:
+        return [seed for image_rng in self.rngs for seed in image_rng.seeds]
 
     def next(self) -> torch.Tensor:
-        return torch.cat([job.image_rng.next() for job in self.jobs])
+        return torch.cat([image_rng.next() for image_rng in self.rngs])
+
+    def select(self, rows: Sequence[int]) -> BatchRNG:
+        kept, start = [], 0
+        for image_rng in self.rngs:
+            count = len(image_rng.seeds)
+            mine = [row - start for row in rows if start <= row < start + count]
+            start += count
+            if mine:
+                kept.append(image_rng if len(mine) == count else image_rng.select(mine))
+        return BatchRNG(kept)
+
+
+class _AllCancelled(Exception):
+    """Every job in the loop was cancelled: the sampler stops."""
 
 
 @torch.no_grad()
@@ -66,62 +80,74 @@ def denoise(
     """
     first = jobs[0].plan
     model, request = first.model, first.request
-    start = jobs[0].start  # strength and steps: the batch's (batch_key); latents, keep, fill: per job
+    start = jobs[0].start  # strength and steps: the batch's (batch_key); latents and mask: per job
     if any((job.start is None) != (start is None) for job in jobs):
         raise GenerationError("a batch cannot mix jobs from noise and from a source image")
-    # 5. Initial noise: each job's own ImageRNG (A1111: image i uses seed + i, shape (C, H/8, W/8))
+    # 5. The sampler's plan: A1111's sigmas (timesteps), img2img / hires: the tail by denoising strength
+    plan = sampling_plan(model, request, first.sampler, start)
+    # 6. Each job's ImageRNG (A1111: image i uses its seed, shape (C, H/8, W/8)) and first x
     shape = latent_shape(model, request, start)
     active = with_image_rngs(jobs, shape, runtime.device, outcomes)
     if not active:
         return []
-    # 6. Timesteps (img2img: the tail of the full schedule) and each job's first latents
-    stepper = SchedulerStepper.for_batch(model, request, [s for job in active for s in job.plan.seeds])
-    timesteps, run_steps = stepper.set_timesteps(request.steps, start, runtime.device)
-    latents = first_latents(stepper, active, timesteps, runtime.device, model.dtype)
+    x = torch.cat([first_x(plan, job, runtime.device) for job in active])
     time_ids = cfg.time_ids(model, shape, runtime.device)
+    kind = plan.spec.sampler.kind
     denoiser = cfg.CFGDenoiser(
         cfg.UNetModel(model.pipe.unet, runtime.unet_row_buckets),
-        [cfg.JobCond.of(job.plan, time_ids) for job in active],
+        [cfg.JobCond.of(job.plan, time_ids, init=job.init_latents, nmask=job.nmask) for job in active],
+        plan.schedule.to(runtime.device),
+        timesteps=kind == "timesteps",
+        cfgpp=plan.spec.sampler.cfgpp,
     )
     # 7. Denoising loop
-    total = len(timesteps)
-    keep = Keep.of(active)
-    cancel = Cancel(active, stepper, denoiser, outcomes, should_cancel)
-    report = Report(runtime, model, active, run_steps, total, progress, on_progress)
-    with stepper.noise_from(BatchNoise(active)):  # BatchNoise sees ``active`` shrink
-        for i, t in enumerate(timesteps):
-            jobs_before = len(active)
-            latents = cancel(latents)
-            if latents is None:
-                return []
-            if len(active) < jobs_before:
-                keep = Keep.of(active)
-            step_start = time.perf_counter()
-            latents = stepper.step(denoiser(stepper.scale(latents, t), t), t, latents)
-            if keep is not None and i + 1 < total:
-                # Inpaint: outside its mask each job's rows follow its source, noised to the next step.
-                latents = keep.blend(stepper, latents, timesteps[i + 1 : i + 2])
-            runtime.sync()
-            stats.steps.append(time.perf_counter() - step_start)
-            report(i, latents)
-    if keep is not None:
-        latents = keep.final(latents)
+    steps = Steps(
+        runtime, model, active, denoiser, plan, stats, outcomes, should_cancel, on_progress, progress
+    )
+    image_rng = BatchRNG([job.image_rng for job in active])
+    try:
+        latents = samplers.sample(plan, denoiser, x, rng=image_rng, callback=steps, eta=request.eta)
+    except _AllCancelled:
+        return []
     for job, rows in zip(active, split_rows(active, latents), strict=True):
+        if job.nmask is not None:  # inpaint: A1111's samples * nmask + init_latent * mask
+            rows = rows * job.nmask + job.init_latents * (1.0 - job.nmask)
         job.latents = rows
-    return [job for job in active if not job.cancelled]
+    return active
+
+
+def sampling_plan(model: models.LoadedModel, request: GenerationRequest, spec, start: Start | None):
+    """A1111's sigmas (or timesteps) for the batch: the whole schedule, or img2img's tail by denoising
+    strength; the hires pass passes its steps (``fixed_steps``: A1111's ``sample_img2img(steps=…)``)."""
+    options = ScheduleOptions(sdxl=model.kind == "sdxl")
+    try:
+        if start is None:
+            return samplers.plan(spec, request.steps, model.noise, options=options)
+        steps = request.steps if start.steps is None else start.steps
+        return samplers.plan(
+            spec,
+            steps,
+            model.noise,
+            options=options,
+            denoising_strength=start.strength,
+            fixed_steps=start.steps is not None,
+        )
+    except ValueError as exc:
+        raise GenerationError(str(exc)) from None
 
 
 def latent_shape(model: models.LoadedModel, request: GenerationRequest, start: Start | None) -> tuple:
-    """One image's noise shape: (UNet channels, H/8, W/8), or the start latents' shape."""
+    """One image's noise shape: (latent channels, H/8, W/8), or the start latents' shape."""
     if start is not None:
         return tuple(start.latents.shape[1:])
     factor = model.vae_scale_factor
-    return (model.pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+    return (model.pipe.unet.config.out_channels, request.height // factor, request.width // factor)
 
 
 def with_image_rngs(jobs: list[Job], shape, device, outcomes: dict[int, Outcome]) -> list[Job]:
     """The jobs whose :class:`~core.engine.rng.ImageRNG` (seeds, variation seed, ENSD, source) could be
-    made; the others fail (seeds it cannot take)."""
+    made; the others fail (seeds it cannot take). ENSD always goes to the ImageRNG, as A1111's: it
+    re-seeds the step noise whenever it is not 0, whatever the sampler."""
     active = []
     for job in jobs:
         plan = job.plan
@@ -141,14 +167,26 @@ def with_image_rngs(jobs: list[Job], shape, device, outcomes: dict[int, Outcome]
     return active
 
 
-def first_latents(stepper: SchedulerStepper, jobs: list[Job], timesteps, device, dtype) -> torch.Tensor:
-    """Every job's first noise; img2img: its source noised with it to the first step."""
-    pieces = []
-    for job in jobs:
-        job.noise = job.image_rng.first().to(device, dtype)
-        latents, job.source, job.keep = stepper.first_latents(job.start, job.noise, timesteps, device, dtype)
-        pieces.append(latents)
-    return torch.cat(pieces)
+def first_x(plan: samplers.Plan, job: Job, device) -> torch.Tensor:
+    """One job's first x: its first noise at the first σ, or its source latents noised to it. Inpaint:
+    "latent noise" / "latent nothing" replace the masked area of the source first (A1111's ``init``:
+    the noise of the image seeds, without variation, or zeros); that source is what the sampler blends."""
+    noise = job.image_rng.first().to(device, torch.float32)
+    start = job.start
+    job.init_latents = job.nmask = None
+    if start is None:
+        return plan.start(noise)
+    init = start.latents.to(device, torch.float32)
+    if start.mask is not None:
+        job.nmask = start.mask.to(device, torch.float32)
+        keep = 1.0 - job.nmask
+        if start.fill == 2:
+            fill = rng.ImageRNG(init.shape[1:], job.plan.seeds, source=job.plan.rng_source, device=device)
+            init = init * keep + fill.first().to(device, torch.float32) * job.nmask
+        elif start.fill == 3:
+            init = init * keep
+        job.init_latents = init
+    return plan.start(noise, init)
 
 
 def split_rows(jobs: Sequence[Job], latents: torch.Tensor) -> list[torch.Tensor]:
@@ -156,101 +194,64 @@ def split_rows(jobs: Sequence[Job], latents: torch.Tensor) -> list[torch.Tensor]
     return list(latents.split([job.count for job in jobs]))
 
 
-class Keep:
-    """Inpaint: every job's source latents, first noise and keep mask, stacked row by row.
-
-    After every step but the last the kept area is reset to the source latents noised to the next step
-    (as diffusers' inpaint pipeline does), after the last to the clean source latents (A1111's
-    ``samples * nmask + init_latent * mask``). A1111 blends the model's x0 prediction instead of x; that
-    needs per-scheduler x0 algebra (sigma vs alpha space, eps vs v), while the noised blend works for
-    every diffusers scheduler alike. The kept area ends identical either way; only the repainted area's
-    view of its border differs slightly.
-    """
-
-    def __init__(self, source: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor) -> None:
-        self.source, self.noise, self.keep = source, noise, keep
-
-    @classmethod
-    def of(cls, jobs: list[Job]) -> Keep | None:
-        """None when no job keeps anything. A job without a keep mask gets keep 0 (x·1 + source·0 is x)."""
-        if all(job.keep is None for job in jobs):
-            return None
-        sources, noises, keeps = [], [], []
-        for job in jobs:
-            sources.append(job.noise if job.source is None else job.source)
-            noises.append(job.noise)
-            keep = torch.zeros_like(job.noise[:1, :1]) if job.keep is None else job.keep
-            keeps.append(keep.expand(job.count, -1, -1, -1))
-        return cls(torch.cat(sources), torch.cat(noises), torch.cat(keeps))
-
-    def blend(self, stepper: SchedulerStepper, latents: torch.Tensor, next_timestep) -> torch.Tensor:
-        source = stepper.add_noise(self.source, self.noise, next_timestep)
-        return source * self.keep + latents * (1 - self.keep)
-
-    def final(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents * (1 - self.keep) + self.source * self.keep
-
-
-class Cancel:
-    """Before each step: a job the caller cancelled leaves the batch (its latents, the stepper's state, its
-    CFG rows, its noise and keep rows), or, where the stepper's state cannot be cut, runs on unseen."""
+class Steps:
+    """The sampler's callback, once per step: the step's time; a cancelled job's rows leave the batch (its
+    latents, the sampler's state and noise, its CFG rows); progress and previews (from the step's x₀
+    prediction) for each job still running."""
 
     def __init__(
-        self, active: list[Job], stepper, denoiser: cfg.CFGDenoiser, outcomes, should_cancel
-    ) -> None:
-        self.active, self.stepper, self.denoiser = active, stepper, denoiser
-        self.outcomes, self.should_cancel = outcomes, should_cancel
+        self, runtime: Runtime, model, active: list[Job], denoiser: cfg.CFGDenoiser, plan: samplers.Plan,
+        stats: RunStats, outcomes, should_cancel, on_progress, progress,
+    ) -> None:  # fmt: skip
+        self.runtime, self.model, self.active, self.denoiser = runtime, model, active, denoiser
+        self.stats, self.outcomes = stats, outcomes
+        self.should_cancel, self.on_progress = should_cancel, on_progress
+        self.run_steps = plan.steps_run
+        self.total = plan.callbacks or plan.steps_run  # DPM adaptive: steps not known ahead
+        self.done_before, self.report_total = progress or (0, self.run_steps)
+        self.last = time.perf_counter()
 
-    def __call__(self, latents: torch.Tensor) -> torch.Tensor | None:
-        """The latents without the cancelled jobs' rows; None when no job is left."""
+    def __call__(self, step: Step) -> list[int] | None:
+        self.runtime.sync()
+        now = time.perf_counter()
+        self.stats.steps.append(now - self.last)
+        self.last = now
+        rows = self.cancel()
+        self.report(step, rows)
+        return rows
+
+    def cancel(self) -> list[int] | None:
+        """None, or the rows of the jobs that stay (the others get ``GenerationCancelled``)."""
         if self.should_cancel is None:
-            return latents
+            return None
         active = self.active
-        stay = [job for job in active if not job.cancelled and not self.should_cancel(job.index)]
+        stay = [job for job in active if not self.should_cancel(job.index)]
         if len(stay) == len(active):
-            return latents
+            return None
         for job in active:
             if job not in stay:
                 self.outcomes[job.index] = GenerationCancelled("cancelled")
         if not stay:
-            return None
+            raise _AllCancelled
         rows, positions, row = [], [], 0
         for position, job in enumerate(active):
             if job in stay:
                 rows.extend(range(row, row + job.count))
                 positions.append(position)
             row += job.count
-        try:
-            latents = self.stepper.drop_rows(latents, rows)
-        except GenerationError:  # state we cannot slice: the rows run on, unused
-            for job in active:
-                job.cancelled = job.cancelled or job not in stay
-            return latents
         self.denoiser.keep(positions)
-        active[:] = stay  # BatchNoise and Report see the same list
-        return latents
+        active[:] = stay
+        return rows
 
-
-class Report:
-    """After each step: progress (and every ``preview_every`` steps a preview) for each job still wanted."""
-
-    def __init__(
-        self, runtime: Runtime, model, active: list[Job], run_steps, total, progress, on_progress
-    ) -> None:
-        self.runtime, self.model, self.active = runtime, model, active
-        self.run_steps, self.total = run_steps, total
-        self.done_before, self.report_total = progress or (0, run_steps)
-        self.on_progress = on_progress
-
-    def __call__(self, i: int, latents: torch.Tensor) -> None:
+    def report(self, step: Step, rows: list[int] | None) -> None:
+        """Progress (and every ``preview_every`` steps a preview of the x₀ prediction) for each job."""
         if self.on_progress is None:
             return
-        done = min(self.run_steps, max(1, round((i + 1) * self.run_steps / self.total)))
+        done = min(self.run_steps, max(1, round((step.i + 1) * self.run_steps / self.total)))
         every = self.runtime.settings.preview_every
-        want_preview = every and (done % every == 0) and i + 1 < self.total
-        for job, rows in zip(self.active, split_rows(self.active, latents), strict=True):
-            if job.cancelled:
-                continue
-            preview = self.runtime.preview(self.model, rows) if want_preview else None
-            step = Progress(step=self.done_before + done, total=self.report_total, preview_png=preview)
-            self.on_progress(job.index, step)
+        want_preview = every and (done % every == 0) and step.i + 1 < self.total
+        denoised = step.denoised if rows is None else step.denoised[rows]
+        for job, predicted in zip(self.active, split_rows(self.active, denoised), strict=True):
+            preview = self.runtime.preview(self.model, predicted) if want_preview else None
+            event = Progress(step=self.done_before + done, total=self.report_total, preview_png=preview)
+            self.on_progress(job.index, event)

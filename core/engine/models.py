@@ -14,10 +14,11 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 KINDS = ("auto", "sd1", "sd2", "sdxl")
+PREDICTIONS = ("auto", "eps", "v")
 
 PICKLE_HELP = (
     "{name}: pickle checkpoints ({suffix}) can run arbitrary code when loaded, so chant refuses them. "
@@ -62,6 +64,8 @@ class ModelSource:
     kind: str = "auto"
     clip_skip: int = 1
     config: str | None = None  # skeleton folder override for single files
+    prediction: str = "auto"  # auto | eps | v (the operator's override)
+    zero_terminal_snr: bool | None = None  # None: from the checkpoint
 
 
 def _inside(path: Path, folders: tuple[str, ...]) -> bool:
@@ -107,6 +111,10 @@ def _from_settings(name: str, model: ModelSettings) -> ModelSource:
         raise ModelError(f"model {name!r}: {source} does not exist (and is not a hub id like org/name)")
     if model.kind not in KINDS:
         raise ModelError(f"model {name!r}: kind must be one of {', '.join(KINDS)}, not {model.kind!r}")
+    if model.prediction not in PREDICTIONS:
+        raise ModelError(
+            f"model {name!r}: prediction must be one of {', '.join(PREDICTIONS)}, not {model.prediction!r}"
+        )
     vae = None
     if model.vae:
         vae_path = Path(model.vae).expanduser()
@@ -119,6 +127,8 @@ def _from_settings(name: str, model: ModelSettings) -> ModelSource:
         kind=model.kind,
         clip_skip=model.clip_skip,
         config=getattr(model, "config", None),
+        prediction=model.prediction,
+        zero_terminal_snr=model.zero_terminal_snr,
     )
 
 
@@ -157,9 +167,9 @@ def resolve_vae(settings: EngineSettings, name: str | None) -> str | None:
 # --- single-file detection -----------------------------------------------------------------------
 
 
-def detect_kind(path: Path) -> str:
+def detect_kind(path: Path, keys: list[str] | None = None) -> str:
     """SD1.x / SD2.x / SDXL from the tensor names of an A1111/LDM single file (reads no weights)."""
-    kind = kind_of_keys(_checkpoint_keys(path))
+    kind = kind_of_keys(_checkpoint_keys(path) if keys is None else keys)
     if kind is not None:
         return kind
     raise ModelError(f"{path.name}: not an SD 1.x, SD 2.x or SDXL checkpoint in A1111 (LDM) layout")
@@ -176,9 +186,38 @@ def _checkpoint_keys(path: Path) -> list[str]:
             raise ModelError(f"{path.name}: not a readable .safetensors file ({exc})") from None
     import torch
 
-    state = torch.load(str(path), map_location="meta", weights_only=True)
+    try:
+        state = torch.load(str(path), map_location="meta", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(unpickling_refused(path, exc)) from None
     state = state.get("state_dict", state)
     return list(state)
+
+
+def unpickling_refused(path: Path, exc: BaseException) -> str:
+    """One line for a pickle that ``weights_only`` loading refused (it needs code run to load)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"{path.name}: refused: this pickle file holds Python objects, not only tensors, and chant never runs "
+        f"code to load a model (torch.load weights_only=True said: {reason[:160]}). Convert it to .safetensors "
+        "with a tool you trust, or use another copy of the model"
+    )
+
+
+def check_folder_allowed(folder: Path, allow_pickle: bool) -> None:
+    """A diffusers folder whose weights are pickles (``.bin``, ``.ckpt``, ...) with no ``.safetensors`` next to
+    them is refused before anything is read, unless the operator allows pickles."""
+    if allow_pickle:
+        return
+    for component in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        files = [f for f in component.iterdir() if f.is_file()]
+        pickled = [f for f in files if f.suffix.lower() in PICKLE_SUFFIXES]
+        if pickled and not any(f.suffix.lower() in SAFE_SUFFIXES for f in files):
+            raise ModelError(
+                f"{folder.name}: {pickled[0].relative_to(folder)} is a pickle weights file and the folder has "
+                "no .safetensors for it; chant refuses pickles (they can run code when loaded). Convert the "
+                "folder to .safetensors, or set engine.allow_pickle = true (loads with weights_only=True)"
+            )
 
 
 # --- A1111 short hash ------------------------------------------------------------------------------
@@ -241,7 +280,7 @@ class LoadedModel:
     device: Any
     dtype: Any
     load_seconds: float
-    scheduler_config: dict[str, Any] = field(default_factory=dict)
+    noise: Any = None  # core.engine.sampling.NoiseSchedule: ᾱ (LDM or ZTSNR) and eps / v prediction
 
     @property
     def name(self) -> str:
@@ -328,29 +367,44 @@ def load_model(source: ModelSource, device, dtype, *, allow_pickle: bool = False
                 kwargs["local_files_only"] = True
             if _pipeline_has_safety_checker(location, source.is_hub):
                 kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            if not source.is_hub:
+                check_folder_allowed(location, allow_pickle)
+            if not allow_pickle:
+                kwargs["use_safetensors"] = True  # a hub repo with pickle weights only is refused, unread
             pipe = DiffusionPipeline.from_pretrained(source.location, **kwargs)
             if not hasattr(pipe, "unet") or not hasattr(pipe, "text_encoder"):
                 raise ModelError(f"{source.name}: not a Stable Diffusion pipeline ({type(pipe).__name__})")
             weights = _weights_file_of_folder(location) if not source.is_hub else None
             model_hash = short_hash(weights) if weights else ""
+            scheduler = pipe.scheduler.config
+            found = (
+                scheduler.get("prediction_type") == "v_prediction",
+                bool(scheduler.get("rescale_betas_zero_snr")),
+            )
         else:
             check_file_allowed(location, allow_pickle)
-            kind = detect_kind(location) if source.kind == "auto" else source.kind
+            keys = _checkpoint_keys(location)
+            kind = detect_kind(location, keys) if source.kind == "auto" else source.kind
             config = source.config or str(_skeleton_for(kind, source))
             if kind not in ("sd1", "sd2", "sdxl"):
                 raise ModelError(f"{source.name}: unknown model kind {kind!r}")
             cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
             pipe = cls.from_single_file(str(location), config=config, local_files_only=True, **common)
-            if kind == "sd2" and not source.config:
-                prediction = "v_prediction" if uses_v_prediction(pipe.unet) else "epsilon"
-                pipe.scheduler = type(pipe.scheduler).from_config(
-                    pipe.scheduler.config, prediction_type=prediction
-                )
             model_hash = short_hash(location)
+            # A1111 1.10, Forge, ComfyUI: v-prediction and ZTSNR checkpoints carry empty tensors named
+            # "v_pred" and "ztsnr"; SD 2.x 768-v is found by A1111's test on the UNet.
+            v_pred = "v_pred" in keys
+            if not v_pred and source.config:
+                v_pred = pipe.scheduler.config.get("prediction_type") == "v_prediction"
+            elif not v_pred and kind == "sd2":
+                v_pred = uses_v_prediction(pipe.unet)
+            found = (v_pred, "ztsnr" in keys)
         if source.vae:
-            pipe.vae = _load_vae(source.vae, pipe, dtype)
+            pipe.vae = _load_vae(source.vae, pipe, dtype, allow_pickle)
     except ModelError:
         raise
+    except pickle.UnpicklingError as exc:
+        raise ModelError(unpickling_refused(location, exc)) from None
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"could not load model {source.name!r}: {exc}") from exc
     if hasattr(pipe, "safety_checker"):
@@ -370,8 +424,20 @@ def load_model(source: ModelSource, device, dtype, *, allow_pickle: bool = False
         device=device,
         dtype=dtype,
         load_seconds=seconds,
-        scheduler_config=dict(pipe.scheduler.config),
+        noise=noise_schedule(source, *found),
     )
+
+
+def noise_schedule(source: ModelSource, v_pred: bool, ztsnr: bool):
+    """The model's noise schedule for the samplers: A1111's LDM ᾱ (ZTSNR-rescaled for a ``ztsnr``
+    checkpoint), eps or v prediction as the checkpoint says, unless the model's settings override it."""
+    from core.engine.sampling import NoiseSchedule
+
+    prediction = ("v" if v_pred else "eps") if source.prediction == "auto" else source.prediction
+    if source.zero_terminal_snr is not None:
+        ztsnr = source.zero_terminal_snr
+    log.info("model %s: %s prediction%s", source.name, prediction, ", zero terminal SNR" if ztsnr else "")
+    return NoiseSchedule.ldm(prediction, zero_terminal_snr=ztsnr)
 
 
 def _pipeline_has_safety_checker(location: Path, is_hub: bool) -> bool:
@@ -407,11 +473,12 @@ def uses_v_prediction(unet) -> bool:
     return out < -1
 
 
-def _load_vae(vae: str, pipe, dtype):
+def _load_vae(vae: str, pipe, dtype, allow_pickle: bool = False):
     from diffusers import AutoencoderKL
 
     path = Path(vae)
     if path.is_dir():
+        check_folder_allowed(path, allow_pickle)
         return AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
     if path.is_file():
         check_file_allowed(path, allow_pickle=False)

@@ -7,7 +7,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from core.config import EngineSettings
-from core.engine import image_modes, infotext
+from core.engine import image_modes, infotext, samplers
 from core.engine.job import Job, Plan
 from core.types import GeneratedImage, GenerationRequest, Mode
 
@@ -44,22 +44,24 @@ def write_pngs(
 
 def png(settings: EngineSettings, plan: Plan, index: int, image) -> GeneratedImage:
     """Image ``index`` of ``plan`` as a PNG with A1111's infotext."""
-    request = plan.request
+    request, spec = plan.request, plan.sampler
     seed, subseed = plan.seeds[index], plan.subseeds[index]
     text = infotext.infotext_for_request(
-        request.replace(sampler=plan.sampler.name),
+        request.replace(sampler=spec.name),
         seed=seed,
         subseed=subseed,
-        schedule_type=plan.sampler.schedule_type,
+        schedule_type=spec.schedule_label,
         model_name=plan.model.name.rsplit("/", 1)[-1],  # A1111 writes a checkpoint's file stem, not its folder
         model_hash=plan.model.hash or None,
         clip_skip=request.clip_skip or plan.model.source.clip_skip,
-        ensd=plan.ensd,
+        ensd=plan.ensd if samplers.uses_ensd(spec, request.eta) else None,
         rng=plan.rng_source,
         extra={
             **image_mode_infotext(request),
             **plan.hashes,
-            "Eta": request.eta,
+            **samplers.eta_infotext(spec, request.eta),
+            "CFG Rescale": request.cfg_rescale or None,
+            "Noise Schedule": "Zero Terminal SNR" if plan.model.noise.zero_terminal_snr else None,
             "Emphasis": None if settings.emphasis == "Original" else settings.emphasis,
         },
     )

@@ -1,19 +1,21 @@
 """The generation pipeline: txt2img, img2img, inpaint and hires fix for 1..N compatible jobs in one
-denoising loop, with A1111's semantics, on diffusers' UNet, VAE and schedulers. A single job is a batch
+denoising loop, with A1111's semantics, on diffusers' UNet, VAE and text encoders and A1111's samplers
+(``core.engine.samplers``: k-diffusion's and A1111's own, over A1111's sigmas). A single job is a batch
 of one; ``core.engine.grouping`` decides which jobs are compatible.
 
 We use the diffusers pipelines' components but run our own loop, because A1111 needs things the pipelines
-do not do: per-step prompt schedules (editing, alternation) counted in model calls, ``AND`` parts combined
-with their weights, separate cond/uncond UNet calls when their lengths differ, A1111's noise (seeds,
-variation seeds, ENSD, the ``nv`` source), and several jobs in one loop, each image as if its job ran
-alone. For a plain prompt the loop does exactly what ``StableDiffusionPipeline.__call__`` does (a test
-compares the images).
+do not do: its samplers and schedule types (continuous timesteps, its sigma tables), per-step prompt
+schedules (editing, alternation) counted in model calls, ``AND`` parts combined with their weights,
+separate cond/uncond UNet calls when their lengths differ, A1111's noise (seeds, variation seeds, ENSD,
+the ``nv`` source, Brownian trees per image), inpaint blended on the x₀ prediction, and several jobs in one
+loop, each image as if its job ran alone.
 
-Each job keeps its own prompt schedule, ``AND`` parts, negative prompt, CFG scale, seeds, variation seed,
-ENSD, source image, mask and overlay; what shapes the loop (model, size, sampler, steps, strength, hires
-geometry, LoRA set) is the batch's. A job whose inputs, prompt, source image or mask are bad fails alone,
-with the message it gets alone, before the loop starts; a failure every job shares (the model, the LoRA
-set) fails them all. A cancelled job's rows leave the loop (``core.engine.loop``).
+Each job keeps its own prompt schedule, ``AND`` parts, negative prompt, CFG scale and rescale, seeds,
+variation seed, ENSD, source image, mask and overlay; what shapes the loop (model, size, sampler, steps,
+strength, hires geometry, LoRA set) is the batch's. A job whose inputs, prompt, source image or mask are
+bad fails alone, with the message it gets alone, before the loop starts; a failure every job shares (the
+model, the LoRA set) fails them all; a job whose latents or pixels come out NaN/inf fails alone after the
+loop. A cancelled job's rows leave the loop (``core.engine.loop``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,16 @@ from core.engine import checks, hires, loop, models, output, prompts, vae
 from core.engine.job import Job, Outcome, RunStats, Start
 from core.engine.runtime import Runtime
 from core.types import GenerationError, GenerationRequest, GenerationResult, Progress
+
+NAN_LATENTS = (
+    "the image came out broken (NaN/infinite values while sampling): usually a LoRA, embedding or "
+    "hypernetwork with broken or extreme weights (try without it, or a lower weight), or an fp16 overflow "
+    'in the UNet (the operator can set engine.dtype = "fp32")'
+)
+NAN_PIXELS = (
+    "the image came out broken (the VAE decoded NaN/infinite pixels, in float32 too): the VAE is likely "
+    "broken or does not fit this model; try another VAE (for SDXL in fp16: sdxl-vae-fp16-fix)"
+)
 
 
 class Pipeline:
@@ -77,7 +89,7 @@ class Pipeline:
             stats.encode = time.perf_counter() - t
             if not jobs:
                 return
-            # 4. Prepare each job's start: its source's latents and keep mask (img2img, inpaint), and an
+            # 4. Prepare each job's start: its source's latents and repaint mask (img2img, inpaint), and an
             #    inpainting UNet's [mask, masked-image latents]
             self.prepare_starts(model, jobs)
             # 5.-7. Initial noise, timesteps, denoising loop
@@ -88,9 +100,10 @@ class Pipeline:
             finished = self.hires_fix(model, finished)
         if not finished:
             return
-        # 9. Decode; inpaint: paste each job's images back onto its own source
+        # 9. Decode (a job whose pixels are NaN/inf fails); inpaint: paste each job's images onto its source
         t = time.perf_counter()
         images = runtime.decode(model, torch.cat([job.latents for job in finished]))
+        finished, images = self.drop_broken_images(finished, images)
         images = output.apply_overlays(finished, images)
         runtime.sync()
         stats.decode = time.perf_counter() - t
@@ -146,25 +159,31 @@ class Pipeline:
         return self._each(jobs, encode)
 
     def prepare_starts(self, model: models.LoadedModel, jobs: list[Job]) -> None:
-        """img2img / inpaint: each job's source latents, latent keep mask and masked content; for a
-        9-channel (inpainting) UNet also its ``image_cond`` rows."""
-        in_channels = model.pipe.unet.config.in_channels
+        """img2img / inpaint: each job's source latents, latent repaint mask and masked content; for a
+        9-channel (inpainting) UNet also its ``image_cond`` rows (txt2img: A1111's all-masked grey)."""
+        inpainting_unet = model.pipe.unet.config.in_channels == 9
         for job in jobs:
             init = job.init
             if init is None:
+                if inpainting_unet:
+                    size = (job.request.height, job.request.width)
+                    job.plan.image_cond = vae.blank_inpainting_conditioning(
+                        model, job.count, size, self.runtime.device
+                    )
                 continue
             latents = self.runtime.encode_images(model, [init.image]).repeat(job.count, 1, 1, 1)
-            keep = None
-            if init.mask is not None:
-                keep = (1.0 - torch.from_numpy(init.mask))[None, None].to(self.runtime.device, latents.dtype)
+            mask = None
+            if init.mask is not None:  # A1111's nmask: 1 where the image is repainted
+                mask = torch.from_numpy(init.mask)[None, None].to(self.runtime.device, torch.float32)
             strength = job.request.denoising_strength
-            job.start = Start(latents=latents, strength=strength, keep=keep, fill=init.fill)
-            if in_channels == 9:
+            job.start = Start(latents=latents, strength=strength, mask=mask, fill=init.fill)
+            if inpainting_unet:
                 job.plan.image_cond = vae.inpainting_conditioning(model, init, job.count, self.runtime.device)
 
     def denoise(self, jobs: list[Job], progress: tuple[int, int] | None) -> list[Job]:
-        """The loop (``core.engine.loop``); returns the jobs that finished, with their latents."""
-        return loop.denoise(
+        """The loop (``core.engine.loop``); returns the jobs that finished with finite latents. A job
+        whose latents came out NaN/inf fails alone, with the likely cause."""
+        done = loop.denoise(
             self.runtime,
             jobs,
             self.stats,
@@ -173,6 +192,24 @@ class Pipeline:
             self.should_cancel,
             progress=progress,
         )
+        finite = torch.stack([torch.isfinite(job.latents).all() for job in done]).tolist() if done else []
+        for job, ok in zip(done, finite, strict=True):
+            if not ok:
+                self.outcomes[job.index] = GenerationError(NAN_LATENTS)
+        return [job for job, ok in zip(done, finite, strict=True) if ok]
+
+    def drop_broken_images(self, jobs: list[Job], images: list) -> tuple[list[Job], list]:
+        """The jobs whose every image decoded to finite pixels, and their images; the others fail."""
+        kept_jobs, kept_images, row = [], [], 0
+        for job in jobs:
+            mine = images[row : row + job.count]
+            row += job.count
+            if any(image is None for image in mine):
+                self.outcomes[job.index] = GenerationError(NAN_PIXELS)
+                continue
+            kept_jobs.append(job)
+            kept_images.extend(mine)
+        return kept_jobs, kept_images
 
     def hires_fix(self, model: models.LoadedModel, jobs: list[Job]) -> list[Job]:
         """A1111's hires fix for jobs whose first passes are done: each job upscaled on its own, then one
@@ -187,16 +224,32 @@ class Pipeline:
         if not second:
             return []
         runtime = self.runtime
-        for job in second:  # each upscaled as alone: a pixel upscaler decodes, resizes and encodes its images
+
+        def decode(model, latents):  # a pixel upscaler's first-pass images; NaN/inf pixels fail the job
+            images = runtime.decode(model, latents)
+            if any(image is None for image in images):
+                raise GenerationError(NAN_PIXELS)
+            return images
+
+        def upscale(job: Job) -> None:  # each as alone: a pixel upscaler decodes, resizes and encodes
             latents = first[job.index].latents
-            upscaled = hires.upscale(
-                model, job.request, latents, decode=runtime.decode, encode=runtime.encode_images
-            )
+            upscaled = hires.upscale(model, job.request, latents, decode=decode, encode=runtime.encode_images)
             job.start = hires.start(job.request, upscaled)
+
+        second = self._each(second, upscale)
+        if not second:
+            return []
         with runtime.extra_networks(model, second[0].interpretations[0].networks):  # equal for all
             second = self.encode_prompt(model, second, {index: job.plan for index, job in first.items()})
             if not second:
                 return []
+            if model.pipe.unet.config.in_channels == 9:  # A1111: the hires pass is all masked, too
+                factor = model.vae_scale_factor
+                for job in second:
+                    size = (job.start.latents.shape[2] * factor, job.start.latents.shape[3] * factor)
+                    job.plan.image_cond = vae.blank_inpainting_conditioning(
+                        model, job.count, size, runtime.device
+                    )
             done = self.denoise(second, hires.progress(second[0].request, second_pass=True))
         for job in done:  # the first pass's plans write the PNGs
             first[job.index].latents = job.latents

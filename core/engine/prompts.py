@@ -107,20 +107,23 @@ def encode_prompt(
 
 
 def _seeds(request: GenerationRequest) -> tuple[list[int], list[int]]:
-    """Image i's seed and variation seed: the request's + i. A1111 draws a random seed as
-    ``random.randrange(4294967294)``, one short of the seeds it accepts."""
+    """Image i's seed and variation seed, as A1111's ``all_seeds`` / ``all_subseeds``: seed + i, but the
+    job's seed for every image when the variation strength is above 0 (then only the variation seed
+    moves: subseed + i). A1111 draws a random seed as ``random.randrange(4294967294)``, one short of the
+    seeds it accepts."""
     seed, subseed = request.seed, request.subseed
     if seed == ranges.RANDOM_SEED:
         seed = random.randrange(ranges.RANDOM_SEED_BOUND)
     if subseed == ranges.RANDOM_SEED:
         subseed = random.randrange(ranges.RANDOM_SEED_BOUND)
-    return [seed + i for i in range(request.count)], [subseed + i for i in range(request.count)]
+    step = 1 if request.subseed_strength == 0 else 0
+    return [seed + i * step for i in range(request.count)], [subseed + i for i in range(request.count)]
 
 
 def _ensd(request: GenerationRequest, settings: EngineSettings) -> int:
-    """The eta noise seed delta: the request's, else the setting; 0 where the sampler draws no step noise
-    (A1111 neither uses nor writes it there)."""
-    ensd = settings.eta_noise_seed_delta
+    """The eta noise seed delta: the request's, else the setting. It goes to every job's ImageRNG, which
+    re-seeds the step noise whenever it is not 0, as A1111's does for every sampler; the infotext names it
+    only where A1111 writes it (``samplers.uses_ensd``)."""
     if request.eta_noise_seed_delta is not None:
-        ensd = request.eta_noise_seed_delta
-    return ensd if samplers.uses_ensd(request.sampler, request.eta) else 0
+        return request.eta_noise_seed_delta
+    return settings.eta_noise_seed_delta

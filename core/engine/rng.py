@@ -10,17 +10,13 @@ three sources:
   same numbers on every machine, bit for bit A1111's.
 
 :class:`ImageRNG` is the per-job object: ``first()`` gives the initial latent noise (variation seed slerp
-included), ``next()`` the noise an ancestral/SDE sampler draws during sampling. :func:`scheduler_noise`
-routes a diffusers scheduler's step noise to ``ImageRNG.next()``.
+included), ``next()`` the noise an ancestral sampler draws during sampling (A1111's ``TorchHijack`` hands k-diffusion
+exactly that), with ENSD re-seeding after ``first()``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -141,10 +137,18 @@ class _Generator:
 
     def randn(self, shape: Sequence[int]) -> torch.Tensor:
         if self._nv is not None:
-            return torch.from_numpy(self._nv.randn(shape)).to(self.device)
+            return _onto(torch.from_numpy(self._nv.randn(shape)), self.device)
         assert self._torch is not None
         out = torch.randn(tuple(shape), generator=self._torch, device=self._torch.device, dtype=torch.float32)
-        return out.to(self.device)
+        return _onto(out, self.device)
+
+
+def _onto(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``. Host noise goes to a GPU through pinned memory without waiting: a plain copy
+    from pageable memory waits for everything queued on the GPU, a host sync at every sampler step."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def create_generator(seed: int, source: str = "gpu", device: str | torch.device = "cpu") -> _Generator:
@@ -256,76 +260,3 @@ class ImageRNG:
         out.subseeds = None if self.subseeds is None else [self.subseeds[i] if i < len(self.subseeds) else 0 for i in rows]
         out.generators = [self.generators[i] for i in rows]
         return out
-
-
-# -- routing a diffusers scheduler's step noise -------------------------------------------------------
-
-_local = threading.local()
-_patch_lock = threading.Lock()
-_patched: dict[str, tuple[Callable[..., Any], int]] = {}  # module name -> (original randn_tensor, users)
-
-
-def _active() -> list[tuple[str, ImageRNG]]:
-    stack = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
-    return stack
-
-
-def _make_dispatch(module_name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-    def randn_tensor(shape: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        image_rng = next((rng for name, rng in reversed(_active()) if name == module_name), None)
-        if image_rng is None:
-            return original(shape, *args, **kwargs)
-        noise = image_rng.next()
-        if tuple(noise.shape) != tuple(shape):
-            raise ValueError(
-                f"scheduler asked for step noise of shape {tuple(shape)}, the image RNG draws {tuple(noise.shape)}"
-            )
-        device = kwargs.get("device")
-        dtype = kwargs.get("dtype")
-        return noise.to(device=device if device is not None else noise.device, dtype=dtype or noise.dtype)
-
-    randn_tensor.__wrapped__ = original  # type: ignore[attr-defined]
-    return randn_tensor
-
-
-@contextlib.contextmanager
-def scheduler_noise(scheduler: Any, image_rng: ImageRNG) -> Iterator[None]:
-    """Inside the block, ``scheduler``'s step noise comes from ``image_rng.next()``.
-
-    diffusers' ancestral/SDE schedulers (Euler a, DPM2 a, DPM++ 2M SDE, DDIM with eta, LCM, ...) draw step
-    noise with ``randn_tensor`` imported into their own module. We replace that one module-level name
-    (``sys.modules[type(scheduler).__module__].randn_tensor``) for the duration of the block; other modules
-    and other schedulers are untouched, and the original is restored when the last user leaves. The
-    replacement dispatches per thread, so a concurrent loop in another thread keeps its own noise.
-    DPM++ SDE (``DPMSolverSDEScheduler``) draws from a Brownian tree instead: seed it with
-    ``noise_sampler_seed`` (see ``core.engine.samplers.scheduler_kwargs``); this context changes nothing there.
-    """
-    module_name = type(scheduler).__module__
-    module = sys.modules[module_name]
-    with _patch_lock:
-        if module_name in _patched:
-            original, users = _patched[module_name]
-            _patched[module_name] = (original, users + 1)
-        else:
-            original = getattr(module, "randn_tensor", None)
-            if original is None:
-                _patched[module_name] = (None, 1)  # type: ignore[assignment]
-            else:
-                _patched[module_name] = (original, 1)
-                module.randn_tensor = _make_dispatch(module_name, original)
-    stack = _active()
-    stack.append((module_name, image_rng))
-    try:
-        yield
-    finally:
-        stack.pop()
-        with _patch_lock:
-            original, users = _patched[module_name]
-            if users > 1:
-                _patched[module_name] = (original, users - 1)
-            else:
-                del _patched[module_name]
-                if original is not None:
-                    module.randn_tensor = original

@@ -12,27 +12,29 @@ from core.engine import models
 
 
 @contextlib.contextmanager
-def upcast(model: models.LoadedModel) -> Iterator[Any]:
-    """The model's VAE, in fp32 inside the block where the pipelines do it: only SDXL's fp16 VAE (its fp16
-    decode overflows; ``force_upcast`` in its config)."""
+def upcast(model: models.LoadedModel, *, always: bool = False) -> Iterator[Any]:
+    """The model's VAE, in fp32 inside the block where the pipelines do it: SDXL's fp16 VAE (its fp16
+    decode overflows; ``force_upcast`` in its config), or any VAE with ``always``."""
     vae = model.pipe.vae
-    needed = (
-        model.kind == "sdxl" and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    )
+    dtype = vae.dtype
+    forced = model.kind == "sdxl" and dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    needed = dtype != torch.float32 and (always or forced)
     if needed:
         vae.to(torch.float32)
     try:
         yield vae
     finally:
         if needed:
-            vae.to(torch.float16)
+            vae.to(dtype)
 
 
 @torch.no_grad()
-def decode_latents(model: models.LoadedModel, latents: torch.Tensor, *, chunk: int = 0) -> torch.Tensor:
+def decode_latents(
+    model: models.LoadedModel, latents: torch.Tensor, *, chunk: int = 0, fp32: bool = False
+) -> torch.Tensor:
     """Latents -> image tensor in [-1, 1], ``chunk`` latents per VAE call (0: all at once), so a big batch's
-    decode peak stays that of one chunk."""
-    with upcast(model) as vae:
+    decode peak stays that of one chunk. ``fp32``: the VAE in float32 whatever the model's dtype."""
+    with upcast(model, always=fp32) as vae:
         latents = latents.to(vae.dtype) / vae.config.scaling_factor
         chunk = chunk or latents.shape[0]
         pieces = [
@@ -43,10 +45,19 @@ def decode_latents(model: models.LoadedModel, latents: torch.Tensor, *, chunk: i
 
 
 def decode(model: models.LoadedModel, latents: torch.Tensor, *, chunk: int = 0) -> list:
-    """Latents -> PIL images (see :func:`decode_latents`)."""
-    return model.pipe.image_processor.postprocess(
-        decode_latents(model, latents, chunk=chunk), output_type="pil"
-    )
+    """Latents -> PIL images (see :func:`decode_latents`); None for a latent whose pixels are NaN/inf.
+
+    As A1111 (``auto_vae_precision``, on by default), rows a half-precision VAE decodes to NaN/inf are
+    decoded again with the VAE in float32 (an fp16 VAE overflows on some images).
+    """
+    pixels = decode_latents(model, latents, chunk=chunk)
+    bad = ~torch.isfinite(pixels).flatten(1).all(dim=1)
+    if bad.any() and model.pipe.vae.dtype != torch.float32:
+        rows = bad.nonzero().flatten()
+        pixels[rows] = decode_latents(model, latents[rows], chunk=chunk, fp32=True).to(pixels.dtype)
+        bad = ~torch.isfinite(pixels).flatten(1).all(dim=1)
+    images = model.pipe.image_processor.postprocess(pixels.nan_to_num(), output_type="pil")
+    return [None if broken else image for image, broken in zip(images, bad.tolist(), strict=True)]
 
 
 @torch.no_grad()
@@ -94,3 +105,13 @@ def inpainting_conditioning(model: models.LoadedModel, init, count: int, device)
     small = torch.nn.functional.interpolate(mask, size=latents.shape[-2:])
     cond = torch.cat([small.to(latents.device, latents.dtype), latents], dim=1)
     return cond.repeat(count, 1, 1, 1)
+
+
+@torch.no_grad()
+def blank_inpainting_conditioning(model: models.LoadedModel, count: int, size: tuple[int, int], device):
+    """A1111's ``txt2img_image_conditioning`` for 9-channel UNets (txt2img and the hires pass): everything
+    masked (ones) and the latents of a grey image (0.5, i.e. 0 in [-1, 1]), at ``size`` (height, width)."""
+    height, width = size
+    latents = encode_pixels(model, torch.zeros(1, 3, height, width), device)
+    mask = torch.ones(1, 1, *latents.shape[-2:], device=latents.device, dtype=latents.dtype)
+    return torch.cat([mask, latents], dim=1).repeat(count, 1, 1, 1)

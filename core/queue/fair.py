@@ -12,10 +12,10 @@ Fairness, in two levels:
 * **Across guilds**: deficit round robin in its virtual-time form (start-time fair queueing, i.e. DRR
   with an infinitely small quantum). Each guild (and the DM queue) carries a start tag; the guild
   with the smallest tag is served next, and serving a job moves that guild's tag on by
-  ``cost / weight``, where cost is :mod:`core.cost`'s (pixels × steps × images). A guild that sends
-  big jobs gets fewer of them; a guild with weight 2 gets twice the service. A guild that was idle
-  joins at the current virtual time, so it neither starves nor banks credit while away. Every
-  decision is one heap pop and one push: O(log guilds).
+  ``cost / weight``, where cost is :mod:`core.cost`'s (UNet rows × pixels × model calls). A guild
+  that sends big jobs gets fewer of them; a guild with weight 2 gets twice the service. A guild that
+  was idle joins at the current virtual time, so it neither starves nor banks credit while away.
+  Every decision is one heap pop and one push: O(log guilds).
 * **Across users within a guild**: round robin over the users that have jobs waiting; each user's
   own jobs stay in the order they were submitted (FIFO per user).
 

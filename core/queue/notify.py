@@ -11,9 +11,11 @@ SQLite serves one process: there is nobody to tell, and sending is a no-op there
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,32 +87,125 @@ async def publish(db: Database, channel: str, note: Note) -> None:
         await send(s, channel, note)
 
 
-async def listen(db: Database, channel: str, on_note: Callable[[Note], None]) -> Any | None:
-    """A dedicated asyncpg connection that calls ``on_note(note)`` per NOTIFY on ``channel``.
+class Listener:
+    """LISTEN on ``channel`` on a dedicated asyncpg connection that comes back when it is lost.
 
-    Returns the connection (close it when done), or None when LISTEN is unavailable (SQLite, or the
-    server refused): callers then rely on polling alone.
+    ``on_note(note)`` is called per NOTIFY. A server restart, a terminated backend or a cut network ends
+    the connection (asyncpg reports it; a silent half-open one is found by a ping every
+    ``check_every_s``); it is reopened with exponential backoff, and ``on_reconnect()`` is then called:
+    every note sent meanwhile is lost, so the caller looks at the table for what changed.
+
+    Nothing on SQLite (one process: there is nobody to listen to). If the server refuses at start,
+    callers rely on polling until it accepts.
     """
-    if db.is_sqlite:
-        return None
 
-    def on_payload(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        note = decode(payload)
-        if note is None:
-            log.debug("ignored a NOTIFY on %s that is not a chant note: %r", channel, payload[:200])
-            return
-        on_note(note)
+    def __init__(
+        self,
+        db: Database,
+        channel: str,
+        on_note: Callable[[Note], None],
+        *,
+        on_reconnect: Callable[[], Awaitable[None] | None] | None = None,
+        retry_s: tuple[float, float] = (0.5, 30.0),  # first and longest wait between reconnects
+        check_every_s: float = 15.0,
+    ) -> None:
+        self.db = db
+        self.channel = channel
+        self.on_note = on_note
+        self.on_reconnect = on_reconnect
+        self.retry_s = retry_s
+        self.check_every_s = check_every_s
+        self._conn: Any = None
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.reconnects = 0  # times the connection came back after a loss
 
-    try:
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def start(self) -> bool:
+        """Connect now and keep the connection up from here on; False when not (yet) listening."""
+        if self.db.is_sqlite:
+            return False
+        try:
+            await self._connect()
+        except Exception:
+            log.warning("LISTEN %s is unavailable; polling until it is", self.channel, exc_info=True)
+            self._lost.set()
+        self._task = asyncio.create_task(self._keep_up(), name=f"chant-listen-{self.channel}")
+        return self.connected
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await self._drop()
+
+    async def _connect(self) -> None:
         import asyncpg
 
-        dsn = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        conn = await asyncpg.connect(dsn)
-        await conn.add_listener(channel, on_payload)
-        return conn
-    except Exception:
-        log.warning("LISTEN %s is unavailable; polling instead", channel, exc_info=True)
-        return None
+        dsn = self.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = await asyncpg.connect(dsn, server_settings={"application_name": f"chant listen {self.channel}"})
+        try:
+            await conn.add_listener(self.channel, self._on_payload)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._lost.clear()
+        conn.add_termination_listener(lambda _conn: self._lost.set())
+        self._conn = conn
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2.0)
+            conn.terminate()
+
+    def _on_payload(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        note = decode(payload)
+        if note is None:
+            log.debug("ignored a NOTIFY on %s that is not a chant note: %r", self.channel, payload[:200])
+            return
+        self.on_note(note)
+
+    async def _keep_up(self) -> None:
+        while True:
+            await self._wait_until_lost()
+            await self._drop()
+            log.warning("LISTEN %s lost; reconnecting", self.channel)
+            delay = self.retry_s[0]
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self._connect()
+                    break
+                except Exception as exc:
+                    log.info("LISTEN %s: reconnecting failed (%s); again in %.1fs", self.channel, exc, delay)
+                    delay = min(2 * delay, self.retry_s[1])
+            self.reconnects += 1
+            log.warning("LISTEN %s is back; catching up on what changed meanwhile", self.channel)
+            if self.on_reconnect is not None:
+                try:
+                    result = self.on_reconnect()
+                    if result is not None:
+                        await result
+                except Exception:
+                    log.exception("catching up after LISTEN %s came back failed", self.channel)
+
+    async def _wait_until_lost(self) -> None:
+        """Return when the connection ended, or stopped answering a ping."""
+        while not self._lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), self.check_every_s)
+                return
+            try:
+                await asyncio.wait_for(self._conn.execute("SELECT 1"), min(10.0, self.check_every_s))
+            except Exception:
+                return
 
 
 class ProgressNotifier:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from core.cost import pixel_steps, standard_images
+from core.cost import job_cost, standard_images
 from core.queue.fair import FairScheduler
 from core.queue.store import JobStore
 from core.types import GenerationRequest
@@ -70,7 +70,7 @@ class QueuePositions:
 
     async def estimate_seconds(self, request: GenerationRequest) -> float:
         """The GPU seconds ``request`` should take (what the quota reserves until it is measured)."""
-        units = standard_images(pixel_steps(request))
+        units = standard_images(job_cost(request))
         rate = await self.throughput()
         return round(units / rate if rate else units * DEFAULT_SECONDS_PER_IMAGE, 3)
 

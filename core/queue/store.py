@@ -16,13 +16,14 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import JSON, BigInteger, Integer, and_, case, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import moderation
 from core.cost import standard_images
 from core.queue import notify
 from core.queue.fair import QueuedJob
 from core.queue.notify import EVENTS, JOBS, Note
 from core.storage.db import Database
-from core.storage.models import Job, JobInput
-from core.storage.repositories import Repositories
+from core.storage.models import Guild, Job
+from core.storage.repositories import Repositories, moderation_of
 from core.types import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -100,11 +101,21 @@ class Claimed:
 
 
 class JobStore:
-    def __init__(self, db: Database, *, worker_id: str, lease_seconds: float, max_attempts: int = 2) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        max_attempts: int = 2,
+        moderation_policy: moderation.OperatorPolicy | None = None,
+    ) -> None:
         self.db = db
         self.worker_id = worker_id
         self.lease = timedelta(seconds=lease_seconds)
         self.max_attempts = max_attempts
+        # The operator's [moderation] settings: each result is moderated as it is stored.
+        self.moderation = moderation_policy or moderation.OperatorPolicy()
 
     @property
     def is_postgres(self) -> bool:
@@ -204,9 +215,7 @@ class JobStore:
             images: dict[str, bytes | None] = {}
             if params.get("mode", "txt2img") != "txt2img":  # img2img / inpaint: their input images
                 async with self.db.session() as s:
-                    inputs = await s.get(JobInput, job_id)
-                if inputs is not None:
-                    images = {"init_image": inputs.init_image, "mask_image": inputs.mask_image}
+                    images = await Repositories(s).jobs.inputs(job_id)
             out.append(Claimed(job_id, GenerationRequest.from_dict(params, **images), attempts))
         return out
 
@@ -281,10 +290,33 @@ class JobStore:
         if res.rowcount != 1:
             return False
         repos = Repositories(s)
-        await repos.jobs.add_images(job_id, result.images)
-        await repos.quotas.commit(job_id, actual={"gpu_seconds": gpu_seconds})
+        decisions = await self._moderate(s, job_id, result)
+        await repos.jobs.add_images(job_id, result.images, [stored for _, stored in decisions])
+        actual = {"gpu_seconds": gpu_seconds}
+        charged = sum(decision.charged for decision, _ in decisions)
+        if charged < len(decisions):  # blocked only because it could not be checked: refunded
+            actual["images"] = float(charged)
+        await repos.quotas.commit(job_id, actual=actual)
         await notify.send(s, EVENTS, Note("done", job_id))
         return True
+
+    async def _moderate(
+        self, s: AsyncSession, job_id: int, result: GenerationResult
+    ) -> list[tuple[moderation.Decision, dict]]:
+        """Each image's moderation decision for the place its job was asked in, under the policy of
+        now (the worker scored the images; ``GeneratedImage.score`` None = not checked)."""
+        guild_id, age_restricted = (
+            await s.execute(select(Job.guild_id, Job.age_restricted).where(Job.id == job_id))
+        ).one()
+        place = moderation.place_of(guild_id, age_restricted)
+        guild = None
+        if guild_id is not None:
+            guild = moderation_of(await s.get(Guild, guild_id), self.moderation.default)
+        out = []
+        for image in result.images:
+            decision = moderation.decide(image.score, place, guild, self.moderation)
+            out.append((decision, moderation.record(decision, place, guild, self.moderation)))
+        return out
 
     async def fail(self, job_id: int, reason: str, *, only_if_ours: bool = True) -> bool:
         """Mark a running job failed (quota refunded); False if it is no longer ours."""

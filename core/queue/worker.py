@@ -7,6 +7,10 @@ lease, runs the engine in a thread (``asyncio.to_thread``), forwards progress, s
 reports to a :class:`WorkerListener` (the announcer of :mod:`core.services` in-process; PostgreSQL
 NOTIFY in a ``chant worker`` process; :mod:`core.bootstrap` wires which).
 
+Every result image is scored for moderation by the :class:`ImageScorer` (when one is configured) in
+the same worker thread, right after the engine call and batched over the batch's images, so the event
+loop never waits on it; the store decides post / spoiler / block from the score as it stores them.
+
 Storing a batch's results (database writes, listener calls) overlaps the engine running the next
 batch: the GPU does not wait for the database. Results are stored in the order their batches ran, and
 ``stop()`` waits for every one of them.
@@ -16,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from core.engine.api import Engine
@@ -52,6 +57,15 @@ class WorkerListener(Protocol):
         """The job's row reached done/failed (its images are stored); load and announce it."""
 
 
+class ImageScorer(Protocol):
+    """The moderation classifier as the worker sees it (:class:`core.engine.classifier.ClassifierScorer`,
+    or a stub in tests): called in the worker thread."""
+
+    def scores(self, pngs: Sequence[bytes]) -> list[float | None]:
+        """One score (0..1, the unsafe labels' probability) per image; None where it could not check."""
+        ...
+
+
 @runtime_checkable
 class Preloads(Protocol):
     """An engine that can load (compile, warm up) its default model ahead of the first job (the
@@ -82,11 +96,13 @@ class Worker:
         poll_interval_s: float = 1.0,
         recover_all_on_start: bool = False,
         default_weight: float = 1.0,
+        scorer: ImageScorer | None = None,
         outputs: ResultFiles | None = None,  # outputs.dir: results also written as files
     ) -> None:
         self.store = store
         self.outputs = outputs
         self.engine = engine
+        self.scorer = scorer  # None: results are stored "not checked"
         self.listener: WorkerListener = listener or NullListener()
         self.max_batch = max(0, max_batch)
         self.poll_interval_s = poll_interval_s
@@ -176,7 +192,13 @@ class Worker:
                 await self._idle()
 
     async def _preload(self) -> None:
-        """Load (compile, warm up) the default model before claiming jobs, so no user waits for it."""
+        """Load (compile, warm up) the default model and the classifier before claiming jobs, so no
+        user waits for them."""
+        if isinstance(self.scorer, Preloads) and not self._stopping:
+            try:
+                await asyncio.to_thread(self.scorer.preload)
+            except Exception as exc:  # its images are stored "not checked"; the policy says what follows
+                log.error("could not load the moderation classifier: %s", exc)
         if not isinstance(self.engine, Preloads) or self._stopping:
             return
         start = time.monotonic()
@@ -328,9 +350,7 @@ class Worker:
         engine_start = time.monotonic()
         self.batches += 1
         try:
-            results = await asyncio.to_thread(
-                self.engine.generate_batch, requests, on_progress=on_progress, should_cancel=should_cancel
-            )
+            results = await asyncio.to_thread(self._generate, requests, on_progress, should_cancel)
         except Exception as exc:  # the engine call as a whole failed: every job in it failed
             results = [exc] * len(ids)
         except BaseException:  # cancelled: the renewal ends with us
@@ -354,6 +374,40 @@ class Worker:
         self._settling = asyncio.create_task(
             self._settle_batch(self._settling, (renew, done), ids, results, shares, gate), name="chant-settle"
         )
+
+    def _generate(
+        self,
+        requests: list,
+        on_progress: Callable[[int, Progress], None],
+        should_cancel: Callable[[int], bool],
+    ) -> list[GenerationResult | BaseException]:
+        """The engine call and the classifier, in the worker thread."""
+        results = self.engine.generate_batch(requests, on_progress=on_progress, should_cancel=should_cancel)
+        return self._score(results) if self.scorer is not None else results
+
+    def _score(
+        self, results: Sequence[GenerationResult | BaseException]
+    ) -> list[GenerationResult | BaseException]:
+        """Each result image with its classifier score: one classifier call for the batch's images."""
+        assert self.scorer is not None
+        pngs = [image.png for r in results if isinstance(r, GenerationResult) for image in r.images]
+        if not pngs:
+            return list(results)
+        try:
+            scores = list(self.scorer.scores(pngs))
+            if len(scores) != len(pngs):
+                raise ValueError(f"{len(scores)} scores for {len(pngs)} images")
+        except Exception:
+            log.exception("the moderation classifier failed; %d image(s) stored as not checked", len(pngs))
+            scores = [None] * len(pngs)
+        it = iter(scores)
+        out: list[GenerationResult | BaseException] = []
+        for r in results:
+            if isinstance(r, GenerationResult):
+                images = tuple(dataclasses.replace(image, score=next(it)) for image in r.images)
+                r = dataclasses.replace(r, images=images)
+            out.append(r)
+        return out
 
     async def _settle_batch(
         self,

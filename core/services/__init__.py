@@ -5,6 +5,7 @@ from core.services.service import ChantService
 from core.services.types import (
     Actor,
     GuildLimits,
+    ImageModeration,
     ImagineOptions,
     JobCancelled,
     JobDone,
@@ -14,9 +15,11 @@ from core.services.types import (
     JobQueued,
     JobStarted,
     JobView,
+    ModerationView,
     PresetView,
     QuotaView,
     Receipt,
+    RemixForm,
     UserError,
 )
 
@@ -24,6 +27,7 @@ __all__ = [
     "Actor",
     "ChantService",
     "GuildLimits",
+    "ImageModeration",
     "ImagineOptions",
     "JobCancelled",
     "JobDone",
@@ -33,8 +37,10 @@ __all__ = [
     "JobQueued",
     "JobStarted",
     "JobView",
+    "ModerationView",
     "PresetView",
     "QuotaView",
     "Receipt",
+    "RemixForm",
     "UserError",
 ]

@@ -1,4 +1,5 @@
-"""/admin: quotas, limits, default model, reroll policy, banned words, channels, admin roles, stats.
+"""/admin: quotas, limits, default model, reroll policy, banned words, channels, admin roles, image
+moderation, stats and a job's details.
 
 Every change is checked against the actor's admin rights in the same transaction that makes it, and
 written to the audit log.
@@ -11,10 +12,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.moderation import parse_guild_policy
 from core.services import policy
 from core.services.context import Context, guild_of
-from core.services.types import Actor, UserError
-from core.storage.repositories import GUILD_LIMIT_FIELDS, Repositories
+from core.services.reads import view_of
+from core.services.types import Actor, JobView, ModerationView, UserError
+from core.storage.repositories import GUILD_LIMIT_FIELDS, Repositories, moderation_of
 
 SETTABLE_LIMITS = GUILD_LIMIT_FIELDS
 
@@ -88,6 +91,63 @@ async def set_reroll_policy(ctx: Context, actor: Actor, policy_name: str) -> Non
     await _update(ctx, actor, "reroll.policy", policy_name, reroll_policy=policy_name)
 
 
+async def set_moderation(
+    ctx: Context,
+    actor: Actor,
+    *,
+    policy_name: str | None = None,
+    threshold: float | None = None,
+    age_restricted: str | None = None,
+) -> ModerationView:
+    """The guild's image moderation: the policy (off | spoiler | block), the score at which an image is
+    flagged, and what its age-restricted channels do (allow | spoiler | same). What is left out stays;
+    nothing given just shows the settings."""
+    current = await moderation_settings(ctx, actor)
+    try:  # every value checked together, so a bad one changes nothing
+        parse_guild_policy(
+            policy_name or current.policy,
+            current.threshold if threshold is None else threshold,
+            age_restricted or current.age_restricted,
+        )
+    except ValueError as exc:
+        raise UserError("invalid", f"{str(exc)[:1].upper()}{str(exc)[1:]}.") from None
+    changes = {
+        name: value
+        for name, value in (
+            ("moderation_policy", policy_name),
+            ("moderation_threshold", threshold),
+            ("age_restricted_policy", age_restricted),
+        )
+        if value is not None
+    }
+    if changes:
+        await _update(ctx, actor, "moderation.set", "", **changes)
+    return await moderation_settings(ctx, actor)
+
+
+async def moderation_settings(ctx: Context, actor: Actor) -> ModerationView:
+    async with ctx.db.session() as s:
+        await _require_admin(s, actor)
+        rules = moderation_of(await guild_of(s, actor), ctx.moderation.default)
+    return ModerationView(
+        policy=str(rules.policy),
+        threshold=rules.threshold,
+        age_restricted=str(rules.age_restricted),
+        classifier=bool(ctx.settings.moderation.classifier),
+        dm_policy=str(ctx.moderation.dm_policy),
+    )
+
+
+async def job(ctx: Context, actor: Actor, job_id: int) -> JobView:
+    """Any job of the admin's guild, as stored: its images' scores and moderation decisions included."""
+    async with ctx.db.session() as s:
+        gid = await _require_admin(s, actor)
+        found = await Repositories(s).jobs.get(job_id)
+        if found is None or found.guild_id != gid:
+            raise UserError("not_found", f"There is no job {job_id} on this server.")
+        return await view_of(s, found)
+
+
 async def _update(ctx: Context, actor: Actor, action: str, target: str, **changes: Any) -> None:
     async with ctx.db.transaction(write=True) as s:
         gid = await _require_admin(s, actor)
@@ -150,6 +210,10 @@ async def admin_roles(ctx: Context, actor: Actor, role_id: int, *, add: bool) ->
 async def stats(ctx: Context, actor: Actor) -> dict[str, int | float]:
     async with ctx.db.session() as s:
         gid = await _require_admin(s, actor)
-        out: dict[str, int | float] = dict(await Repositories(s).jobs.stats(guild_id=gid))
+        repos = Repositories(s)
+        out: dict[str, int | float] = dict(await repos.jobs.stats(guild_id=gid))
+        names = {"post": "images_posted", "spoiler": "images_spoilered", "block": "images_blocked"}
+        for action, count in (await repos.jobs.moderation_counts(guild_id=gid)).items():
+            out[names.get(action, f"images_{action}")] = count
     out["queued_all_guilds"] = await ctx.queue.queued()
     return out

@@ -5,7 +5,8 @@ announced once, whichever reports first:
 
 * the in-process worker calls the :class:`Announcer` (it is the worker's ``WorkerListener``;
   :mod:`core.bootstrap` wires it);
-* with PostgreSQL, workers in other processes NOTIFY (:mod:`core.queue.notify`), heard on LISTEN;
+* with PostgreSQL, workers in other processes NOTIFY (:mod:`core.queue.notify`), heard on LISTEN
+  (when that connection is lost, it comes back and the table tells what was missed meanwhile);
 * without a worker here, or with PostgreSQL, a poller reads the jobs table (the fallback when a
   NOTIFY was missed, and all there is for a bot beside a SQLite worker in another process).
 
@@ -46,7 +47,7 @@ class Announcer:
         self._recompute: asyncio.Task | None = None  # recomputing queue positions (one at a time)
         self._recompute_again = False
         self._tasks: set[asyncio.Task] = set()
-        self._listening: Any = None
+        self._listening: notify.Listener | None = None
 
     # ------------------------------------------------------------------ the in-process worker
 
@@ -107,7 +108,8 @@ class Announcer:
     async def start(self, *, listen: bool, poll: bool) -> None:
         self.ledger.begin()
         if listen:
-            self._listening = await notify.listen(self.db, EVENTS, self._on_note)
+            self._listening = notify.Listener(self.db, EVENTS, self._on_note, on_reconnect=self._catch_up)
+            await self._listening.start()
         if poll:
             self._spawn(self._poll_finished(), name="chant-poll-finished")
 
@@ -121,8 +123,7 @@ class Announcer:
         self._tasks.clear()
         self._recompute = None
         if self._listening is not None:
-            with contextlib.suppress(Exception):
-                await self._listening.close()
+            await self._listening.close()
             self._listening = None
 
     def _spawn(self, coro: Any, name: str | None = None) -> None:
@@ -138,6 +139,20 @@ class Announcer:
             self._started(note.job_id)
         elif note.kind in ("done", "failed"):
             self._spawn(self.job_finished(note.job_id))
+
+    async def _catch_up(self) -> None:
+        """LISTEN came back after a loss: the notes sent meanwhile are gone, so announce from the table
+        what changed — jobs that started (running now), jobs that ended, and the queue's new order."""
+        async with self.db.session() as s:
+            jobs = Repositories(s).jobs
+            running = await jobs.running_ids()
+            ended = await jobs.finished_since(self.ledger.begin())
+        for job_id in running:
+            self._started(job_id)
+        for job_id in ended:
+            if not self.ledger.announced_end(job_id):
+                await self.job_finished(job_id)
+        self._positions_changed()
 
     async def _poll_finished(self) -> None:
         since = self.ledger.begin()

@@ -15,9 +15,11 @@ from core.services.types import (
     ImagineOptions,
     JobEvent,
     JobView,
+    ModerationView,
     PresetView,
     QuotaView,
     Receipt,
+    RemixForm,
 )
 from core.types import GeneratedImage
 
@@ -41,13 +43,53 @@ class CoreAPI(Protocol):
     def events(self) -> EventStream: ...
 
     # submit, reroll, variation, cancel
-    async def submit_imagine(self, actor: Actor, options: ImagineOptions) -> Receipt: ...
+    # ``status_message_id``: the message (in the actor's channel) the bot shows the job's status in,
+    # posted before the submit and stored with the job in the same transaction.
+    async def submit_imagine(
+        self, actor: Actor, options: ImagineOptions, *, status_message_id: int | None = None
+    ) -> Receipt: ...
 
-    async def reroll(self, actor: Actor, message_id: int) -> Receipt: ...
+    async def reroll(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt: ...
 
-    async def variation(self, actor: Actor, message_id: int) -> Receipt: ...
+    async def variation(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt: ...
 
     async def cancel(self, actor: Actor, job_id: int) -> JobView: ...
+
+    # the result controls (buttons): one image of a job (index, 0-based) and what to make from it; each
+    # that makes a job takes ``status_message_id`` as submit_imagine does
+    async def reroll_job(self, actor: Actor, job_id: int, *, status_message_id: int | None = None) -> Receipt: ...
+
+    async def vary(
+        self, actor: Actor, job_id: int, index: int, strength: str, *, status_message_id: int | None = None
+    ) -> Receipt: ...
+
+    async def remix_form(self, actor: Actor, job_id: int, index: int) -> RemixForm: ...
+
+    async def remix(
+        self,
+        actor: Actor,
+        job_id: int,
+        index: int,
+        *,
+        prompt: str,
+        negative: str,
+        seed: int | None,
+        status_message_id: int | None = None,
+    ) -> Receipt: ...
+
+    async def zoom_out(
+        self, actor: Actor, job_id: int, index: int, factor: float, *, status_message_id: int | None = None
+    ) -> Receipt: ...
+
+    async def pan(
+        self, actor: Actor, job_id: int, index: int, direction: str, *, status_message_id: int | None = None
+    ) -> Receipt: ...
+
+    async def pick(self, actor: Actor, job_id: int, index: int) -> tuple[JobView, GeneratedImage]: ...
 
     # reads
     async def show(self, actor: Actor, job_id: int) -> JobView: ...
@@ -76,9 +118,9 @@ class CoreAPI(Protocol):
 
     def lora_names(self) -> list[str]: ...
 
-    # results and their messages
-    async def record_status_message(self, job_id: int, channel_id: int, message_id: int) -> None: ...
+    def complete_prompt(self, text: str) -> list[tuple[str, str]]: ...
 
+    # results and their messages
     async def record_result_messages(self, job_id: int, message_ids: Sequence[int]) -> None: ...
 
     async def delete_result(self, actor: Actor, message_id: int) -> JobView: ...
@@ -133,3 +175,14 @@ class CoreAPI(Protocol):
     async def admin_remove_admin_role(self, actor: Actor, role_id: int) -> None: ...
 
     async def admin_stats(self, actor: Actor) -> dict[str, int | float]: ...
+
+    async def admin_moderation(
+        self,
+        actor: Actor,
+        *,
+        policy: str | None = None,
+        threshold: float | None = None,
+        age_restricted: str | None = None,
+    ) -> ModerationView: ...
+
+    async def admin_job(self, actor: Actor, job_id: int) -> JobView: ...

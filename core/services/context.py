@@ -9,25 +9,30 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import ranges
 from core.config import Settings
 from core.engine import catalog
 from core.engine.api import Engine
+from core.moderation import OperatorPolicy
+from core.prompt.wildcards import WildcardLibrary
 from core.queue.positions import QueuePositions
 from core.queue.store import JobStore
 from core.queue.worker import Worker
 from core.services.events import Ledger
+from core.services.images import ImageWork
 from core.services.types import Actor
 from core.storage.db import Database
 from core.storage.models import Guild
 from core.storage.repositories import Repositories
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from core.services.prompts import TagSource
 
-# Offered (and accepted) when no engine runs in this process: `chant run --no-worker`.
-DEFAULT_SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DDIM", "LMS", "Heun")
+log = logging.getLogger(__name__)
 
 
 class Catalog:
@@ -63,7 +68,7 @@ class Catalog:
     def samplers(self) -> list[str]:
         if self.engine is not None:
             return list(self.engine.sampler_names())
-        return list(DEFAULT_SAMPLERS)
+        return list(ranges.SAMPLERS)  # no engine in this process (`chant run --no-worker`): A1111's names
 
     def loras(self) -> list[str]:
         """LoRA names for autocomplete and /loras (file stems in the configured folders)."""
@@ -86,6 +91,10 @@ class Context:
     catalog: Catalog
     worker: Worker | None = None  # the in-process worker, told about new and cancelled jobs at once
     rng: random.Random = field(default_factory=random.SystemRandom)  # seeds and variation seeds
+    moderation: OperatorPolicy = field(default_factory=OperatorPolicy)  # the operator's [moderation]
+    wildcards: WildcardLibrary | None = None  # dynamic prompts' files; None = prompts.dynamic off
+    tags: TagSource | None = None  # tag autocomplete's index (core.services.prompts)
+    images: ImageWork = field(default_factory=ImageWork)  # uploads are checked here, off the event loop
 
     @property
     def max_input_pixels(self) -> int:

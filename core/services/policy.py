@@ -1,8 +1,8 @@
 """The rules a request and an actor are held to: no database, no I/O, every refusal a :class:`UserError`.
 
 Limits (the operator's, lowered per guild by its admins), queue caps, where the bot answers, what a
-prompt may contain (its syntax, banned words, known LoRAs) and who may see, reroll, cancel, delete or
-administer what. Value ranges come from :mod:`core.ranges`, the one definition the bot and the engine
+prompt may contain (its syntax, banned words, known LoRAs), who may see, reroll, cancel, delete or
+administer what, and where an image may be posted again (moderation). Value ranges come from :mod:`core.ranges`, the one definition the bot and the engine
 share, so nothing accepted here is refused later.
 """
 
@@ -12,12 +12,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from core import ranges
+from core import moderation, ranges
 from core.config import EngineSettings, Settings
+from core.cost import prompt_shape
+from core.engine.image_modes import hires_target  # torch-free: the engine's own hires target
 from core.prompt import Interpretation, PromptError, interpret
-from core.services.types import Actor, UserError
+from core.services.types import Actor, ImageModeration, UserError
 from core.storage.models import Guild, Job
-from core.storage.repositories import GUILD_LIMIT_FIELDS, QuotaExceeded
+from core.storage.repositories import GUILD_LIMIT_FIELDS, QuotaExceeded, moderation_of
 from core.types import GenerationRequest, Mode
 
 Limits = dict[str, int]  # GUILD_LIMIT_FIELDS -> value
@@ -88,6 +90,14 @@ def quota_refusal(exc: QuotaExceeded) -> UserError:
     )
 
 
+def source_pruned(job_id: int, retention_days: int) -> UserError:
+    return UserError(
+        "source_pruned",
+        f"The source image of job {job_id} is no longer stored: source images are kept {retention_days} "
+        "days after the last job that used them. Start again from the picture with /img2img.",
+    )
+
+
 # ------------------------------------------------------------------------------------ who may do what
 
 
@@ -141,6 +151,51 @@ def acts_for_another(actor: Actor, guild: Guild | None, job: Job, refusal: str) 
     return True
 
 
+# ------------------------------------------------------------------------------------ moderation
+
+
+def age_restricted_here(actor: Actor, job: Job | None = None) -> bool:
+    """Whether the actor's channel is age-restricted; when the bot could not tell (None), a job's own
+    channel counts as the job recorded it and any other channel as not age-restricted."""
+    if actor.age_restricted is not None:
+        return actor.age_restricted
+    return job is not None and job.age_restricted and actor.channel_id == job.channel_id
+
+
+def moderation_here(
+    actor: Actor,
+    guild: Guild | None,
+    operator: moderation.OperatorPolicy,
+    scores: Sequence[float | None],
+    job: Job | None = None,
+) -> list[moderation.Decision]:
+    """Each image (by its stored score) as it would be moderated where the actor is now, under the
+    policy of now: ``/show``, a picked image, and what the controls would make from it."""
+    place = moderation.place_of(actor.guild_id, age_restricted_here(actor, job))
+    rules = None if actor.guild_id is None else moderation_of(guild, operator.default)
+    return [moderation.decide(score, place, rules, operator) for score in scores]
+
+
+def moderation_view(decision: moderation.Decision, policy: dict | None = None) -> ImageModeration:
+    return ImageModeration(
+        action=str(decision.action),
+        score=decision.score,
+        reason=decision.reason,
+        rule=decision.rule,
+        threshold=decision.threshold,
+        charged=decision.charged,
+        policy=policy,
+    )
+
+
+def check_not_blocked(decisions: Sequence[moderation.Decision], what: str = "That image") -> None:
+    """Refuse a re-post or a new job made from images this place blocks (never spend work on them)."""
+    for decision in decisions:
+        refusal = moderation.refusal(decision)
+        if refusal is not None:
+            raise UserError("moderation", refusal.replace("That image", what, 1))
+
+
 # ------------------------------------------------------------------------------------ the request
 
 
@@ -164,13 +219,8 @@ def check_request(
         raise UserError(
             "limit.steps", f"Steps must be between 1 and {lim['max_steps']} here (you asked for {r.steps})."
         )
-    for name, value in (("width", r.width), ("height", r.height)):
-        if value < ranges.MIN_SIDE or value % ranges.SIDE_MULTIPLE:
-            raise UserError(
-                "limit.size",
-                f"The {name} must be a multiple of {ranges.SIDE_MULTIPLE} and at least {ranges.MIN_SIDE} "
-                f"(you asked for {value}).",
-            )
+    check_structure(r, lim)
+    check_sides(r.width, r.height)
     if r.width * r.height > lim["max_pixels"]:
         side = int(lim["max_pixels"] ** 0.5) // 8 * 8
         raise UserError(
@@ -188,6 +238,12 @@ def check_request(
             f"CFG scale must be between {ranges.BOT_MIN_CFG:g} and {ranges.BOT_MAX_CFG:g} "
             f"(you asked for {r.cfg_scale:g}).",
         )
+    if not ranges.MIN_CFG_RESCALE <= r.cfg_rescale <= ranges.MAX_CFG_RESCALE:
+        raise UserError(
+            "cfg_rescale",
+            f"CFG rescale must be between {ranges.MIN_CFG_RESCALE:g} and {ranges.MAX_CFG_RESCALE:g} "
+            f"(you asked for {r.cfg_rescale:g}).",
+        )
     if not 0 <= r.seed <= ranges.MAX_SEED:
         raise UserError("seed", f"The seed must be between 0 and {ranges.MAX_SEED} (or -1 for random).")
     if r.clip_skip is not None and not ranges.MIN_CLIP_SKIP <= r.clip_skip <= ranges.MAX_CLIP_SKIP:
@@ -201,6 +257,42 @@ def check_request(
         raise UserError("sampler", f"I do not know the sampler {r.sampler!r}. Pick one from the list.")
     if models and r.model is not None and r.model not in models:
         raise UserError("model", f"I do not know the model {r.model!r}. Pick one from the list.")
+
+
+def check_structure(r: GenerationRequest, lim: Limits) -> None:
+    """AND parts and 75-token chunks against today's limits. Each part is one more UNet row per step and
+    each chunk a longer row (:mod:`core.cost`): 1,000 parts fit in 6,000 characters and run 500 times
+    the work of a plain prompt. The cost charges what passes; this refuses the extreme."""
+    texts = [("prompt", r.prompt, False), ("negative prompt", r.negative_prompt, True)]
+    if r.enable_hr:
+        texts += [("hires prompt", r.hr_prompt, False), ("hires negative prompt", r.hr_negative_prompt, True)]
+    for field, text, negative in texts:
+        shape = prompt_shape(text, r.steps, negative=negative)
+        if shape.parts > lim["max_and_parts"]:
+            raise UserError(
+                "limit.and_parts",
+                f"Your {field} has {shape.parts} AND parts; this server allows at most {lim['max_and_parts']}. "
+                "Each part is drawn separately at every step: combine some of them.",
+            )
+        if shape.max_chunks > lim["max_prompt_chunks"]:
+            most = lim["max_prompt_chunks"]
+            raise UserError(
+                "limit.chunks",
+                f"Your {field} is {shape.max_chunks} chunks of 75 tokens long; this server allows at most "
+                f"{most} ({most * 75} tokens). Shorten it, or use fewer BREAKs (each starts a new chunk).",
+            )
+
+
+def check_sides(width: int, height: int) -> None:
+    """Each side within ``core.ranges`` (the engine's own bounds): the pixel limit alone lets 64×16384
+    through."""
+    for name, value in (("width", width), ("height", height)):
+        if not ranges.MIN_SIDE <= value <= ranges.MAX_SIDE or value % ranges.SIDE_MULTIPLE:
+            raise UserError(
+                "limit.size",
+                f"The {name} must be a multiple of {ranges.SIDE_MULTIPLE} between {ranges.MIN_SIDE} and "
+                f"{ranges.MAX_SIDE} (you asked for {width}×{height}).",
+            )
 
 
 def check_strength(name: str, value: float | None) -> None:
@@ -252,11 +344,21 @@ def check_hires(r: GenerationRequest, lim: Limits) -> None:
             f"hires_steps must be between 0 and {lim['max_steps']} here "
             f"(you asked for {r.hr_second_pass_steps}).",
         )
-    w, h = (
-        (r.hr_resize_x, r.hr_resize_y)
-        if r.hr_resize_x and r.hr_resize_y
-        else (int(r.width * r.hr_scale) // 8 * 8, int(r.height * r.hr_scale) // 8 * 8)
-    )
+    if (r.hr_second_pass_steps or r.steps) / min(r.hr_denoising_strength, 0.999) > ranges.MAX_HIRES_SCHEDULE:
+        raise UserError(
+            "invalid",
+            f"hires_strength {r.hr_denoising_strength:g} is too small for "
+            f"{r.hr_second_pass_steps or r.steps} hires steps; raise it or use fewer steps.",
+        )
+    # The engine's own target (A1111's): the upscaled size, and the box it is cropped to.
+    to_x, to_y, trunc_x, trunc_y = hires_target(r.width, r.height, r.hr_scale, r.hr_resize_x, r.hr_resize_y)
+    w, h = to_x - 8 * trunc_x, to_y - 8 * trunc_y
+    if max(to_x, to_y) > ranges.MAX_SIDE or min(w, h) < ranges.MIN_SIDE:
+        raise UserError(
+            "limit.size",
+            f"Hires fix would make {to_x}×{to_y}; each side must be between {ranges.MIN_SIDE} and "
+            f"{ranges.MAX_SIDE}. Lower hires_scale or the size.",
+        )
     if w * h > lim["max_pixels"]:
         raise UserError(
             "limit.pixels",

@@ -3,22 +3,42 @@ the limits that shape the bot's option choices. Nothing here writes."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.services import policy
 from core.services.context import Context, default_model, guild_of
 from core.services.requests import DEFAULTS
-from core.services.types import Actor, GuildLimits, JobView, QuotaView, UserError
+from core.services.types import Actor, GuildLimits, ImageModeration, JobView, QuotaView, UserError
 from core.storage.models import Job
 from core.storage.repositories import Repositories, quota_window
 from core.types import GeneratedImage, GenerationRequest
 
 
+def stored_moderation(score: float | None, decision: dict[str, Any] | None) -> ImageModeration:
+    """An image's moderation as the worker stored it (an image stored before moderation existed: posted)."""
+    if decision is None:
+        return ImageModeration("post", score, "stored before image moderation")
+    return ImageModeration(
+        action=str(decision.get("action", "post")),
+        score=score,
+        reason=str(decision.get("reason", "")),
+        rule=str(decision.get("rule", "off")),
+        threshold=decision.get("threshold"),
+        charged=bool(decision.get("charged", True)),
+        policy=decision.get("policy"),
+    )
+
+
 async def view_of(s: AsyncSession, job: Job) -> JobView:
     repos = Repositories(s)
     seeds = tuple(await repos.jobs.seeds(job.id)) or tuple(job.seed + i for i in range(job.count))
+    moderation = tuple(
+        stored_moderation(score, d) for score, d in await repos.jobs.moderation(job.id, stored_only=True)
+    )
     return JobView(
         id=job.id,
         guild_id=job.guild_id,
@@ -36,13 +56,20 @@ async def view_of(s: AsyncSession, job: Job) -> JobView:
         kind=job.kind,
         status_message_id=job.status_message_id,
         result_message_ids=tuple(await repos.jobs.result_message_ids(job.id)),
+        moderation=moderation,
+        prompt_templates=job.prompt_templates,
+        age_restricted=job.age_restricted,
     )
 
 
 async def images_of(s: AsyncSession, job_id: int) -> tuple[GeneratedImage, ...]:
     """The job's stored images (those not pruned yet)."""
     rows = await Repositories(s).jobs.images(job_id)
-    return tuple(GeneratedImage(r.png, r.seed, r.subseed, r.infotext) for r in rows if r.png is not None)
+    return tuple(
+        GeneratedImage(r.png, r.seed, r.subseed, r.infotext, r.moderation_score)
+        for r in rows
+        if r.png is not None
+    )
 
 
 async def visible_job(s: AsyncSession, actor: Actor, job_id: int, *, for_update: bool = False) -> Job:
@@ -54,8 +81,18 @@ async def visible_job(s: AsyncSession, actor: Actor, job_id: int, *, for_update:
 
 
 async def show(ctx: Context, actor: Actor, job_id: int) -> JobView:
+    """A job to post again where the actor is (/show): its ``moderation`` is decided again for this
+    place under the policy of now. Refused when moderation blocks every image of it here."""
     async with ctx.db.session() as s:
-        return await view_of(s, await visible_job(s, actor, job_id))
+        job = await visible_job(s, actor, job_id)
+        view = await view_of(s, job)
+        guild = await guild_of(s, actor)
+    decisions = policy.moderation_here(actor, guild, ctx.moderation, [m.score for m in view.moderation], job)
+    if decisions and all(d.action == "block" for d in decisions):
+        policy.check_not_blocked(
+            decisions[:1], "That image" if len(decisions) == 1 else "Every image of that job"
+        )
+    return dataclasses.replace(view, moderation=tuple(policy.moderation_view(d) for d in decisions))
 
 
 async def job_images(ctx: Context, job_id: int) -> tuple[GeneratedImage, ...]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from core import ranges
 from core.engine.catalog import ModelDefaults
-from core.services.images import fit_size, load_mask, load_source
+from core.services.images import Upload, fit_size
 from core.services.policy import check_strength
 from core.services.types import ImagineOptions, UserError
 from core.types import GenerationRequest, Mode
@@ -27,6 +27,7 @@ BASIC = (
     ("height", "height"),
     ("steps", "steps"),
     ("cfg", "cfg_scale"),
+    ("cfg_rescale", "cfg_rescale"),
     ("sampler", "sampler"),
     ("count", "count"),
     ("model", "model"),
@@ -89,17 +90,16 @@ def check_sources(o: ImagineOptions) -> None:
 
 def build(
     o: ImagineOptions,
-    source: bytes | None,
+    upload: Upload | None,
     *,
     size_given: bool,
     model: str | None,
     seed: int,
     max_pixels: int,
-    max_input_pixels: int,
     defaults: ModelDefaults = ModelDefaults(),
 ) -> GenerationRequest:
     """The request for merged options ``o`` (the user's, then their preset's) on ``model``, and the
-    source image (uploaded, or a job's first image).
+    checked source image (uploaded, or a job's first image; :func:`core.services.images.load_upload`).
 
     What ``o`` leaves out comes from the model's ``defaults``, then :data:`DEFAULTS`; the model's prompt
     prefix/suffix wrap the prompt. Without ``size_given`` (the user chose no size), an image-to-image
@@ -112,6 +112,7 @@ def build(
             height=int(_given(o.height, defaults.height or DEFAULTS["height"])),
             steps=int(_given(o.steps, defaults.steps or DEFAULTS["steps"])),
             cfg_scale=float(_given(o.cfg, _given(defaults.cfg_scale, DEFAULTS["cfg"]))),
+            cfg_rescale=float(_given(o.cfg_rescale, 0.0)),
             sampler=str(_given(o.sampler, defaults.sampler or DEFAULTS["sampler"])),
             schedule_type=defaults.schedule_type or GenerationRequest.schedule_type,
             seed=int(seed),
@@ -119,8 +120,8 @@ def build(
             model=_given(o.model, model),
             clip_skip=_given(o.clip_skip, defaults.clip_skip),
         )
-        changes = _image_changes(o, source, size_given, max_pixels, max_input_pixels)
-        changes.update(_hires_changes(o, source))
+        changes = _image_changes(o, upload, size_given, max_pixels)
+        changes.update(_hires_changes(o, upload is not None))
         return request.replace(**changes) if changes else request
     except (TypeError, ValueError) as exc:
         raise UserError("invalid", f"One of the options has the wrong type: {exc}.") from None
@@ -131,25 +132,20 @@ def _given(value: Any, default: Any) -> Any:
 
 
 def _image_changes(
-    o: ImagineOptions, source: bytes | None, size_given: bool, max_pixels: int, max_input_pixels: int
+    o: ImagineOptions, upload: Upload | None, size_given: bool, max_pixels: int
 ) -> dict[str, Any]:
-    """img2img / inpaint from the source image: its checked PNG, the mask, the mode and the options."""
-    if source is None:
+    """img2img / inpaint from the checked upload: its bytes, the mask, the mode and the options."""
+    if upload is None:
         if o.mask_image is not None:
             raise UserError("invalid", "A mask needs a source image to repaint: attach one too.")
         given = [option for option, _ in IMAGE if getattr(o, option) is not None]
         if given:
             raise UserError("invalid", f"{', '.join(given)} only apply with a source image.")
         return {}
-    image = load_source(source, max_pixels=max_input_pixels)
-    mask = (
-        load_mask(o.mask_image, (image.width, image.height), max_pixels=max_input_pixels)
-        if o.mask_image is not None
-        else None
-    )
+    image, mask = upload.source, upload.mask
     inpaint = mask is not None or image.transparent  # transparent pixels are repainted
     changes: dict[str, Any] = {
-        "init_image": image.png,
+        "init_image": image.data,
         "mask_image": mask,
         "mode": Mode.INPAINT if inpaint else Mode.IMG2IMG,
     }
@@ -159,13 +155,13 @@ def _image_changes(
     return changes
 
 
-def _hires_changes(o: ImagineOptions, source: bytes | None) -> dict[str, Any]:
+def _hires_changes(o: ImagineOptions, has_source: bool) -> dict[str, Any]:
     given = [option for option, _ in HIRES if getattr(o, option) is not None]
     if not (o.hires or (given and o.hires is None)):
         if given:
             raise UserError("invalid", f"{', '.join(given)} only apply with hires on.")
         return {}
-    if source is not None:
+    if has_source:
         raise UserError("invalid", "Hires fix is for text-to-image; leave it off with a source image.")
     return {"enable_hr": True, **{field: getattr(o, option) for option, field in HIRES if option in given}}
 

@@ -1,6 +1,6 @@
-"""A job's messages and its result after it ran: the status and result messages the bot posted (so 🔁,
-❌ and ℹ️ find the job, also after a restart), ❌ delete, and the results and live statuses a
-restarted bot picks up again."""
+"""A job's messages and its result after it ran: the result messages the bot posted (so 🔁, ❌ and ℹ️
+find the job, also after a restart), ❌ delete, and the results and live statuses a restarted bot picks
+up again. (A status message is stored with its job, by :func:`core.services.submit.enqueue`.)"""
 
 from __future__ import annotations
 
@@ -11,11 +11,6 @@ from core.services.context import Context, guild_of
 from core.services.reads import view_of
 from core.services.types import Actor, JobView, UserError
 from core.storage.repositories import Repositories
-
-
-async def record_status_message(ctx: Context, job_id: int, channel_id: int, message_id: int) -> None:
-    async with ctx.db.transaction(write=True) as s:
-        await Repositories(s).jobs.set_status_message(job_id, channel_id, message_id)
 
 
 async def record_result_messages(ctx: Context, job_id: int, message_ids: Sequence[int]) -> None:
@@ -61,14 +56,14 @@ async def unposted_results(ctx: Context) -> list[JobView]:
 
 async def live_status_jobs(ctx: Context, limit: int = 1000) -> list[tuple[JobView, int | None]]:
     """Queued and running jobs that have a status message (restart recovery: the bot tracks them
-    again, so their live progress continues), each with the result message a reroll or variation
-    answers (its parent's first result), or None."""
+    again, so their live progress continues), each with the result message a reroll, variation or
+    control answers (its parent's first result), or None."""
     async with ctx.db.session() as s:
         repos = Repositories(s)
         out = []
         for job in await repos.jobs.live_with_status(limit=limit):
             reply_to = None
-            if job.parent_id is not None and job.kind in ("reroll", "variation"):
+            if job.parent_id is not None:  # a reroll, variation or result control
                 parent_messages = await repos.jobs.result_message_ids(job.parent_id)
                 reply_to = parent_messages[0] if parent_messages else None
             out.append((await view_of(s, job), reply_to))

@@ -1,8 +1,8 @@
 """ChantService: the facade the bot holds (:class:`core.services.api.CoreAPI`). It holds no logic.
 
 Each method is one line that hands the call to its use case, a function of one module per room:
-:mod:`.submit` (imagine, reroll, variation), :mod:`.cancel`, :mod:`.reads`, :mod:`.results`,
-:mod:`.presets`, :mod:`.admin`; the events come from :mod:`.announcer` through the ledger of
+:mod:`.submit` (imagine, reroll, variation), :mod:`.controls` (the buttons under a result),
+:mod:`.cancel`, :mod:`.reads`, :mod:`.results`, :mod:`.presets`, :mod:`.prompts`, :mod:`.admin`; the events come from :mod:`.announcer` through the ledger of
 :mod:`.events`. Built by :func:`core.bootstrap.bootstrap`.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from core.config import Settings
 from core.queue.worker import Worker
-from core.services import admin, cancel, presets, reads, results, submit
+from core.services import admin, cancel, controls, presets, prompts, reads, results, submit
 from core.services.api import EventStream
 from core.services.context import Context
 from core.services.runtime import Runtime
@@ -21,9 +21,11 @@ from core.services.types import (
     GuildLimits,
     ImagineOptions,
     JobView,
+    ModerationView,
     PresetView,
     QuotaView,
     Receipt,
+    RemixForm,
 )
 from core.storage.db import Database
 from core.types import GeneratedImage
@@ -56,23 +58,70 @@ class ChantService:
 
     async def stop(self) -> None:
         await self._runtime.stop()
+        self._ctx.images.close()
 
     def events(self) -> EventStream:
         return self._ctx.ledger.hub.subscribe()
 
     # submit, reroll, variation, cancel
 
-    async def submit_imagine(self, actor: Actor, options: ImagineOptions) -> Receipt:
-        return await submit.submit_imagine(self._ctx, actor, options)
+    async def submit_imagine(
+        self, actor: Actor, options: ImagineOptions, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await submit.submit_imagine(self._ctx, actor, options, status_message_id=status_message_id)
 
-    async def reroll(self, actor: Actor, message_id: int) -> Receipt:
-        return await submit.reroll(self._ctx, actor, message_id)
+    async def reroll(self, actor: Actor, message_id: int, *, status_message_id: int | None = None) -> Receipt:
+        return await submit.reroll(self._ctx, actor, message_id, status_message_id=status_message_id)
 
-    async def variation(self, actor: Actor, message_id: int) -> Receipt:
-        return await submit.variation(self._ctx, actor, message_id)
+    async def variation(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await submit.variation(self._ctx, actor, message_id, status_message_id=status_message_id)
 
     async def cancel(self, actor: Actor, job_id: int) -> JobView:
         return await cancel.cancel(self._ctx, actor, job_id)
+
+    # the result controls
+
+    async def reroll_job(self, actor: Actor, job_id: int, *, status_message_id: int | None = None) -> Receipt:
+        return await controls.reroll_job(self._ctx, actor, job_id, status_message_id=status_message_id)
+
+    async def vary(
+        self, actor: Actor, job_id: int, index: int, strength: str, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await controls.vary(self._ctx, actor, job_id, index, strength, status_message_id=status_message_id)
+
+    async def remix_form(self, actor: Actor, job_id: int, index: int) -> RemixForm:
+        return await controls.remix_form(self._ctx, actor, job_id, index)
+
+    async def remix(
+        self,
+        actor: Actor,
+        job_id: int,
+        index: int,
+        *,
+        prompt: str,
+        negative: str,
+        seed: int | None,
+        status_message_id: int | None = None,
+    ) -> Receipt:
+        return await controls.remix(
+            self._ctx, actor, job_id, index, prompt=prompt, negative=negative, seed=seed,
+            status_message_id=status_message_id,
+        )  # fmt: skip
+
+    async def zoom_out(
+        self, actor: Actor, job_id: int, index: int, factor: float, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await controls.zoom_out(self._ctx, actor, job_id, index, factor, status_message_id=status_message_id)
+
+    async def pan(
+        self, actor: Actor, job_id: int, index: int, direction: str, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await controls.pan(self._ctx, actor, job_id, index, direction, status_message_id=status_message_id)
+
+    async def pick(self, actor: Actor, job_id: int, index: int) -> tuple[JobView, GeneratedImage]:
+        return await controls.pick(self._ctx, actor, job_id, index)
 
     # reads
 
@@ -112,10 +161,10 @@ class ChantService:
     def lora_names(self) -> list[str]:
         return self._ctx.catalog.loras()
 
-    # results and their messages
+    def complete_prompt(self, text: str) -> list[tuple[str, str]]:
+        return prompts.complete_prompt(self._ctx, text)
 
-    async def record_status_message(self, job_id: int, channel_id: int, message_id: int) -> None:
-        await results.record_status_message(self._ctx, job_id, channel_id, message_id)
+    # results and their messages
 
     async def record_result_messages(self, job_id: int, message_ids: Sequence[int]) -> None:
         await results.record_result_messages(self._ctx, job_id, message_ids)
@@ -198,3 +247,18 @@ class ChantService:
 
     async def admin_stats(self, actor: Actor) -> dict[str, int | float]:
         return await admin.stats(self._ctx, actor)
+
+    async def admin_moderation(
+        self,
+        actor: Actor,
+        *,
+        policy: str | None = None,
+        threshold: float | None = None,
+        age_restricted: str | None = None,
+    ) -> ModerationView:
+        return await admin.set_moderation(
+            self._ctx, actor, policy_name=policy, threshold=threshold, age_restricted=age_restricted
+        )
+
+    async def admin_job(self, actor: Actor, job_id: int) -> JobView:
+        return await admin.job(self._ctx, actor, job_id)

@@ -23,6 +23,9 @@ class Actor:
     role_ids: tuple[int, ...] = ()
     manage_guild: bool = False  # the member's Manage Guild permission
     display_name: str = ""
+    # The channel is age-restricted (Discord's nsfw flag; a thread: its parent's). None = not known (a
+    # reaction in a channel the bot has not cached): a job's own channel then counts as the job recorded.
+    age_restricted: bool | None = False
 
 
 class UserError(Exception):
@@ -56,6 +59,7 @@ class ImagineOptions:
     height: int | None = None
     steps: int | None = None
     cfg: float | None = None
+    cfg_rescale: float | None = None  # CFG rescale φ, 0..1 (v-prediction models); 0 = off
     sampler: str | None = None
     seed: int | None = None
     count: int | None = None
@@ -97,6 +101,23 @@ class Receipt:
 
 
 @dataclass(frozen=True)
+class ImageModeration:
+    """One image's moderation (:class:`core.moderation.Decision`) for the place it is posted to."""
+
+    action: str  # post | spoiler | block
+    score: float | None  # the classifier's; None = not checked
+    reason: str  # one sentence for the requester or an admin
+    rule: str = "off"  # dm | guild | age-restricted channel | off
+    threshold: float | None = None
+    charged: bool = True
+    policy: dict | None = None  # the policy that applied (stored decisions; for admins)
+
+    @property
+    def blocked(self) -> bool:
+        return self.action == "block"
+
+
+@dataclass(frozen=True)
 class JobView:
     """One stored job, for /history, /show, ℹ️ and captions."""
 
@@ -113,9 +134,37 @@ class JobView:
     created_at: datetime
     finished_at: datetime | None
     parent_id: int | None
-    kind: str  # imagine | reroll | variation | show
+    kind: str  # imagine | reroll | variation | show | vary | remix | zoom | pan
     status_message_id: int | None
     result_message_ids: tuple[int, ...]
+    # Per image, its moderation: where the job was asked (as stored by the worker), or for /show and the
+    # controls where the image would be posted now. Empty: not decided yet (not done).
+    moderation: tuple[ImageModeration, ...] = ()
+    # The prompts as typed, when dynamic prompts / wildcards changed them (``request`` holds the
+    # expansion): {"prompt": ..., "negative_prompt": ..., "wildcards": [...]}.
+    prompt_templates: dict | None = None
+    age_restricted: bool = False  # asked in an age-restricted channel
+
+
+@dataclass(frozen=True)
+class ModerationView:
+    """A guild's moderation settings as they apply (its admins' choices, else the operator's)."""
+
+    policy: str  # off | spoiler | block
+    threshold: float
+    age_restricted: str  # allow | spoiler | same
+    classifier: bool  # the operator configured a classifier (without one every image is "not checked")
+    dm_policy: str
+
+
+@dataclass(frozen=True)
+class RemixForm:
+    """What the Remix form opens with: the image's prompts as typed (a dynamic prompt's template) and
+    its seed."""
+
+    prompt: str
+    negative: str
+    seed: int
 
 
 @dataclass(frozen=True)

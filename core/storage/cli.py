@@ -5,8 +5,8 @@
   temporary SQLite database migrated to head, so it needs no database; ``--database`` checks the
   configured one. Exit status 1 on drift.
 * ``chant db backup PATH``: a consistent copy of the SQLite database, safe while the bot runs.
-* ``chant db prune-images [--days N]``: drop image bytes older than the retention (parameters stay);
-  ``--days 0`` drops every image's bytes.
+* ``chant db prune-images [--days N]``: drop image bytes older than the retention (parameters stay):
+  results, and the img2img sources no recent job uses; ``--days 0`` drops every image's bytes.
 
 Every command takes ``--url`` to override ``[database] url``. The destructive ones (``downgrade``,
 ``prune-images``) ask first, and without a terminal to ask on they refuse unless given ``--yes``.
@@ -189,7 +189,7 @@ def _backup(args: argparse.Namespace, settings) -> int:
 def _prune(args: argparse.Namespace, settings) -> int:
     from core.storage.db import Database
     from core.storage.models import utcnow
-    from core.storage.repositories import JobRepo
+    from core.storage.repositories import Repositories
 
     if args.days is not None and args.days < 0:
         return _fail(f"--days must be 0 (every image) or more, not {args.days}")
@@ -202,17 +202,21 @@ def _prune(args: argparse.Namespace, settings) -> int:
     if not _confirm(args, what):
         return 1
 
-    async def run() -> int:
+    async def run() -> tuple[int, int]:
         db = Database(_url(args, settings))
         try:
             async with db.transaction(write=True) as session:
-                return await JobRepo(session).prune_images(utcnow() - timedelta(days=days))
+                repos = Repositories(session)
+                older_than = utcnow() - timedelta(days=days)
+                # Results first: a source is kept while a job that used it still has its results.
+                return await repos.jobs.prune_images(older_than), await repos.sources.prune(older_than)
         finally:
             await db.dispose()
 
     try:
-        count = asyncio.run(run())
+        count, sources = asyncio.run(run())
     except ValueError as exc:
         return _fail(str(exc))
     print(f"pruned the bytes of {count} image(s): " + ("all of them" if days == 0 else f"older than {days} days"))
+    print(f"pruned the bytes of {sources} img2img source images no job within the retention uses")
     return 0

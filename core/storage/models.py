@@ -8,7 +8,8 @@ Conventions:
   unique keys and row locks work the same on both backends. ``jobs.guild_id`` is NULL in DMs.
 * A job's full parameters are ``GenerationRequest.to_dict()`` in ``jobs.params`` (JSON); the
   columns next to it (model, size, steps, ...) are copies for queries. Input images for img2img
-  live in ``job_inputs`` and result PNGs in ``job_images``, so scanning jobs never reads blobs.
+  live in ``source_images`` (once each, referenced from ``job_inputs``) and result PNGs in
+  ``job_images``, so scanning jobs never reads blobs.
 
 Every change to this file needs a new Alembic revision in ``migrations/versions``
 (``chant db check`` fails on drift).
@@ -39,11 +40,16 @@ from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from core.moderation import AgeRestricted, Policy
+
 DM_GUILD = 0
 """``guild_id`` of direct messages in quota and usage tables."""
 
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
-JOB_KINDS = ("imagine", "reroll", "variation", "show")
+# vary / remix / zoom / pan: the result controls (buttons) under a result, each from one of its images.
+JOB_KINDS = ("imagine", "reroll", "variation", "show", "vary", "remix", "zoom", "pan")
+MODERATION_POLICIES = tuple(str(p) for p in Policy)
+AGE_RESTRICTED_POLICIES = tuple(str(a) for a in AgeRestricted)
 FINISHED_STATES = ("done", "failed", "cancelled")
 
 
@@ -105,7 +111,11 @@ class Guild(Base):
     """A Discord guild's settings. NULL limits mean "the operator's default from config"."""
 
     __tablename__ = "guilds"
-    __table_args__ = (CheckConstraint(_in("reroll_policy", ("everyone", "owner")), name="reroll_policy"),)
+    __table_args__ = (
+        CheckConstraint(_in("reroll_policy", ("everyone", "owner")), name="reroll_policy"),
+        CheckConstraint(_in("moderation_policy", MODERATION_POLICIES), name="moderation_policy"),
+        CheckConstraint(_in("age_restricted_policy", AGE_RESTRICTED_POLICIES), name="age_restricted_policy"),
+    )
 
     id: Mapped[Snowflake] = mapped_column(primary_key=True, autoincrement=False)
     default_model: Mapped[str | None] = mapped_column(String(200))
@@ -114,11 +124,17 @@ class Guild(Base):
     max_images: Mapped[int | None]
     max_queued_per_user: Mapped[int | None]
     max_queued_per_guild: Mapped[int | None]
+    max_and_parts: Mapped[int | None]
+    max_prompt_chunks: Mapped[int | None]
     reroll_policy: Mapped[str] = mapped_column(String(16), default="everyone")
     weight: Mapped[float] = mapped_column(default=1.0)  # share of the GPU in the fair queue
     banned_words: Mapped[list[str]] = mapped_column(JSON, default=list)
     channel_ids: Mapped[list[int]] = mapped_column(JSON, default=list)  # empty = every channel
     admin_role_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    # Image moderation (core.moderation); NULL = the operator's default from [moderation].
+    moderation_policy: Mapped[str | None] = mapped_column(String(16))
+    moderation_threshold: Mapped[float | None]
+    age_restricted_policy: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp] = mapped_column(onupdate=utcnow)
 
@@ -173,7 +189,13 @@ class Job(Base):
     height: Mapped[int]
     steps: Mapped[int]
     sampler: Mapped[str] = mapped_column(String(64))
-    cost: Mapped[float]  # pixels x steps x images, for fair scheduling
+    cost: Mapped[float]  # core.cost.job_cost: UNet rows x pixels x model calls, for fair scheduling
+    # Where it was asked: an age-restricted channel (Discord's nsfw flag; a thread's parent's). Kept so
+    # that a result posted later (after a restart) is moderated for the place it goes to.
+    age_restricted: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # The prompt and negative prompt as typed, when dynamic prompts / wildcards changed them (the
+    # request holds the expansion): {"prompt": ..., "negative_prompt": ..., "wildcards": [...]}.
+    prompt_templates: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Execution.
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
@@ -200,14 +222,29 @@ class Job(Base):
     )
 
 
+class SourceImage(Base):
+    """A source or mask image of img2img / inpaint jobs, stored once however many jobs use it (rerolls,
+    variations, the same upload again): content-addressed by its SHA-256, in the encoding it came in.
+    Its bytes are pruned with the results' retention once no recent job uses it; the row stays."""
+
+    __tablename__ = "source_images"
+
+    id: Mapped[IntPK]
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)  # of the bytes, hex
+    data: Mapped[bytes | None]  # PNG, JPEG or WebP as the engine reads it; NULL once pruned
+    size_bytes: Mapped[int]
+    created_at: Mapped[Timestamp]
+    pruned_at: Mapped[datetime | None]
+
+
 class JobInput(Base):
-    """Input images of an img2img / inpaint job (kept out of ``jobs`` so scans stay small)."""
+    """Which source (and mask) an img2img / inpaint job starts from (kept out of ``jobs``)."""
 
     __tablename__ = "job_inputs"
 
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    init_image: Mapped[bytes | None]
-    mask_image: Mapped[bytes | None]
+    init_image_id: Mapped[int | None] = mapped_column(ForeignKey("source_images.id"), index=True)
+    mask_image_id: Mapped[int | None] = mapped_column(ForeignKey("source_images.id"), index=True)
 
 
 class JobImage(Base):
@@ -224,6 +261,10 @@ class JobImage(Base):
     infotext: Mapped[str] = mapped_column(Text)
     png: Mapped[bytes | None]  # NULL once pruned
     size_bytes: Mapped[int]
+    # The classifier's score (NULL: not checked) and the moderation decision for the place it was made
+    # for (core.moderation.Decision.to_json() plus the policy that applied).
+    moderation_score: Mapped[float | None]
+    moderation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[Timestamp] = mapped_column(index=True)
     pruned_at: Mapped[datetime | None]
 

@@ -487,5 +487,5 @@ def random_weight_model(shapes: str, device, dtype, source):
         device=device,
         dtype=dtype,
         load_seconds=time.perf_counter() - start,
-        scheduler_config=dict(pipe.scheduler.config),
+        noise=models.noise_schedule(source, False, False),
     )

@@ -6,8 +6,15 @@ Runs inside the test's event loop on 127.0.0.1. The bot under test is pointed at
 * records every REST call (:class:`Call`: method, path, query, json, files) so tests assert on them,
 * serves the gateway: HELLO, IDENTIFY -> READY + GUILD_CREATE, HEARTBEAT -> ACK, RESUME -> replay of
   the events the client missed + RESUMED,
-* injects INTERACTION_CREATE and MESSAGE_REACTION_ADD events, can drop the gateway connection,
+* injects INTERACTION_CREATE (commands, autocomplete, button clicks, form submits) and
+  MESSAGE_REACTION_ADD events, can drop the gateway connection,
+* sends each interaction's channel object as Discord does (its ``nsfw`` flag: age-restricted
+  channels; a thread carries its parent's id, and the parent is in the guild's channel list),
 * answers one chosen request with a 429 and ``retry_after`` (the client must retry after the delay),
+  refuses chosen requests with 403 "Missing Permissions" (50013) as Discord does when the bot lacks a
+  channel permission, and holds chosen requests unanswered (a process killed while waiting on Discord),
+* keeps each interaction's original response as one message (its id stable from the deferral on, as on
+  Discord), so GET/PATCH/DELETE ``@original`` and the channel endpoints see the same message,
 * serves attachment bytes (uploads given to :meth:`FakeDiscord.add_attachment`, and files the bot posted)
   at loopback "CDN" URLs, as Discord's CDN serves an interaction's attachments.
 
@@ -55,6 +62,8 @@ class FakeGuild:
     admin_role_id: int | None = None  # a role carrying Manage Guild
     channel_ids: tuple[int, ...] = ()
     attachment_size_limit: int = 10 * 1024 * 1024
+    nsfw_channel_ids: tuple[int, ...] = ()  # age-restricted channels (listed with the others)
+    threads: dict[int, int] = field(default_factory=dict)  # thread id -> parent channel id
 
 
 @dataclass
@@ -63,6 +72,21 @@ class _Failure:
     pattern: re.Pattern[str]
     retry_after: float
     remaining: int = 1
+
+
+@dataclass
+class _Refusal:
+    method: str
+    pattern: re.Pattern[str]
+    code: int
+    message: str
+
+
+@dataclass
+class _Hold:
+    method: str
+    pattern: re.Pattern[str]
+    release: asyncio.Event
 
 
 @dataclass
@@ -92,6 +116,10 @@ class FakeDiscord:
         self.interaction_acked_at: dict[int, float] = {}
         self._ids = _snowflakes()
         self._failures: list[_Failure] = []
+        self._refusals: list[_Refusal] = []
+        self._holds: list[_Hold] = []
+        self.interaction_channels: dict[str, tuple[int, int | None]] = {}  # token -> (channel, guild)
+        self.originals: dict[str, int] = {}  # interaction token -> its original response's message id
         self._session: _Session | None = None
         self._pending: list[tuple[str, dict[str, Any]]] = []  # dispatched while no session existed
         self._changed = asyncio.Condition()
@@ -235,6 +263,26 @@ class FakeDiscord:
     def fail_once_with_429(self, method: str, pattern: str, retry_after: float) -> None:
         self._failures.append(_Failure(method, re.compile(pattern), retry_after))
 
+    def refuse(
+        self, method: str, pattern: str, code: int = 50013, message: str = "Missing Permissions"
+    ) -> None:
+        """Answer matching requests with 403 and Discord's error ``code`` until :meth:`allow`."""
+        self._refusals.append(_Refusal(method, re.compile(pattern), code, message))
+
+    def allow(self) -> None:
+        self._refusals.clear()
+
+    def hold(self, method: str, pattern: str) -> asyncio.Event:
+        """Leave matching requests unanswered until the returned event is set (recorded on arrival)."""
+        held = _Hold(method, re.compile(pattern), asyncio.Event())
+        self._holds.append(held)
+        return held.release
+
+    def release_holds(self) -> None:
+        for held in self._holds:
+            held.release.set()
+        self._holds.clear()
+
     async def drop_gateway(self) -> None:
         """Close the socket abnormally (code 4000): the client must RESUME the same session."""
         if self._session and self._session.ws is not None:
@@ -323,10 +371,10 @@ class FakeDiscord:
                 "position": i,
                 "guild_id": str(guild.id),
                 "permission_overwrites": [],
-                "nsfw": False,
+                "nsfw": c in guild.nsfw_channel_ids,
                 "parent_id": None,
             }
-            for i, c in enumerate(guild.channel_ids)
+            for i, c in enumerate(dict.fromkeys((*guild.channel_ids, *guild.nsfw_channel_ids)))
         ]
         return {
             "id": str(guild.id),
@@ -358,6 +406,40 @@ class FakeDiscord:
             "soundboard_sounds": [],
         }
 
+    def _channel_payload(self, guild_id: int, channel_id: int) -> dict[str, Any]:
+        """The interaction's channel as Discord sends it: a text channel with its nsfw flag, or a public
+        thread (type 11) naming its parent (a thread has no nsfw flag of its own)."""
+        guild = self.guilds.get(guild_id)
+        if guild is not None and channel_id in guild.threads:
+            return {
+                "id": str(channel_id),
+                "type": 11,
+                "guild_id": str(guild_id),
+                "name": "thread",
+                "parent_id": str(guild.threads[channel_id]),
+                "owner_id": "1",
+                "thread_metadata": {
+                    "archived": False,
+                    "auto_archive_duration": 1440,
+                    "archive_timestamp": "2024-01-01T00:00:00+00:00",
+                    "locked": False,
+                },
+                "message_count": 0,
+                "member_count": 1,
+                "rate_limit_per_user": 0,
+                "flags": 0,
+            }
+        return {
+            "id": str(channel_id),
+            "type": 0,
+            "guild_id": str(guild_id),
+            "name": "chan",
+            "position": 0,
+            "permission_overwrites": [],
+            "nsfw": guild is not None and channel_id in guild.nsfw_channel_ids,
+            "parent_id": None,
+        }
+
     async def interaction(
         self,
         name: str,
@@ -378,6 +460,7 @@ class FakeDiscord:
         refers to one by its id."""
         iid = self.new_id()
         token = f"itoken-{iid}"
+        self.interaction_channels[token] = (channel_id, guild_id)
         opts = options or []
         if subcommand:
             opts = [{"type": 1, "name": subcommand, "options": opts}]
@@ -407,16 +490,7 @@ class FakeDiscord:
                 member=member,
                 guild_locale="en-US",
                 context=0,
-                channel={
-                    "id": str(channel_id),
-                    "type": 0,
-                    "guild_id": str(guild_id),
-                    "name": "chan",
-                    "position": 0,
-                    "permission_overwrites": [],
-                    "nsfw": False,
-                    "parent_id": None,
-                },
+                channel=self._channel_payload(guild_id, channel_id),
             )
         else:
             data.update(
@@ -437,21 +511,68 @@ class FakeDiscord:
         user_id: int,
         ephemeral: bool = True,
     ) -> tuple[int, str]:
-        """Send INTERACTION_CREATE for a button click on ``message_id``; returns (interaction id, token)."""
+        """Send INTERACTION_CREATE for a button click on ``message_id``; returns (interaction id, token).
+
+        On a message the bot posted (kept in :attr:`messages`) the button must be one it posted: the
+        message is sent with its real components, as Discord does."""
         iid = self.new_id()
         token = f"itoken-{iid}"
-        message = self._message(channel_id, {"flags": 64 if ephemeral else 0}, [], message_id=message_id)
-        message["components"] = [
-            {"type": 1, "components": [{"type": 2, "style": 2, "custom_id": custom_id, "label": "x"}]}
+        stored = self.messages.get(message_id)
+        if stored is not None:
+            message = dict(stored)
+            ids = [
+                b.get("custom_id")
+                for row in message.get("components") or []
+                for b in row.get("components", [])
+            ]
+            assert custom_id in ids, f"message {message_id} has no button {custom_id!r} (it has {ids})"
+        else:
+            message = self._message(channel_id, {"flags": 64 if ephemeral else 0}, [], message_id=message_id)
+            message["components"] = [
+                {"type": 1, "components": [{"type": 2, "style": 2, "custom_id": custom_id, "label": "x"}]}
+            ]
+        data = self._interaction_base(
+            iid, token, 3, guild_id=guild_id, channel_id=channel_id, user_id=user_id
+        )
+        data.update(data={"custom_id": custom_id, "component_type": 2}, message=message)
+        await self.dispatch("INTERACTION_CREATE", data)
+        return iid, token
+
+    async def modal_submit(
+        self,
+        custom_id: str,
+        values: dict[str, str],
+        *,
+        message_id: int | None,
+        guild_id: int | None,
+        channel_id: int,
+        user_id: int,
+    ) -> tuple[int, str]:
+        """Send INTERACTION_CREATE for a submitted form (text inputs by ``custom_id``), opened from a
+        button on ``message_id``; returns (interaction id, token)."""
+        iid = self.new_id()
+        token = f"itoken-{iid}"
+        rows = [
+            {"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]} for k, v in values.items()
         ]
+        data = self._interaction_base(
+            iid, token, 5, guild_id=guild_id, channel_id=channel_id, user_id=user_id
+        )
+        data["data"] = {"custom_id": custom_id, "components": rows}
+        if message_id is not None and message_id in self.messages:
+            data["message"] = dict(self.messages[message_id])
+        await self.dispatch("INTERACTION_CREATE", data)
+        return iid, token
+
+    def _interaction_base(
+        self, iid: int, token: str, type_: int, *, guild_id: int | None, channel_id: int, user_id: int
+    ) -> dict[str, Any]:
         data: dict[str, Any] = {
             "id": str(iid),
             "application_id": str(APPLICATION_ID),
-            "type": 3,
+            "type": type_,
             "token": token,
             "version": 1,
-            "data": {"custom_id": custom_id, "component_type": 2},
-            "message": message,
             "channel_id": str(channel_id),
             "locale": "en-US",
             "entitlements": [],
@@ -467,21 +588,15 @@ class FakeDiscord:
                 member=member,
                 guild_locale="en-US",
                 context=0,
-                channel={
-                    "id": str(channel_id),
-                    "type": 0,
-                    "guild_id": str(guild_id),
-                    "name": "chan",
-                    "position": 0,
-                    "permission_overwrites": [],
-                    "nsfw": False,
-                    "parent_id": None,
-                },
+                channel=self._channel_payload(guild_id, channel_id),
             )
         else:
-            data.update(user=self._user(user_id), context=1)
-        await self.dispatch("INTERACTION_CREATE", data)
-        return iid, token
+            data.update(
+                user=self._user(user_id),
+                context=1,
+                channel={"id": str(channel_id), "type": 1, "recipients": [self._user(user_id)]},
+            )
+        return data
 
     async def react(
         self,
@@ -603,6 +718,15 @@ class FakeDiscord:
         self.calls.append(call)
         if request.method == "POST" and path.startswith("/interactions/") and path.endswith("/callback"):
             self.interaction_acked_at.setdefault(int(path.split("/")[2]), arrived)
+        for held in self._holds:
+            if held.method == request.method and held.pattern.fullmatch(path):
+                await self._notify()
+                await held.release.wait()
+        for refusal in self._refusals:
+            if refusal.method == request.method and refusal.pattern.fullmatch(path):
+                call.status = 403
+                await self._notify()
+                return self._json({"message": refusal.message, "code": refusal.code}, status=403)
         for failure in self._failures:
             if failure.remaining and failure.method == request.method and failure.pattern.fullmatch(path):
                 failure.remaining -= 1
@@ -674,7 +798,7 @@ class FakeDiscord:
             "pinned": False,
             "type": 19 if ref else 0,
             "flags": body.get("flags") or 0,
-            "components": [],
+            "components": body.get("components") or [],
         }
         if ref:
             message["message_reference"] = ref
@@ -731,6 +855,13 @@ class FakeDiscord:
             iid = int(parts[1])
             kind = (body or {}).get("type")
             flags = ((body or {}).get("data") or {}).get("flags") or 0
+            if kind in (4, 5) and parts[2] in self.interaction_channels:  # a response message exists now
+                channel_id, _ = self.interaction_channels[parts[2]]
+                msg = self._message(channel_id, (body or {}).get("data") or {}, files)
+                if kind == 5:
+                    msg["flags"] = msg["flags"] | 128  # LOADING: "thinking…"
+                self.messages[int(msg["id"])] = msg
+                self.originals[parts[2]] = int(msg["id"])
             return 200, {
                 "interaction": {
                     "id": str(iid),
@@ -745,10 +876,11 @@ class FakeDiscord:
                 msg = self._message(0, body, files)
                 self.messages[int(msg["id"])] = msg
                 return 200, msg
+            if len(parts) == 5 and parts[4] == "@original":
+                return self._original(method, parts[2], body, files)
             if method == "PATCH" and len(parts) == 5:
                 msg = self._message(0, body, files)
-                if parts[4] != "@original":
-                    msg["id"] = parts[4]
+                msg["id"] = parts[4]
                 return 200, msg
             if method == "DELETE":
                 return 204, None
@@ -786,6 +918,27 @@ class FakeDiscord:
                 "last_message_id": None,
             }
         return 404, {"message": f"fake discord: no route {method} {path}", "code": 0}
+
+    def _original(
+        self, method: str, token: str, body: Any, files: list[tuple[str, bytes]]
+    ) -> tuple[int, Any]:
+        """An interaction's original response: one message, whichever endpoint reads or edits it."""
+        channel_id, _ = self.interaction_channels.get(token, (0, None))
+        mid = self.originals.get(token)
+        if method == "DELETE":
+            if mid is None or self.messages.pop(mid, None) is None:
+                return 404, {"message": "Unknown Message", "code": 10008}
+            return 204, None
+        if method == "GET":
+            if mid is None or mid not in self.messages:
+                return 404, {"message": "Unknown Message", "code": 10008}
+            return 200, self.messages[mid]
+        if mid is not None and mid not in self.messages:
+            return 404, {"message": "Unknown Message", "code": 10008}
+        msg = self._message(channel_id, body, files, message_id=mid)
+        self.messages[int(msg["id"])] = msg
+        self.originals[token] = int(msg["id"])
+        return 200, msg
 
     # -- helpers for tests -------------------------------------------------------------------------
     def ack_latencies(self) -> dict[int, float]:

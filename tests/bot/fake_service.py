@@ -8,6 +8,7 @@ before and independently of the real service; the end-to-end tests run the real 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import itertools
 import random
@@ -19,6 +20,7 @@ from PIL import Image, PngImagePlugin
 from core.services import (
     Actor,
     GuildLimits,
+    ImageModeration,
     ImagineOptions,
     JobCancelled,
     JobDone,
@@ -28,9 +30,11 @@ from core.services import (
     JobQueued,
     JobStarted,
     JobView,
+    ModerationView,
     PresetView,
     QuotaView,
     Receipt,
+    RemixForm,
     UserError,
 )
 from core.types import GeneratedImage, GenerationRequest
@@ -82,6 +86,10 @@ class FakeService:
         self.hold.set()
         self.explode = False  # submit raises a non-UserError (unexpected failure path)
         self.submit_delay_s = 0.0  # a slow database
+        # Moderation stub: a word in the prompt -> the decision for every image of the job (as core's
+        # worker stores it); age-restricted channels post everything.
+        self.moderation: dict[str, str | tuple[str, ...]] = {}
+        self.tags: list[tuple[str, str]] = []  # (label, value) for prompt autocomplete
 
     # lifecycle
     async def start(self) -> None:
@@ -107,8 +115,6 @@ class FakeService:
             q.put_nowait(event)
 
     def _set(self, job_id: int, **changes) -> JobView:
-        import dataclasses
-
         self.jobs[job_id] = view = dataclasses.replace(self.jobs[job_id], **changes)
         return view
 
@@ -155,10 +161,31 @@ class FakeService:
                 finished_at=datetime.now(UTC),
                 model=job.request.model or "fake",
                 model_hash="0123456789",
+                moderation=tuple(self._decide(job, index=n) for n in range(len(images))),
             )
             self._emit(JobDone(view, images))
 
-    def _new_job(self, actor: Actor, request: GenerationRequest, kind: str, parent: int | None) -> Receipt:
+    def _decide(self, job: JobView, age_restricted: bool | None = None, index: int = 0) -> ImageModeration:
+        """``moderation[word]``: one action for every image, or a tuple of actions, one per image."""
+        age_restricted = job.age_restricted if age_restricted is None else age_restricted
+        for word, action in self.moderation.items():
+            if word in job.request.prompt and not age_restricted:
+                action = action if isinstance(action, str) else action[index % len(action)]
+                if action == "post":
+                    break
+                return ImageModeration(
+                    action, 0.97, "scored 0.97, at or over the limit of 0.80", "guild", 0.8
+                )
+        return ImageModeration("post", 0.02, "scored 0.02, under the limit of 0.80", "guild", 0.8)
+
+    def _new_job(
+        self,
+        actor: Actor,
+        request: GenerationRequest,
+        kind: str,
+        parent: int | None,
+        status_message_id: int | None = None,
+    ) -> Receipt:
         job_id = next(self._ids)
         self.jobs[job_id] = JobView(
             id=job_id,
@@ -175,8 +202,9 @@ class FakeService:
             finished_at=None,
             parent_id=parent,
             kind=kind,
-            status_message_id=None,
+            status_message_id=status_message_id,
             result_message_ids=(),
+            age_restricted=bool(actor.age_restricted),
         )
         position = sum(1 for j in self.jobs.values() if j.state == "queued")
         self._queue.put_nowait(job_id)
@@ -184,7 +212,9 @@ class FakeService:
         return Receipt(job_id, position, position * 0.5)
 
     # the contract
-    async def submit_imagine(self, actor: Actor, options: ImagineOptions) -> Receipt:
+    async def submit_imagine(
+        self, actor: Actor, options: ImagineOptions, *, status_message_id: int | None = None
+    ) -> Receipt:
         self.calls.append(("submit_imagine", (actor, options)))
         if self.explode:
             raise RuntimeError("database exploded (secret details)")
@@ -213,7 +243,7 @@ class FakeService:
             model=options.model,
             clip_skip=options.clip_skip,
         )
-        return self._new_job(actor, request, "imagine", None)
+        return self._new_job(actor, request, "imagine", None, status_message_id)
 
     async def job_for_message(self, message_id: int) -> JobView | None:
         for job in self.jobs.values():
@@ -221,33 +251,137 @@ class FakeService:
                 return job
         return None
 
-    async def reroll(self, actor: Actor, message_id: int) -> Receipt:
+    async def reroll(self, actor: Actor, message_id: int, *, status_message_id: int | None = None) -> Receipt:
         self.calls.append(("reroll", (actor, message_id)))
         job = await self.job_for_message(message_id)
         if job is None:
             raise UserError("not_found", "that message is not a chant result")
         request = job.request.replace(seed=random.randrange(2**32))
-        return self._new_job(actor, request, "reroll", job.id)
+        return self._new_job(actor, request, "reroll", job.id, status_message_id)
 
-    async def variation(self, actor: Actor, message_id: int) -> Receipt:
+    async def variation(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt:
         self.calls.append(("variation", (actor, message_id)))
         job = await self.job_for_message(message_id)
         if job is None:
             raise UserError("not_found", "that message is not a chant result")
         request = job.request.replace(subseed=random.randrange(2**32), subseed_strength=0.25)
-        return self._new_job(actor, request, "variation", job.id)
+        return self._new_job(actor, request, "variation", job.id, status_message_id)
 
     async def show(self, actor: Actor, job_id: int) -> JobView:
         job = self.jobs.get(job_id)
         if job is None or job.user_id != actor.user_id:
             raise UserError("not_found", f"job #{job_id} is not one of yours")
+        here = tuple(
+            self._decide(job, bool(actor.age_restricted), n) for n in range(len(self.images.get(job_id, ())))
+        )
+        if here and all(m.blocked for m in here):
+            raise UserError("moderation", "That image is blocked in this channel.")
+        return dataclasses.replace(job, moderation=here)
+
+    # the result controls: each records its call and queues a job as core would build it
+
+    def _control_source(self, job_id: int, index: int) -> JobView:
+        job = self.jobs.get(job_id)
+        if job is None or job.state != "done":
+            raise UserError("not_found", f"there is no finished job #{job_id}")
+        if not 0 <= index < len(job.seeds):
+            raise UserError("not_found", f"job #{job_id} has no image {index + 1}")
+        return job
+
+    async def reroll_job(self, actor: Actor, job_id: int, *, status_message_id: int | None = None) -> Receipt:
+        self.calls.append(("reroll_job", (actor, job_id)))
+        job = self._control_source(job_id, 0)
+        request = job.request.replace(seed=random.randrange(2**32))
+        return self._new_job(actor, request, "reroll", job_id, status_message_id)
+
+    async def vary(
+        self, actor: Actor, job_id: int, index: int, strength: str, *, status_message_id: int | None = None
+    ) -> Receipt:
+        self.calls.append(("vary", (actor, job_id, index, strength)))
+        job = self._control_source(job_id, index)
+        request = job.request.replace(
+            seed=job.seeds[index],
+            subseed=random.randrange(2**32),
+            subseed_strength={"subtle": 0.15, "strong": 0.5}[strength],
+        )
+        return self._new_job(actor, request, "vary", job_id, status_message_id)
+
+    async def remix_form(self, actor: Actor, job_id: int, index: int) -> RemixForm:
+        job = self._control_source(job_id, index)
+        return RemixForm(job.request.prompt, job.request.negative_prompt, job.seeds[index])
+
+    async def remix(
+        self,
+        actor: Actor,
+        job_id: int,
+        index: int,
+        *,
+        prompt: str,
+        negative: str,
+        seed: int | None,
+        status_message_id: int | None = None,
+    ) -> Receipt:
+        self.calls.append(("remix", (actor, job_id, index, prompt, negative, seed)))
+        job = self._control_source(job_id, index)
+        if "(" in prompt and ")" not in prompt:
+            raise UserError("prompt", "unclosed '('", column=prompt.index("(") + 1)
+        request = job.request.replace(
+            prompt=prompt, negative_prompt=negative, seed=random.randrange(2**32) if seed is None else seed
+        )
+        return self._new_job(actor, request, "remix", job_id, status_message_id)
+
+    async def zoom_out(
+        self, actor: Actor, job_id: int, index: int, factor: float, *, status_message_id: int | None = None
+    ) -> Receipt:
+        self.calls.append(("zoom_out", (actor, job_id, index, factor)))
+        job = self._control_source(job_id, index)
+        request = job.request.replace(seed=random.randrange(2**32))
+        return self._new_job(actor, request, "zoom", job_id, status_message_id)
+
+    async def pan(
+        self, actor: Actor, job_id: int, index: int, direction: str, *, status_message_id: int | None = None
+    ) -> Receipt:
+        self.calls.append(("pan", (actor, job_id, index, direction)))
+        job = self._control_source(job_id, index)
+        request = job.request.replace(seed=random.randrange(2**32))
+        return self._new_job(actor, request, "pan", job_id, status_message_id)
+
+    async def pick(self, actor: Actor, job_id: int, index: int) -> tuple[JobView, GeneratedImage]:
+        self.calls.append(("pick", (actor, job_id, index)))
+        job = self._control_source(job_id, index)
+        decision = self._decide(job, bool(actor.age_restricted), index)
+        if decision.blocked:
+            raise UserError("moderation", "That image is blocked in this channel.")
+        return dataclasses.replace(job, moderation=(decision,)), self.images[job_id][index]
+
+    def complete_prompt(self, text: str) -> list[tuple[str, str]]:
+        return [(label, value) for label, value in self.tags if value.startswith(text.rpartition(",")[0])][
+            :25
+        ]
+
+    async def admin_moderation(
+        self,
+        actor: Actor,
+        *,
+        policy: str | None = None,
+        threshold: float | None = None,
+        age_restricted: str | None = None,
+    ) -> ModerationView:
+        await self._require_admin(actor)
+        self.calls.append(("admin_moderation", (actor, policy, threshold, age_restricted)))
+        return ModerationView(policy or "off", threshold or 0.8, age_restricted or "allow", False, "off")
+
+    async def admin_job(self, actor: Actor, job_id: int) -> JobView:
+        await self._require_admin(actor)
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise UserError("not_found", f"no job #{job_id}")
         return job
 
     async def job_images(self, job_id: int) -> tuple[GeneratedImage, ...]:
         return self.images.get(job_id, ())
-
-    async def record_status_message(self, job_id: int, channel_id: int, message_id: int) -> None:
-        self._set(job_id, status_message_id=message_id)
 
     async def record_result_messages(self, job_id: int, message_ids: Sequence[int]) -> None:
         self.posted.setdefault(job_id, []).extend(message_ids)

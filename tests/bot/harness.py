@@ -75,6 +75,16 @@ class ChantProcess:
         while line := await self.proc.stdout.readline():
             self.output += line.decode(errors="replace")
 
+    async def kill(self) -> int:
+        """``kill -9``: no shutdown, nothing finished or written."""
+        assert self.proc is not None
+        self.proc.kill()
+        await self.proc.wait()
+        if self._reader:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 5)
+        return self.proc.returncode or 0
+
     async def stop(self) -> int:
         assert self.proc is not None
         if self.proc.returncode is None:

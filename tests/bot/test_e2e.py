@@ -383,3 +383,39 @@ async def test_jobs_queued_before_a_restart_get_live_progress_after_it(
             "the result of the job queued before the restart",
         )
         await fake.wait_call("DELETE", rf"/channels/{CHANNEL_A}/messages/{waiting}", timeout=10)
+
+
+async def test_a_kill_between_submit_and_the_status_edit_leaves_no_orphaned_status(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    """kill -9 while the bot waits for Discord to take the "Queued … job #1" edit: the restarted bot
+    still knows the status message, and removes it when the result is posted."""
+    write_config(tmp_path, "max_batch = 1\n")
+    fake.hold("PATCH", r"/webhooks/\d+/[^/]+/messages/@original")
+    proc = ChantProcess(tmp_path / "chant.toml", fake, 0.2, TOKEN)
+    await proc.start()
+    try:
+        _, token = await fake.interaction(
+            "imagine",
+            [opt("prompt", "killed mid-edit"), opt("steps", 20, 4)],
+            guild_id=GUILD_A,
+            channel_id=CHANNEL_A,
+            user_id=ALICE,
+        )
+        (held,) = await fake.wait_call("PATCH", rf"/webhooks/\d+/{token}/messages/@original", timeout=30)
+        assert "job #1" in held.json["content"]  # queued; Discord has not answered the edit yet
+        status_id = fake.originals[token]
+    finally:
+        await proc.kill()
+    fake.release_holds()
+    before = len(fake.calls)
+    async with chant(tmp_path, fake):
+        await fake.wait_until(
+            lambda: any(
+                c.method == "POST" and c.files and parameters(c).startswith("killed mid-edit")
+                for c in fake.calls[before:]
+            ),
+            30,
+            "the result of the job, after the restart",
+        )
+        await fake.wait_call("DELETE", rf"/channels/{CHANNEL_A}/messages/{status_id}", timeout=10)

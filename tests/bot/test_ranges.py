@@ -31,6 +31,7 @@ async def test_the_bots_options_are_core_ranges(bot: RunningBot) -> None:
         "seed": (ranges.RANDOM_SEED, ranges.MAX_SEED),
         "steps": (ranges.MIN_STEPS, ranges.MAX_STEPS),
         "cfg": (ranges.BOT_MIN_CFG, ranges.BOT_MAX_CFG),
+        "cfg_rescale": (ranges.MIN_CFG_RESCALE, ranges.MAX_CFG_RESCALE),
         "count": (ranges.MIN_COUNT, ranges.BOT_MAX_COUNT),
         "clip_skip": (ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP),
         "hires_scale": (ranges.MIN_HIRES_SCALE, ranges.MAX_HIRES_SCALE),
@@ -95,3 +96,24 @@ async def test_imagine_with_the_largest_seed_is_queued_with_it_and_delivered(
             )  # the model the job ran on, carried by the job (no infotext parsing)
     finally:
         await h.close()
+
+
+@pytest.mark.parametrize("size", ["64x16384", "16384x64", "8192x128", "32x512", "512x4104"])
+async def test_sizes_the_engine_refuses_are_refused_before_deferring(bot: RunningBot, size: str) -> None:
+    fake = bot.fake
+    iid, token = await imagine(fake, "x", opt("size", size))
+    (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+    assert cb.json["type"] == 4 and cb.json["data"]["flags"] & 64  # refused privately, nothing deferred
+    text = cb.json["data"]["content"]
+    assert f"between {ranges.MIN_SIDE} and {ranges.MAX_SIDE}" in text and size in text, text
+    assert not bot.service.calls  # never reached core: nothing queued, nothing charged
+
+
+def test_every_size_choice_is_one_the_engine_takes() -> None:
+    from bot.options import SIZES, parse_size
+
+    for _, w, h in SIZES:
+        assert parse_size(f"{w}x{h}") == (w, h)
+        assert min(w, h) >= ranges.MIN_SIDE and max(w, h) <= ranges.MAX_SIDE
+        assert w % ranges.SIDE_MULTIPLE == 0 and h % ranges.SIDE_MULTIPLE == 0
+    assert parse_size(f"{ranges.MAX_SIDE}x{ranges.MIN_SIDE}") == (ranges.MAX_SIDE, ranges.MIN_SIDE)

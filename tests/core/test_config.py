@@ -58,6 +58,17 @@ def test_example_with_everything_enabled_loads() -> None:
     assert s.engine.models["sd15"].source.endswith(".safetensors")
 
 
+def test_example_model_lists_every_model_setting() -> None:
+    from core.config import ModelSettings
+
+    example = _uncommented_example()["engine"]["models"]["sd15"]
+    assert set(example) == {f.name for f in dataclasses.fields(ModelSettings)}
+    model = settings_from_dict(_uncommented_example(), env={}).engine.models["sd15"]
+    assert (model.prediction, model.zero_terminal_snr) == ("auto", True)
+    default = settings_from_dict({"engine": {"models": {"m": {"source": "x.safetensors"}}}}, env={})
+    assert (default.engine.models["m"].prediction, default.engine.models["m"].zero_terminal_snr) == ("auto", None)
+
+
 def test_unknown_key_is_named() -> None:
     with pytest.raises(ConfigError, match=r"engine: unknown setting.*devcie"):
         settings_from_dict({"engine": {"devcie": "cuda"}}, env={})

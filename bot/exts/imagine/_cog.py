@@ -17,6 +17,7 @@ from bot.options import (
     FILLS,
     RESIZE_MODES,
     Cfg,
+    CfgRescale,
     ClipSkip,
     Count,
     Fill,
@@ -37,6 +38,7 @@ from bot.options import (
     Upscaler,
     command_options,
     preset_autocomplete,
+    prompt_autocomplete,
     read_attachment,
 )
 from core.services import Actor, ImagineOptions, JobView, Receipt, UserError
@@ -60,7 +62,7 @@ class ImagineCog(commands.Cog):
     @app_commands.command(name="imagine", description="Generate images from an A1111-style prompt")
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     @app_commands.describe(
-        prompt="the prompt, A1111 syntax: (emphasis:1.2), [from:to:when], AND, BREAK, <lora:name:0.8>",
+        prompt="A1111 prompt: (emphasis:1.2), [from:to:when], AND, BREAK, <lora:x:0.8>; {a|b}, __wildcard__",
         size="width x height (default: the model's; choices stay within this server's pixel limit)",
         lora="add a LoRA to the prompt (<lora:name:1>); /loras lists them",
         **DESCRIBE,
@@ -70,7 +72,7 @@ class ImagineCog(commands.Cog):
         hires_strength="hires fix: denoising strength of the second pass (default 0.7)",
         upscaler="hires fix: Latent or Lanczos (image) upscaling",
     )
-    @app_commands.autocomplete(preset=preset_autocomplete)
+    @app_commands.autocomplete(preset=preset_autocomplete, prompt=prompt_autocomplete)
     async def imagine(
         self,
         interaction: discord.Interaction,
@@ -80,6 +82,7 @@ class ImagineCog(commands.Cog):
         size: Size | None = None,
         steps: Steps | None = None,
         cfg: Cfg | None = None,
+        cfg_rescale: CfgRescale | None = None,
         sampler: Sampler | None = None,
         seed: Seed | None = None,
         count: Count | None = None,
@@ -103,6 +106,7 @@ class ImagineCog(commands.Cog):
             preset=preset,
             steps=steps,
             cfg=cfg,
+            cfg_rescale=cfg_rescale,
             sampler=sampler,
             seed=seed,
             count=count,
@@ -150,6 +154,7 @@ class ImagineCog(commands.Cog):
         size: Size | None = None,
         steps: Steps | None = None,
         cfg: Cfg | None = None,
+        cfg_rescale: CfgRescale | None = None,
         sampler: Sampler | None = None,
         seed: Seed | None = None,
         count: Count | None = None,
@@ -171,6 +176,7 @@ class ImagineCog(commands.Cog):
             preset=preset,
             steps=steps,
             cfg=cfg,
+            cfg_rescale=cfg_rescale,
             sampler=sampler,
             seed=seed,
             count=count,
@@ -210,18 +216,28 @@ class ImagineCog(commands.Cog):
         refuse_dm_if_configured(self.bot, interaction.guild_id)
 
     async def _submit(self, interaction: discord.Interaction, options: ImagineOptions) -> None:
-        receipt = await self.service.submit_imagine(actor_from_interaction(interaction), options)
-        await self.delivery.until_done(self._post_queued(interaction, receipt, options.prompt))
-
-    async def _post_queued(self, interaction: discord.Interaction, receipt: Receipt, prompt: str) -> None:
-        # 3. The status message: queue position now, progress later (edited by the delivery task).
-        message = await interaction.edit_original_response(
-            content=render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id)
+        # The status message is this interaction's response ("thinking…" until edited). Its id goes in
+        # with the job, in one transaction: a bot killed before the edit below still finishes it later.
+        status = await interaction.original_response()
+        receipt = await self.service.submit_imagine(
+            actor_from_interaction(interaction), options, status_message_id=status.id
         )
-        channel_id = interaction.channel_id or 0
-        # Track before recording: a result whose status message is recorded can be posted at once.
-        self.delivery.track(receipt.job_id, channel_id, interaction.guild_id, message.id, prompt=prompt)
-        await self.service.record_status_message(receipt.job_id, channel_id, message.id)
+        await self.delivery.until_done(self._post_queued(interaction, receipt, options.prompt, status.id))
+
+    async def _post_queued(
+        self, interaction: discord.Interaction, receipt: Receipt, prompt: str, status_id: int
+    ) -> None:
+        # 3. The status message: queue position now, progress later (edited by the delivery task).
+        tracked = self.delivery.track(
+            receipt.job_id,
+            interaction.channel_id or 0,
+            interaction.guild_id,
+            status_id,
+            prompt=prompt,
+            interaction=interaction,
+        )
+        text = render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id)
+        await self.delivery.first_status(tracked, lambda: interaction.edit_original_response(content=text))
 
     # -- reactions on results (raw events: also messages from before a restart) ----------------------
     @commands.Cog.listener()
@@ -231,7 +247,7 @@ class ImagineCog(commands.Cog):
         name = payload.emoji.name if payload.emoji.id is None else None
         if name not in (REROLL, VARIATION, DELETE, *INFO_EMOJIS):
             return
-        actor = actor_from_reaction(payload)
+        actor = actor_from_reaction(payload, self.bot)
         try:
             job = await self.service.job_for_message(payload.message_id)
             if job is None:
@@ -254,37 +270,57 @@ class ImagineCog(commands.Cog):
     async def _reroll(
         self, actor: Actor, payload: discord.RawReactionActionEvent, *, variation: bool = False
     ) -> None:
-        """🔁 a new seed, or 🔀 a variation (same seed, a variation seed mixed in); a reply either way."""
-        if variation:
-            receipt = await self.service.variation(actor, payload.message_id)
-        else:
-            receipt = await self.service.reroll(actor, payload.message_id)
-        await self.delivery.until_done(self._post_requeued(actor, payload, receipt, variation))
-
-    async def _post_requeued(
-        self, actor: Actor, payload: discord.RawReactionActionEvent, receipt: Receipt, variation: bool
-    ) -> None:
+        """🔁 a new seed, or 🔀 a variation (same seed, a variation seed mixed in); a reply either way,
+        posted first: its id goes in with the job, as /imagine's status does."""
+        emoji = VARIATION if variation else REROLL
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
         reference = discord.MessageReference(
             message_id=payload.message_id, channel_id=payload.channel_id, fail_if_not_exists=False
         )
-        status = await channel.send(
-            f"<@{actor.user_id}> {VARIATION if variation else REROLL} "
-            + render.queued_text(receipt.position, receipt.eta_s, job_id=receipt.job_id),
-            reference=reference,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
-        self.delivery.track(
+        try:
+            status = await channel.send(
+                f"<@{actor.user_id}> {emoji} queueing…",
+                reference=reference,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+        except discord.Forbidden:
+            raise UserError(
+                "permission",
+                f"I cannot post in <#{payload.channel_id}>: I am missing a permission there (Send Messages). "
+                "A server admin can give it to me; until then /imagine works elsewhere.",
+            ) from None
+        try:
+            submit = self.service.variation if variation else self.service.reroll
+            receipt = await submit(actor, payload.message_id, status_message_id=status.id)
+        except BaseException:
+            with contextlib.suppress(discord.HTTPException):
+                await status.delete()  # refused (the reactor is told by DM) or cut short: nothing queued
+            raise
+        await self.delivery.until_done(self._post_requeued(actor, payload, receipt, status, emoji))
+
+    async def _post_requeued(
+        self,
+        actor: Actor,
+        payload: discord.RawReactionActionEvent,
+        receipt: Receipt,
+        status: discord.Message,
+        emoji: str,
+    ) -> None:
+        tracked = self.delivery.track(
             receipt.job_id, payload.channel_id, payload.guild_id, status.id, reply_to=payload.message_id
         )
-        await self.service.record_status_message(receipt.job_id, payload.channel_id, status.id)
+        text = f"<@{actor.user_id}> {emoji} " + render.queued_text(
+            receipt.position, receipt.eta_s, job_id=receipt.job_id
+        )
+        await self.delivery.first_status(tracked, lambda: status.edit(content=text))
 
     async def _delete(self, actor: Actor, payload: discord.RawReactionActionEvent) -> None:
-        job = await self.service.delete_result(actor, payload.message_id)
+        """❌ deletes the message reacted to, nothing else: the job's other results (the original, or
+        /show re-posts, perhaps in other channels) stay, and so does what 🔁 finds through them."""
+        await self.service.delete_result(actor, payload.message_id)
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
-        for message_id in {payload.message_id, *job.result_message_ids}:
-            with contextlib.suppress(discord.NotFound):
-                await channel.get_partial_message(message_id).delete()
+        with contextlib.suppress(discord.NotFound):
+            await channel.get_partial_message(payload.message_id).delete()
 
     async def _info(self, actor: Actor, job: JobView) -> None:
         images = await self.service.job_images(job.id)
@@ -295,6 +331,9 @@ class ImagineCog(commands.Cog):
                 image.infotext, job_id=job.id, limit=render.MESSAGE_LIMIT - len(tail)
             )
             await self._dm(actor.user_id, text + tail)
+        if job.prompt_templates:  # a dynamic prompt: the parameters hold its expansion, this what was typed
+            seed = job.seeds[0] if job.seeds else job.request.seed
+            await self._dm(actor.user_id, render.template_text(job.prompt_templates, seed=seed))
 
     async def _dm(self, user_id: int, text: str) -> None:
         try:

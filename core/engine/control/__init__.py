@@ -12,5 +12,4 @@ Module map (torch-free ones first; they load no torch when imported):
 - ``residuals`` (torch): what the active units add to one UNet call, per row.
 - ``ip_adapter`` (torch): IP-Adapter + CLIP vision encoder, image tokens, per-row attention hook.
 - ``depth`` (torch): the ``depth_anything_v2`` preprocessor.
-- ``tiny`` (torch): random-weight ControlNet / IP-Adapter / depth fixtures for tests and benchmarks.
 """

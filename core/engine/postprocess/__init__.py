@@ -15,7 +15,6 @@ Model-side libraries only; the engine, the queue and the bot call them.
   paste back; ADetailer's infotext keys.
 - :mod:`.faces` — face restoration (GFPGAN, CodeFormer when installed) on aligned face crops.
 - :mod:`.tagger` — WD14 v3 booru taggers for /describe.
-- :mod:`.tiny` — tiny random-weight upscalers for tests and benchmarks; :mod:`.bench` — figures.
 
 Importing this package loads no torch; the modules that need it import it themselves.
 """

@@ -17,7 +17,7 @@ Tables live on the CPU; :meth:`NoiseSchedule.to` gives a copy on the UNet's devi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,12 +80,15 @@ class NoiseSchedule:
 
     alphas_cumprod: Tensor
     prediction: str = "eps"
+    zero_terminal_snr: bool = False  # ᾱ rescaled (A1111's "Noise Schedule: Zero Terminal SNR")
     sigmas: Tensor = field(init=False)
     log_sigmas: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
-            raise ValueError(f"unknown model prediction {self.prediction!r}; use one of: {', '.join(PREDICTIONS)}")
+            raise ValueError(
+                f"unknown model prediction {self.prediction!r}; use one of: {', '.join(PREDICTIONS)}"
+            )
         sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
         object.__setattr__(self, "sigmas", sigmas)
         object.__setattr__(self, "log_sigmas", sigmas.log())
@@ -96,13 +99,13 @@ class NoiseSchedule:
         alphas_cumprod = ldm_alphas_cumprod()
         if zero_terminal_snr:
             alphas_cumprod = rescale_zero_terminal_snr(alphas_cumprod)
-        return cls(alphas_cumprod, prediction)
+        return cls(alphas_cumprod, prediction, zero_terminal_snr)
 
     def to(self, device: str | torch.device) -> NoiseSchedule:
         """The same schedule with its tables on ``device``."""
         if self.alphas_cumprod.device == torch.device(device):
             return self
-        return type(self)(self.alphas_cumprod.to(device), self.prediction)
+        return type(self)(self.alphas_cumprod.to(device), self.prediction, self.zero_terminal_snr)
 
     @property
     def sigma_min(self) -> float:
@@ -161,7 +164,9 @@ class LCMSchedule(NoiseSchedule):
     @classmethod
     def from_model(cls, model: NoiseSchedule) -> LCMSchedule:
         steps = TIMESTEPS // cls.skip
-        valid = torch.stack([model.alphas_cumprod[TIMESTEPS - 1 - i * cls.skip] for i in reversed(range(steps))])
+        valid = torch.stack(
+            [model.alphas_cumprod[TIMESTEPS - 1 - i * cls.skip] for i in reversed(range(steps))]
+        )
         return cls(valid.to(torch.float32), "eps")
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
@@ -210,19 +215,16 @@ def timestep_eps(alphas_cumprod: Tensor, prediction: str, unet: UNet, x: Tensor,
 # -- classifier-free guidance ---------------------------------------------------------------------------
 
 
-def combine_cfg(
-    cond_out: Tensor, uncond_out: Tensor, conds: list[list[tuple[int, float]]], cond_scale: float
-) -> Tensor:
-    """A1111's CFG combination: ``uncond[i] + Σ (cond[k] - uncond[i]) · weight_k · scale`` per image.
+def combine_cfg(uncond: Tensor, conds: Sequence[Tensor], weights: Sequence[float], scale: float) -> Tensor:
+    """A1111's CFG with ``AND`` parts (``combine_denoised``): ``uncond + Σₖ (condₖ - uncond) · (wₖ · scale)``.
 
-    ``cond_out`` holds one row per (image, AND part), ``uncond_out`` one per image; ``conds[i]`` lists the
-    rows of image i with their ``AND`` weights. Works on x₀ (k-diffusion samplers) or ε (timesteps samplers).
+    ``uncond`` and each of ``conds`` hold one row per image. Works on x₀ (k-diffusion samplers) or ε
+    (timesteps samplers): the combination is linear. The arithmetic is A1111's, term for term.
     """
-    denoised = torch.clone(uncond_out)
-    for i, parts in enumerate(conds):
-        for row, weight in parts:
-            denoised[i] += (cond_out[row] - uncond_out[i]) * (weight * cond_scale)
-    return denoised
+    out = uncond
+    for cond, weight in zip(conds, weights, strict=True):
+        out = out + (cond - uncond) * (weight * scale)
+    return out
 
 
 def rescale_cfg(x: Tensor, sigma: Tensor, cond: Tensor, guided: Tensor, phi: float) -> Tensor:
@@ -239,6 +241,22 @@ def rescale_cfg(x: Tensor, sigma: Tensor, cond: Tensor, guided: Tensor, phi: flo
     x_scaled = x / (s * s + 1.0)
     v_cond = (x_scaled - cond) * root / s
     v_cfg = (x_scaled - guided) * root / s
-    ratio = v_cond.std(dim=tuple(range(1, x.ndim)), keepdim=True) / v_cfg.std(dim=tuple(range(1, x.ndim)), keepdim=True)
+    ratio = v_cond.std(dim=tuple(range(1, x.ndim)), keepdim=True) / v_cfg.std(
+        dim=tuple(range(1, x.ndim)), keepdim=True
+    )
     v_final = phi * (v_cfg * ratio) + (1.0 - phi) * v_cfg
     return x_scaled - v_final * s / root
+
+
+def rescale_cfg_eps(
+    alphas_cumprod: Tensor, x: Tensor, t: Tensor, cond: Tensor, guided: Tensor, phi: float
+) -> Tensor:
+    """:func:`rescale_cfg` for the timesteps samplers, whose model gives ε at integer timestep ``t``: the same
+    rescale, done on the x₀ those ε mean (x in σ space is x/√ᾱ, x₀ = x/√ᾱ - σ·ε), and turned back into ε."""
+    if phi == 0:
+        return guided
+    a = _append_dims(alphas_cumprod.to(x.device)[t.to(torch.int)], x.ndim)
+    sigma = ((1 - a) / a) ** 0.5
+    x_sigma = x / a.sqrt()
+    rescaled = rescale_cfg(x_sigma, sigma.flatten(), x_sigma - sigma * cond, x_sigma - sigma * guided, phi)
+    return (x_sigma - rescaled) / sigma

@@ -140,7 +140,9 @@ class _VP:
 
     def inverse_lambda(self, lamb: Tensor) -> Tensor:
         log_alpha = -0.5 * torch.logaddexp(torch.zeros((1,)).to(lamb), -2.0 * lamb)
-        return self._interp(log_alpha, self.log_alpha_array.flip(0).to(lamb.device), self.t_array.flip(0).to(lamb.device))
+        return self._interp(
+            log_alpha, self.log_alpha_array.flip(0).to(lamb.device), self.t_array.flip(0).to(lamb.device)
+        )
 
 
 def _unipc_times(vp: _VP, skip_type: str, t_start: float, t_end: float, n: int) -> Tensor:
@@ -154,12 +156,26 @@ def _unipc_times(vp: _VP, skip_type: str, t_start: float, t_end: float, n: int) 
     raise ValueError(f"unknown UniPC skip type {skip_type!r}; use time_uniform, time_quadratic or logSNR")
 
 
-def sample_unipc(model, x, ts, alphas_cumprod, *, callback=None, noise=None, img2img=False, order=3,
-                 variant="bh1", skip_type="time_uniform", lower_order_final=True):
+def sample_unipc(
+    model,
+    x,
+    ts,
+    alphas_cumprod,
+    *,
+    callback=None,
+    noise=None,
+    img2img=False,
+    order=3,
+    variant="bh1",
+    skip_type="time_uniform",
+    lower_order_final=True,
+):
     """UniPC multistep (predictor UniP + corrector UniC, data prediction) over ``len(ts)`` steps.
 
     The model is called at model time (t - 1/1000)·1000 for t from 1 (img2img: ts[-1]/1000 + 1/1000)
     down to 1/1000. The corrector reuses the model call the next step needs, so there is one call a step.
+    Every coefficient is computed on the CPU (the times are the same for all rows), so nothing in the loop
+    reads a value back from the GPU.
     """
     steps = len(ts)
     if steps < order:
@@ -168,36 +184,35 @@ def sample_unipc(model, x, ts, alphas_cumprod, *, callback=None, noise=None, img
         raise ValueError(f"unknown UniPC variant {variant!r}; use bh1 or bh2")
     vp = _VP(alphas_cumprod)
     t_start = float(ts[-1]) / 1000 + 1 / 1000 if img2img else 1.0
-    grid = _unipc_times(vp, skip_type, t_start, 1.0 / vp.total_n, steps).to(x.device)
+    grid = _unipc_times(vp, skip_type, t_start, 1.0 / vp.total_n, steps)  # CPU
     loop = _Loop(callback, noise)
 
     def model_x0(x, t):
-        eps = model(x, (t - 1.0 / vp.total_n) * 1000.0)
-        return (x - vp.std(t)[:, None, None, None] * eps) / vp.alpha(t)[:, None, None, None]
+        eps = model(x, x.new_full((x.shape[0],), (float(t) - 1.0 / vp.total_n) * 1000.0))
+        return (x - float(vp.std(t)) * eps) / float(vp.alpha(t))
 
-    vec_t = grid[0].expand(x.shape[0])
-    prev_x0, prev_t = [model_x0(x, vec_t)], [vec_t]
+    prev_x0, prev_t = [model_x0(x, grid[:1])], [grid[:1]]
     for step in range(1, steps + 1):
-        vec_t = grid[step].expand(x.shape[0])
+        t = grid[step : step + 1]
         if step < order:
             step_order, corrector = step, True
         else:
             step_order = min(order, steps + 1 - step) if lower_order_final else order
             corrector = step != steps
-        x, x0_t = _unipc_update(vp, model_x0, x, prev_x0, prev_t, vec_t, step_order, variant, corrector)
-        if kept := loop.report(Step(step - 1, x, 0, 0, x0_t if x0_t is not None else x), x, x0_t, prev_x0, prev_t):
-            x, x0_t, prev_x0, prev_t = kept
-            vec_t = vec_t[: x.shape[0]]
+        x, x0_t = _unipc_update(vp, model_x0, x, prev_x0, prev_t, t, step_order, variant, corrector)
+        if kept := loop.report(Step(step - 1, x, 0, 0, x0_t if x0_t is not None else x), x, x0_t, prev_x0):
+            x, x0_t, prev_x0 = kept
         if step < order:
             prev_x0.append(x0_t)
-            prev_t.append(vec_t)
+            prev_t.append(t)
             continue
-        prev_x0, prev_t = [*prev_x0[1:], x0_t], [*prev_t[1:], vec_t]
+        prev_x0, prev_t = [*prev_x0[1:], x0_t], [*prev_t[1:], t]
     return x
 
 
 def _unipc_update(vp, model_x0, x, prev_x0, prev_t, t, order, variant, use_corrector):
-    """One UniPC-bh step in data prediction from prev_t[-1] to t; returns (x_t, x₀ at t or None)."""
+    """One UniPC-bh step in data prediction from prev_t[-1] to t (one-element CPU tensors); returns
+    (x_t, x₀ at t or None)."""
     lambda_prev_0, lambda_t = vp.lambda_(prev_t[-1]), vp.lambda_(t)
     x0_prev_0 = prev_x0[-1]
     sigma_prev_0, sigma_t = vp.std(prev_t[-1]), vp.std(t)
@@ -208,9 +223,9 @@ def _unipc_update(vp, model_x0, x, prev_x0, prev_t, t, order, variant, use_corre
     for i in range(1, order):
         rk = ((vp.lambda_(prev_t[-(i + 1)]) - lambda_prev_0) / h)[0]
         rks.append(rk)
-        d1s.append((prev_x0[-(i + 1)] - x0_prev_0) / rk)
-    rks.append(1.0)
-    rks = torch.tensor(rks, device=x.device)
+        d1s.append((prev_x0[-(i + 1)] - x0_prev_0) / float(rk))
+    rks.append(torch.tensor(1.0))
+    rks = torch.stack(rks)
 
     hh = -h[0]
     h_phi_1 = torch.expm1(hh)
@@ -222,19 +237,26 @@ def _unipc_update(vp, model_x0, x, prev_x0, prev_t, t, order, variant, use_corre
         b.append(h_phi_k * factorial_i / b_h)
         factorial_i *= i + 1
         h_phi_k = h_phi_k / hh - 1 / factorial_i
-    r_mat, b = torch.stack(rows), torch.tensor(b, device=x.device)
+    r_mat, b = torch.stack(rows), torch.stack(b)
 
-    d1 = torch.stack(d1s, dim=1) if d1s else None
-    x_t_ = (sigma_t / sigma_prev_0)[:, None, None, None] * x - (alpha_t * h_phi_1)[:, None, None, None] * x0_prev_0
-    scale = (alpha_t * b_h)[:, None, None, None]
-    if d1 is not None:
-        rhos_p = torch.tensor([0.5], device=x.device) if order == 2 else torch.linalg.solve(r_mat[:-1, :-1], b[:-1])
-        x_t = x_t_ - scale * torch.einsum("k,bkchw->bchw", rhos_p, d1)
+    x_t_ = float(sigma_t / sigma_prev_0) * x - float(alpha_t * h_phi_1) * x0_prev_0
+    scale = float(alpha_t * b_h)
+    if d1s:
+        rhos_p = torch.tensor([0.5]) if order == 2 else torch.linalg.solve(r_mat[:-1, :-1], b[:-1])
+        x_t = x_t_ - scale * _weighted(rhos_p, d1s)
     else:
         x_t = x_t_
     if not use_corrector:
         return x_t, None
-    rhos_c = torch.tensor([0.5], device=x.device) if order == 1 else torch.linalg.solve(r_mat, b)
+    rhos_c = torch.tensor([0.5]) if order == 1 else torch.linalg.solve(r_mat, b)
     x0_t = model_x0(x_t, t)
-    corr = torch.einsum("k,bkchw->bchw", rhos_c[:-1], d1) if d1 is not None else 0
-    return x_t_ - scale * (corr + rhos_c[-1] * (x0_t - x0_prev_0)), x0_t
+    corr = _weighted(rhos_c[:-1], d1s) if d1s else 0
+    return x_t_ - scale * (corr + float(rhos_c[-1]) * (x0_t - x0_prev_0)), x0_t
+
+
+def _weighted(weights: Tensor, terms: list[Tensor]) -> Tensor:
+    """Σ wₖ·termₖ with CPU weights (python floats on the device's tensors: no transfer, no sync)."""
+    out = float(weights[0]) * terms[0]
+    for weight, term in zip(weights[1:].tolist(), terms[1:], strict=True):
+        out = out + weight * term
+    return out

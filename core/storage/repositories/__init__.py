@@ -12,8 +12,8 @@ Read-check-write operations (``QuotaRepo.reserve``, ``JobRepo.mark_posted``) are
 compare-and-set statements or under a row lock, so they stay correct with several processes; on SQLite
 run them in ``Database.write_session()`` (``BEGIN IMMEDIATE``).
 
-One module per table group: :mod:`.guilds`, :mod:`.presets`, :mod:`.jobs`, :mod:`.quotas`,
-:mod:`.audit`. The queue's claims and leases are :class:`core.queue.store.JobStore`.
+One module per table group: :mod:`.guilds`, :mod:`.presets`, :mod:`.jobs`, :mod:`.sources` (the
+source images of img2img jobs), :mod:`.quotas`, :mod:`.audit`. The queue's claims and leases are :class:`core.queue.store.JobStore`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.storage.repositories.audit import AuditRepo
-from core.storage.repositories.guilds import GUILD_LIMIT_FIELDS, GuildRepo
+from core.storage.repositories.guilds import GUILD_LIMIT_FIELDS, MODERATION_FIELDS, GuildRepo, moderation_of
 from core.storage.repositories.jobs import JobRepo
 from core.storage.repositories.presets import MAX_PRESETS_PER_OWNER, PresetLimitReached, PresetRepo
 from core.storage.repositories.quotas import (
@@ -33,6 +33,7 @@ from core.storage.repositories.quotas import (
     QuotaUsage,
     quota_window,
 )
+from core.storage.repositories.sources import SourceRepo
 
 
 class Repositories:
@@ -45,11 +46,13 @@ class Repositories:
         self.jobs = JobRepo(session)
         self.quotas = QuotaRepo(session)
         self.audit = AuditRepo(session)
+        self.sources = SourceRepo(session)
 
 
 __all__ = [
     "GUILD_LIMIT_FIELDS",
     "MAX_PRESETS_PER_OWNER",
+    "MODERATION_FIELDS",
     "QUOTA_PERIODS",
     "QUOTA_UNITS",
     "Allowance",
@@ -62,5 +65,7 @@ __all__ = [
     "QuotaRepo",
     "QuotaUsage",
     "Repositories",
+    "SourceRepo",
+    "moderation_of",
     "quota_window",
 ]

@@ -1,5 +1,5 @@
 """Guild settings: limits, default model, reroll policy, fair-queue weight, banned words, channels,
-admin roles."""
+admin roles, image moderation policy."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.moderation import AgeRestricted, GuildPolicy, Policy, check_threshold
 from core.storage.models import Guild, utcnow
 from core.storage.repositories._sql import insert
 from core.storage.validation import (
@@ -21,7 +22,27 @@ from core.storage.validation import (
     check_text,
 )
 
-GUILD_LIMIT_FIELDS = ("max_steps", "max_pixels", "max_images", "max_queued_per_user", "max_queued_per_guild")
+GUILD_LIMIT_FIELDS = (
+    "max_steps",
+    "max_pixels",
+    "max_images",
+    "max_queued_per_user",
+    "max_queued_per_guild",
+    "max_and_parts",
+    "max_prompt_chunks",
+)
+MODERATION_FIELDS = ("moderation_policy", "moderation_threshold", "age_restricted_policy")
+
+
+def moderation_of(guild: Guild | None, default: GuildPolicy) -> GuildPolicy:
+    """The guild's moderation policy: what its admins set, the operator's ``default`` for the rest."""
+    if guild is None:
+        return default
+    return GuildPolicy(
+        Policy(guild.moderation_policy) if guild.moderation_policy else default.policy,
+        guild.moderation_threshold if guild.moderation_threshold is not None else default.threshold,
+        AgeRestricted(guild.age_restricted_policy) if guild.age_restricted_policy else default.age_restricted,
+    )
 
 
 class GuildRepo:
@@ -55,7 +76,8 @@ class GuildRepo:
         """Set guild settings; returns the previous values of the changed fields (for the audit).
 
         Fields: the limits in :data:`GUILD_LIMIT_FIELDS` (positive int or None = config default),
-        ``default_model`` (name or None), ``reroll_policy`` ("everyone" | "owner"), ``weight`` (> 0).
+        ``default_model`` (name or None), ``reroll_policy`` ("everyone" | "owner"), ``weight`` (> 0),
+        :data:`MODERATION_FIELDS` (``core.moderation`` values, or None = the operator's default).
         """
         guild = await self.get_or_create(guild_id)
         before: dict[str, Any] = {}
@@ -73,6 +95,8 @@ class GuildRepo:
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
                     raise ValueError(f"weight must be a positive number, got {value!r}")
                 value = float(value)
+            elif name in MODERATION_FIELDS:
+                value = _moderation_value(name, value)
             else:
                 raise ValueError(f"unknown guild setting {name!r}")
             before[name] = getattr(guild, name)
@@ -133,3 +157,16 @@ class GuildRepo:
         """Fair-queue weights of the guilds whose operator weight is not the default 1.0."""
         rows = await self.session.execute(select(Guild.id, Guild.weight).where(Guild.weight != 1.0))
         return {gid: w for gid, w in rows if w and w > 0}
+
+
+def _moderation_value(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name == "moderation_threshold":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"the moderation threshold must be a number, got {value!r}")
+        return check_threshold(float(value))
+    choices = Policy if name == "moderation_policy" else AgeRestricted
+    if value not in {str(c) for c in choices}:
+        raise ValueError(f"{name.replace('_', ' ')} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return str(value)

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Select, and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.cost import pixel_steps
+from core.cost import job_cost
 from core.storage.models import (
     FINISHED_STATES,
     JOB_KINDS,
@@ -24,10 +24,13 @@ from core.storage.models import (
     utcnow,
 )
 from core.storage.repositories._sql import insert
+from core.storage.repositories.sources import SourceRepo
 from core.storage.validation import MAX_ERROR_CHARS, MAX_PROMPT_CHARS, check_id, check_json_texts, check_text
 from core.types import GeneratedImage, GenerationRequest, Mode
 
 ACTIVE_STATES = ("queued", "running")
+# PostgreSQL advisory lock key of the queue caps ("chant" and 1): one lock, taken by every submit.
+QUEUE_CAPS_LOCK = 0x6368616E74_0001
 
 
 class JobRepo:
@@ -62,14 +65,26 @@ class JobRepo:
         parent_id: int | None = None,
         model_hash: str | None = None,
         created_at: datetime | None = None,
+        age_restricted: bool = False,
+        prompt_templates: dict[str, Any] | None = None,
     ) -> Job:
-        """Insert a queued job with the full request (input images go to ``job_inputs``)."""
+        """Insert a queued job with the full request (input images go to ``job_inputs``).
+
+        ``age_restricted``: asked in an age-restricted channel; ``prompt_templates``: the prompts as typed
+        when dynamic prompts changed them (the request holds the expansion)."""
         if kind not in JOB_KINDS:
             raise ValueError(f"job kind must be one of {', '.join(JOB_KINDS)}, got {kind!r}")
         params = request.to_dict()
         for field in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
             check_text(params[field], field.replace("_", " "), max_chars=MAX_PROMPT_CHARS, multiline=True)
         check_json_texts(params, "request")
+        if prompt_templates is not None:
+            for field in ("prompt", "negative_prompt"):
+                text = prompt_templates.get(field)
+                if text is not None:
+                    check_text(text, f"{field.replace('_', ' ')} template", max_chars=MAX_PROMPT_CHARS,
+                               multiline=True)
+            check_json_texts(prompt_templates, "prompt templates")
         if request.model is not None:
             check_text(request.model, "model", max_chars=200)
         job = Job(
@@ -88,17 +103,20 @@ class JobRepo:
             height=request.height,
             steps=request.steps,
             sampler=check_text(request.sampler, "sampler", max_chars=64),
-            cost=pixel_steps(request),
+            cost=job_cost(request),
             attempts=0,
             posted=False,
             created_at=created_at or utcnow(),
+            age_restricted=bool(age_restricted),
+            prompt_templates=prompt_templates,
         )
         self.session.add(job)
         await self.session.flush()
         if request.init_image is not None or request.mask_image is not None:
-            self.session.add(
-                JobInput(job_id=job.id, init_image=request.init_image, mask_image=request.mask_image)
-            )
+            sources = SourceRepo(self.session)  # stored once, whichever jobs use them
+            init = None if request.init_image is None else await sources.put(request.init_image)
+            mask = None if request.mask_image is None else await sources.put(request.mask_image)
+            self.session.add(JobInput(job_id=job.id, init_image_id=init, mask_image_id=mask))
             await self.session.flush()
         return job
 
@@ -109,13 +127,25 @@ class JobRepo:
         return await self.session.scalar(stmt)
 
     async def request(self, job: Job) -> GenerationRequest:
-        """The stored request, with its input images if it has any."""
-        images: dict[str, bytes | None] = {}
-        if job.params.get("mode", "txt2img") != Mode.TXT2IMG:
-            inputs = await self.session.get(JobInput, job.id)
-            if inputs is not None:
-                images = {"init_image": inputs.init_image, "mask_image": inputs.mask_image}
+        """The stored request, with its input images if it has any (None where they were pruned)."""
+        images = await self.inputs(job.id) if job.params.get("mode", "txt2img") != Mode.TXT2IMG else {}
         return GenerationRequest.from_dict(job.params, **images)
+
+    async def inputs(self, job_id: int) -> dict[str, bytes | None]:
+        """``init_image`` and ``mask_image`` of an img2img / inpaint job (None: none, or pruned)."""
+        row = await self.session.get(JobInput, job_id)
+        if row is None:
+            return {}
+        data = await SourceRepo(self.session).data([row.init_image_id, row.mask_image_id])
+        return {"init_image": data.get(row.init_image_id), "mask_image": data.get(row.mask_image_id)}
+
+    async def inputs_pruned(self, job_id: int) -> bool:
+        """Whether an input image of this job was pruned (the job cannot run again)."""
+        row = await self.session.get(JobInput, job_id)
+        if row is None:
+            return False
+        data = await SourceRepo(self.session).data([row.init_image_id, row.mask_image_id])
+        return any(data.get(i) is None for i in (row.init_image_id, row.mask_image_id) if i is not None)
 
     async def by_message(self, message_id: int) -> Job | None:
         """The job shown by a status or result message (🔁, ❌, ℹ️ on any message we posted)."""
@@ -159,6 +189,19 @@ class JobRepo:
             select(Job).where(Job.user_id == user_id).order_by(Job.id.desc()).limit(1)
         )
 
+    async def lock_queue(self) -> None:
+        """Serialise submits until the transaction ends, so that :meth:`active_counts` stays true until
+        the new job is inserted: the caps are exact.
+
+        PostgreSQL: a transaction-level advisory lock. Under READ COMMITTED two submits of different
+        users each count the queue before the other commits and both pass a cap: 100 concurrent submits
+        against a guild cap of 10 accepted 11, against a global cap of 10 accepted 17 to 21. Every two
+        submits may race for the global cap, so one lock covers the three caps. SQLite: nothing to do
+        (``BEGIN IMMEDIATE`` already holds the database's write lock).
+        """
+        if self.session.bind.dialect.name == "postgresql":
+            await self.session.execute(select(func.pg_advisory_xact_lock(QUEUE_CAPS_LOCK)))
+
     async def active_counts(self, guild_id: int | None, user_id: int) -> tuple[int, int, int]:
         """Queued + running jobs of (this user here, this guild or the DMs, everyone): one query."""
         here = Job.guild_id.is_(None) if guild_id is None else Job.guild_id == guild_id
@@ -180,6 +223,10 @@ class JobRepo:
                 select(Job).where(Job.user_id == user_id, Job.state.in_(ACTIVE_STATES)).order_by(Job.id)
             )
         )
+
+    async def running_ids(self) -> list[int]:
+        """Running jobs, oldest first (what started while a bot process could not hear it)."""
+        return list(await self.session.scalars(select(Job.id).where(Job.state == "running").order_by(Job.id)))
 
     async def live_with_status(self, *, limit: int = 1000) -> list[Job]:
         """Queued and running jobs that have a status message, oldest first (restart recovery)."""
@@ -221,8 +268,16 @@ class JobRepo:
 
     # -- results
 
-    async def add_images(self, job_id: int, images: Sequence[GeneratedImage]) -> list[JobImage]:
-        """Store result PNGs and their seeds (positions continue after images already stored)."""
+    async def add_images(
+        self,
+        job_id: int,
+        images: Sequence[GeneratedImage],
+        moderation: Sequence[dict[str, Any] | None] | None = None,
+    ) -> list[JobImage]:
+        """Store result PNGs, their seeds and classifier scores, and per image its moderation decision
+        (positions continue after images already stored)."""
+        if moderation is not None and len(moderation) != len(images):
+            raise ValueError(f"{len(moderation)} moderation decisions for {len(images)} images")
         start = int(
             await self.session.scalar(
                 select(func.count()).select_from(JobImage).where(JobImage.job_id == job_id)
@@ -238,6 +293,8 @@ class JobRepo:
                 infotext=check_text(img.infotext, "infotext", max_chars=4 * MAX_PROMPT_CHARS, multiline=True),
                 png=img.png,
                 size_bytes=len(img.png),
+                moderation_score=img.score,
+                moderation=None if moderation is None else moderation[i],
             )
             for i, img in enumerate(images)
         ]
@@ -258,6 +315,17 @@ class JobRepo:
                 select(JobImage.seed).where(JobImage.job_id == job_id).order_by(JobImage.position)
             )
         )
+
+    async def moderation(
+        self, job_id: int, *, stored_only: bool = False
+    ) -> list[tuple[float | None, dict[str, Any] | None]]:
+        """Each image's classifier score and stored moderation decision, by position (no PNG bytes);
+        ``stored_only``: of the images whose PNG is still stored (as :meth:`images` yields them)."""
+        stmt = select(JobImage.moderation_score, JobImage.moderation).where(JobImage.job_id == job_id)
+        if stored_only:
+            stmt = stmt.where(JobImage.png.is_not(None))
+        rows = await self.session.execute(stmt.order_by(JobImage.position))
+        return [(score, decision) for score, decision in rows]
 
     async def prune_images(self, older_than: datetime, *, now: datetime | None = None) -> int:
         """Drop PNG bytes of images created before ``older_than``; seeds and infotext stay."""
@@ -358,6 +426,24 @@ class JobRepo:
         )
 
     # -- stats
+
+    async def moderation_counts(self, *, guild_id: int | None = None) -> dict[str, int]:
+        """Result images by moderation decision ("post" | "spoiler" | "block"), and how many were not
+        checked by a classifier (``unchecked``)."""
+        action = JobImage.moderation["action"].as_string()
+        stmt = (
+            select(action, func.count(), func.count(JobImage.moderation_score))
+            .join(Job, Job.id == JobImage.job_id)
+            .group_by(action)
+        )
+        if guild_id is not None:
+            stmt = stmt.where(Job.guild_id == guild_id)
+        out = {"post": 0, "spoiler": 0, "block": 0, "unchecked": 0}
+        for name, images, scored in await self.session.execute(stmt):
+            if name is not None:
+                out[str(name)] = out.get(str(name), 0) + int(images)
+            out["unchecked"] += int(images) - int(scored)
+        return out
 
     async def stats(self, *, guild_id: int | None = None, since: datetime | None = None) -> dict[str, float]:
         stmt: Select[Any] = select(

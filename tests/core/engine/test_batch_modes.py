@@ -19,6 +19,7 @@ from tests.core.engine.test_batch import DecodeSpy, decoded
 from tests.core.engine.test_image_modes import noise_image, pixels, png, square_mask
 
 TOLERANCE = 1e-4
+PIXEL_ROUNDING_TOLERANCE = 5e-4  # after an 8-bit round trip between passes (hires fix with an image upscaler)
 BASE = {"width": 64, "height": 64, "steps": 4, "rng": "cpu"}
 
 
@@ -139,8 +140,8 @@ def alone_and_batched(engine: DiffusersEngine, jobs, **kwargs):
     return alone, together, list(spy.latents)
 
 
-def assert_as_alone(engine, alone, results, final_latents, what: str) -> float:
-    """Each batched job's decoded floats within TOLERANCE of its job alone, and its PNGs within 1 step."""
+def assert_as_alone(engine, alone, results, final_latents, what: str, tolerance: float = TOLERANCE) -> float:
+    """Each batched job's decoded floats within ``tolerance`` of its job alone, and its PNGs within 1 step."""
     assert final_latents.shape[0] == sum(latents.shape[0] for _, latents in alone)
     pieces = final_latents.split([latents.shape[0] for _, latents in alone])
     worst, worst_pixel = 0.0, 0
@@ -155,7 +156,7 @@ def assert_as_alone(engine, alone, results, final_latents, what: str) -> float:
             x, y = pixels(image_alone.png), pixels(image_batched.png)
             assert x.shape == y.shape
             worst_pixel = max(worst_pixel, int(np.abs(x - y).max()))
-    assert worst <= TOLERANCE, f"{what}: max abs difference {worst}"
+    assert worst <= tolerance, f"{what}: max abs difference {worst}"
     assert worst_pixel <= 1, f"{what}: PNGs differ by {worst_pixel} levels"
     print(f"{what}: max abs difference batched vs alone {worst:.2e} (PNG: {worst_pixel} levels)")
     return worst
@@ -233,7 +234,8 @@ def test_inpainting_unet_gets_each_jobs_own_mask_and_masked_image(tiny_sd15) -> 
     )
     assert isinstance(together[1], GenerationCancelled) and progress == {0: [1, 2, 3, 4], 1: [1, 2]}
     assert together[0].timings["batch_jobs"] == 2.0
-    assert [tuple(x.shape[:2]) for x in inputs] == [(8, 9), (8, 9), (2, 9), (2, 9)]
+    # the sampler reports after a step's model call: job 1's rows leave from the fourth call on
+    assert [tuple(x.shape[:2]) for x in inputs] == [(8, 9), (8, 9), (8, 9), (2, 9)]
     assert inputs[-1][0, 4, 3:5, 3:5].eq(1).all() and inputs[-1][0, 4, 2, 2] == 0  # job 0's own mask
     assert_as_alone(engine, alone[:1], together[:1], spy.latents[-1], "inpaint, 9-channel UNet, cancel")
     engine.close()
@@ -243,12 +245,28 @@ def test_inpainting_unet_gets_each_jobs_own_mask_and_masked_image(tiny_sd15) -> 
 def test_hires_jobs_batch_both_passes(engine, upscaler, sampler) -> None:
     jobs = [job.replace(sampler=sampler, hr_upscaler=upscaler) for job in HIRES]
     progress: dict[int, list[tuple[int, int]]] = {0: [], 1: [], 2: []}
-    alone, together, calls = alone_and_batched(
-        engine, jobs, on_progress=lambda i, p: progress[i].append((p.step, p.total))
-    )
+    first_passes = []  # each job's first pass alone: Lanczos decodes it before the final decode
+    spy = DecodeSpy(engine)
+    alone = []
+    for job in jobs:
+        spy.latents.clear()
+        alone.append((engine.generate(job), spy.latents[-1]))
+        first_passes.extend(spy.latents[:-1])
+    spy.latents.clear()
+    together = engine.generate_batch(jobs, on_progress=lambda i, p: progress[i].append((p.step, p.total)))
+    calls = list(spy.latents)
     assert len(calls) == (1 if upscaler == "Latent" else 4)  # Lanczos decodes each first pass, as alone
     assert calls[-1].shape == (4, 4, 12, 12) and together[0].timings["batch_jobs"] == 3.0
-    assert_as_alone(engine, alone, together, calls[-1], f"hires {upscaler} {sampler}")
+    tolerance = TOLERANCE
+    if upscaler != "Latent":
+        # The first passes agree as every loop does. Then A1111's image upscaler rounds each first pass to
+        # 8-bit pixels: a latent difference of a few float32 ulps (the UNet's batched kernels) can move a
+        # pixel lying on a rounding edge by one level, which the second pass carries into its image.
+        for first_alone, first_batched in zip(first_passes, calls[:3], strict=True):
+            delta = float((decoded(engine, first_alone) - decoded(engine, first_batched)).abs().max())
+            assert delta <= TOLERANCE, f"first pass: {delta}"
+        tolerance = PIXEL_ROUNDING_TOLERANCE
+    assert_as_alone(engine, alone, together, calls[-1], f"hires {upscaler} {sampler}", tolerance)
     assert progress[0] == progress[1] == [(i, 7) for i in range(1, 8)]  # 4 first-pass + 3 hires steps
     assert pixels(together[1].images[1].png).shape == (96, 96, 3)
 

@@ -154,6 +154,8 @@ sys.exit(rc)
         (["--hires", "--hr-upscaler", "ESRGAN"], "--hr-upscaler must be one of Latent"),
         (["--negative", "x" * 7000], "--negative: the prompt has 7000 characters"),
         (["--seed", "-5"], "--seed (-1 = random) must be from 0 to 4294967295"),
+        (["--cfg-rescale", "1.5"], "--cfg-rescale must be from 0 to 1, not 1.5"),
+        (["--eta", "-1"], "--eta must be from 0 to 1"),
     ],
 )
 def test_bad_arguments_fail_before_torch_is_imported(tmp_path: Path, args, message) -> None:
@@ -226,3 +228,44 @@ def test_the_models_defaults_fill_what_the_options_leave_out(tiny_sd15, tmp_path
     text = Image.open(tmp_path / "b.png").info["parameters"]
     assert text.startswith("masterpiece, a cat, sharp\nNegative prompt: rain\nSteps: 3, Sampler: Euler, ")
     assert "CFG scale: 6" in text and "Size: 64x128" in text and "Schedule type: Automatic" in text
+
+
+def test_infotext_reproduces_a1111_samplers_schedules_eta_ensd_rescale_and_variation(
+    tiny_sd15, tmp_path, monkeypatch
+):
+    """The second image of a variation batch made with an SDE sampler on a chosen schedule type, eta, ENSD and
+    CFG rescale: its PNG's parameters alone give it again (A1111's all_seeds: the job's seed, variation seed
+    + 1), to one 8-bit level: the first run's UNet summed two images at once, the second one."""
+    import numpy as np
+
+    from core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = ["--config", str(_config(tmp_path, tiny_sd15))]
+    options = ["--sampler", "DPM++ 2M SDE", "--schedule", "Karras", "--eta", "0.6", "--ensd", "31337"]
+    options += [
+        "--cfg-rescale",
+        "0.5",
+        "--seed",
+        "42",
+        "--steps",
+        "4",
+        "--size",
+        "64x64",
+        "--rng",
+        "cpu",
+        "-n",
+        "2",
+    ]
+    variation = [
+        "--infotext",
+        "Steps: 4, Sampler: Euler, Seed: 42, Variation seed: 9, Variation seed strength: 0.3",
+    ]
+    assert main([*config, "generate", "a boat", *options, *variation, "-o", "a.png"]) == 0
+    text = Image.open(tmp_path / "a-1.png").info["parameters"]
+    assert "Sampler: DPM++ 2M SDE, Schedule type: Karras" in text and "Seed: 42," in text
+    assert "Variation seed: 10, Variation seed strength: 0.3" in text and "CFG Rescale: 0.5" in text
+    assert "Eta: 0.6" in text and "ENSD" not in text  # A1111 writes ENSD for its ancestral samplers only
+    assert main([*config, "generate", "--infotext", "a-1.png", "-o", "b.png"]) == 0
+    again, first = (np.asarray(Image.open(tmp_path / f), dtype=np.int16) for f in ("b.png", "a-1.png"))
+    assert np.abs(again - first).max() <= 1 and (again != first).mean() < 0.01

@@ -447,19 +447,21 @@ def test_img2img_equals_the_diffusers_img2img_pipeline_on_the_same_timesteps(
     sd15_engine, monkeypatch
 ) -> None:
     """A1111 runs int(0.5 * 4) + 1 = 3 of 4 steps; diffusers' pipeline runs int(0.75 * 4) = 3: the same
-    timesteps. With the VAE mean (our choice) and the same CPU noise, the images are equal (to rounding)."""
+    timesteps. With the VAE mean (our choice), the same CPU noise and diffusers' Euler on "linspace"
+    timesteps (A1111's Euler but for σ interpolated linearly instead of in log σ between table entries),
+    the images are equal to rounding."""
     import torch
-    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
     from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as module
-
-    from core.engine import samplers
 
     request = img2img(denoising_strength=0.5, rng="cpu", sampler="Euler", negative_prompt="fog")
     ours = pixels(sd15_engine.generate(request).images[0].png)
     model = next(iter(sd15_engine.models._models.values()))
     pipe = StableDiffusionImg2ImgPipeline(**model.pipe.components)
     pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = samplers.make_scheduler(model.scheduler_config, "Euler", "Automatic")
+    pipe.scheduler = EulerDiscreteScheduler.from_config(
+        model.pipe.scheduler.config, timestep_spacing="linspace"
+    )
     monkeypatch.setattr(module, "retrieve_latents", lambda out, generator=None: out.latent_dist.mean)
     theirs = pipe(
         "a cat",
@@ -487,7 +489,7 @@ def _jpeg_with_orientation(stored: Image.Image, orientation: int) -> bytes:
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_sources_are_turned_upright_by_their_exif_orientation(orientation) -> None:
     """A phone photo stored sideways with an orientation tag loads as the user sees it, in the engine
-    (``chant generate --init-image``) as in the bot's upload check, which stores it upright."""
+    (``chant generate --init-image``) as from what the bot's upload check stores (the JPEG as sent)."""
     from core.services.images import load_source
 
     stored = Image.new("RGB", (96, 64), (0, 0, 0))
@@ -498,7 +500,7 @@ def test_sources_are_turned_upright_by_their_exif_orientation(orientation) -> No
     with Image.open(io.BytesIO(data)) as decoded:  # the same JPEG pixels, turned by the EXIF rule
         upright = np.asarray(decoded.convert("RGB").transpose(expected[orientation]))
     assert image.size == upright.shape[1::-1] and np.array_equal(np.asarray(image), upright)
-    bot = image_modes.load_image(load_source(data, max_pixels=10**6).png, max_megapixels=1)
+    bot = image_modes.load_image(load_source(data, max_pixels=10**6).data, max_megapixels=1)
     assert bot.size == image.size and np.array_equal(np.asarray(bot), np.asarray(image.convert("RGB")))
 
 

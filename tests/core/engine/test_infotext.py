@@ -352,3 +352,11 @@ def test_infotext_module_needs_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("key", ["CFG Rescale", "CFG Rescale φ", "CFG Rescale phi", "Rescale CFG"])
+def test_cfg_rescale_is_read_under_every_tools_key(key) -> None:
+    """chant writes A1111's CFG_Rescale extension's key; that extension also reads the two spelled-out keys
+    back, and Forge writes "Rescale CFG"."""
+    found = settings_from_infotext(f"a cat\nSteps: 20, Sampler: Euler, Seed: 1, {key}: 0.7")
+    assert found.fields["cfg_rescale"] == 0.7 and found.ignored == ()

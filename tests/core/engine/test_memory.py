@@ -170,7 +170,7 @@ import diffusers
 from core.engine import samplers
 engine.sampler_names()
 samplers.resolve("Euler a", None)
-samplers.schedule_types("Euler a")
+samplers.is_second_order("Euler a")
 thread.join()
 assert not errors, errors
 result = engine.generate(GenerationRequest(prompt="a cat", sampler="Euler a", steps=1, width=64, height=64))

@@ -203,3 +203,79 @@ print("ok", len(result.images[0].png) > 0, os.environ.get("HF_HUB_OFFLINE"))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "ok True 1"  # create_engine set HF_HUB_OFFLINE
+
+
+def test_a_diffusers_folder_with_pickle_weights_is_refused_before_reading(
+    tiny_sd15, tmp_path, monkeypatch
+) -> None:
+    import shutil
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_sd15.folder, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))  # the name is what counts: nothing may read it
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a pickle was read")
+
+    monkeypatch.setattr(torch, "load", no_reading)
+    source = models.ModelSource(name="pickled", location=str(folder))
+    with pytest.raises(
+        models.ModelError, match=r"unet/diffusion_pytorch_model\.bin is a pickle weights file"
+    ) as err:
+        models.load_model(source, torch.device("cpu"), torch.float32)
+    assert "\n" not in str(err.value) and "engine.allow_pickle" in str(err.value)
+
+
+def test_a_pickle_that_needs_code_to_load_is_one_clear_line(tmp_path) -> None:
+    import argparse
+
+    path = tmp_path / "trap.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(x=1)}, str(path))
+    source = models.ModelSource(name="trap", location=str(path), kind="sd1")
+    with pytest.raises(
+        models.ModelError, match=r"trap\.ckpt: refused: this pickle file holds Python objects"
+    ) as err:
+        models.load_model(source, torch.device("cpu"), torch.float32, allow_pickle=True)
+    assert "\n" not in str(err.value)
+    with pytest.raises(
+        models.ModelError, match="refused: this pickle file"
+    ):  # the kind detection reads it too
+        models.detect_kind(path)
+
+
+def test_v_prediction_and_ztsnr_come_from_the_checkpoint_keys_or_the_settings(tiny_sdxl, tmp_path) -> None:
+    """NoobAI/Illustrious v-pred files carry empty ``v_pred`` / ``ztsnr`` tensors (A1111 1.10, Forge and
+    ComfyUI read them); a model's settings override what the file says."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tiny_sdxl.single_file))
+    save_file(
+        {**state, "v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(tmp_path / "vpred.safetensors")
+    )
+    cpu, fp32 = torch.device("cpu"), torch.float32
+
+    def load(name, **settings):
+        source = models.ModelSource(
+            name=name, location=str(tmp_path / "vpred.safetensors"), config=str(tiny_sdxl.config), **settings
+        )
+        return models.load_model(source, cpu, fp32).noise
+
+    found = load("v")
+    assert found.prediction == "v" and found.zero_terminal_snr
+    assert found.alphas_cumprod[-1].item() == pytest.approx(4.8973451890853435e-08)
+    overridden = load("eps", prediction="eps", zero_terminal_snr=False)
+    assert overridden.prediction == "eps" and not overridden.zero_terminal_snr
+    plain = models.load_model(
+        models.ModelSource(name="p", location=str(tiny_sdxl.single_file), config=str(tiny_sdxl.config)),
+        cpu,
+        fp32,
+    ).noise
+    assert plain.prediction == "eps" and not plain.zero_terminal_snr
+    with pytest.raises(models.ModelError, match="prediction must be one of auto, eps, v"):
+        models.resolve_model(
+            EngineSettings(
+                models={"m": ModelSettings(source=str(tmp_path / "vpred.safetensors"), prediction="x")}
+            ),
+            "m",
+        )

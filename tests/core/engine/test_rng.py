@@ -6,17 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
-from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
-from diffusers.utils import torch_utils
 
-from core.engine.rng import ImageRNG, NVPhilox, latent_shape, philox4x32_10, randn, scheduler_noise, slerp
+from core.engine.rng import ImageRNG, NVPhilox, latent_shape, philox4x32_10, randn, slerp
 
 DATA = Path(__file__).parents[2] / "data"
 CUDA_REF = json.loads((DATA / "cuda_randn_h100.json").read_text())
 MEASURED = [c for c in CUDA_REF["cases"] if "first" in c]
 VIA_GLOBAL = [c for c in CUDA_REF["cases"] if c.get("via") == "torch.manual_seed"]
-SD15_SCHEDULER = json.loads((DATA / "sd15_scheduler_config.json").read_text())
 # Known answers of A1111's NV source: its modules/rng_philox.py run outside this repository (AGPL; see the
 # file's "how"): several seeds, consecutive draws, and draws above 2112x2112 pixels (4x264x264 and more).
 A1111_NV = json.loads((DATA / "a1111_nv_randn.json").read_text())
@@ -182,109 +178,3 @@ def test_slerp_matches_its_formula_midpoint():
 def test_bad_variation_strength_is_refused():
     with pytest.raises(ValueError, match="variation strength"):
         ImageRNG((4, 8, 8), seeds=[1], subseeds=[2], subseed_strength=1.5)
-
-
-# -- scheduler step noise -----------------------------------------------------------------------------
-
-
-def _run_steps(scheduler, latents, steps=3):
-    for t in scheduler.timesteps[:steps]:
-        latents = scheduler.step(torch.zeros_like(latents), t, latents).prev_sample
-    return latents
-
-
-def test_scheduler_noise_comes_from_image_rng():
-    seen = []
-    rng = ImageRNG((4, 8, 8), seeds=[3, 4], source="cpu", eta_noise_seed_delta=5)
-    reference = ImageRNG((4, 8, 8), seeds=[3, 4], source="cpu", eta_noise_seed_delta=5)
-    latents = rng.first()
-    reference.first()
-    sched = EulerAncestralDiscreteScheduler.from_config(SD15_SCHEDULER)
-    sched.set_timesteps(5)
-    with scheduler_noise(sched, rng):
-        patched = euler_a_module.randn_tensor
-
-        def spy(shape, *args, **kwargs):
-            out = patched(shape, *args, **kwargs)
-            seen.append(out)
-            return out
-
-        euler_a_module.randn_tensor = spy
-        try:
-            _run_steps(sched, latents * sched.init_noise_sigma)
-        finally:
-            euler_a_module.randn_tensor = patched
-    assert len(seen) == 3
-    for noise in seen:
-        assert torch.equal(noise, reference.next())
-    assert euler_a_module.randn_tensor is torch_utils.randn_tensor
-
-
-def test_scheduler_noise_makes_ancestral_runs_repeatable_and_seed_dependent():
-    def run(seeds):
-        rng = ImageRNG((4, 8, 8), seeds=seeds, source="nv")
-        sched = DPMSolverMultistepScheduler.from_config(SD15_SCHEDULER, algorithm_type="sde-dpmsolver++")
-        sched.set_timesteps(4)
-        with scheduler_noise(sched, rng):
-            return _run_steps(sched, rng.first() * sched.init_noise_sigma)
-
-    assert torch.equal(run([1]), run([1]))
-    assert not torch.equal(run([1]), run([2]))
-
-
-def test_scheduler_noise_patches_only_that_module_and_restores():
-    import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_module
-
-    before = dpm_module.randn_tensor
-    sched = EulerAncestralDiscreteScheduler.from_config(SD15_SCHEDULER)
-    with scheduler_noise(sched, ImageRNG((4, 8, 8), seeds=[1], source="cpu")):
-        assert euler_a_module.randn_tensor is not torch_utils.randn_tensor
-        assert dpm_module.randn_tensor is before
-    assert euler_a_module.randn_tensor is torch_utils.randn_tensor
-
-
-def test_scheduler_noise_shape_mismatch_is_a_clear_error():
-    sched = EulerAncestralDiscreteScheduler.from_config(SD15_SCHEDULER)
-    sched.set_timesteps(5)
-    rng = ImageRNG((4, 8, 8), seeds=[1], source="cpu")
-    rng.first()
-    with scheduler_noise(sched, rng), pytest.raises(ValueError, match="shape"):
-        _run_steps(sched, torch.zeros((2, 4, 8, 8)))
-    assert euler_a_module.randn_tensor is torch_utils.randn_tensor
-
-
-def test_deterministic_scheduler_is_unaffected():
-    sched = EulerDiscreteScheduler.from_config(SD15_SCHEDULER)
-    sched.set_timesteps(5)
-    rng = ImageRNG((4, 8, 8), seeds=[1], source="cpu")
-    x = rng.first()
-    with scheduler_noise(sched, rng):
-        out = _run_steps(sched, x)
-    assert torch.isfinite(out).all()
-
-
-def test_scheduler_noise_is_per_thread():
-    import threading
-
-    def run(seed, barrier=None):
-        sched = EulerAncestralDiscreteScheduler.from_config(SD15_SCHEDULER)
-        sched.set_timesteps(6)
-        rng = ImageRNG((4, 8, 8), seeds=[seed], source="cpu")
-        x = rng.first() * sched.init_noise_sigma
-        with scheduler_noise(sched, rng):
-            for t in sched.timesteps[:4]:
-                if barrier is not None:
-                    barrier.wait()  # interleave the two loops step by step
-                x = sched.step(torch.zeros_like(x), t, x).prev_sample
-        return x
-
-    expected = {1: run(1), 2: run(2)}
-    barrier = threading.Barrier(2)
-    results = {}
-    threads = [threading.Thread(target=lambda s=s: results.__setitem__(s, run(s, barrier))) for s in (1, 2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert torch.equal(results[1], expected[1]) and torch.equal(results[2], expected[2])
-    assert euler_a_module.randn_tensor is torch_utils.randn_tensor

@@ -11,11 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from core.bootstrap import bootstrap, build_store, open_database
 from core.config import load_settings
+from core.queue import notify
 from core.services import Actor, ImagineOptions, JobCancelled, JobDone, JobProgress, JobStarted
 from core.storage.models import Job, JobImage
 from core.storage.repositories import Repositories
@@ -240,4 +243,76 @@ async def test_bot_process_sees_progress_and_cancels_a_job_on_a_worker_process(
         await service.stop()
         worker.send_signal(signal.SIGTERM)
         worker.wait(10)
+        await db.dispose()
+
+
+async def _terminate_listeners(url: str) -> int:
+    """Kill the backends of this database that LISTEN, as a server restart would (the shared server
+    itself must stay up for the other suites)."""
+    conn = await asyncpg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        pids = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        )
+        for row in pids:
+            await conn.execute("SELECT pg_terminate_backend($1)", row["pid"])
+        for _ in range(100):  # until they are gone: no note sent from now on can reach them
+            left = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", [r["pid"] for r in pids]
+            )
+            if not left:
+                break
+            await asyncio.sleep(0.05)
+        return len(pids)
+    finally:
+        await conn.close()
+
+
+async def test_a_lost_listen_connection_comes_back_and_catches_up(pg_fresh_url: str, tmp_path: Path) -> None:
+    """A bot with remote workers: after its LISTEN backend dies (a PostgreSQL restart), events flow again,
+    and a job that started while nobody listened is announced started."""
+    settings = load_settings(write_config(tmp_path, pg_fresh_url), env={})
+    db = await open_database(settings)
+    service = await bootstrap(settings, db=db, worker=False)
+    events = service.events()
+    await service.start()
+    worker = build_store(settings, db, owner="remote")  # a worker elsewhere: it claims and NOTIFYs
+
+    async def until(predicate, timeout: float = 15.0):
+        async def run():
+            async for event in events:
+                if predicate(event):
+                    return event
+
+        return await asyncio.wait_for(run(), timeout)
+
+    async def progress_arrives(job_id: int) -> None:
+        # NOTIFY until one is heard (the new LISTEN may not be up yet when the first is sent).
+        async def send():
+            while True:
+                await notify.publish(db, notify.EVENTS, notify.Note("progress", job_id, 3, 10, None))
+                await asyncio.sleep(0.2)
+
+        sender = asyncio.create_task(send())
+        try:
+            await until(lambda e: isinstance(e, JobProgress) and e.job_id == job_id)
+        finally:
+            sender.cancel()
+
+    try:
+        owner = Actor(user_id=1, guild_id=1, channel_id=1)
+        first = await service.submit_imagine(owner, ImagineOptions(prompt="before"))
+        assert [c.job_id for c in await worker.claim([first.job_id])] == [first.job_id]
+        await until(lambda e: isinstance(e, JobStarted) and e.job_id == first.job_id)
+        await progress_arrives(first.job_id)
+
+        assert await _terminate_listeners(pg_fresh_url) == 1
+        during = await service.submit_imagine(owner, ImagineOptions(prompt="during the outage"))
+        assert [c.job_id for c in await worker.claim([during.job_id])] == [during.job_id]  # note lost
+        await until(lambda e: isinstance(e, JobStarted) and e.job_id == during.job_id)
+        await progress_arrives(during.job_id)
+    finally:
+        await service.stop()
         await db.dispose()

@@ -314,3 +314,51 @@ async def _store_calls(folder, *, broken: bool) -> list[str]:
     assert all(len(event.images) == 1 for event in done)
     await h.close()
     return calls
+
+
+async def test_a_job_whose_image_comes_out_nan_fails_alone_and_is_refunded(tmp_path) -> None:
+    """The real engine on the tiny model: a LoRA with NaN weights turns the UNet's output NaN. That job
+    fails with a message naming the likely cause, its quota is refunded, and the next job finishes."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import save_file
+
+    from core.engine.diffusers_engine import DiffusersEngine
+    from core.services import JobFailed
+    from core.testing.tiny import build_tiny_sd15
+    from tests.core.engine.conftest import engine_settings
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file(
+        {f"{name}.lora_down.weight": torch.full((4, 32), float("nan")),
+         f"{name}.lora_up.weight": torch.ones(32, 4), f"{name}.alpha": torch.tensor(4.0)},
+        str(loras / "broken.safetensors"),
+    )  # fmt: skip
+    tiny = build_tiny_sd15(tmp_path / "model")
+    engine_config = engine_settings(tiny, lora_dirs=(str(loras),))
+    engine = DiffusersEngine(engine_config)
+    h = Harness(tmp_path)
+    h.settings = dataclasses.replace(h.settings, engine=engine_config)
+    service = await h.open(start=False, engine=engine)
+    admin = actor(user=1, manage_guild=True)
+    await service.admin_set_quota(
+        admin, scope="guild", target_id=None, images=1, gpu_seconds=None, period="day"
+    )
+    small = {"width": 64, "height": 64, "steps": 2, "sampler": "Euler", "seed": 1}
+    bad = await service.submit_imagine(actor(user=2), ImagineOptions(prompt="a cat <lora:broken:1>", **small))
+    good = await service.submit_imagine(actor(user=3), ImagineOptions(prompt="a cat", **small))
+    events = service.events()
+    await service.start()
+    failed = await wait_for(
+        events, lambda e: isinstance(e, JobFailed) and e.job.id == bad.job_id, timeout=120
+    )
+    assert "NaN" in failed.reason and "LoRA" in failed.reason
+    await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == good.job_id, timeout=120)
+    # the failed job's image was refunded: user 2 may generate one more today
+    again = await service.submit_imagine(actor(user=2), ImagineOptions(prompt="a dog", **small))
+    await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == again.job_id, timeout=120)
+    await h.close()
+    engine.close()

@@ -32,10 +32,16 @@ class Harness:
         self.service = None
         self.db = None
 
-    async def open(self, *, worker: bool = True, start: bool = True, engine=None):
+    async def open(self, *, worker: bool = True, start: bool = True, engine=None, scorer=None):
         self.db = await open_database(self.settings)
         self.service = await bootstrap(
-            self.settings, db=self.db, engine=engine or self.engine, worker=worker, rng=random.Random(1234)
+            self.settings,
+            db=self.db,
+            engine=engine or self.engine,
+            worker=worker,
+            rng=random.Random(1234),
+            scorer=scorer,
+            env={},
         )
         if start:
             await self.service.start()

@@ -27,7 +27,7 @@ async def stored_request(harness, job_id: int):
         return await repos.jobs.request(await repos.jobs.get(job_id))
 
 
-async def test_img2img_stores_the_source_as_png_and_reroll_keeps_it(harness) -> None:
+async def test_img2img_stores_the_source_as_sent_and_reroll_keeps_it(harness) -> None:
     service = await harness.open()
     events = service.events()
     jpeg = io.BytesIO()
@@ -39,8 +39,7 @@ async def test_img2img_stores_the_source_as_png_and_reroll_keeps_it(harness) -> 
     req = await stored_request(harness, r.job_id)
     assert req.mode == Mode.IMG2IMG and req.denoising_strength == 0.4 and req.resize_mode == 1
     assert (req.width, req.height) == (96, 64)  # no size given: the source's
-    src = Image.open(io.BytesIO(req.init_image))
-    assert src.format == "PNG" and src.size == (96, 64) and req.mask_image is None
+    assert req.init_image == jpeg.getvalue() and req.mask_image is None  # the JPEG, not a PNG of it
     await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == r.job_id)
     await service.record_result_messages(r.job_id, [7001])
     rr = await service.reroll(actor(user=11), 7001)
@@ -245,15 +244,15 @@ def test_upscaler_names_match_the_engine() -> None:
 
 
 def test_hires_and_img2img_are_estimated_by_the_work_they_do() -> None:
-    from core.cost import pixel_steps
+    from core.cost import job_cost
     from core.types import GenerationRequest
 
     plain = GenerationRequest(prompt="x", width=512, height=512, steps=20)
-    assert pixel_steps(
+    assert job_cost(
         plain.replace(enable_hr=True, hr_scale=2.0, hr_denoising_strength=0.5)
-    ) == pytest.approx(pixel_steps(plain) * (1 + 4 * 0.5))
+    ) == pytest.approx(job_cost(plain) * (1 + 4 * 0.5))
     img2img = plain.replace(mode=Mode.IMG2IMG, init_image=b"x", denoising_strength=0.25)
-    assert pixel_steps(img2img) == pytest.approx(pixel_steps(plain) / 4)
+    assert job_cost(img2img) == pytest.approx(job_cost(plain) / 4)
 
 
 def test_fit_size_keeps_the_aspect_within_the_limit() -> None:
@@ -274,11 +273,11 @@ async def test_live_status_jobs_lists_waiting_jobs_with_status_messages_and_repl
     await harness.db.dispose()
     harness.service = None
     service = await harness.open(start=False)
-    plain = await service.submit_imagine(actor(user=21), ImagineOptions(prompt="b", steps=3))
-    var = await service.variation(actor(user=22), 9001)
+    plain = await service.submit_imagine(
+        actor(user=21), ImagineOptions(prompt="b", steps=3), status_message_id=8001
+    )
+    var = await service.variation(actor(user=22), 9001, status_message_id=8002)
     silent = await service.submit_imagine(actor(user=23), ImagineOptions(prompt="c", steps=3))
-    await service.record_status_message(plain.job_id, 100, 8001)
-    await service.record_status_message(var.job_id, 100, 8002)
     live = await service.live_status_jobs()
     assert [(j.id, j.status_message_id, reply) for j, reply in live] == [
         (plain.job_id, 8001, None),

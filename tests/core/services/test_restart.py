@@ -156,3 +156,37 @@ async def test_a_bot_that_subscribes_after_start_still_gets_each_result_once(tmp
     done = await wait_for(events, lambda e: isinstance(e, JobDone))
     assert done.job.id == r.job_id
     await h2.close()
+
+
+async def test_a_status_message_is_recorded_with_its_job_so_a_restart_finds_it(tmp_path) -> None:
+    """The bot posts the status message first and submits with its id: one transaction stores both, so
+    no kill between Discord's answer and a second write can leave the message unknown."""
+    h = Harness(tmp_path)
+    service = await h.open()
+    events = service.events()
+    first = await service.submit_imagine(
+        actor(), ImagineOptions(prompt="a fox", steps=2), status_message_id=8001
+    )
+    await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == first.job_id)
+    await service.record_result_messages(first.job_id, [9001])
+    await h.close()
+
+    h2 = Harness(tmp_path)
+    service = await h2.open(start=False)  # nothing runs: the next jobs stay queued
+    plain = await service.submit_imagine(actor(user=21), ImagineOptions(prompt="b"), status_message_id=8002)
+    reroll = await service.reroll(actor(user=22), 9001, status_message_id=8003)
+    variation = await service.variation(actor(user=23), 9001, status_message_id=8004)
+    silent = await service.submit_imagine(actor(user=24), ImagineOptions(prompt="c"))
+    await h2.close()  # "kill -9": the bot never wrote anything after the submits
+
+    h3 = Harness(tmp_path)
+    service = await h3.open(start=False)
+    live = {job.id: (job.status_message_id, reply) for job, reply in await service.live_status_jobs()}
+    assert live == {
+        plain.job_id: (8002, None),
+        reroll.job_id: (8003, 9001),
+        variation.job_id: (8004, 9001),
+    }
+    assert silent.job_id not in live
+    assert (await service.show(actor(user=21), plain.job_id)).status_message_id == 8002
+    await h3.close()

@@ -424,3 +424,16 @@ async def test_queue_limit_gives_a_retry_hint_from_measured_throughput(harness) 
     assert err.value.code == "queue.user_limit"
     assert err.value.retry_after_s is not None and 0 < err.value.retry_after_s < 30
     assert "Try again in about" in str(err.value)
+
+
+async def test_cfg_rescale_is_a_per_job_option_kept_by_presets_and_bounded(harness) -> None:
+    service = await harness.open(start=False)
+    a = actor()
+    await service.save_preset(a, "vpred", ImagineOptions(prompt="masterpiece", cfg_rescale=0.7))
+    r = await service.submit_imagine(a, ImagineOptions(prompt="a fox", preset="vpred"))
+    assert (await service.show(a, r.job_id)).request.cfg_rescale == 0.7
+    plain = await service.submit_imagine(a, ImagineOptions(prompt="a fox"))
+    assert (await service.show(a, plain.job_id)).request.cfg_rescale == 0.0  # off unless asked for
+    with pytest.raises(UserError) as err:
+        await service.submit_imagine(a, ImagineOptions(prompt="x", cfg_rescale=1.5))
+    assert err.value.code == "cfg_rescale" and "between 0 and 1" in str(err.value)

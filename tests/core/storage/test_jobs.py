@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import timedelta
 
 import pytest
 
-from core.cost import pixel_steps
+from core.cost import job_cost
 from core.storage.db import Database
 from core.storage.models import utcnow
 from core.storage.repositories import JobRepo, Repositories
@@ -97,7 +98,7 @@ async def test_full_request_with_input_images_round_trips(db: Database) -> None:
             512,
             20,
         )
-        assert job.cost == pixel_steps(request)  # the one job cost (core.cost)
+        assert job.cost == job_cost(request)  # the one job cost (core.cost)
         assert job.created_at.tzinfo is not None and abs(job.created_at - utcnow()) < timedelta(minutes=1)
 
 
@@ -242,3 +243,63 @@ async def test_history_page_returns_items_and_total_in_one_go(db: Database) -> N
         assert ([j.id for j in items], total) == ([ids[23], ids[21], ids[19], ids[17], ids[15]], 12)
         with pytest.raises(ValueError, match="per_page"):
             await repo.history_page(10, per_page=0)
+
+
+async def test_input_images_are_stored_once_per_content(db: Database) -> None:
+    """Rerolls and repeated uploads share one stored source; concurrent submits of one picture too."""
+    from sqlalchemy import func, select
+
+    from core.storage.models import SourceImage
+
+    photo, other, mask = b"\xff\xd8jpeg-bytes", b"\x89PNG-other", b"\x89PNG-mask"
+
+    async def add(init: bytes, mask_image: bytes | None = None) -> int:
+        async with db.transaction(write=True) as s:
+            request = _request(mode=Mode.INPAINT if mask_image else Mode.IMG2IMG, init_image=init)
+            job = await JobRepo(s).add(
+                user_id=10, channel_id=5, guild_id=1, request=request.replace(mask_image=mask_image)
+            )
+            return job.id
+
+    ids = await asyncio.gather(*(add(photo) for _ in range(10)))
+    ids += [await add(other, mask), await add(photo, mask)]
+    async with db.transaction() as s:
+        repo = JobRepo(s)
+        rows = (await s.execute(select(SourceImage.sha256, SourceImage.size_bytes))).all()
+        assert sorted(size for _, size in rows) == sorted(map(len, (photo, other, mask)))
+        assert await s.scalar(select(func.sum(func.length(SourceImage.data)))) == len(photo + other + mask)
+        for job_id, (init, m) in zip(ids[-3:], [(photo, None), (other, mask), (photo, mask)], strict=True):
+            request = await repo.request(await repo.get(job_id))
+            assert (request.init_image, request.mask_image) == (init, m)
+
+
+async def test_sources_are_pruned_once_no_job_still_needs_them(db: Database) -> None:
+    from sqlalchemy import update
+
+    from core.storage.models import Job, SourceImage
+
+    old = utcnow() - timedelta(days=40)
+    async with db.transaction(write=True) as s:
+        repo = JobRepo(s)
+        jobs = {}
+        for name in ("expired", "queued", "kept_result", "recent"):
+            jobs[name] = await _add(s, mode=Mode.IMG2IMG, init_image=name.encode())
+        await repo.add_images(jobs["kept_result"].id, [GeneratedImage(b"png", 1, 0, "i")])
+        for name in ("expired", "queued", "kept_result"):
+            await s.execute(update(Job).where(Job.id == jobs[name].id).values(created_at=old))
+        await s.execute(update(Job).where(Job.id != jobs["queued"].id).values(state="done"))
+        await s.execute(update(SourceImage).values(created_at=old))
+    async with db.transaction(write=True) as s:
+        assert await Repositories(s).sources.prune(utcnow() - timedelta(days=30)) == 1
+    async with db.transaction() as s:
+        repo = JobRepo(s)
+        stored = {name: (await repo.request(job)).init_image for name, job in jobs.items()}
+        assert stored == {
+            "expired": None,
+            "queued": b"queued",
+            "kept_result": b"kept_result",
+            "recent": b"recent",
+        }
+        assert await repo.inputs_pruned(jobs["expired"].id) and not await repo.inputs_pruned(
+            jobs["recent"].id
+        )

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,59 @@ async def test_sqlite_batch_migrations_do_not_cascade_deletes(sqlite_db) -> None
     async with sqlite_db.session() as s:
         assert await s.scalar(select(func.count()).select_from(JobImage)) == 1
         assert (await s.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+
+
+async def _move_sources(engine) -> None:
+    """0003 moves each job's input blobs into source_images, one row per content, and back on downgrade."""
+    import sqlalchemy as sa
+
+    await migrate.upgrade(engine, "0002")
+    photo, mask = b"\xff\xd8a phone photo", b"\x89PNG a mask"
+    inputs = {1: (photo, None), 2: (photo, None), 3: (photo, mask), 4: (b"\x89PNG other", None)}
+    async with engine.begin() as conn:
+        for job_id in inputs:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO jobs (id, kind, channel_id, user_id, state, params, seed, count, width, height,"
+                    " steps, sampler, cost, attempts, posted, created_at) VALUES (:id, 'imagine', 1, 1, 'done',"
+                    " '{}', 1, 1, 64, 64, 1, 'Euler', 1.0, 0, false, :t)"
+                ),
+                {"id": job_id, "t": datetime(2026, 1, job_id, tzinfo=UTC)},
+            )
+        for job_id, (init, m) in inputs.items():
+            await conn.execute(
+                sa.text("INSERT INTO job_inputs (job_id, init_image, mask_image) VALUES (:j, :i, :m)"),
+                {"j": job_id, "i": init, "m": m},
+            )
+    await migrate.upgrade(engine)
+    async with engine.connect() as conn:
+        sources = (await conn.execute(sa.text("SELECT id, data, size_bytes FROM source_images"))).all()
+        assert sorted(data for _, data, _ in sources) == sorted([photo, mask, b"\x89PNG other"])
+        rows = await conn.execute(
+            sa.text(
+                "SELECT j.job_id, i.data, m.data FROM job_inputs j JOIN source_images i ON i.id = j.init_image_id"
+                " LEFT JOIN source_images m ON m.id = j.mask_image_id"
+            )
+        )
+        assert {job_id: (init, m) for job_id, init, m in rows} == inputs
+    await migrate.downgrade(engine, "0002")
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.text("SELECT job_id, init_image, mask_image FROM job_inputs"))
+        assert {job_id: (init, m) for job_id, init, m in rows} == inputs
+
+
+async def test_0003_moves_input_images_into_source_images_sqlite(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        await _move_sources(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_0003_moves_input_images_into_source_images_postgres(pg_schema: tuple[str, str]) -> None:
+    db = pg_database(*pg_schema)
+    try:
+        await _move_sources(db.engine)
+    finally:
+        await db.dispose()

@@ -31,13 +31,13 @@ def sdxl_pipe(tiny_sdxl):
 
 @pytest.fixture(scope="session")
 def sd15_controlnet(sd15_pipe):
-    from core.engine.control.tiny import tiny_controlnet
+    from core.testing.tiny_control import tiny_controlnet
 
     return tiny_controlnet(sd15_pipe.unet, seed=1)
 
 
 @pytest.fixture(scope="session")
 def sdxl_controlnet(sdxl_pipe):
-    from core.engine.control.tiny import tiny_controlnet
+    from core.testing.tiny_control import tiny_controlnet
 
     return tiny_controlnet(sdxl_pipe.unet, seed=2)

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from core.engine.control.depth import depth_anything_v2, find_model, network_size, pixel_values
 from core.engine.control.preprocessors import PreprocessContext, preprocess
-from core.engine.control.tiny import save_tiny_depth_anything
 from core.engine.control.units import ControlUnit
+from core.testing.tiny_control import save_tiny_depth_anything
 
 
 @pytest.fixture(scope="module")

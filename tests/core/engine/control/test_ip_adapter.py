@@ -25,8 +25,8 @@ from core.engine.control.ip_adapter import (
     load_ip_adapter,
     resolve_ip_adapter,
 )
-from core.engine.control.tiny import tiny_image_encoder, tiny_ip_adapter
 from core.engine.models import ModelError
+from core.testing.tiny_control import tiny_image_encoder, tiny_ip_adapter
 
 SIZE, CFG = 64, 7.0
 # diffusers projects the negative and positive image embeddings in one batch of 2, we once per job: the

@@ -17,8 +17,8 @@ from core.engine.control.models import (
     resolve_controlnet,
     to_diffusers_layout,
 )
-from core.engine.control.tiny import controlnet_to_ldm, save_single_file, tiny_controlnet
 from core.engine.models import ModelError
+from core.testing.tiny_control import controlnet_to_ldm, save_single_file, tiny_controlnet
 
 SKELETONS = Path(__file__).resolve().parents[4] / "core" / "engine" / "skeletons"
 

@@ -146,7 +146,7 @@ def test_guidance_end_half_stops_after_a1111s_step(sd15_pipe, sd15_controlnet) -
 
 
 def test_two_units_add_like_multi_controlnet(sd15_pipe, sd15_controlnet) -> None:
-    from core.engine.control.tiny import tiny_controlnet
+    from core.testing.tiny_control import tiny_controlnet
 
     second = tiny_controlnet(sd15_pipe.unet, seed=7)
     a, b, latents = _map(8), _map(9), _latents(6)
@@ -247,7 +247,7 @@ def test_sdxl_unit_equals_diffusers_xl_controlnet_pipeline(sdxl_pipe, sdxl_contr
 
 
 def test_sdxl_union_unit_equals_diffusers_union_pipeline(sdxl_pipe) -> None:
-    from core.engine.control.tiny import tiny_controlnet
+    from core.testing.tiny_control import tiny_controlnet
 
     union = tiny_controlnet(sdxl_pipe.unet, seed=4, union=True)
     image, latents = _map(13), _latents(8)

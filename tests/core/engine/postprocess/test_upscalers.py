@@ -12,8 +12,8 @@ from core.config import PostprocessSettings
 from core.engine.postprocess.files import PostprocessError
 from core.engine.postprocess.spandrel_loader import descriptor_from_state_dict
 from core.engine.postprocess.tiling import run_tiled, tile_starts
-from core.engine.postprocess.tiny import ARCHITECTURES, build_tiny_upscaler, tiny_state_dict
 from core.engine.postprocess.upscalers import Upscalers, bgr_to_pil, pil_to_bgr
+from core.testing.tiny_upscalers import ARCHITECTURES, build_tiny_upscaler, tiny_state_dict
 
 
 def _image(width: int = 40, height: int = 32, seed: int = 1) -> Image.Image:

@@ -1,10 +1,10 @@
 """DDIM, DDIM CFG++, PLMS and UniPC over A1111's timesteps.
 
 DDIM is checked against diffusers' DDIMScheduler stepped over the same grid with our ᾱ table ("leading"
-spacing, offset 1: 951, 901, ..., 1 for 20 steps; A1111 runs all but the last step, which ends at ᾱ[1]).
-No independent reference is run for PLMS, UniPC or DDIM CFG++ (diffusers' PNDM/UniPC schedulers place
-their steps differently from A1111's): those are checked for A1111's grid, determinism and batch = alone
-only, and are documented as unverified.
+spacing, offset 1: 951, 901, ..., 1 for 20 steps; A1111 runs all but the last step, which ends at ᾱ[1]),
+PLMS against diffusers' PNDMScheduler (PLMS steps only) over the same grid. No independent reference is
+run for UniPC (diffusers' UniPC steps over integer timesteps, A1111's over continuous time) or DDIM CFG++:
+those are checked for A1111's grid, determinism and batch = alone only, and are documented as unverified.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from core.engine.rng import ImageRNG
-from core.engine.sampling import CFGPP_SCALE, NoiseSchedule, combine_cfg, plan, resolve, sample, timestep_eps
+from core.engine.samplers import plan, resolve, sample
+from core.engine.sampling import CFGPP_SCALE, NoiseSchedule, combine_cfg, timestep_eps
 from core.engine.sampling.timesteps import timesteps
 
 CFG = 7.0
@@ -29,10 +30,9 @@ def eps_model(tiny, cfgpp=False, prediction="eps"):
         n = x.shape[0]
         out = timestep_eps(MODEL.alphas_cumprod, prediction, lambda xi, ti: tiny(xi, ti, _rows(tiny, n)),
                            torch.cat([x, x]), torch.cat([t, t]))
-        conds = [[(i, 1.0)] for i in range(n)]
         if cfgpp:
-            return combine_cfg(out[:n], out[n:], conds, CFG * CFGPP_SCALE), out[n:]
-        return combine_cfg(out[:n], out[n:], conds, CFG)
+            return combine_cfg(out[n:], [out[:n]], [1.0], CFG * CFGPP_SCALE), out[n:]
+        return combine_cfg(out[n:], [out[:n]], [1.0], CFG)
 
     return model
 
@@ -68,6 +68,31 @@ def test_ddim_matches_diffusers_ddim_scheduler(tiny_unet, steps):
     model = eps_model(tiny_unet)
     for t in sched.timesteps[:-1]:  # A1111 stops one step early, at ᾱ[timesteps[0]]
         x = sched.step(model(x, t.float().expand(x.shape[0])), int(t), x, eta=0.0).prev_sample
+    assert (ours - x).abs().max().item() <= 1e-3
+
+
+@pytest.mark.parametrize("steps", [10, 7])
+def test_plms_matches_diffusers_pndm_scheduler(tiny_unet, steps):
+    """A1111's PLMS is LDM's: a pseudo improved-Euler first step (two model calls), then Adams-Bashforth on
+    ε. diffusers' PNDMScheduler with ``skip_prk_steps`` is the same method (its step is DDIM's in another
+    algebraic form); stepped over A1111's grid and stopped one call early (A1111 ends at ᾱ[1]) it is an
+    independent reference."""
+    import numpy as np
+    from diffusers import PNDMScheduler
+
+    ours, p = _run(tiny_unet, "PLMS", steps)
+    sched = PNDMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+    sched.alphas_cumprod = MODEL.alphas_cumprod.clone()
+    sched.set_timesteps(steps)  # its step back is 1000 // steps, as A1111's grid
+    grid = p.run.numpy()  # A1111's grid has one more entry than diffusers' when steps does not divide 1000
+    sched._timesteps = grid
+    sched.plms_timesteps = np.concatenate([grid[:-1], grid[-2:-1], grid[-1:]])[::-1].copy()
+    sched.timesteps = torch.from_numpy(sched.plms_timesteps)
+    x = ImageRNG((4, 8, 8), [3, 4], source="cpu").first()
+    model = eps_model(tiny_unet)
+    for t in sched.timesteps[:-1]:
+        x = sched.step(model(x, t.float().expand(x.shape[0])), int(t), x).prev_sample
     assert (ours - x).abs().max().item() <= 1e-3
 
 

@@ -55,8 +55,8 @@ def bench_upscale(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     import torch
 
     from core.engine.postprocess.tiling import tile_starts
-    from core.engine.postprocess.tiny import build_tiny_upscaler
     from core.engine.postprocess.upscalers import Upscalers
+    from core.testing.tiny_upscalers import build_tiny_upscaler
 
     tile = settings.postprocess.upscale_tile if args.tile is None else args.tile
     overlap = settings.postprocess.upscale_tile_overlap if args.overlap is None else args.overlap
