@@ -13,16 +13,16 @@ Settings built in code (tests) are not checked: the checks guard what an operato
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from core import ranges
+from core.config_checks import Check, between, choices, each, optional_flag, size_text, text
 from core.storage.validation import MAX_PROMPT_CHARS
 
 DEFAULT_CONFIG_PATH = Path("chant.toml")
@@ -213,9 +213,8 @@ class Settings:
 
 
 # --- What each key accepts ---------------------------------------------------------------------
-# A check takes the (already type-checked) value and returns None, or what the key accepts.
-
-Check = Callable[[Any], str | None]
+# A check takes the (already type-checked) value and returns None, or what the key accepts
+# (the builders are in core.config_checks).
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DM_MODES = ("allow", "refuse")
@@ -227,65 +226,6 @@ COMPILE_MODES = ("off", "default", "cuda-graphs")
 MODEL_KINDS = ("auto", "sd1", "sd2", "sdxl")
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")  # core.prompt.tokens.EMPHASIS_MODES
 DATABASE_BACKENDS = ("sqlite", "postgresql")
-
-
-def choices(*allowed: str, pattern: str | None = None) -> Check:
-    """One of ``allowed`` (as written: case counts), or, with ``pattern``, text that matches it."""
-
-    def check(value: Any) -> str | None:
-        ok = re.fullmatch(pattern, str(value)) if pattern else value in allowed
-        return None if ok else "one of " + ", ".join(allowed)
-
-    return check
-
-
-def between(low: float | None = None, high: float | None = None, *, above: float | None = None) -> Check:
-    """``low <= value <= high`` (either side open when None); ``above``: strictly greater."""
-
-    def check(value: Any) -> str | None:
-        if value is None:
-            return None
-        ok = math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)
-        ok = ok and (above is None or value > above)
-        if ok:
-            return None
-        if above is not None:
-            return f"a number above {_num(above)}" + (f" and at most {_num(high)}" if high is not None else "")
-        kind = "an integer" if isinstance(value, int) else "a number"
-        if high is None:
-            return f"{kind} of at least {_num(low)}"
-        return f"{kind} from {_num(low)} to {_num(high)}"
-
-    return check
-
-
-def _num(value: float | None) -> str:
-    return f"{value:.15g}" if isinstance(value, float) and not value.is_integer() else f"{int(value or 0)}"
-
-
-def each(check: Check) -> Check:
-    def check_all(values: Any) -> str | None:
-        for value in values or ():
-            problem = check(value)
-            if problem:
-                return f"a list of {problem} (bad: {value!r})"
-        return None
-
-    return check_all
-
-
-def text(pattern: str = r".*\S.*", what: str = "a non-empty text") -> Check:
-    return lambda value: None if value is None or re.fullmatch(pattern, value, re.S) else what
-
-
-def _size(value: Any) -> str | None:
-    m = re.fullmatch(r"(\d+)x(\d+)", str(value))
-    sides = [int(v) for v in m.groups()] if m else []
-    if sides and all(
-        ranges.MIN_SIDE <= v <= ranges.MAX_SIDE and v % ranges.SIDE_MULTIPLE == 0 for v in sides
-    ):
-        return None
-    return f"WxH, each side a multiple of {ranges.SIDE_MULTIPLE} from {ranges.MIN_SIDE} to {ranges.MAX_SIDE}"
 
 
 def _database_url(value: Any) -> str | None:
@@ -320,8 +260,8 @@ CHECKS: dict[type, dict[str, Check]] = {
         "clip_skip": between(ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP),
         "config": text(what="a config folder"),
         "prediction": choices("auto", "eps", "v"),
-        "zero_terminal_snr": lambda v: None if v is None or isinstance(v, bool) else "true, false or unset",
-        "size": _size,
+        "zero_terminal_snr": optional_flag,
+        "size": size_text,
         "steps": between(ranges.MIN_STEPS, ranges.MAX_STEPS),
         "cfg": between(ranges.MIN_CFG, ranges.MAX_CFG),
         "sampler": text(what="an A1111 sampler name"),
@@ -350,7 +290,7 @@ CHECKS: dict[type, dict[str, Check]] = {
         "compile": choices(*COMPILE_MODES),
         "max_batch": between(0, 1024),
         "vae_decode_batch": between(0, 1024),
-        "warmup_sizes": each(_size),
+        "warmup_sizes": each(size_text),
         "batch_buckets": each(between(1, 1024)),
         "threads": between(1, 1024),
         "max_input_megapixels": between(above=0, high=1024),
