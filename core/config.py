@@ -76,6 +76,7 @@ class ModelSettings:
     size: str | None = None  # "WxH"
     steps: int | None = None
     cfg: float | None = None
+    cfg_rescale: float | None = None  # CFG rescale φ (v-prediction / zero-terminal-SNR models)
     sampler: str | None = None  # an A1111 sampler name
     schedule: str | None = None  # an A1111 schedule type (Karras, Exponential, ...)
     negative: str | None = None  # negative prompt when the user gives none
@@ -264,6 +265,7 @@ CHECKS: dict[type, dict[str, Check]] = {
         "size": size_text,
         "steps": between(ranges.MIN_STEPS, ranges.MAX_STEPS),
         "cfg": between(ranges.MIN_CFG, ranges.MAX_CFG),
+        "cfg_rescale": between(ranges.MIN_CFG_RESCALE, ranges.MAX_CFG_RESCALE),
         "sampler": text(what="an A1111 sampler name"),
         "schedule": text(what="an A1111 schedule type"),
         "negative": PROMPT_TEXT,

@@ -153,6 +153,7 @@ class ModelDefaults:
     height: int | None = None
     steps: int | None = None
     cfg_scale: float | None = None
+    cfg_rescale: float | None = None
     sampler: str | None = None
     schedule_type: str | None = None
     clip_skip: int | None = None
@@ -162,8 +163,8 @@ class ModelDefaults:
 
     def fields(self) -> dict[str, object]:
         """The request fields this model sets."""
-        names = ("width", "height", "steps", "cfg_scale", "sampler", "schedule_type", "clip_skip",
-                 "negative_prompt")
+        names = ("width", "height", "steps", "cfg_scale", "cfg_rescale", "sampler", "schedule_type",
+                 "clip_skip", "negative_prompt")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def wrap(self, prompt: str) -> str:
@@ -190,6 +191,7 @@ def model_defaults(settings: EngineSettings, name: str | None) -> ModelDefaults:
         height=size[1] if size else None,
         steps=model.steps,
         cfg_scale=model.cfg,
+        cfg_rescale=model.cfg_rescale,
         sampler=model.sampler,
         schedule_type=model.schedule,
         clip_skip=model.clip_skip if model.clip_skip != 1 else None,

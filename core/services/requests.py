@@ -112,7 +112,7 @@ def build(
             height=int(_given(o.height, defaults.height or DEFAULTS["height"])),
             steps=int(_given(o.steps, defaults.steps or DEFAULTS["steps"])),
             cfg_scale=float(_given(o.cfg, _given(defaults.cfg_scale, DEFAULTS["cfg"]))),
-            cfg_rescale=float(_given(o.cfg_rescale, 0.0)),
+            cfg_rescale=float(_given(o.cfg_rescale, _given(defaults.cfg_rescale, 0.0))),
             sampler=str(_given(o.sampler, defaults.sampler or DEFAULTS["sampler"])),
             schedule_type=defaults.schedule_type or GenerationRequest.schedule_type,
             seed=int(seed),

@@ -214,20 +214,23 @@ def test_the_models_defaults_fill_what_the_options_leave_out(tiny_sd15, tmp_path
     config.write_text(
         '[engine]\ndevice = "cpu"\nthreads = 1\nembedding_dirs = []\n'
         f'[engine.models.tiny]\nsource = "{tiny_sd15.single_file}"\nconfig = "{tiny_sd15.config}"\n'
-        'size = "64x64"\nsteps = 2\ncfg = 5.0\nsampler = "Euler"\nschedule = "Karras"\nclip_skip = 2\n'
+        'size = "64x64"\nsteps = 2\ncfg = 5.0\ncfg_rescale = 0.5\nsampler = "Euler"\nschedule = "Karras"\n'
+        'clip_skip = 2\n'
         'negative = "fog"\nprompt_prefix = "masterpiece"\nprompt_suffix = "sharp"\n'
     )
     assert main(["--config", str(config), "generate", "a cat", "--seed", "1", "-o", "a.png"]) == 0
     text = Image.open(tmp_path / "a.png").info["parameters"]
     assert text.startswith("masterpiece, a cat, sharp\nNegative prompt: fog\nSteps: 2, Sampler: Euler, ")
-    for part in ("Schedule type: Karras", "CFG scale: 5", "Size: 64x64", "Clip skip: 2"):
+    for part in ("Schedule type: Karras", "CFG scale: 5", "CFG Rescale: 0.5", "Size: 64x64", "Clip skip: 2"):
         assert part in text, part
     # Options given win over the model's defaults.
     given = ["--steps", "3", "--cfg", "6", "--schedule", "Automatic", "--negative", "rain", "--size", "64x128"]
+    given += ["--cfg-rescale", "0"]
     assert main(["--config", str(config), "generate", "a cat", "--seed", "1", *given, "-o", "b.png"]) == 0
     text = Image.open(tmp_path / "b.png").info["parameters"]
     assert text.startswith("masterpiece, a cat, sharp\nNegative prompt: rain\nSteps: 3, Sampler: Euler, ")
     assert "CFG scale: 6" in text and "Size: 64x128" in text and "Schedule type: Automatic" in text
+    assert "CFG Rescale" not in text  # 0 = off, given: not written
 
 
 def test_infotext_reproduces_a1111_samplers_schedules_eta_ensd_rescale_and_variation(

@@ -24,6 +24,7 @@ PONY = ModelSettings(
     size="832x1216",
     steps=25,
     cfg=6.5,
+    cfg_rescale=0.7,
     sampler="Euler",
     schedule="Karras",
     clip_skip=2,
@@ -159,14 +160,17 @@ async def test_a_models_table_fills_every_left_out_option_and_is_written_in_the_
         req = done.job.request
         assert req.model == "pony"
         assert (req.width, req.height, req.steps, req.cfg_scale) == (832, 1216, 25, 6.5)
-        assert (req.sampler, req.schedule_type, req.clip_skip) == ("Euler", "Karras", 2)
+        assert (req.sampler, req.schedule_type, req.clip_skip, req.cfg_rescale) == ("Euler", "Karras", 2, 0.7)
         assert (req.prompt, req.negative_prompt) == ("score_9, a cat, detailed", "lowres")
         info = done.images[0].infotext
         assert info.startswith("score_9, a cat, detailed\nNegative prompt: lowres\nSteps: 25, Sampler: Euler")
         assert "CFG scale: 6.5" in info and "Size: 832x1216" in info and "Model: pony" in info
         # What the user gives wins, one option at a time.
-        mine = await _request(service, steps=10, cfg=4.0, negative="", sampler="DDIM", width=640, height=640)
+        mine = await _request(
+            service, steps=10, cfg=4.0, cfg_rescale=0.0, negative="", sampler="DDIM", width=640, height=640
+        )
         assert (mine.steps, mine.cfg_scale, mine.negative_prompt, mine.sampler) == (10, 4.0, "", "DDIM")
+        assert mine.cfg_rescale == 0.0  # an explicit 0 (off) wins over the model's 0.7
         assert (mine.width, mine.height, mine.clip_skip) == (640, 640, 2)
     finally:
         await harness.close()
