@@ -3,6 +3,12 @@ are also written as ``DIR/YYYY-MM-DD/<job>-<seed>.png`` (the PNG carries A1111's
 text, as the engine wrote it), plus ``<job>-<seed>.txt`` with the infotext when ``outputs.save_txt``
 is on (A1111's ``save_txt``, off by default).
 
+An image that moderation blocked (its stored decision, :mod:`core.moderation`) is not written: the
+folder is often synced or served to others, so it gets only what may be shown; the image stays in the
+database, and ``chant jobs export`` takes it out marked as blocked. Files are named as the export
+names them (:func:`core.storage.export.file_stem`: images of one job that share a seed carry their
+variation seed too).
+
 The worker writes them after the job's result is stored and announced, in a thread, so neither the
 engine nor the delivery waits for the disk. A failed write (a full disk, a read-only folder) is
 logged once until writing works again; the job itself has succeeded and stays so.
@@ -13,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence, Set
 from datetime import date
 from pathlib import Path
 
 from core.config import OutputSettings
-from core.types import GenerationResult
+from core.storage.export import file_stem
+from core.types import GeneratedImage, GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +40,29 @@ class ResultFiles:
         self.today = today  # the local date, as A1111 names its day folders
         self._failing = False
 
-    def write(self, job_id: int, result: GenerationResult) -> list[Path]:
-        """Write one job's images (and text files); the paths written. OSError on failure."""
+    def write(self, job_id: int, result: GenerationResult, withheld: Set[int] = frozenset()) -> list[Path]:
+        """Write one job's images (and text files) but those at the ``withheld`` indexes; the paths
+        written. OSError on failure."""
+        kept = [image for i, image in enumerate(result.images) if i not in withheld]
+        if not kept:
+            return []
         day = self.folder / self.today().isoformat()
         day.mkdir(parents=True, exist_ok=True)
+        names = file_stems(job_id, result.images)
         written = []
-        for image in result.images:
-            stem = day / f"{job_id}-{image.seed}"
+        for i, image in enumerate(result.images):
+            if i in withheld:
+                continue
+            stem = day / names[i]
             written.append(_write_atomically(stem.with_suffix(".png"), image.png))
             if self.save_txt:
                 written.append(_write_atomically(stem.with_suffix(".txt"), image.infotext.encode("utf-8")))
         return written
 
-    async def save(self, job_id: int, result: GenerationResult) -> None:
+    async def save(self, job_id: int, result: GenerationResult, withheld: Set[int] = frozenset()) -> None:
         """:meth:`write` in a thread; never raises (a failure is logged, once until a write works)."""
         try:
-            await asyncio.to_thread(self.write, job_id, result)
+            await asyncio.to_thread(self.write, job_id, result, withheld)
         except OSError as exc:
             if not self._failing:
                 log.warning(
@@ -60,6 +75,14 @@ class ResultFiles:
         if self._failing:
             log.info("writing results into %s works again", self.folder)
             self._failing = False
+
+
+def file_stems(job_id: int, images: Sequence[GeneratedImage]) -> list[str]:
+    """Each image's file name without its suffix (:func:`core.storage.export.file_stem`'s rule)."""
+    seeds = Counter(image.seed for image in images)
+    return [
+        file_stem(job_id, image.seed, image.subseed, seed_shared=seeds[image.seed] > 1) for image in images
+    ]
 
 
 def _write_atomically(path: Path, data: bytes) -> Path:

@@ -463,9 +463,21 @@ class Worker:
                 log.exception("job %s: could not store its outcome", job_id)
             self._running.pop(job_id, None)
             self._cancelled.discard(job_id)
-        if self.outputs is not None:
-            for job_id, result in done:
-                await self.outputs.save(job_id, result)
+        if self.outputs is not None and done:
+            await self._write_files(done)
+
+    async def _write_files(self, done: list[tuple[int, GenerationResult]]) -> None:
+        """``outputs.dir``: the stored results as files, less the images moderation blocked (their
+        decisions were stored with them; unknown when that read fails, so nothing is written then)."""
+        assert self.outputs is not None
+        try:
+            blocked = await self.store.blocked([job_id for job_id, _ in done])
+        except Exception:
+            log.exception("jobs %s: could not read their moderation decisions; no files written for them",
+                          [job_id for job_id, _ in done])  # fmt: skip
+            return
+        for job_id, result in done:
+            await self.outputs.save(job_id, result, withheld=blocked.get(job_id, set()))
 
     async def _settle(
         self, job_id: int, result: GenerationResult | BaseException, gpu_seconds: float

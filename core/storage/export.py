@@ -1,8 +1,9 @@
 """``chant jobs export``: a job's, a user's or a guild's images and parameters, out of the database.
 
 Each stored image becomes ``OUT/<job>-<seed>.png`` (the PNG as stored, A1111's ``parameters`` text
-inside) and one line of ``OUT/parameters.jsonl``: the job's ids, state, model, times, the image's
-seeds and infotext, and the full request. An image whose bytes were pruned
+inside; :func:`file_stem`) and one line of ``OUT/parameters.jsonl``: the job's ids, state, model, times, the image's
+seeds and infotext, the full request (and a dynamic prompt's template), and the image's moderation
+score and decision — an image moderation blocked is exported too, marked so. An image whose bytes were pruned
 (``database.image_retention_days``) keeps its line, with ``"file": null``. Discord ids are written
 as strings, as Discord writes them (JavaScript readers lose digits of larger numbers).
 
@@ -64,6 +65,13 @@ class Exported:
     jobs: int = 0
 
 
+def file_stem(job_id: int, seed: int, subseed: int, *, seed_shared: bool) -> str:
+    """A result image's file name without ``.png`` (here and in ``outputs.dir``): ``<job>-<seed>``, or
+    ``<job>-<seed>-<subseed>`` for an image whose seed another image of its job has too (a variation
+    seed above 0: A1111 keeps the seed and steps the variation seed), so no file overwrites another."""
+    return f"{job_id}-{seed}" + (f"-{subseed}" if seed_shared else "")
+
+
 def _query(job: int | None, user: int | None, guild: int | None, since: datetime | None):
     from sqlalchemy import select  # here, so `chant --help` and `chant prompt` start without it
 
@@ -73,7 +81,9 @@ def _query(job: int | None, user: int | None, guild: int | None, since: datetime
         JobImage.job_id, JobImage.position, JobImage.seed, JobImage.subseed, JobImage.infotext,
         JobImage.png, JobImage.created_at, Job.user_id, Job.guild_id, Job.channel_id, Job.kind,
         Job.state, Job.model, Job.model_hash, Job.params, Job.created_at.label("job_created_at"),
-        Job.finished_at,
+        Job.finished_at, Job.parent_id, Job.prompt_templates, JobImage.moderation_score,
+        JobImage.moderation,
+        _same_seed(JobImage),
     )  # fmt: skip
     query = select(*columns).join(Job, Job.id == JobImage.job_id)
     if job is not None:
@@ -85,6 +95,22 @@ def _query(job: int | None, user: int | None, guild: int | None, since: datetime
     if since is not None:
         query = query.where(JobImage.created_at >= since)
     return query.order_by(JobImage.job_id, JobImage.position).execution_options(yield_per=ROWS_PER_FETCH)
+
+
+def _same_seed(image: Any) -> Any:
+    """How many images of the row's job have its seed (a correlated count over seeds only: a window
+    function would make the database sort every row, PNG bytes and all, before the first one streams)."""
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import aliased
+
+    other = aliased(image)
+    return (
+        select(func.count())
+        .select_from(other)
+        .where(other.job_id == image.job_id, other.seed == image.seed)
+        .scalar_subquery()
+        .label("same_seed")
+    )
 
 
 async def stream_rows(db, query) -> AsyncIterator[Any]:
@@ -106,7 +132,7 @@ async def export(
         async for row in stream_rows(db, _query(job, user, guild, since)):
             file = None
             if row.png is not None:
-                file = f"{row.job_id}-{row.seed}.png"
+                file = file_stem(row.job_id, row.seed, row.subseed, seed_shared=row.same_seed > 1) + ".png"
                 _write(out / file, row.png)
                 done.images += 1
             else:
@@ -140,8 +166,12 @@ def _line(row: Any, file: str | None) -> dict[str, Any]:
         "created_at": when(row.created_at),
         "job_created_at": when(row.job_created_at),
         "finished_at": when(row.finished_at),
+        "parent_job": row.parent_id,
         "infotext": row.infotext,
         "request": row.params,
+        "prompt_templates": row.prompt_templates,  # a dynamic prompt as typed (the request has its expansion)
+        "moderation_score": row.moderation_score,  # None: not checked
+        "moderation": row.moderation,  # the decision stored with the image (post / spoiler / block, why)
     }
 
 

@@ -17,6 +17,8 @@ from PIL import Image
 from core.config import OutputSettings
 from core.queue.outputs import ResultFiles
 from core.services import ImagineOptions, JobDone
+from core.testing.fake_classifier import FakeClassifier
+from core.types import GeneratedImage, GenerationResult
 from tests.core.services.conftest import Harness, actor, wait_for
 
 
@@ -103,9 +105,9 @@ async def test_writing_files_never_holds_up_the_engine_or_the_announcement(tmp_p
     release = threading.Event()
     write = ResultFiles.write
 
-    def slow_write(self, job_id, result):
+    def slow_write(self, job_id, result, withheld=frozenset()):
         release.wait(10)
-        return write(self, job_id, result)
+        return write(self, job_id, result, withheld)
 
     monkeypatch.setattr(ResultFiles, "write", slow_write)
     service = await h.open(start=False)
@@ -126,4 +128,60 @@ async def test_writing_files_never_holds_up_the_engine_or_the_announcement(tmp_p
     await h.close()
     assert sorted(p.name for p in _day_folder(tmp_path / "outputs").iterdir()) == [
         f"{first.job_id}-1.png", f"{first.job_id + 1}-2.png"
+    ]
+
+
+async def test_an_image_moderation_blocks_is_not_written_and_stays_in_the_database(tmp_path: Path) -> None:
+    """outputs.dir gets what may be shown: a blocked image is left out (the folder is often synced or
+    served to others); a spoilered one is written. Both stay in the database with their decisions."""
+    out = tmp_path / "outputs"
+    h = _harness(tmp_path, dir=str(out))
+    service = await h.open(scorer=FakeClassifier())  # "NSFW" in the prompt scores 0.97
+    await service.admin_moderation(actor(manage_guild=True), policy="block", age_restricted="spoiler")
+    events = service.events()
+    done = {}
+    for name, who, prompt in (
+        ("blocked", actor(), "a fox NSFW"),
+        ("clean", actor(), "a fox"),
+        ("spoilered", actor(channel=555, age_restricted=True), "a fox NSFW"),
+    ):
+        r = await service.submit_imagine(who, ImagineOptions(prompt=prompt, seed=3, count=2))
+        done[name] = await wait_for(events, lambda e, j=r.job_id: isinstance(e, JobDone) and e.job.id == j)
+    await h.close()
+    assert [m.action for m in done["blocked"].job.moderation] == ["block", "block"]
+    assert [m.action for m in done["spoilered"].job.moderation] == ["spoiler", "spoiler"]
+    assert all(image.png for image in done["blocked"].images)  # stored, only not on disk
+    written = sorted(p.name for p in _day_folder(out).iterdir())
+    assert written == sorted(f"{done[n].job.id}-{seed}.png" for n in ("clean", "spoilered") for seed in (3, 4))
+
+
+async def test_no_files_when_the_moderation_decisions_cannot_be_read(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Which images were blocked is unknown, so none of the batch is written (they stay in the database)."""
+    h = _harness(tmp_path, dir=str(tmp_path / "outputs"))
+    service = await h.open()
+
+    async def broken(job_ids):
+        raise OSError("the database went away")
+
+    monkeypatch.setattr(service.worker.store, "blocked", broken)
+    caplog.set_level(logging.ERROR, logger="core.queue.worker")
+    events = service.events()
+    r = await service.submit_imagine(actor(), ImagineOptions(prompt="a cat", seed=1))
+    assert (await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == r.job_id)).job.state == "done"
+    await h.close()
+    assert not (tmp_path / "outputs").exists()
+    assert any("no files written" in rec.getMessage() for rec in caplog.records)
+
+
+def test_images_sharing_a_seed_get_their_variation_seed_in_the_name(tmp_path: Path) -> None:
+    """A1111 keeps the job's seed for every image once a variation strength is set (a Vary or 🔀 of
+    several images): the names carry the variation seed, so no file overwrites another."""
+    files = ResultFiles(OutputSettings(dir=str(tmp_path), save_txt=True), today=lambda: date(2024, 5, 31))
+    images = tuple(GeneratedImage(b"png %d" % k, 42, 9 + k, f"info {k}") for k in range(3))
+    written = files.write(7, GenerationResult(images, "m", "h"), withheld={1})
+    assert [p.name for p in written] == ["7-42-9.png", "7-42-9.txt", "7-42-11.png", "7-42-11.txt"]
+    assert (tmp_path / "2024-05-31" / "7-42-11.png").read_bytes() == b"png 2"
+    plain = tuple(GeneratedImage(b"png", 5 + k, 0, "") for k in range(2))
+    assert [p.name for p in files.write(8, GenerationResult(plain, "m", "h"))] == [
+        "8-5.png", "8-5.txt", "8-6.png", "8-6.txt"
     ]

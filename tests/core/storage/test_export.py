@@ -152,3 +152,29 @@ async def test_export_streams_from_both_backends(db: Database, tmp_path: Path) -
     assert (done.images, done.jobs) == (9, 1)  # more rows than one fetch holds
     assert [line["seed"] for line in _lines(tmp_path / "out")] == list(range(7, 16))
     assert (tmp_path / "out" / f"{job.id}-15.png").read_bytes().startswith(f"PNG {job.id}-15".encode())
+
+
+async def test_a_variation_job_s_images_moderation_and_template_are_exported(db: Database, tmp_path: Path) -> None:
+    """A variation job's images share their seed (A1111 keeps it and steps the variation seed): each is
+    its own file, named with its variation seed too. A blocked image is exported all the same, its line
+    marked with the stored decision; a dynamic prompt's template and the parent job go along."""
+    block = {"action": "block", "score": 0.97, "threshold": 0.5, "rule": "guild", "reason": "r", "charged": True}
+    async with db.transaction(write=True) as s:
+        repo = JobRepo(s)
+        parent = await repo.add(user_id=ALICE, channel_id=5, guild_id=GUILD, request=GenerationRequest(prompt="a"))
+        request = GenerationRequest(prompt="a red fox", seed=42, subseed=9, subseed_strength=0.5, count=2)
+        job = await repo.add(
+            user_id=ALICE, channel_id=5, guild_id=GUILD, request=request, kind="vary", parent_id=parent.id,
+            prompt_templates={"prompt": "a {red|blue} fox"},
+        )  # fmt: skip
+        images = [GeneratedImage(_png(job.id, 42, 100), 42, 9 + k, "a red fox", 0.97 if k else 0.1) for k in range(2)]
+        await repo.add_images(job.id, images, [None, block])
+    done = await export(db, tmp_path / "out", job=job.id)
+    assert done.images == 2
+    first, second = _lines(tmp_path / "out")
+    assert (first["file"], second["file"]) == (f"{job.id}-42-9.png", f"{job.id}-42-10.png")
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == sorted([first["file"], second["file"]])
+    assert (first["moderation"], first["moderation_score"]) == (None, 0.1)
+    assert second["moderation"] == block and second["moderation_score"] == 0.97
+    assert first["prompt_templates"] == {"prompt": "a {red|blue} fox"} and first["request"]["prompt"] == "a red fox"
+    assert (first["kind"], first["parent_job"]) == ("vary", parent.id)
