@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from core.bootstrap import bootstrap, open_database
 from core.config import ModelSettings
-from core.services import ImagineOptions, UserError
+from core.services import ImagineOptions, UserError, submit
 from core.services.types import JobDone
 from core.storage.models import Job, UsageEntry
 from core.testing.fake_engine import FakeEngine
@@ -116,6 +116,74 @@ async def test_a_reroll_after_the_models_are_gone_is_refused_too(harness) -> Non
     with pytest.raises(UserError, match="no model yet"):
         await service.reroll(actor(), 555)
     assert await _stored(harness) == jobs_before
+
+
+async def test_every_control_that_makes_a_job_is_refused_once_the_models_are_gone(tmp_path, caplog) -> None:
+    """🔁/🔀 as reactions and every result button that makes a job (🔁, Vary, Remix, Zoom Out, Pan) are
+    refused with the no-model message before anything is stored or charged; U1–U4 (no new job) work."""
+    harness = Harness(tmp_path)
+    harness.engine = FakeEngine(image_size=64)
+    try:
+        service = await harness.open()
+        events = service.events()
+        a = actor()
+        r = await service.submit_imagine(a, ImagineOptions(prompt="a cat", count=2, width=64, height=64))
+        await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == r.job_id)
+        await service.record_result_messages(r.job_id, [555])
+        stored, used = await _stored(harness), (await service.quota_status(a)).used_images
+        harness.engine._models = []  # the operator removed every model
+        caplog.set_level(logging.WARNING)
+        controls = {
+            "🔁": service.reroll(a, 555),
+            "🔀": service.variation(a, 555),
+            "🔁 button": service.reroll_job(a, r.job_id),
+            "vary subtle": service.vary(a, r.job_id, 0, "subtle"),
+            "V2": service.vary(a, r.job_id, 1, "strong"),
+            "remix": service.remix(a, r.job_id, 0, prompt="a dog", negative="", seed=None),
+            "zoom": service.zoom_out(a, r.job_id, 0, 2.0),
+            "pan": service.pan(a, r.job_id, 1, "left"),
+        }
+        for name, control in controls.items():
+            with pytest.raises(UserError) as refused:
+                await control
+            assert (refused.value.code, str(refused.value)) == ("no_model", submit.NO_MODEL), name
+        assert await _stored(harness) == stored
+        assert (await service.quota_status(a)).used_images == used
+        refusals = [rec for rec in caplog.records if "refused a job" in rec.getMessage()]
+        assert len(refusals) == len(controls) and all(rec.levelno == logging.WARNING for rec in refusals)
+        _, image = await service.pick(a, r.job_id, 1)  # U2 posts a stored image: no model needed
+        assert image.png
+    finally:
+        await harness.close()
+
+
+async def test_the_controls_keep_the_models_defaults_of_the_job_they_start_from(tmp_path) -> None:
+    """A job from a control starts from the stored request, which already carries the model's defaults:
+    nothing is applied twice (the prefix/suffix wrap the prompt once) and nothing is lost."""
+    harness = Harness(tmp_path)
+    _with_models(harness, default_model="pony")
+    harness.engine = FakeEngine(models=("fake-sd15", "fake-sdxl", "pony"), image_size=64)
+    try:
+        service = await harness.open()
+        events = service.events()
+        a = actor()
+        r = await service.submit_imagine(a, ImagineOptions(prompt="a cat", width=64, height=64))
+        await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == r.job_id)
+        form = await service.remix_form(a, r.job_id, 0)
+        assert (form.prompt, form.negative) == ("score_9, a cat, detailed", "lowres")  # as it ran
+        for receipt in (
+            await service.vary(a, r.job_id, 0, "strong"),
+            await service.remix(a, r.job_id, 0, prompt=form.prompt.replace("cat", "dog"), negative=form.negative,
+                                seed=None),
+            await service.reroll_job(a, r.job_id),
+            await service.zoom_out(a, r.job_id, 0, 2.0),
+        ):  # fmt: skip
+            req = (await wait_for(events, lambda e, j=receipt.job_id: isinstance(e, JobDone) and e.job.id == j)).job.request
+            assert req.prompt in ("score_9, a cat, detailed", "score_9, a dog, detailed")
+            assert (req.model, req.steps, req.cfg_scale, req.cfg_rescale, req.sampler) == ("pony", 25, 6.5, 0.7, "Euler")
+            assert (req.schedule_type, req.clip_skip, req.negative_prompt) == ("Karras", 2, "lowres")
+    finally:
+        await harness.close()
 
 
 def _with_models(harness: Harness, **changes) -> None:
