@@ -125,6 +125,25 @@ def model_names(settings: EngineSettings, *, check_sources: bool = True) -> list
     return configured + found
 
 
+def configured_name_of(settings: EngineSettings, path: Path) -> str | None:
+    """The configured model whose source is the file or folder ``path``, if any: picked by its found
+    name or its path, it is that model, with its table (``prediction``, ``zero_terminal_snr``, ``vae``,
+    the defaults) — as the list offers it once, by the configured name."""
+    real = path.expanduser().resolve()
+    for name, model in settings.models.items():
+        source = Path(model.source).expanduser()
+        if source.exists() and source.resolve() == real:
+            return name
+    return None
+
+
+def found_path(settings: EngineSettings, name: str) -> Path | None:
+    """Where the found checkpoint ``name`` is (None: no such name in the model folders)."""
+    found = next((f for f in scan_checkpoints(settings.model_dirs, allow_pickle=settings.allow_pickle)
+                  if f.name == name), None)  # fmt: skip
+    return found.path if found is not None else None
+
+
 def default_model_name(settings: EngineSettings, names: list[str] | None = None) -> str | None:
     """``engine.default_model``, else the first configured model, else the first one found."""
     if settings.default_model:
@@ -178,6 +197,10 @@ def model_defaults(settings: EngineSettings, name: str | None) -> ModelDefaults:
     if not name:
         return ModelDefaults()
     model = settings.models.get(name)
+    if model is None and (path := found_path(settings, name)) is not None:
+        configured = configured_name_of(settings, path)  # a configured model's file, by its found name
+        if configured is not None:
+            name, model = configured, settings.models[configured]
     size: tuple[int, int] | None = None
     if model is not None and model.size:
         width, _, height = model.size.partition("x")
@@ -208,8 +231,8 @@ def _kind(settings: EngineSettings, name: str, model: ModelSettings | None) -> s
         return model.kind
     if model is not None:
         return guess_kind(Path(model.source).expanduser())
-    found = next((f for f in scan_checkpoints(settings.model_dirs) if f.name == name), None)
-    return guess_kind(found.path) if found is not None else None
+    path = found_path(settings, name)
+    return guess_kind(path) if path is not None else None
 
 
 def guess_kind(path: Path) -> str | None:

@@ -235,6 +235,9 @@ def _model_defaults(settings, model: str | None):
 
     name = model or catalog.default_model_name(settings)
     if name and name not in settings.models and Path(name).expanduser().exists():
+        configured = catalog.configured_name_of(settings, Path(name))
+        if configured is not None:  # a configured model's file, by its path: its table
+            return catalog.model_defaults(settings, configured)
         if catalog.guess_kind(Path(name).expanduser()) == "sdxl":
             return catalog.ModelDefaults(*catalog.SDXL_SIZE)
         return catalog.ModelDefaults()

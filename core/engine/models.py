@@ -24,6 +24,7 @@ from typing import Any
 
 from core.config import EngineSettings, ModelSettings
 from core.engine.catalog import (
+    configured_name_of,
     default_model_name,
     kind_of_keys,
     looks_like_hub_id,
@@ -143,12 +144,16 @@ def resolve_model(settings: EngineSettings, name: str | None, *, allow_paths: bo
     if allow_paths:
         path = Path(name).expanduser()
         if path.exists():
+            if (configured := configured_name_of(settings, path)) is not None:
+                return _from_settings(configured, settings.models[configured])
             check_file_allowed(path, settings.allow_pickle)
             return ModelSource(name=path.stem if path.is_file() else path.name, location=str(path.resolve()))
     found = find_in_folders(name, settings.model_dirs, SAFE_SUFFIXES + PICKLE_SUFFIXES)
     if found is None:
         known = ", ".join(model_names(settings)[:20]) or "none"
         raise ModelError(f"unknown model {name!r} (known: {known})")
+    if (configured := configured_name_of(settings, found)) is not None:
+        return _from_settings(configured, settings.models[configured])  # its table: prediction, VAE, ...
     check_file_allowed(found, settings.allow_pickle)
     return ModelSource(name=name, location=str(found))
 

@@ -12,6 +12,7 @@ import pytest
 
 from core.config import EngineSettings, ModelSettings
 from core.engine import catalog, models
+from core.engine.cli import _model_defaults
 
 SD1_KEY = "cond_stage_model.transformer.text_model.final_layer_norm.weight"
 SDXL_KEY = "conditioner.embedders.1.model.ln_final.weight"
@@ -185,6 +186,26 @@ def test_a_model_table_sets_every_default_and_its_size_wins_over_the_sdxl_rule(t
     assert catalog.model_defaults(settings, "plain-xl").wrap("a cat") == "a cat"
     assert catalog.model_defaults(settings, "hub-xl").fields() == {"width": 1024, "height": 1024}
     assert catalog.model_defaults(settings, "hub").fields() == {}  # kind "auto" on the hub: not known offline
+
+
+def test_a_configured_models_file_picked_by_its_found_name_or_path_is_that_model(tmp_path: Path) -> None:
+    """A v-prediction checkpoint in the model folder, configured with ``prediction``/``zero_terminal_snr``
+    (exact's keys) and defaults: whichever way it is named, it is the configured model, with its table."""
+    folder = tmp_path / "models"
+    file = checkpoint(folder / "xl" / "noobai-vpred.safetensors", SDXL_KEY)
+    checkpoint(folder / "other.safetensors", SD1_KEY)
+    table = ModelSettings(source=str(file), prediction="v", zero_terminal_snr=True, steps=28, cfg_rescale=0.7)
+    settings = EngineSettings(model_dirs=(str(folder),), models={"noob": table})
+    assert catalog.model_names(settings) == ["noob", "other"]  # listed once, by its configured name
+    for name, allow_paths in (("noob", False), ("xl/noobai-vpred", False), (str(file), True)):
+        source = models.resolve_model(settings, name, allow_paths=allow_paths)
+        assert (source.name, source.prediction, source.zero_terminal_snr) == ("noob", "v", True), name
+        defaults = _model_defaults(settings, name)  # chant generate's (paths too); the service's for names
+        assert defaults.fields() == {"width": 1024, "height": 1024, "steps": 28, "cfg_rescale": 0.7}, name
+        if not allow_paths:
+            assert catalog.model_defaults(settings, name) == defaults
+    other = models.resolve_model(settings, "other")
+    assert (other.name, other.prediction, other.zero_terminal_snr) == ("other", "auto", None)  # the file decides
 
 
 def test_kinds_are_read_from_headers_and_folders_without_torch(tmp_path: Path) -> None:
