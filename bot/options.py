@@ -48,9 +48,15 @@ def parse_size(value: str) -> tuple[int, int]:
     return width, height
 
 
-def size_choices(max_pixels: int, current: str = "") -> list[app_commands.Choice[str]]:
+def size_choices(
+    max_pixels: int, current: str = "", default: tuple[int, int] | None = None
+) -> list[app_commands.Choice[str]]:
+    """The sizes within ``max_pixels`` that match what was typed; the model's ``default`` (what leaving
+    the option out gives) first."""
+    sizes = [("the model's default", *default)] if default else []
+    sizes += [entry for entry in SIZES if (entry[1], entry[2]) != default]
     out = []
-    for label, w, h in SIZES:
+    for label, w, h in sizes:
         if w * h > max_pixels:
             continue
         value = f"{w}x{h}"
@@ -70,6 +76,17 @@ async def _limit_of(interaction: discord.Interaction[ChantBot]) -> int:
         return int(client.settings.limits.max_pixels)
 
 
+async def _default_size_of(interaction: discord.Interaction[ChantBot]) -> tuple[int, int] | None:
+    """The size the model chosen so far (or the default model) gives when no size is chosen."""
+    model = getattr(interaction.namespace, "model", None)
+    try:
+        return await interaction.client.service.default_size(
+            actor_from_interaction(interaction), str(model) if model else None
+        )
+    except Exception:  # autocomplete must answer: the plain list then
+        return None
+
+
 class SizeTransformer(app_commands.Transformer):
     async def transform(self, interaction: discord.Interaction, value: Any) -> tuple[int, int]:
         return parse_size(str(value))
@@ -77,7 +94,7 @@ class SizeTransformer(app_commands.Transformer):
     async def autocomplete(
         self, interaction: discord.Interaction[ChantBot], value: Any
     ) -> list[app_commands.Choice[str]]:
-        return size_choices(await _limit_of(interaction), str(value))
+        return size_choices(await _limit_of(interaction), str(value), await _default_size_of(interaction))
 
 
 def _choices(names: list[str], current: str) -> list[app_commands.Choice[str]]:

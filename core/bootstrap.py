@@ -21,6 +21,7 @@ from core.config import Settings
 from core.engine.api import Engine
 from core.prompt.wildcards import WildcardLibrary
 from core.queue import notify
+from core.queue.outputs import ResultFiles
 from core.queue.positions import QueuePositions
 from core.queue.store import JobStore
 from core.queue.worker import ImageScorer, Worker, WorkerListener
@@ -59,12 +60,10 @@ def build_engine(settings: Settings, env: Mapping[str, str] | None = None) -> En
             raise ValueError(f"CHANT_FAKE_ENGINE_IMAGE_SIZE must be 8 to 2048 pixels, got {size!r}")
         return FakeEngine(step_delay_s=step_delay, image_size=int(size))
     from core.engine import create_engine
+    from core.engine.download import ensure_model
 
-    if not settings.engine.models:
-        log.warning(
-            "no model configured: every job will fail until you add one under [engine.models] "
-            "(see config.example.toml)"
-        )
+    # A model on first run, as A1111: none at all -> download the default (or stop with what to do).
+    ensure_model(settings.engine, env)
     return create_engine(settings.engine)
 
 
@@ -143,6 +142,7 @@ def build_worker(
         recover_all_on_start=db.is_sqlite,
         default_weight=settings.queue.default_guild_weight,
         scorer=scorer,
+        outputs=ResultFiles(settings.outputs) if settings.outputs.dir else None,
     )
 
 

@@ -31,11 +31,13 @@ def _registrars() -> list[Register]:
     from core.prompt import cli as prompt_cli
     from core.queue import cli as queue_cli
     from core.storage import cli as storage_cli
+    from core.storage import export as export_cli
 
     return [
         prompt_cli.register,
         engine_cli.register,
         storage_cli.register,
+        export_cli.register,
         _register_worker,
         queue_cli.register,
         bench_cli.register,

@@ -13,16 +13,16 @@ Settings built in code (tests) are not checked: the checks guard what an operato
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from core import ranges
+from core.config_checks import Check, between, choices, each, optional_flag, size_text, text
 from core.storage.validation import MAX_PROMPT_CHARS
 
 DEFAULT_CONFIG_PATH = Path("chant.toml")
@@ -54,6 +54,12 @@ class DatabaseSettings:
     echo: bool = False
 
 
+# A1111 1.10 downloads runwayml/stable-diffusion-v1-5's file; that repo is gone from the hub and
+# stable-diffusion-v1-5/stable-diffusion-v1-5 holds the same file (same sha256).
+DEFAULT_DOWNLOAD = "stable-diffusion-v1-5/stable-diffusion-v1-5/v1-5-pruned-emaonly.safetensors"
+DEFAULT_DOWNLOAD_SHA256 = "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """One configured model: ``source`` is a hub id, a diffusers folder or a single .safetensors file."""
@@ -65,6 +71,17 @@ class ModelSettings:
     config: str | None = None  # weight-free diffusers config folder for a single file (default: shipped skeleton)
     prediction: str = "auto"  # auto | eps | v: what the UNet predicts (auto: the checkpoint's v_pred key, SD2's test)
     zero_terminal_snr: bool | None = None  # None: the checkpoint's ztsnr key; true: A1111's Zero Terminal SNR ᾱ
+    # Defaults for requests that leave the value out (order: the user's option > their preset > these >
+    # chant's defaults). Unset = chant's default (size: 1024x1024 for SDXL, else 512x512).
+    size: str | None = None  # "WxH"
+    steps: int | None = None
+    cfg: float | None = None
+    cfg_rescale: float | None = None  # CFG rescale φ (v-prediction / zero-terminal-SNR models)
+    sampler: str | None = None  # an A1111 sampler name
+    schedule: str | None = None  # an A1111 schedule type (Karras, Exponential, ...)
+    negative: str | None = None  # negative prompt when the user gives none
+    prompt_prefix: str | None = None  # joined before every prompt with ", " (e.g. Pony's score tags)
+    prompt_suffix: str | None = None  # joined after every prompt with ", "
 
 
 @dataclass(frozen=True)
@@ -73,7 +90,12 @@ class EngineSettings:
     dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp16 | bf16 | fp32
     rng: str = "gpu"  # gpu | cpu | nv (A1111's "Random number generator source")
     default_model: str | None = None
-    model_dirs: tuple[str, ...] = ("models/Stable-diffusion",)
+    model_dirs: tuple[str, ...] = ("models/Stable-diffusion",)  # scanned for checkpoints (subfolders too)
+    # With no model at all, `chant run`/`worker`/`generate` download this hub file into model_dirs[0]
+    # (A1111 downloads the same SD 1.5 file); the sha256 is checked when set.
+    auto_download: bool = True
+    download_model: str = DEFAULT_DOWNLOAD
+    download_sha256: str | None = DEFAULT_DOWNLOAD_SHA256
     lora_dirs: tuple[str, ...] = ("models/Lora",)
     embedding_dirs: tuple[str, ...] = ("embeddings",)
     hypernetwork_dirs: tuple[str, ...] = ("models/hypernetworks",)
@@ -170,6 +192,14 @@ class ModerationSettings:
 
 
 @dataclass(frozen=True)
+class OutputSettings:
+    """Result files on disk, as A1111 writes them (off unless ``dir`` is set)."""
+
+    dir: str | None = None  # every result as DIR/YYYY-MM-DD/<job>-<seed>.png (infotext in the PNG)
+    save_txt: bool = False  # A1111 "save_txt": also <job>-<seed>.txt with the infotext
+
+
+@dataclass(frozen=True)
 class Settings:
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -179,13 +209,13 @@ class Settings:
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     prompts: PromptSettings = field(default_factory=PromptSettings)
     moderation: ModerationSettings = field(default_factory=ModerationSettings)
+    outputs: OutputSettings = field(default_factory=OutputSettings)
     log_level: str = "INFO"
 
 
 # --- What each key accepts ---------------------------------------------------------------------
-# A check takes the (already type-checked) value and returns None, or what the key accepts.
-
-Check = Callable[[Any], str | None]
+# A check takes the (already type-checked) value and returns None, or what the key accepts
+# (the builders are in core.config_checks).
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DM_MODES = ("allow", "refuse")
@@ -199,65 +229,6 @@ EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")  # core.prompt.tokens
 DATABASE_BACKENDS = ("sqlite", "postgresql")
 
 
-def choices(*allowed: str, pattern: str | None = None) -> Check:
-    """One of ``allowed`` (as written: case counts), or, with ``pattern``, text that matches it."""
-
-    def check(value: Any) -> str | None:
-        ok = re.fullmatch(pattern, str(value)) if pattern else value in allowed
-        return None if ok else "one of " + ", ".join(allowed)
-
-    return check
-
-
-def between(low: float | None = None, high: float | None = None, *, above: float | None = None) -> Check:
-    """``low <= value <= high`` (either side open when None); ``above``: strictly greater."""
-
-    def check(value: Any) -> str | None:
-        if value is None:
-            return None
-        ok = math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)
-        ok = ok and (above is None or value > above)
-        if ok:
-            return None
-        if above is not None:
-            return f"a number above {_num(above)}" + (f" and at most {_num(high)}" if high is not None else "")
-        kind = "an integer" if isinstance(value, int) else "a number"
-        if high is None:
-            return f"{kind} of at least {_num(low)}"
-        return f"{kind} from {_num(low)} to {_num(high)}"
-
-    return check
-
-
-def _num(value: float | None) -> str:
-    return f"{value:.15g}" if isinstance(value, float) and not value.is_integer() else f"{int(value or 0)}"
-
-
-def each(check: Check) -> Check:
-    def check_all(values: Any) -> str | None:
-        for value in values or ():
-            problem = check(value)
-            if problem:
-                return f"a list of {problem} (bad: {value!r})"
-        return None
-
-    return check_all
-
-
-def text(pattern: str = r".*\S.*", what: str = "a non-empty text") -> Check:
-    return lambda value: None if value is None or re.fullmatch(pattern, value, re.S) else what
-
-
-def _size(value: Any) -> str | None:
-    m = re.fullmatch(r"(\d+)x(\d+)", str(value))
-    sides = [int(v) for v in m.groups()] if m else []
-    if sides and all(
-        ranges.MIN_SIDE <= v <= ranges.MAX_SIDE and v % ranges.SIDE_MULTIPLE == 0 for v in sides
-    ):
-        return None
-    return f"WxH, each side a multiple of {ranges.SIDE_MULTIPLE} from {ranges.MIN_SIDE} to {ranges.MAX_SIDE}"
-
-
 def _database_url(value: Any) -> str | None:
     m = re.fullmatch(r"([a-z0-9]+)(\+\w+)?://.*", value, re.S)
     if m and m.group(1) in DATABASE_BACKENDS:
@@ -269,6 +240,7 @@ POSITIVE_INT = between(1)
 COUNT_OR_ZERO = between(0)
 ID = between(1)
 DIRS = each(text(what="a folder name"))
+PROMPT_TEXT = text(rf"(?s).{{0,{MAX_PROMPT_CHARS}}}", f"a text of at most {MAX_PROMPT_CHARS} characters")
 
 CHECKS: dict[type, dict[str, Check]] = {
     Settings: {"log_level": choices(*LOG_LEVELS)},
@@ -289,7 +261,16 @@ CHECKS: dict[type, dict[str, Check]] = {
         "clip_skip": between(ranges.MIN_CLIP_SKIP, ranges.MAX_CLIP_SKIP),
         "config": text(what="a config folder"),
         "prediction": choices("auto", "eps", "v"),
-        "zero_terminal_snr": lambda v: None if v is None or isinstance(v, bool) else "true, false or unset",
+        "zero_terminal_snr": optional_flag,
+        "size": size_text,
+        "steps": between(ranges.MIN_STEPS, ranges.MAX_STEPS),
+        "cfg": between(ranges.MIN_CFG, ranges.MAX_CFG),
+        "cfg_rescale": between(ranges.MIN_CFG_RESCALE, ranges.MAX_CFG_RESCALE),
+        "sampler": text(what="an A1111 sampler name"),
+        "schedule": text(what="an A1111 schedule type"),
+        "negative": PROMPT_TEXT,
+        "prompt_prefix": PROMPT_TEXT,
+        "prompt_suffix": PROMPT_TEXT,
     },
     EngineSettings: {
         "device": choices(*DEVICES, pattern=r"auto|cpu|cuda(:\d+)?"),
@@ -297,6 +278,8 @@ CHECKS: dict[type, dict[str, Check]] = {
         "rng": choices(*ranges.RNG_SOURCES),
         "default_model": text(what="a model name"),
         "model_dirs": DIRS,
+        "download_model": text(r"[\w.-]+/[\w.-]+/\S+\.safetensors", "ORG/REPO/FILE.safetensors (a hub file)"),
+        "download_sha256": text(r"[0-9a-f]{64}", "64 lower-case hex digits"),
         "lora_dirs": DIRS,
         "embedding_dirs": DIRS,
         "hypernetwork_dirs": DIRS,
@@ -309,7 +292,7 @@ CHECKS: dict[type, dict[str, Check]] = {
         "compile": choices(*COMPILE_MODES),
         "max_batch": between(0, 1024),
         "vae_decode_batch": between(0, 1024),
-        "warmup_sizes": each(_size),
+        "warmup_sizes": each(size_text),
         "batch_buckets": each(between(1, 1024)),
         "threads": between(1, 1024),
         "max_input_megapixels": between(above=0, high=1024),
@@ -344,6 +327,7 @@ CHECKS: dict[type, dict[str, Check]] = {
         "age_restricted": choices(*AGE_RESTRICTED_POLICIES),
         "dm_policy": choices(*MODERATION_POLICIES),
     },
+    OutputSettings: {"dir": text(what="a folder name")},
     LimitSettings: {
         "max_steps": between(ranges.MIN_STEPS, ranges.MAX_STEPS),
         "max_pixels": between(ranges.MIN_SIDE**2, ranges.MAX_SIDE**2),

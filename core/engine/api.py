@@ -41,7 +41,8 @@ class Engine(Protocol):
         ...
 
     def model_names(self) -> list[str]:
-        """Configured model names (for autocomplete)."""
+        """The models users may pick (autocomplete): configured ones first, then checkpoints found in
+        the model folders (``core.engine.catalog.model_names``); empty when there is none."""
         ...
 
     def sampler_names(self) -> list[str]:

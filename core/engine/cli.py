@@ -160,31 +160,39 @@ def read_infotext(value: str, stdin=None) -> str:
 
 
 def match_model(settings, name: str | None, model_hash: str | None) -> str | None:
-    """The configured model an infotext names: by name (or file stem), else by A1111 short hash.
+    """The model an infotext names: a configured one by name (or file stem), else a checkpoint found in
+    the model folders by name (or file stem, which is what A1111 writes), else a configured one by
+    A1111 short hash.
 
-    None when the infotext names no model; ValueError when it names one that is not configured.
+    None when the infotext names no model; ValueError when it names one that is not there.
     """
     if not name and not model_hash:
         return None
+    from core.engine import catalog
     from core.engine.models import short_hash
 
     models = settings.models
     for key, model in models.items():
         if name and name.lower() in (key.lower(), Path(model.source).stem.lower()):
             return key
+    for found in catalog.scan_checkpoints(settings.model_dirs, allow_pickle=settings.allow_pickle):
+        if name and name.lower() in (found.name.lower(), found.path.stem.lower()):
+            return found.name
     for key, model in models.items():
         path = Path(model.source).expanduser()
         if model_hash and path.is_file() and short_hash(path) == model_hash.lower()[:10]:
             return key
-    configured = ", ".join(models) or "none"
+    known = ", ".join(catalog.model_names(settings)[:20]) or "none"
     raise ValueError(
-        f"the infotext's model {name or '?'} [{model_hash or 'no hash'}] is not configured "
-        f"(configured: {configured}); give --model NAME to use one of yours"
+        f"the infotext's model {name or '?'} [{model_hash or 'no hash'}] is not here "
+        f"(known: {known}); give --model NAME to use one of yours"
     )
 
 
 def request_from_args(args: argparse.Namespace, settings) -> tuple[object, tuple[str, ...]]:
-    """The request: GenerationRequest's defaults, then the infotext's settings, then the options given.
+    """The request: the options given, else the infotext's settings, else the model's defaults
+    (``[engine.models.NAME]``, 1024x1024 for SDXL), else GenerationRequest's defaults. The model's
+    prompt prefix/suffix wrap a prompt given here (an infotext's prompt already carries them).
 
     Returns it with the infotext keys chant does not reproduce. ValueError/OSError say what is wrong.
     """
@@ -208,12 +216,32 @@ def request_from_args(args: argparse.Namespace, settings) -> tuple[object, tuple
         fields["width"], fields["height"] = parse_size(args.size)
     if args.hr_size is not None:
         fields["hr_resize_x"], fields["hr_resize_y"] = parse_size(args.hr_size)
+    defaults = _model_defaults(settings, fields.get("model"))
+    for field, value in defaults.fields().items():
+        fields.setdefault(field, value)
+    if args.prompt is not None:
+        fields["prompt"] = defaults.wrap(args.prompt)
     init_image = Path(args.init_image).read_bytes() if args.init_image else None
     mask_image = Path(args.mask).read_bytes() if args.mask else None
     mode = Mode.INPAINT if (mask_image or args.inpaint) else Mode.IMG2IMG if init_image else Mode.TXT2IMG
     fields.setdefault("prompt", "")
     request = GenerationRequest(**fields, mode=mode, init_image=init_image, mask_image=mask_image)
     return request, ignored
+
+
+def _model_defaults(settings, model: str | None):
+    """What the model sets (``core.engine.catalog``); a checkpoint named by path: 1024x1024 for SDXL."""
+    from core.engine import catalog
+
+    name = model or catalog.default_model_name(settings)
+    if name and name not in settings.models and Path(name).expanduser().exists():
+        configured = catalog.configured_name_of(settings, Path(name))
+        if configured is not None:  # a configured model's file, by its path: its table
+            return catalog.model_defaults(settings, configured)
+        if catalog.guess_kind(Path(name).expanduser()) == "sdxl":
+            return catalog.ModelDefaults(*catalog.SDXL_SIZE)
+        return catalog.ModelDefaults()
+    return catalog.model_defaults(settings, name)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -290,6 +318,20 @@ def _check_sampler(request) -> None:
     samplers.resolve(request.sampler, request.schedule_type)
 
 
+def _with_a_model(args: argparse.Namespace, settings, request):
+    """``request``, after downloading the default model when it asks for the default and there is no
+    model at all (``engine.auto_download``)."""
+    if request.model is not None:
+        return request
+    from core.engine.download import ensure_model
+
+    if ensure_model(settings) is None:
+        return request
+    request, _ = request_from_args(args, settings)  # the downloaded model's defaults apply now
+    check_request(request)
+    return request
+
+
 def _generate(args: argparse.Namespace, settings) -> int:
     from core.types import GenerationCancelled, GenerationError
 
@@ -307,6 +349,14 @@ def _generate(args: argparse.Namespace, settings) -> int:
     engine_settings = settings.engine
     if args.device:
         engine_settings = dataclasses.replace(engine_settings, device=args.device)
+    if request.model is None:  # the default model: with none at all and downloads off, say so now
+        from core.engine.download import download_needed
+
+        try:
+            download_needed(engine_settings)
+        except GenerationError as exc:
+            print(f"chant generate: {exc}", file=sys.stderr)
+            return 1
     from tqdm import tqdm
 
     from core.engine import create_engine
@@ -316,6 +366,11 @@ def _generate(args: argparse.Namespace, settings) -> int:
     except ValueError as exc:
         print(f"chant generate: --sampler/--schedule: {exc}", file=sys.stderr)
         return 2
+    try:
+        request = _with_a_model(args, engine_settings, request)
+    except GenerationError as exc:
+        print(f"chant generate: {exc}", file=sys.stderr)
+        return 1
     bars: list = []  # the bar starts with the first step: after the model is loaded and the prompt encoded
 
     def on_progress(progress) -> None:
@@ -330,7 +385,9 @@ def _generate(args: argparse.Namespace, settings) -> int:
         for bar in bars:
             bar.close()
 
-    model = request.model or settings.engine.default_model or "the default model"
+    from core.engine.catalog import default_model_name
+
+    model = request.model or default_model_name(engine_settings) or "the default model"
     print(f"chant generate: loading {model}…", file=sys.stderr)
     try:
         engine = create_engine(engine_settings, allow_paths=True)

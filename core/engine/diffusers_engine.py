@@ -45,7 +45,9 @@ class DiffusersEngine(Runtime):
     # -- the Engine protocol ---------------------------------------------------------------------
 
     def model_names(self) -> list[str]:
-        return list(self.settings.models)
+        from core.engine import catalog
+
+        return catalog.model_names(self.settings)
 
     def sampler_names(self) -> list[str]:
         from core.engine import samplers

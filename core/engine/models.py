@@ -23,6 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from core.config import EngineSettings, ModelSettings
+from core.engine.catalog import (
+    configured_name_of,
+    default_model_name,
+    kind_of_keys,
+    looks_like_hub_id,
+    model_names,
+    no_model_hint,
+)
 from core.engine.skeleton import cache_dir, skeleton_dir
 from core.types import GenerationError
 
@@ -59,17 +67,6 @@ class ModelSource:
     config: str | None = None  # skeleton folder override for single files
     prediction: str = "auto"  # auto | eps | v (the operator's override)
     zero_terminal_snr: bool | None = None  # None: from the checkpoint
-
-
-def looks_like_hub_id(text: str) -> bool:
-    parts = text.split("/")
-    return (
-        len(parts) == 2
-        and all(parts)
-        and not text.startswith((".", "/", "~"))
-        and not Path(text).suffix
-        and all(c.isalnum() or c in "-_." for c in text.replace("/", ""))
-    )
 
 
 def _inside(path: Path, folders: tuple[str, ...]) -> bool:
@@ -139,20 +136,24 @@ def _from_settings(name: str, model: ModelSettings) -> ModelSource:
 def resolve_model(settings: EngineSettings, name: str | None, *, allow_paths: bool = False) -> ModelSource:
     """Turn a request's model name (or, for the operator's CLI only, a path) into a source."""
     if name is None or name == "":
-        name = settings.default_model or next(iter(settings.models), None)
+        name = default_model_name(settings)
         if name is None:
-            raise ModelError("no model configured: add one under [engine.models] in the config file")
+            raise ModelError(f"no model: {no_model_hint(settings)}")
     if name in settings.models:
         return _from_settings(name, settings.models[name])
     if allow_paths:
         path = Path(name).expanduser()
         if path.exists():
+            if (configured := configured_name_of(settings, path)) is not None:
+                return _from_settings(configured, settings.models[configured])
             check_file_allowed(path, settings.allow_pickle)
             return ModelSource(name=path.stem if path.is_file() else path.name, location=str(path.resolve()))
     found = find_in_folders(name, settings.model_dirs, SAFE_SUFFIXES + PICKLE_SUFFIXES)
     if found is None:
-        known = ", ".join(sorted(settings.models)) or "none"
-        raise ModelError(f"unknown model {name!r} (configured: {known})")
+        known = ", ".join(model_names(settings)[:20]) or "none"
+        raise ModelError(f"unknown model {name!r} (known: {known})")
+    if (configured := configured_name_of(settings, found)) is not None:
+        return _from_settings(configured, settings.models[configured])  # its table: prediction, VAE, ...
     check_file_allowed(found, settings.allow_pickle)
     return ModelSource(name=name, location=str(found))
 
@@ -173,13 +174,9 @@ def resolve_vae(settings: EngineSettings, name: str | None) -> str | None:
 
 def detect_kind(path: Path, keys: list[str] | None = None) -> str:
     """SD1.x / SD2.x / SDXL from the tensor names of an A1111/LDM single file (reads no weights)."""
-    keys = _checkpoint_keys(path) if keys is None else keys
-    if any(k.startswith("conditioner.embedders.1.model.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "sd2"
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "sd1"
+    kind = kind_of_keys(_checkpoint_keys(path) if keys is None else keys)
+    if kind is not None:
+        return kind
     raise ModelError(f"{path.name}: not an SD 1.x, SD 2.x or SDXL checkpoint in A1111 (LDM) layout")
 
 

@@ -51,7 +51,7 @@ def png(settings: EngineSettings, plan: Plan, index: int, image) -> GeneratedIma
         seed=seed,
         subseed=subseed,
         schedule_type=spec.schedule_label,
-        model_name=plan.model.name,
+        model_name=plan.model.name.rsplit("/", 1)[-1],  # A1111 writes a checkpoint's file stem, not its folder
         model_hash=plan.model.hash or None,
         clip_skip=request.clip_skip or plan.model.source.clip_skip,
         ensd=plan.ensd if samplers.uses_ensd(spec, request.eta) else None,

@@ -421,6 +421,12 @@ class JobStore:
                 {state: n for state, n in states}, [tuple(r) for r in busiest], [tuple(r) for r in running]
             )
 
+    async def blocked(self, job_ids: Sequence[int]) -> dict[int, set[int]]:
+        """The images moderation blocked, per job: their positions, which are the indexes of the job's
+        result (a job's images are stored once, when it completes)."""
+        async with self.db.session() as s:
+            return await Repositories(s).jobs.blocked_positions(job_ids)
+
     async def state_of(self, job_id: int) -> str | None:
         async with self.db.session() as s:
             return await s.scalar(select(Job.state).where(Job.id == job_id))

@@ -29,6 +29,7 @@ from typing import Protocol, runtime_checkable
 
 from core.engine.api import Engine
 from core.queue.fair import FairScheduler
+from core.queue.outputs import ResultFiles
 from core.queue.store import Claimed, JobStore
 from core.types import (
     GenerationCancelled,
@@ -96,8 +97,10 @@ class Worker:
         recover_all_on_start: bool = False,
         default_weight: float = 1.0,
         scorer: ImageScorer | None = None,
+        outputs: ResultFiles | None = None,  # outputs.dir: results also written as files
     ) -> None:
         self.store = store
+        self.outputs = outputs
         self.engine = engine
         self.scorer = scorer  # None: results are stored "not checked"
         self.listener: WorkerListener = listener or NullListener()
@@ -445,33 +448,51 @@ class Worker:
                 stored = await self.store.complete_many(finished)
             except Exception:
                 log.exception("storing %d results together failed; storing them one by one", len(finished))
+        done: list[tuple[int, GenerationResult]] = []  # stored and announced: their files next
         for job_id, result, share in zip(ids, results, shares, strict=True):
             try:
                 if stored is not None and isinstance(result, GenerationResult):
                     if job_id in stored:
                         await self.listener.job_finished(job_id)
+                        done.append((job_id, result))
                     else:
                         log.info("job %s finished but is no longer ours (cancelled or lease lost)", job_id)
-                else:
-                    await self._settle(job_id, result, share)
+                elif await self._settle(job_id, result, share) and isinstance(result, GenerationResult):
+                    done.append((job_id, result))
             except Exception:
                 log.exception("job %s: could not store its outcome", job_id)
             self._running.pop(job_id, None)
             self._cancelled.discard(job_id)
+        if self.outputs is not None and done:
+            await self._write_files(done)
+
+    async def _write_files(self, done: list[tuple[int, GenerationResult]]) -> None:
+        """``outputs.dir``: the stored results as files, less the images moderation blocked (their
+        decisions were stored with them; unknown when that read fails, so nothing is written then)."""
+        assert self.outputs is not None
+        try:
+            blocked = await self.store.blocked([job_id for job_id, _ in done])
+        except Exception:
+            log.exception("jobs %s: could not read their moderation decisions; no files written for them",
+                          [job_id for job_id, _ in done])  # fmt: skip
+            return
+        for job_id, result in done:
+            await self.outputs.save(job_id, result, withheld=blocked.get(job_id, set()))
 
     async def _settle(
         self, job_id: int, result: GenerationResult | BaseException, gpu_seconds: float
-    ) -> None:
+    ) -> bool:
+        """Store one job's outcome; True when it is a result that was stored (done)."""
         if isinstance(result, GenerationResult):
             if await self.store.complete(job_id, result, gpu_seconds):
                 await self.listener.job_finished(job_id)
-            else:
-                log.info("job %s finished but is no longer ours (cancelled or lease lost)", job_id)
-            return
+                return True
+            log.info("job %s finished but is no longer ours (cancelled or lease lost)", job_id)
+            return False
         if isinstance(result, GenerationCancelled):
             if self._stopping:
                 await self.store.release(job_id)  # shutdown: back to the queue, not counted
-            return  # otherwise the service already marked it cancelled
+            return False  # otherwise the service already marked it cancelled
         if isinstance(result, OutOfMemory):
             reason = str(result) or OOM_MESSAGE
             log.warning("job %s: out of memory: %s", job_id, reason)
@@ -484,6 +505,7 @@ class Worker:
             )
         if await self.store.fail(job_id, reason):
             await self.listener.job_finished(job_id)
+        return False
 
     def _cost(self, job_id: int) -> float:
         for job in self.fair.running:

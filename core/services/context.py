@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import ranges
 from core.config import Settings
+from core.engine import catalog
 from core.engine.api import Engine
 from core.moderation import OperatorPolicy
 from core.prompt.wildcards import WildcardLibrary
@@ -36,16 +37,33 @@ log = logging.getLogger(__name__)
 
 class Catalog:
     """The names users pick from: models, samplers and LoRAs (the engine's when it runs in this
-    process, else the configuration's)."""
+    process, else the configuration's and the model folders'), and what each model sets."""
 
     def __init__(self, settings: Settings, engine: Engine | None) -> None:
         self.settings = settings
         self.engine = engine
 
     def models(self) -> list[str]:
+        """Configured models first, then the checkpoints found in ``engine.model_dirs``; empty when
+        there is no usable model (the no-model refusal)."""
         if self.engine is not None:
             return list(self.engine.model_names())
-        return sorted(self.settings.engine.models)
+        # No engine here (`chant run --no-worker`): the configured models are the workers' files.
+        return catalog.model_names(self.settings.engine, check_sources=False)
+
+    def defaults(self, model: str | None) -> catalog.ModelDefaults:
+        """What ``model``'s ``[engine.models.NAME]`` table sets (1024x1024 for SDXL when it sets no size)."""
+        return catalog.model_defaults(self.settings.engine, model)
+
+    def no_model_reason(self) -> str:
+        """Why there is no model, for the operator's log."""
+        if self.engine is None:
+            return (
+                "this bot process runs no engine (chant run --no-worker) and knows no model: name the "
+                "workers' models under [engine.models.NAME] in its settings too, or share their model "
+                f"folder as {', '.join(self.settings.engine.model_dirs) or 'engine.model_dirs'}"
+            )
+        return f"this bot has no usable model: {catalog.no_model_hint(self.settings.engine)}"
 
     def samplers(self) -> list[str]:
         if self.engine is not None:
@@ -82,6 +100,18 @@ class Context:
     def max_input_pixels(self) -> int:
         """The engine's limit for uploaded sources and masks (``engine.max_input_megapixels``)."""
         return int(self.settings.engine.max_input_megapixels * 1_000_000)
+
+
+def default_model(ctx: Context, guild: Guild | None) -> tuple[str | None, str | None]:
+    """(the model of a job that names none, why there is none): the guild's default, the bot's
+    (``engine.default_model``), else the first model listed. A default that names a model that is not
+    there gives (None, whose default it is) rather than another model in silence."""
+    names = ctx.catalog.models()
+    for whose, name in (("this server's", guild.default_model if guild else None),
+                        ("this bot's", ctx.settings.engine.default_model)):  # fmt: skip
+        if name:
+            return (name, None) if name in names else (None, whose)
+    return (names[0] if names else None), None
 
 
 async def guild_of(s: AsyncSession, actor: Actor) -> Guild | None:

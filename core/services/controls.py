@@ -26,7 +26,7 @@ from core.ranges import MAX_SEED, RANDOM_SEED
 from core.services import policy, requests
 from core.services.context import Context
 from core.services.reads import view_of
-from core.services.submit import Source, load_source, reroll_source, submit_checked
+from core.services.submit import Source, load_source, require_a_model, reroll_source, submit_checked
 from core.services.types import Actor, JobView, Receipt, RemixForm, UserError
 from core.storage.models import JobImage
 from core.storage.repositories import Repositories
@@ -176,6 +176,7 @@ async def _outpaint(
 ) -> Receipt:
     """The canvas and its mask are made in the image pool (a PNG decode and encode of up to the guild's
     pixel limit: off the event loop, as uploads are); the job stores them as content-addressed sources."""
+    require_a_model(ctx, actor)  # before the canvas's work (submit_checked would refuse it after)
     max_pixels = policy.limits(ctx.settings, src.guild)["max_pixels"]
     try:
         made = await ctx.images.run(make, src.request, max_pixels)

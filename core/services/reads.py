@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.services import policy
-from core.services.context import Context, guild_of
+from core.services.context import Context, default_model, guild_of
+from core.services.requests import DEFAULTS
 from core.services.types import Actor, GuildLimits, ImageModeration, JobView, QuotaView, UserError
 from core.storage.models import Job
 from core.storage.repositories import Repositories, quota_window
@@ -161,6 +162,16 @@ async def guild_limits(ctx: Context, actor: Actor) -> GuildLimits:
         max_images=lim["max_images"],
         max_input_pixels=ctx.max_input_pixels,
     )
+
+
+async def default_size(ctx: Context, actor: Actor, model: str | None) -> tuple[int, int]:
+    """The size a job on ``model`` (None: the default model here) gets when the user gives none: the
+    model's table, 1024x1024 for SDXL, else 512x512 (for the size choices)."""
+    if model is None:
+        async with ctx.db.session() as s:
+            model, _ = default_model(ctx, await guild_of(s, actor))
+    defaults = ctx.catalog.defaults(model)
+    return defaults.width or DEFAULTS["width"], defaults.height or DEFAULTS["height"]
 
 
 async def is_admin(ctx: Context, actor: Actor) -> bool:

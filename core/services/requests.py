@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core import ranges
+from core.engine.catalog import ModelDefaults
 from core.services.images import Upload, fit_size
 from core.services.policy import check_strength
 from core.services.types import ImagineOptions, UserError
@@ -45,6 +46,7 @@ HIRES = (  # hires fix ("hires" itself is enable_hr)
     ("hires_strength", "hr_denoising_strength"),
     ("upscaler", "hr_upscaler"),
 )
+# chant's own defaults (A1111's), for what neither the user, their preset nor the model's table sets.
 DEFAULTS = {"width": 512, "height": 512, "steps": 20, "cfg": 7.0, "sampler": "Euler a", "count": 1}
 HIRES_OPTIONS = ("hires", *(option for option, _ in HIRES))
 # What a preset keeps: strength applies when the preset is used with a source image (/img2img).
@@ -91,29 +93,32 @@ def build(
     upload: Upload | None,
     *,
     size_given: bool,
-    default_model: str | None,
+    model: str | None,
     seed: int,
     max_pixels: int,
+    defaults: ModelDefaults = ModelDefaults(),
 ) -> GenerationRequest:
-    """The request for merged options ``o`` and the checked source image (uploaded, or a job's first
-    image; :func:`core.services.images.load_upload`).
+    """The request for merged options ``o`` (the user's, then their preset's) on ``model``, and the
+    checked source image (uploaded, or a job's first image; :func:`core.services.images.load_upload`).
 
-    Without ``size_given`` (the user chose no size), an image-to-image job keeps its source's size,
-    within ``max_pixels``."""
+    What ``o`` leaves out comes from the model's ``defaults``, then :data:`DEFAULTS`; the model's prompt
+    prefix/suffix wrap the prompt. Without ``size_given`` (the user chose no size), an image-to-image
+    job keeps its source's size, within ``max_pixels``."""
     try:
         request = GenerationRequest(
-            prompt=o.prompt,
-            negative_prompt=o.negative or "",
-            width=int(_given(o.width, DEFAULTS["width"])),
-            height=int(_given(o.height, DEFAULTS["height"])),
-            steps=int(_given(o.steps, DEFAULTS["steps"])),
-            cfg_scale=float(_given(o.cfg, DEFAULTS["cfg"])),
-            cfg_rescale=float(_given(o.cfg_rescale, 0.0)),
-            sampler=str(_given(o.sampler, DEFAULTS["sampler"])),
+            prompt=defaults.wrap(o.prompt),
+            negative_prompt=_given(o.negative, defaults.negative_prompt) or "",
+            width=int(_given(o.width, defaults.width or DEFAULTS["width"])),
+            height=int(_given(o.height, defaults.height or DEFAULTS["height"])),
+            steps=int(_given(o.steps, defaults.steps or DEFAULTS["steps"])),
+            cfg_scale=float(_given(o.cfg, _given(defaults.cfg_scale, DEFAULTS["cfg"]))),
+            cfg_rescale=float(_given(o.cfg_rescale, _given(defaults.cfg_rescale, 0.0))),
+            sampler=str(_given(o.sampler, defaults.sampler or DEFAULTS["sampler"])),
+            schedule_type=defaults.schedule_type or GenerationRequest.schedule_type,
             seed=int(seed),
             count=int(_given(o.count, DEFAULTS["count"])),
-            model=_given(o.model, default_model),
-            clip_skip=o.clip_skip,
+            model=_given(o.model, model),
+            clip_skip=_given(o.clip_skip, defaults.clip_skip),
         )
         changes = _image_changes(o, upload, size_given, max_pixels)
         changes.update(_hires_changes(o, upload is not None))

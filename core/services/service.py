@@ -149,6 +149,9 @@ class ChantService:
     async def is_admin(self, actor: Actor) -> bool:
         return await reads.is_admin(self._ctx, actor)
 
+    async def default_size(self, actor: Actor, model: str | None) -> tuple[int, int]:
+        return await reads.default_size(self._ctx, actor, model)
+
     def model_names(self) -> list[str]:
         return self._ctx.catalog.models()
 

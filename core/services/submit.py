@@ -8,19 +8,24 @@ workers — so two submits never both pass a cap, and a refused submit leaves no
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from core.queue import notify
 from core.queue.notify import JOBS, Note
 from core.services import policy, presets, prompts, requests
-from core.services.context import Context, guild_of
+from core.services.context import Context, default_model, guild_of
 from core.services.images import load_upload
 from core.services.reads import images_of, visible_job
 from core.services.types import Actor, ImagineOptions, Receipt, UserError
 from core.storage.models import Guild, Job
 from core.storage.repositories import QuotaExceeded, Repositories
 from core.types import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+NO_MODEL = "This bot has no model yet — ask a server admin."
 
 # 🔀: the same request and seed, plus a random A1111 variation seed mixed in at this strength: close
 # to the original (composition kept), visibly different in the details.
@@ -30,6 +35,7 @@ VARIATION_STRENGTH = 0.25
 async def submit_imagine(
     ctx: Context, actor: Actor, options: ImagineOptions, *, status_message_id: int | None = None
 ) -> Receipt:
+    require_a_model(ctx, actor)
     async with ctx.db.session() as s:
         guild = await guild_of(s, actor)
         policy.check_channel(ctx.settings, actor, guild)
@@ -41,6 +47,7 @@ async def submit_imagine(
             if merged.source_job is None
             else await _job_source(ctx, s, actor, guild, merged.source_job)
         )
+    model = merged.model or _default_model(ctx, actor, guild)  # before the upload's work: refused cheaply
     # Off the event loop and outside the session: a phone photo takes seconds to check and re-encode.
     upload = (
         await ctx.images.run(load_upload, source, merged.mask_image, ctx.max_input_pixels)
@@ -51,10 +58,10 @@ async def submit_imagine(
         merged,
         upload,
         size_given=options.width is not None or options.height is not None,
-        default_model=(guild.default_model if guild is not None else None)
-        or ctx.settings.engine.default_model,
+        model=model,
         seed=requests.seed_of(options, ctx.rng),
         max_pixels=policy.limits(ctx.settings, guild)["max_pixels"],
+        defaults=ctx.catalog.defaults(model),
     )
     return await submit_checked(
         ctx, actor, guild, request, kind="imagine", expand=True, status_message_id=status_message_id
@@ -112,7 +119,9 @@ async def submit_checked(
     typed) are dynamic-prompt templates to expand with the request's seed; otherwise the request holds a
     stored expansion, kept as it is (``templates`` carried along). Limits, the syntax, banned words and
     extra networks are then checked on the expanded text, as of today's settings (a derived job's too:
-    an admin may have changed them since)."""
+    an admin may have changed them since). With no model to run it on, refused first: nothing stored or
+    charged (every control that makes a job comes through here)."""
+    require_a_model(ctx, actor)
     if expand:
         expanded = prompts.expand_request(ctx, request, templates)
         request, templates = expanded.request, expanded.templates
@@ -123,6 +132,33 @@ async def submit_checked(
         ctx, actor, guild, request, kind=kind, parent_id=parent_id, templates=templates, age_restricted=place,
         status_message_id=status_message_id,
     )  # fmt: skip
+
+
+def require_a_model(ctx: Context, actor: Actor) -> None:
+    """Refuse before anything is stored or charged when no job could run (and tell the operator why)."""
+    if ctx.catalog.models():
+        return
+    log.warning(
+        "refused a job from user %s (guild %s): %s", actor.user_id, actor.guild_id, ctx.catalog.no_model_reason()
+    )
+    raise UserError("no_model", NO_MODEL)
+
+
+def _default_model(ctx: Context, actor: Actor, guild: Guild | None) -> str:
+    """The model of a job that names none (:func:`~core.services.context.default_model`); a default
+    naming a model that is gone is refused, and the operator's log says which."""
+    name, whose = default_model(ctx, guild)
+    if name is not None:
+        return name
+    if whose is None:
+        require_a_model(ctx, actor)  # nothing at all (the models went between the checks)
+        raise UserError("no_model", NO_MODEL)
+    wanted = guild.default_model if whose == "this server's" and guild else ctx.settings.engine.default_model
+    log.warning(
+        "refused a job from user %s (guild %s): %s default model %r is not available (models: %s)",
+        actor.user_id, actor.guild_id, whose, wanted, ", ".join(ctx.catalog.models()[:20]),
+    )  # fmt: skip
+    raise UserError("no_model", f"{whose.capitalize()} default model {wanted!r} is not available — ask a server admin.")
 
 
 def _check_limits(ctx: Context, request: GenerationRequest, guild: Guild | None) -> None:

@@ -469,5 +469,8 @@ class FakeService:
     def model_names(self) -> list[str]:
         return ["fake", "fake-xl"]
 
+    async def default_size(self, actor: Actor, model: str | None) -> tuple[int, int]:
+        return (1024, 1024) if model == "fake-xl" else (512, 512)
+
     def sampler_names(self) -> list[str]:
         return ["Euler a", "Euler", "DPM++ 2M", "DDIM"]

@@ -401,9 +401,18 @@ async def test_sampler_model_and_size_autocomplete(bot: RunningBot) -> None:
     sizes = [c["value"] for c in cb.json["data"]["choices"]]
     assert "512x768" in sizes and "1024x1024" in sizes
     assert all(int(w) * int(h) <= bot.settings.limits.max_pixels for w, h in (s.split("x") for s in sizes))
+    assert sizes[0] == "512x512" and cb.json["data"]["choices"][0]["name"] == "512x512 (the model's default)"
+    # The model chosen so far decides which size comes first: what leaving the option out gives.
+    iid, token = await imagine(
+        fake, "x", opt("model", "fake-xl"), {"name": "size", "type": 3, "value": "", "focused": True}, type=4
+    )
+    (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+    sizes = [c["value"] for c in cb.json["data"]["choices"]]
+    assert sizes[0] == "1024x1024" and sizes.count("1024x1024") == 1
     from bot.options import size_choices
 
     assert [c.value for c in size_choices(512 * 768)] == ["512x512", "512x768", "768x512"]
+    assert [c.value for c in size_choices(512 * 768, default=(1024, 1024))] == ["512x512", "512x768", "768x512"]
 
 
 async def test_a_bad_size_is_refused_with_the_expected_format(bot: RunningBot) -> None:

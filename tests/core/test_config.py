@@ -131,6 +131,10 @@ BAD_VALUES = [
     ("queue", "max_attempts", 0, "from 1 to 100"),
     ("queue", "default_guild_weight", 0.0, "above 0"),
     ("queue", "default_guild_weight", float("inf"), "above 0"),
+    ("engine", "download_model", "v1-5-pruned-emaonly.safetensors", "ORG/REPO/FILE.safetensors"),
+    ("engine", "download_model", "org/repo/model.ckpt", "ORG/REPO/FILE.safetensors"),
+    ("engine", "download_sha256", "6CE0", "64 lower-case hex digits"),
+    ("outputs", "dir", " ", "folder name"),
 ]
 
 
@@ -148,12 +152,37 @@ def test_bad_value_is_refused_naming_the_key(section, key, value, accepted) -> N
 
 @pytest.mark.parametrize(
     ("key", "value", "accepted"),
-    [("kind", "sd3", "one of auto, sd1, sd2, sdxl"), ("clip_skip", 0, "from 1 to 12"), ("source", "", "hub id")],
+    [
+        ("kind", "sd3", "one of auto, sd1, sd2, sdxl"),
+        ("clip_skip", 0, "from 1 to 12"),
+        ("source", "", "hub id"),
+        ("size", "1001x1000", "multiple of 8"),
+        ("size", "1024", "WxH"),
+        ("steps", 0, "from 1 to 150"),
+        ("cfg", 1e9, "from -100 to 100"),
+        ("sampler", " ", "sampler name"),
+        ("schedule", "", "schedule type"),
+        ("negative", "x" * 20_001, "at most 20000 characters"),
+        ("prompt_prefix", "x" * 20_001, "at most 20000 characters"),
+    ],
 )
 def test_bad_model_value_names_the_model(key, value, accepted) -> None:
     model = {"source": "m.safetensors", key: value}
     with pytest.raises(ConfigError, match=rf"engine\.models\.sd15\.{key}: must be .*{accepted}"):
         settings_from_dict({"engine": {"models": {"sd15": model}}}, env={})
+
+
+def test_a_models_defaults_load() -> None:
+    model = {"source": "m.safetensors", "size": "832x1216", "steps": 25, "cfg": 6, "sampler": "DPM++ 2M",
+             "schedule": "Karras", "negative": "", "prompt_prefix": "score_9, score_8_up", "prompt_suffix": ""}
+    s = settings_from_dict({"engine": {"models": {"pony": model}}, "outputs": {"dir": "out"}}, env={})
+    pony = s.engine.models["pony"]
+    assert (pony.size, pony.steps, pony.cfg, pony.negative, pony.prompt_prefix) == (
+        "832x1216", 25, 6.0, "", "score_9, score_8_up"
+    )
+    assert s.outputs.dir == "out" and s.outputs.save_txt is False
+    assert Settings().engine.auto_download is True
+    assert Settings().engine.download_model.endswith("/v1-5-pruned-emaonly.safetensors")
 
 
 def test_good_edge_values_load() -> None:

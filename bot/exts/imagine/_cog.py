@@ -63,7 +63,7 @@ class ImagineCog(commands.Cog):
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     @app_commands.describe(
         prompt="A1111 prompt: (emphasis:1.2), [from:to:when], AND, BREAK, <lora:x:0.8>; {a|b}, __wildcard__",
-        size="width x height (choices stay within this server's pixel limit)",
+        size="width x height (default: the model's; choices stay within this server's pixel limit)",
         lora="add a LoRA to the prompt (<lora:name:1>); /loras lists them",
         **DESCRIBE,
         hires="hires fix: generate, upscale, then refine at the larger size",

@@ -327,6 +327,19 @@ class JobRepo:
         rows = await self.session.execute(stmt.order_by(JobImage.position))
         return [(score, decision) for score, decision in rows]
 
+    async def blocked_positions(self, job_ids: Sequence[int]) -> dict[int, set[int]]:
+        """Per job, the positions of its images whose stored moderation decision is "block" (jobs
+        with none are left out)."""
+        if not job_ids:
+            return {}
+        stmt = select(JobImage.job_id, JobImage.position).where(
+            JobImage.job_id.in_(list(job_ids)), JobImage.moderation["action"].as_string() == "block"
+        )
+        out: dict[int, set[int]] = {}
+        for job_id, position in await self.session.execute(stmt):
+            out.setdefault(job_id, set()).add(position)
+        return out
+
     async def prune_images(self, older_than: datetime, *, now: datetime | None = None) -> int:
         """Drop PNG bytes of images created before ``older_than``; seeds and infotext stay."""
         result = await self.session.execute(

@@ -110,7 +110,7 @@ def test_infotext_reproduces_an_image_and_options_override_it(
     a1111 = text.replace("Model: tiny", "Model: v1-5-pruned-emaonly").replace("Model hash: ", "Model hash: 0")
     assert main([*config, "generate", "--infotext", a1111, "-o", "d.png"]) == 2
     err = capsys.readouterr().err
-    assert "model v1-5-pruned-emaonly" in err and "is not configured (configured: tiny)" in err
+    assert "model v1-5-pruned-emaonly" in err and "is not here (known: tiny)" in err
     assert not (tmp_path / "d.png").exists()
     assert main([*config, "generate", "--infotext", "missing.png"]) == 2
     assert "no such file: missing.png" in capsys.readouterr().err
@@ -204,6 +204,33 @@ def test_help_shows_defaults(capsys) -> None:
     out = capsys.readouterr().out
     for shown in ("default 20", "(default Automatic)", "denoising strength (0.75)", "Latent (default)"):
         assert shown in " ".join(out.split()), shown
+
+
+def test_the_models_defaults_fill_what_the_options_leave_out(tiny_sd15, tmp_path, monkeypatch) -> None:
+    from core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "chant.toml"
+    config.write_text(
+        '[engine]\ndevice = "cpu"\nthreads = 1\nembedding_dirs = []\n'
+        f'[engine.models.tiny]\nsource = "{tiny_sd15.single_file}"\nconfig = "{tiny_sd15.config}"\n'
+        'size = "64x64"\nsteps = 2\ncfg = 5.0\ncfg_rescale = 0.5\nsampler = "Euler"\nschedule = "Karras"\n'
+        'clip_skip = 2\n'
+        'negative = "fog"\nprompt_prefix = "masterpiece"\nprompt_suffix = "sharp"\n'
+    )
+    assert main(["--config", str(config), "generate", "a cat", "--seed", "1", "-o", "a.png"]) == 0
+    text = Image.open(tmp_path / "a.png").info["parameters"]
+    assert text.startswith("masterpiece, a cat, sharp\nNegative prompt: fog\nSteps: 2, Sampler: Euler, ")
+    for part in ("Schedule type: Karras", "CFG scale: 5", "CFG Rescale: 0.5", "Size: 64x64", "Clip skip: 2"):
+        assert part in text, part
+    # Options given win over the model's defaults.
+    given = ["--steps", "3", "--cfg", "6", "--schedule", "Automatic", "--negative", "rain", "--size", "64x128"]
+    given += ["--cfg-rescale", "0"]
+    assert main(["--config", str(config), "generate", "a cat", "--seed", "1", *given, "-o", "b.png"]) == 0
+    text = Image.open(tmp_path / "b.png").info["parameters"]
+    assert text.startswith("masterpiece, a cat, sharp\nNegative prompt: rain\nSteps: 3, Sampler: Euler, ")
+    assert "CFG scale: 6" in text and "Size: 64x128" in text and "Schedule type: Automatic" in text
+    assert "CFG Rescale" not in text  # 0 = off, given: not written
 
 
 def test_infotext_reproduces_a1111_samplers_schedules_eta_ensd_rescale_and_variation(

@@ -132,10 +132,10 @@ def test_configured_names_and_clear_errors(tmp_path: Path) -> None:
     settings = EngineSettings(models={"mine": ModelSettings(source=str(file))}, model_dirs=())
     assert models.resolve_model(settings, None).name == "mine"  # the first configured is the default
     assert models.resolve_model(settings, "mine").location == str(file.resolve())
-    with pytest.raises(models.ModelError, match=r"unknown model 'other' \(configured: mine\)"):
+    with pytest.raises(models.ModelError, match=r"unknown model 'other' \(known: mine\)"):
         models.resolve_model(settings, "other")
-    with pytest.raises(models.ModelError, match="no model configured"):
-        models.resolve_model(EngineSettings(), None)
+    with pytest.raises(models.ModelError, match=r"no model: put a Stable Diffusion \.safetensors checkpoint in"):
+        models.resolve_model(EngineSettings(model_dirs=(str(tmp_path / "empty"),)), None)
     hub = EngineSettings(models={"h": ModelSettings(source="org/some-model")})
     assert models.resolve_model(hub, "h").is_hub
     missing = EngineSettings(models={"x": ModelSettings(source="/no/such/file.safetensors")})

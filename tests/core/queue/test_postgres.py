@@ -38,6 +38,9 @@ def write_config(tmp_path: Path, url: str, **queue) -> Path:
         *(f"{k} = {v}" for k, v in q.items()),
         "[engine]",
         "max_batch = 2",
+        # The bot process runs no engine: it knows the workers' (fake engine's) model by this name.
+        '[engine.models.fake-sd15]',
+        'source = "/on/the/workers/fake-sd15.safetensors"',
         "[limits]",
         "max_queued_per_user = 50",
         "max_queued_per_guild = 50",

@@ -292,7 +292,7 @@ async def test_out_of_memory_fails_that_job_and_the_worker_goes_on(harness) -> N
 async def test_unknown_engine_error_is_reported_with_the_job_id(harness) -> None:
     class Broken:
         def model_names(self):
-            return []
+            return ["m"]
 
         def sampler_names(self):
             return ["Euler a"]
