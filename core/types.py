@@ -144,14 +144,17 @@ class GenerationRequest:
         )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **images: bytes | None) -> GenerationRequest:
+    def from_dict(cls, data: dict[str, Any], **images: Any) -> GenerationRequest:
+        """From ``to_dict()``, with the stored ``init_image``/``mask_image`` and ``guide_images``."""
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         if "mode" in kwargs:
             kwargs["mode"] = Mode(kwargs["mode"])
         kwargs.update(_guides_from_json(kwargs))
+        guide_images = images.pop("guide_images", ())
         kwargs.update(images)
-        return cls(**kwargs)
+        request = cls(**kwargs)
+        return request.with_guide_images(guide_images) if guide_images else request
 
     def batch_key(self) -> tuple[Any, ...]:
         """Jobs with equal keys may share one denoising loop: what shapes the shared loop is equal.
