@@ -294,6 +294,7 @@ class JobStore:
         repos = Repositories(s)
         decisions = await self._moderate(s, job_id, result)
         await repos.jobs.add_images(job_id, result.images, [stored for _, stored in decisions])
+        await repos.jobs.add_control_maps(job_id, result.control_maps)
         actual = {"gpu_seconds": gpu_seconds}
         charged = sum(decision.charged for decision, _ in decisions)
         if charged < len(decisions):  # blocked only because it could not be checked: refunded

@@ -224,6 +224,7 @@ class JobProgress:
 class JobDone:
     job: JobView
     images: tuple[GeneratedImage, ...]
+    control_maps: tuple[bytes, ...] = ()  # preprocessed ControlNet maps (PNG), posted with the images
 
 
 @dataclass(frozen=True)

@@ -251,12 +251,14 @@ class JobInput(Base):
 
 
 class JobGuideImage(Base):
-    """A control or reference image of a job (``GenerationRequest.guide_images``: the ControlNet units'
-    images, then the reference images, by position), stored once in ``source_images`` like img2img sources."""
+    """A control or reference image of a job (kind "input": ``GenerationRequest.guide_images``, the
+    ControlNet units' images then the reference images, by position), or a preprocessed control map the
+    engine made (kind "map", shown with the result), stored once in ``source_images`` like img2img sources."""
 
     __tablename__ = "job_guide_images"
 
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # input | map
     position: Mapped[int] = mapped_column(primary_key=True)
     source_image_id: Mapped[int] = mapped_column(ForeignKey("source_images.id"), index=True)
 

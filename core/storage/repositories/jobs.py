@@ -124,7 +124,9 @@ class JobRepo:
             for position, image in enumerate(request.guide_images):
                 if image is not None:
                     source = await sources.put(image)
-                    self.session.add(JobGuideImage(job_id=job.id, position=position, source_image_id=source))
+                    self.session.add(
+                        JobGuideImage(job_id=job.id, kind="input", position=position, source_image_id=source)
+                    )
             await self.session.flush()
         return job
 
@@ -145,7 +147,8 @@ class JobRepo:
         reference images by position) of a guided one (None: none, or pruned)."""
         row = await self.session.get(JobInput, job_id)
         guides = (await self.session.execute(
-            select(JobGuideImage.position, JobGuideImage.source_image_id).where(JobGuideImage.job_id == job_id)
+            select(JobGuideImage.position, JobGuideImage.source_image_id)
+            .where(JobGuideImage.job_id == job_id, JobGuideImage.kind == "input")
         )).all()  # fmt: skip
         ids = [row.init_image_id, row.mask_image_id] if row is not None else []
         data = await SourceRepo(self.session).data([*ids, *(source for _, source in guides)])
@@ -164,10 +167,30 @@ class JobRepo:
         row = await self.session.get(JobInput, job_id)
         ids = [row.init_image_id, row.mask_image_id] if row is not None else []
         ids += list(await self.session.scalars(
-            select(JobGuideImage.source_image_id).where(JobGuideImage.job_id == job_id)
+            select(JobGuideImage.source_image_id)
+            .where(JobGuideImage.job_id == job_id, JobGuideImage.kind == "input")
         ))  # fmt: skip
         data = await SourceRepo(self.session).data(ids)
         return any(data.get(i) is None for i in ids if i is not None)
+
+    async def add_control_maps(self, job_id: int, maps: Sequence[bytes]) -> None:
+        """The preprocessed control maps the engine made for a job (PNGs, shown with its result)."""
+        sources = SourceRepo(self.session)
+        for position, data in enumerate(maps):
+            source = await sources.put(data)
+            self.session.add(JobGuideImage(job_id=job_id, kind="map", position=position, source_image_id=source))
+        if maps:
+            await self.session.flush()
+
+    async def control_maps(self, job_id: int) -> tuple[bytes, ...]:
+        """A finished job's control maps, in order (pruned ones left out)."""
+        rows = (await self.session.execute(
+            select(JobGuideImage.source_image_id)
+            .where(JobGuideImage.job_id == job_id, JobGuideImage.kind == "map")
+            .order_by(JobGuideImage.position)
+        )).scalars().all()  # fmt: skip
+        data = await SourceRepo(self.session).data(rows)
+        return tuple(data[i] for i in rows if data.get(i) is not None)
 
     async def by_message(self, message_id: int) -> Job | None:
         """The job shown by a status or result message (🔁, ❌, ℹ️ on any message we posted)."""
