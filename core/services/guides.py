@@ -46,12 +46,19 @@ def wanted(o: ImagineOptions) -> bool:
     return o.control_image is not None or o.reference_image is not None
 
 
-def check_options(o: ImagineOptions) -> None:
-    """What can be refused before the attachments are worked on (values only)."""
+def check_given(o: ImagineOptions) -> None:
+    """The user's own options (before a preset's): control options need a control image, a reference
+    scale a reference image."""
     if o.control_image is None:
         given = [name for name in ("control_type", "control_weight") if getattr(o, name) is not None]
-        if given and o.reference_image is None:
+        if given:
             raise UserError("invalid", f"{', '.join(given)} only apply with a control image (control_image).")
+    if o.reference_image is None and o.reference_scale is not None:
+        raise UserError("invalid", "reference_scale only applies with a reference image (reference_image).")
+
+
+def check_options(o: ImagineOptions) -> None:
+    """What can be refused before the attachments are worked on (values only)."""
     if o.control_type is not None and o.control_type not in CONTROL_TYPES:
         raise UserError(
             "invalid", f"control_type must be one of {', '.join(CONTROL_TYPES)}, not {o.control_type!r}."

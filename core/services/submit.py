@@ -42,6 +42,7 @@ async def submit_imagine(
         guild = await guild_of(s, actor)
         policy.check_channel(ctx.settings, actor, guild)
         preset = await presets.params_for(s, actor, options.preset) if options.preset else {}
+        guides.check_given(options)
         merged = requests.merge(options, preset)
         requests.check_sources(merged)
         if guides.wanted(merged):  # control / reference images: values and the guild's switch, cheaply first
