@@ -70,7 +70,10 @@ async def submit_imagine(
         defaults=ctx.catalog.defaults(model),
     )
     if guides.wanted(merged):  # checked as img2img sources are, in the ImageWork pool
-        guides.check_available(ctx.settings.engine, request.replace(**guides.changes(merged, _NAMED, _NAMED)))
+        named = guides.changes(  # the models it needs, before its images are worked on
+            merged, _NAMED if merged.control_image else None, _NAMED if merged.reference_image else None
+        )
+        guides.check_available(ctx.settings.engine, request.replace(**named))
         control = await _guide_image(ctx, merged.control_image, "control image")
         reference = await _guide_image(ctx, merged.reference_image, "reference image")
         request = request.replace(**guides.changes(merged, control, reference))

@@ -66,7 +66,13 @@ async def test_control_and_reference_become_the_request_and_reroll_keeps_them(gu
     )  # fmt: skip
     req = await stored(guided, r.job_id)
     (unit,) = req.controls
-    assert (unit.image, unit.module, unit.control_type, unit.weight, unit.model) == (edges, "canny", "Canny", 0.6, "")
+    assert (unit.image, unit.module, unit.control_type, unit.weight, unit.model) == (
+        edges,
+        "canny",
+        "Canny",
+        0.6,
+        "",
+    )
     (ref,) = req.references
     assert (ref.image, ref.scale) == (face, 0.8)
     done = await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == r.job_id)
