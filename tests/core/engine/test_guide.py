@@ -269,3 +269,56 @@ def test_reference_batched_equals_alone(guided) -> None:
     pieces = spy.latents[0].split([job.count for job in jobs])
     for latents, piece in zip(alone_latents, pieces, strict=True):
         assert max_diff(guided, latents, piece) <= TOLERANCE
+
+
+def test_hires_fix_and_img2img_run_with_a_unit(guided) -> None:
+    """The hires pass gets the map fitted to its own size; img2img counts A1111's steps from t_enc."""
+    unit = canny_unit(1.0)
+    hires = guided.generate(request(unit, enable_hr=True, hr_scale=2.0, hr_second_pass_steps=2))
+    assert Image.open(io.BytesIO(hires.images[0].png)).size == (128, 128)
+    plain_hires, _ = latents_of(guided, request(enable_hr=True, hr_scale=2.0, hr_second_pass_steps=2))
+    guided_hires, _ = latents_of(guided, request(unit, enable_hr=True, hr_scale=2.0, hr_second_pass_steps=2))
+    assert guided_hires.shape[-1] == 16 and (plain_hires - guided_hires).abs().max().item() > 1e-2
+    source = png_bytes(control_map(7))
+    img2img = dict(mode="img2img", init_image=source, denoising_strength=0.6, steps=4)
+    late = ControlInput(image=png_bytes(control_map(1)), model="control_sd15_canny", guidance_start=0.9)
+    plain, _ = latents_of(guided, request(**img2img))
+    off, _ = latents_of(guided, request(late, **img2img))
+    on, _ = latents_of(guided, request(canny_unit(1.0), **img2img))
+    # t_enc = 2: A1111 counts 3 steps; its counter reads 0, 0, 1 (of 3): start 0.9 never comes.
+    assert torch.equal(plain, off) and (plain - on).abs().max().item() > 1e-2
+
+
+@pytest.fixture(scope="module")
+def guided_xl(tiny_sdxl, tmp_path_factory):
+    from diffusers import StableDiffusionXLPipeline
+
+    from core.testing.tiny_control import tiny_controlnet
+
+    folder = tmp_path_factory.mktemp("controlnet-xl")
+    unet = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl.folder), local_files_only=True).unet
+    tiny_controlnet(unet, seed=2).save_pretrained(str(folder / "control_xl_canny"))
+    engine = DiffusersEngine(engine_settings(tiny_sdxl, controlnet_dirs=(str(folder),)))
+    yield engine
+    engine.close()
+
+
+def test_sdxl_unit_equals_diffusers_sdxl_controlnet_pipeline(guided_xl) -> None:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLControlNetPipeline
+
+    unit = ControlInput(image=png_bytes(control_map(1)), model="control_xl_canny", weight=0.9)
+    ours, _ = latents_of(guided_xl, request(unit, negative_prompt=""))
+    plain, _ = latents_of(guided_xl, request(negative_prompt=""))
+    model = loaded_model(guided_xl)
+    (net,) = nets_of(guided_xl, "control_xl_canny")
+    components = {k: v for k, v in model.pipe.components.items() if k not in ("image_encoder", "feature_extractor")}
+    pipe = StableDiffusionXLControlNetPipeline(**components, controlnet=net)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(model.pipe.scheduler.config, timestep_spacing="linspace")
+    noise = rng.ImageRNG((4, 8, 8), [1234], source="cpu").first()
+    theirs = pipe(
+        PROMPT, num_inference_steps=3, guidance_scale=7.0, latents=noise, height=64, width=64,
+        output_type="latent", image=Image.fromarray(control_map(1)), controlnet_conditioning_scale=0.9,
+    ).images  # fmt: skip
+    assert (ours - theirs).abs().max().item() <= 1e-3
+    assert (ours - plain).abs().max().item() > 1e-2
