@@ -311,10 +311,14 @@ def test_sdxl_unit_equals_diffusers_sdxl_controlnet_pipeline(guided_xl) -> None:
     plain, _ = latents_of(guided_xl, request(negative_prompt=""))
     model = loaded_model(guided_xl)
     (net,) = nets_of(guided_xl, "control_xl_canny")
-    components = {k: v for k, v in model.pipe.components.items() if k not in ("image_encoder", "feature_extractor")}
+    components = {
+        k: v for k, v in model.pipe.components.items() if k not in ("image_encoder", "feature_extractor")
+    }
     pipe = StableDiffusionXLControlNetPipeline(**components, controlnet=net)
     pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = EulerDiscreteScheduler.from_config(model.pipe.scheduler.config, timestep_spacing="linspace")
+    pipe.scheduler = EulerDiscreteScheduler.from_config(
+        model.pipe.scheduler.config, timestep_spacing="linspace"
+    )
     noise = rng.ImageRNG((4, 8, 8), [1234], source="cpu").first()
     theirs = pipe(
         PROMPT, num_inference_steps=3, guidance_scale=7.0, latents=noise, height=64, width=64,
