@@ -174,6 +174,7 @@ Upscaler = Literal[ranges.UPSCALERS]
 ControlType = Literal[tuple(CONTROL_TYPES)]
 ControlWeight = app_commands.Range[float, ranges.MIN_CONTROL_WEIGHT, ranges.MAX_CONTROL_WEIGHT]
 ReferenceScale = app_commands.Range[float, ranges.MIN_REFERENCE_SCALE, ranges.MAX_REFERENCE_SCALE]
+Guidance = app_commands.Range[float, ranges.MIN_GUIDANCE, ranges.MAX_GUIDANCE]
 GUIDE_DESCRIBE = {
     "control_image": "ControlNet: an image whose edges/depth/pose guide the composition",
     "control_type": "ControlNet: what to take from control_image (default canny; '… map': it already is one)",
