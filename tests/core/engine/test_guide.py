@@ -326,3 +326,36 @@ def test_sdxl_unit_equals_diffusers_sdxl_controlnet_pipeline(guided_xl) -> None:
     ).images  # fmt: skip
     assert (ours - theirs).abs().max().item() <= 1e-3
     assert (ours - plain).abs().max().item() > 1e-2
+
+
+def test_a_cancelled_job_leaves_a_guided_batch_and_the_others_equal_alone(guided) -> None:
+    from core.types import GenerationCancelled
+
+    face = png_bytes(control_map(9))
+    refs = (ReferenceInput(image=face, scale=0.6),)
+    jobs = [
+        request(canny_unit(0.9), seed=1, steps=4, references=refs),
+        request(canny_unit(0.4, guidance_start=0.5), seed=2, steps=4, count=2, references=refs),
+        request(ControlInput(image=png_bytes(control_map(3)), model="control_sd15_canny"), seed=3, steps=4,
+                references=refs),
+    ]  # fmt: skip
+    spy = DecodeSpy(guided)
+    try:
+        alone = [latents_of_spy(spy, guided, job) for job in (jobs[0], jobs[2])]
+        progress: dict[int, list[int]] = {0: [], 1: [], 2: []}
+        together = guided.generate_batch(
+            jobs,
+            on_progress=lambda i, p: progress[i].append(p.step),
+            should_cancel=lambda i: i == 1 and bool(progress[1]) and progress[1][-1] >= 2,
+        )
+    finally:
+        del guided.decode
+    assert isinstance(together[1], GenerationCancelled)
+    assert tuple(spy.latents[-1].shape) == (2, 4, 8, 8)  # job 1's rows left the batch
+    for latents, piece in zip(alone, spy.latents[-1].split([1, 1]), strict=True):
+        assert max_diff(guided, latents, piece) <= TOLERANCE
+
+
+def latents_of_spy(spy: DecodeSpy, engine: DiffusersEngine, job: GenerationRequest) -> torch.Tensor:
+    engine.generate(job)
+    return spy.latents[-1]
