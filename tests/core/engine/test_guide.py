@@ -359,3 +359,47 @@ def test_a_cancelled_job_leaves_a_guided_batch_and_the_others_equal_alone(guided
 def latents_of_spy(spy: DecodeSpy, engine: DiffusersEngine, job: GenerationRequest) -> torch.Tensor:
     engine.generate(job)
     return spy.latents[-1]
+
+
+def test_reference_image_equals_diffusers_ip_adapter(guided) -> None:
+    """chant's reference image (IP-Adapter) = diffusers' own ``load_ip_adapter`` path, same components,
+    the same image encoder and adapter weights, Euler and noise."""
+    import copy
+
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from core.engine.control.ip_adapter import clip_image_processor
+    from core.testing.tiny_control import tiny_image_encoder, tiny_ip_adapter
+
+    face = control_map(9)
+    ours, _ = latents_of(guided, request(references=(ReferenceInput(image=png_bytes(face), scale=0.7),)))
+    model = loaded_model(guided)
+    encoder = tiny_image_encoder(seed=3)
+    state = tiny_ip_adapter(model.pipe.unet, encoder, seed=4)
+    parts = {
+        k: v
+        for k, v in model.pipe.components.items()
+        if k not in ("image_encoder", "feature_extractor", "unet")
+    }
+    pipe = StableDiffusionPipeline(
+        **parts,
+        unet=copy.deepcopy(model.pipe.unet),
+        image_encoder=encoder,
+        feature_extractor=clip_image_processor(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(
+        model.pipe.scheduler.config, timestep_spacing="linspace"
+    )
+    split: dict = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        split[head][rest] = value
+    pipe.load_ip_adapter(split, subfolder=None, weight_name=None, image_encoder_folder=None)
+    pipe.set_ip_adapter_scale(0.7)
+    noise = rng.ImageRNG((4, 8, 8), [1234], source="cpu").first()
+    theirs = pipe(
+        PROMPT, negative_prompt="blurry", num_inference_steps=3, guidance_scale=7.0, latents=noise, height=64,
+        width=64, output_type="latent", ip_adapter_image=Image.fromarray(face),
+    ).images  # fmt: skip
+    assert (ours - theirs).abs().max().item() <= 1e-3
