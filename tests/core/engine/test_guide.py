@@ -298,6 +298,7 @@ def guided_xl(tiny_sdxl, tmp_path_factory):
     folder = tmp_path_factory.mktemp("controlnet-xl")
     unet = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl.folder), local_files_only=True).unet
     tiny_controlnet(unet, seed=2).save_pretrained(str(folder / "control_xl_canny"))
+    tiny_controlnet(unet, seed=4, union=True).save_pretrained(str(folder / "controlnet_union_xl"))
     engine = DiffusersEngine(engine_settings(tiny_sdxl, controlnet_dirs=(str(folder),)))
     yield engine
     engine.close()
@@ -403,3 +404,31 @@ def test_reference_image_equals_diffusers_ip_adapter(guided) -> None:
         width=64, output_type="latent", ip_adapter_image=Image.fromarray(face),
     ).images  # fmt: skip
     assert (ours - theirs).abs().max().item() <= 1e-3
+
+
+def test_sdxl_union_model_takes_the_task_of_the_control_type(guided_xl) -> None:
+    """A union (ControlNet++) model with control type Canny runs its "Hard Edge" task (index 3), as
+    diffusers' ``StableDiffusionXLControlNetUnionPipeline`` with ``control_mode=3``."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLControlNetUnionPipeline
+
+    unit = ControlInput(image=png_bytes(control_map(1)), model="controlnet_union_xl", control_type="Canny")
+    ours, _ = latents_of(guided_xl, request(unit, negative_prompt=""))
+    model = loaded_model(guided_xl)
+    (net,) = nets_of(guided_xl, "controlnet_union_xl")
+    components = {
+        k: v for k, v in model.pipe.components.items() if k not in ("image_encoder", "feature_extractor")
+    }
+    pipe = StableDiffusionXLControlNetUnionPipeline(**components, controlnet=net)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(
+        model.pipe.scheduler.config, timestep_spacing="linspace"
+    )
+    noise = rng.ImageRNG((4, 8, 8), [1234], source="cpu").first()
+    theirs = pipe(
+        PROMPT, num_inference_steps=3, guidance_scale=7.0, latents=noise, height=64, width=64,
+        output_type="latent", control_image=[Image.fromarray(control_map(1))], control_mode=[3],
+    ).images  # fmt: skip
+    assert (ours - theirs).abs().max().item() <= 1e-3
+    depth = ControlInput(image=png_bytes(control_map(1)), model="controlnet_union_xl", control_type="Depth")
+    other, _ = latents_of(guided_xl, request(depth, negative_prompt=""))
+    assert (ours - other).abs().max().item() > 1e-4  # the task matters
