@@ -81,6 +81,9 @@ async def test_control_and_reference_become_the_request_and_reroll_keeps_them(gu
     rr = await service.reroll(actor(user=11), 7001)
     again = await stored(guided, rr.job_id)
     assert again.controls == req.controls and again.references == req.references and again.seed != req.seed
+    vr = await service.variation(actor(user=12), 7001)  # 🔀 too
+    varied = await stored(guided, vr.job_id)
+    assert varied.controls == req.controls and varied.references == req.references and varied.subseed_strength > 0
 
 
 async def test_a_preset_holds_guidance_start_and_end(guided) -> None:
