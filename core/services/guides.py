@@ -78,7 +78,7 @@ def _check_range(name: str, value: float | None, low: float, high: float) -> Non
         raise UserError("invalid", f"{name} must be between {low:g} and {high:g}, not {value:g}.")
 
 
-def check_allowed(guild: Guild | None, request_or_options: Any) -> None:
+def check_allowed(guild: Guild | None) -> None:
     """Refused where an admin turned control and reference images off (DMs: allowed)."""
     if guild is not None and not guild.allow_guides:
         raise UserError("guides.off", OFF_HERE)

@@ -47,7 +47,7 @@ async def submit_imagine(
         requests.check_sources(merged)
         if guides.wanted(merged):  # control / reference images: values and the guild's switch, cheaply first
             guides.check_options(merged)
-            guides.check_allowed(guild, merged)
+            guides.check_allowed(guild)
         source = (
             merged.init_image
             if merged.source_job is None
@@ -141,7 +141,7 @@ async def submit_checked(
         request, templates = expanded.request, expanded.templates
     _check_limits(ctx, request, guild)
     if request.controls or request.references:  # 🔁 and 🔀 too: an admin may have turned them off since
-        guides.check_allowed(guild, request)
+        guides.check_allowed(guild)
         guides.check_available(ctx.settings.engine, request)
     policy.check_text(request, list(guild.banned_words) if guild is not None else [], ctx.settings.engine)
     place = policy.age_restricted_here(actor) if age_restricted is None else age_restricted
