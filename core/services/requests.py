@@ -15,6 +15,7 @@ from typing import Any
 
 from core import ranges
 from core.engine.catalog import ModelDefaults
+from core.services import guides
 from core.services.images import Upload, fit_size
 from core.services.policy import check_strength
 from core.services.types import ImagineOptions, UserError
@@ -50,7 +51,7 @@ HIRES = (  # hires fix ("hires" itself is enable_hr)
 DEFAULTS = {"width": 512, "height": 512, "steps": 20, "cfg": 7.0, "sampler": "Euler a", "count": 1}
 HIRES_OPTIONS = ("hires", *(option for option, _ in HIRES))
 # What a preset keeps: strength applies when the preset is used with a source image (/img2img).
-PRESET_FIELDS = ("prompt", *(option for option, _ in BASIC), *HIRES_OPTIONS, "strength")
+PRESET_FIELDS = ("prompt", *(option for option, _ in BASIC), *HIRES_OPTIONS, "strength", *guides.PRESET_OPTIONS)
 
 
 def random_seed(rng: random.Random) -> int:
@@ -76,6 +77,7 @@ def merge(options: ImagineOptions, preset: Mapping[str, Any]) -> ImagineOptions:
         prompt = fragment.replace("{prompt}", prompt) if "{prompt}" in fragment else f"{prompt}, {fragment}"
     has_source = options.init_image is not None or options.source_job is not None
     names = [option for option, _ in BASIC] + (["strength"] if has_source else list(HIRES_OPTIONS))
+    names += guides.PRESET_OPTIONS  # guidance start/end have no command option: presets hold them
     taken = {n: preset[n] for n in names if getattr(options, n) is None and preset.get(n) is not None}
     return dataclasses.replace(options, prompt=prompt, **taken)
 
@@ -173,6 +175,7 @@ def preset_of(r: GenerationRequest) -> dict[str, Any]:
         params.update(hires=True, **{option: getattr(r, field) for option, field in HIRES})
     if r.mode != Mode.TXT2IMG:
         params["strength"] = r.denoising_strength
+    params.update(guides.preset_of(r))
     return params
 
 

@@ -81,6 +81,15 @@ class ImagineOptions:
     hires_steps: int | None = None  # 0 = as many as the first pass
     hires_strength: float | None = None
     upscaler: str | None = None  # Latent, Lanczos, ... (core.ranges.UPSCALERS)
+    # Guiding images (issue 16, core.services.guides): a ControlNet unit from an attachment and a reference
+    # image (IP-Adapter). control_start/control_end come from presets (no command option).
+    control_image: bytes | None = None
+    control_type: str | None = None  # a key of core.services.guides.CONTROL_TYPES ("canny", "canny map", …)
+    control_weight: float | None = None
+    control_start: float | None = None
+    control_end: float | None = None
+    reference_image: bytes | None = None
+    reference_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +224,7 @@ class JobProgress:
 class JobDone:
     job: JobView
     images: tuple[GeneratedImage, ...]
+    control_maps: tuple[bytes, ...] = ()  # preprocessed ControlNet maps (PNG), posted with the images
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,9 @@ class GuildRepo:
                 value = float(value)
             elif name in MODERATION_FIELDS:
                 value = _moderation_value(name, value)
+            elif name == "allow_guides":
+                if not isinstance(value, bool):
+                    raise ValueError(f"allow_guides must be true or false, got {value!r}")
             else:
                 raise ValueError(f"unknown guild setting {name!r}")
             before[name] = getattr(guild, name)
