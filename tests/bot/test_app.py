@@ -290,7 +290,9 @@ async def test_results_finished_while_away_are_posted_on_start(fake: FakeDiscord
     async with running_bot(fake, service):
         (post,) = await fake.wait_call("POST", rf"/channels/{CHANNEL_B}/messages", lambda c: bool(c.files))
         assert "posted later" in post.json["content"]
-        assert service.jobs[1].result_message_ids == (int(post.response["id"]),)
+        # the bot records the message once Discord has answered the post: wait for it, not for the post
+        posted = (int(post.response["id"]),)
+        await fake.wait_until(lambda: service.jobs[1].result_message_ids == posted, 10, "the post recorded")
 
 
 async def test_dm_mode_refuse(fake: FakeDiscord) -> None:

@@ -79,7 +79,7 @@ def test_deterministic_and_batch_equals_single(tiny: Path) -> None:
     batched = [s.score for s in classifier.score(pictures, batch_size=4)]
     single = [classifier.score([p])[0].score for p in pictures]
     assert batched == pytest.approx(single, abs=1e-6)
-    assert [s.score for s in ImageClassifier.load(tiny).score(pictures)] == pytest.approx(batched, abs=1e-7)
+    assert [s.score for s in ImageClassifier.load(tiny).score(pictures)] == pytest.approx(batched, abs=1e-6)  # a few float32 ulps: another batch shape
 
 
 def test_png_bytes_and_other_modes(tiny: Path) -> None:
