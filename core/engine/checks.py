@@ -5,14 +5,17 @@ decoded and prepared (img2img, inpaint). Every problem is a ``GenerationError`` 
 from __future__ import annotations
 
 from core import ranges
-from core.config import EngineSettings
+from core.config import EngineSettings, PostprocessSettings
 from core.engine import image_modes
 from core.types import GenerationError, GenerationRequest, Mode
 
 
-def check_inputs(request: GenerationRequest, settings: EngineSettings) -> None:
+def check_inputs(
+    request: GenerationRequest, settings: EngineSettings, postprocess: PostprocessSettings | None = None
+) -> None:
+    """``postprocess``: the installed upscaler models hires fix may name besides ``ranges.UPSCALERS``."""
     r = request
-    check_image_inputs(r)
+    check_image_inputs(r, postprocess)
     for name, side in (("width", r.width), ("height", r.height)):
         if not ranges.MIN_SIDE <= side <= ranges.MAX_SIDE or side % ranges.SIDE_MULTIPLE:
             raise GenerationError(
@@ -54,7 +57,7 @@ def check_inputs(request: GenerationRequest, settings: EngineSettings) -> None:
         )
 
 
-def check_image_inputs(request: GenerationRequest) -> None:
+def check_image_inputs(request: GenerationRequest, postprocess: PostprocessSettings | None = None) -> None:
     """img2img / inpaint / hires fix options (the images themselves are decoded by ``prepare_init``)."""
     r = request
     if r.mode not in (Mode.TXT2IMG, Mode.IMG2IMG, Mode.INPAINT):
@@ -78,7 +81,7 @@ def check_image_inputs(request: GenerationRequest) -> None:
     if r.mode == Mode.INPAINT:
         _check_inpaint(r)
     if r.enable_hr:
-        _check_hires(r)
+        _check_hires(r, postprocess)
 
 
 def _check_inpaint(r: GenerationRequest) -> None:
@@ -98,8 +101,12 @@ def _check_inpaint(r: GenerationRequest) -> None:
         )
 
 
-def _check_hires(r: GenerationRequest) -> None:
-    if r.hr_upscaler not in ranges.UPSCALERS:
+def _check_hires(r: GenerationRequest, postprocess: PostprocessSettings | None) -> None:
+    if postprocess is not None:
+        from core.engine.postprocess.names import check_hires_upscaler
+
+        check_hires_upscaler(postprocess, r.hr_upscaler)  # a PostprocessError (a GenerationError)
+    elif r.hr_upscaler not in ranges.UPSCALERS:
         raise GenerationError(
             f"unknown hires upscaler {r.hr_upscaler!r}; use one of: {', '.join(ranges.UPSCALERS)}"
         )

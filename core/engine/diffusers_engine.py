@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from core.config import EngineSettings
+from core.config import EngineSettings, PostprocessSettings
 from core.engine import grouping, memory, models
 from core.engine.job import Outcome
 from core.engine.pipeline import Pipeline
@@ -32,8 +32,14 @@ log = logging.getLogger(__name__)
 class DiffusersEngine(Runtime):
     """The real engine. Thread-safe: one generation at a time per engine (a lock)."""
 
-    def __init__(self, settings: EngineSettings, *, allow_paths: bool = False) -> None:
-        super().__init__(settings, allow_paths=allow_paths)
+    def __init__(
+        self,
+        settings: EngineSettings,
+        *,
+        allow_paths: bool = False,
+        postprocess: PostprocessSettings | None = None,
+    ) -> None:
+        super().__init__(settings, allow_paths=allow_paths, postprocess=postprocess)
         self._footprints: dict[tuple, memory.Footprint] = {}  # (model, width, height) -> batch memory
         if settings.threads:
             torch.set_num_threads(settings.threads)

@@ -117,7 +117,7 @@ class Pipeline:
         jobs = []
         for index, request in zip(indices, requests, strict=True):
             try:
-                checks.check_inputs(request, self.settings)
+                checks.check_inputs(request, self.settings, self.runtime.postprocess)
                 init = checks.prepare_init(request, self.settings)  # img2img / inpaint: the source (and mask)
                 jobs.append(Job(index, request, init=init))
             except GenerationError as exc:
@@ -233,7 +233,14 @@ class Pipeline:
 
         def upscale(job: Job) -> None:  # each as alone: a pixel upscaler decodes, resizes and encodes
             latents = first[job.index].latents
-            upscaled = hires.upscale(model, job.request, latents, decode=decode, encode=runtime.encode_images)
+            upscaled = hires.upscale(
+                model,
+                job.request,
+                latents,
+                decode=decode,
+                encode=runtime.encode_images,
+                upscale_model=runtime.post.upscalers.upscale_to,
+            )
             job.start = hires.start(job.request, upscaled)
 
         second = self._each(second, upscale)

@@ -118,6 +118,10 @@ class CoreAPI(Protocol):
 
     def lora_names(self) -> list[str]: ...
 
+    def upscaler_names(self, *, hires: bool = False) -> list[str]:
+        """The installed upscaler models (``hires``: the hires fix's latent and image upscalers first)."""
+        ...
+
     def complete_prompt(self, text: str) -> list[tuple[str, str]]: ...
 
     # results and their messages

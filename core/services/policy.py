@@ -206,9 +206,11 @@ def check_request(
     max_prompt_chars: int,
     samplers: Sequence[str],
     models: Sequence[str],
+    upscalers: Sequence[str] = ranges.UPSCALERS,
 ) -> None:
     """Every value of the request against the ranges and today's limits (again on reroll: an admin may
-    have lowered them since)."""
+    have lowered them since). ``upscalers``: what hires fix may name (the engine's own and the installed
+    upscaler models)."""
     if not r.prompt.strip():
         raise UserError("prompt", "The prompt is empty: describe the image you want.")
     if len(r.prompt) > max_prompt_chars:
@@ -252,7 +254,7 @@ def check_request(
             f"CLIP skip must be between {ranges.MIN_CLIP_SKIP} and {ranges.MAX_CLIP_SKIP} "
             f"(you asked for {r.clip_skip}).",
         )
-    check_image_options(r, lim)
+    check_image_options(r, lim, upscalers)
     if samplers and r.sampler not in samplers:
         raise UserError("sampler", f"I do not know the sampler {r.sampler!r}. Pick one from the list.")
     if models and r.model is not None and r.model not in models:
@@ -300,7 +302,9 @@ def check_strength(name: str, value: float | None) -> None:
         raise UserError("invalid", f"{name} must be between 0 and 1 (you gave {value:g}).")
 
 
-def check_image_options(r: GenerationRequest, lim: Limits) -> None:
+def check_image_options(
+    r: GenerationRequest, lim: Limits, upscalers: Sequence[str] = ranges.UPSCALERS
+) -> None:
     """img2img / inpaint / hires values."""
     if r.mode != Mode.TXT2IMG:
         if r.init_image is None:
@@ -319,14 +323,14 @@ def check_image_options(r: GenerationRequest, lim: Limits) -> None:
                 f"(you gave {r.mask_blur}).",
             )
     if r.enable_hr:
-        check_hires(r, lim)
+        check_hires(r, lim, upscalers)
 
 
-def check_hires(r: GenerationRequest, lim: Limits) -> None:
-    if r.hr_upscaler not in ranges.UPSCALERS:
+def check_hires(r: GenerationRequest, lim: Limits, upscalers: Sequence[str] = ranges.UPSCALERS) -> None:
+    if r.hr_upscaler not in upscalers:
         raise UserError(
             "invalid",
-            f"I do not know the upscaler {r.hr_upscaler!r}; choose one of: {', '.join(ranges.UPSCALERS)}.",
+            f"I do not know the upscaler {r.hr_upscaler!r}; this server has: {', '.join(upscalers)}.",
         )
     if not ranges.MIN_HIRES_SCALE <= r.hr_scale <= ranges.MAX_HIRES_SCALE:
         raise UserError(

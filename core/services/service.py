@@ -161,6 +161,9 @@ class ChantService:
     def lora_names(self) -> list[str]:
         return self._ctx.catalog.loras()
 
+    def upscaler_names(self, *, hires: bool = False) -> list[str]:
+        return self._ctx.catalog.hires_upscalers() if hires else self._ctx.catalog.upscalers()
+
     def complete_prompt(self, text: str) -> list[tuple[str, str]]:
         return prompts.complete_prompt(self._ctx, text)
 

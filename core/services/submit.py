@@ -169,6 +169,7 @@ def _check_limits(ctx: Context, request: GenerationRequest, guild: Guild | None)
         max_prompt_chars=ctx.settings.limits.max_prompt_chars,
         samplers=ctx.catalog.samplers(),
         models=ctx.catalog.models(),
+        upscalers=ctx.catalog.hires_upscalers(),
     )
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from PIL import Image, PngImagePlugin
 
+from core import ranges
 from core.services import (
     Actor,
     GuildLimits,
@@ -465,6 +466,10 @@ class FakeService:
 
     def lora_names(self) -> list[str]:
         return list(self.loras)
+
+    def upscaler_names(self, *, hires: bool = False) -> list[str]:
+        models = ["R-ESRGAN 4x+", "4x-UltraSharp"]
+        return [*ranges.UPSCALERS, *models] if hires else models
 
     def model_names(self) -> list[str]:
         return ["fake", "fake-xl"]

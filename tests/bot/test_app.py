@@ -396,6 +396,18 @@ async def test_sampler_model_and_size_autocomplete(bot: RunningBot) -> None:
     )
     (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
     assert [c["value"] for c in cb.json["data"]["choices"]] == ["fake-xl"]
+    # Hires upscalers: the engine's own (latent, image) then the installed models by A1111's names.
+    iid, token = await imagine(
+        fake, "x", {"name": "upscaler", "type": 3, "value": "r-es", "focused": True}, type=4
+    )
+    (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+    assert [c["value"] for c in cb.json["data"]["choices"]] == ["R-ESRGAN 4x+"]
+    iid, token = await imagine(
+        fake, "x", {"name": "upscaler", "type": 3, "value": "", "focused": True}, type=4
+    )
+    (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+    upscalers = [c["value"] for c in cb.json["data"]["choices"]]
+    assert upscalers[0] == "Latent" and upscalers[-2:] == ["R-ESRGAN 4x+", "4x-UltraSharp"]
     iid, token = await imagine(fake, "x", {"name": "size", "type": 3, "value": "", "focused": True}, type=4)
     (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
     sizes = [c["value"] for c in cb.json["data"]["choices"]]

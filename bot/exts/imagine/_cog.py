@@ -70,7 +70,7 @@ class ImagineCog(commands.Cog):
         hires_scale="hires fix: upscale factor (default 2)",
         hires_steps="hires fix: second-pass steps (0 = as many as the first pass)",
         hires_strength="hires fix: denoising strength of the second pass (default 0.7)",
-        upscaler="hires fix: Latent or Lanczos (image) upscaling",
+        upscaler="hires fix: Latent, Lanczos or an upscaler model (R-ESRGAN 4x+, 4x-UltraSharp, …)",
     )
     @app_commands.autocomplete(preset=preset_autocomplete, prompt=prompt_autocomplete)
     async def imagine(

@@ -1,0 +1,87 @@
+"""The post-processing models inside the real engine (tiny SD 1.5, tiny random-weight upscalers)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.config import PostprocessSettings
+from core.engine.diffusers_engine import DiffusersEngine
+from core.engine.infotext import settings_from_infotext
+from core.engine.postprocess.names import hires_upscaler_names
+from core.testing.tiny_upscalers import build_tiny_upscaler
+from core.types import GenerationError, GenerationRequest
+
+from .conftest import engine_settings
+
+SMALL = {"width": 64, "height": 64, "steps": 3, "sampler": "Euler", "seed": 3, "prompt": "a cat"}
+
+
+@pytest.fixture(scope="module")
+def post_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("post")
+    # RealESRGAN_x4plus is the file A1111 shows as "R-ESRGAN 4x+"; 2x-Tiny is named by its stem.
+    build_tiny_upscaler("ESRGAN", root / "ESRGAN" / "RealESRGAN_x4plus.safetensors", scale=4)
+    build_tiny_upscaler("Compact", root / "ESRGAN" / "2x-Tiny.safetensors", scale=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_sd15, post_dirs: Path):
+    post = PostprocessSettings(
+        upscaler_dirs=(str(post_dirs / "ESRGAN"),), upscale_tile=32, upscale_tile_overlap=8
+    )
+    engine = DiffusersEngine(engine_settings(tiny_sd15), postprocess=post)
+    yield engine
+    engine.close()
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_hires_offers_the_installed_models_by_a1111_names(engine) -> None:
+    names = hires_upscaler_names(engine.postprocess)
+    assert names[:2] == ["Latent", "Latent (antialiased)"]
+    assert names[-2:] == ["2x-Tiny", "R-ESRGAN 4x+"]
+
+
+def test_hires_fix_runs_the_upscaler_model_on_the_decoded_first_pass(engine, monkeypatch) -> None:
+    request = GenerationRequest(**SMALL).replace(
+        enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2, hr_upscaler="R-ESRGAN 4x+"
+    )
+    encoded: list[Image.Image] = []
+    real_encode = engine.encode_images
+    monkeypatch.setattr(
+        engine, "encode_images", lambda model, images: encoded.extend(images) or real_encode(model, images)
+    )
+    result = engine.generate(request)
+    monkeypatch.undo()
+    assert pixels(result.images[0].png).shape == (96, 96, 3)
+    # Reference: A1111's hires first pass is the plain txt2img image; the model upscales it to the
+    # hires size (×4 model, then Lanczos down to 96), and that is what the VAE encodes again.
+    first = Image.open(io.BytesIO(engine.generate(GenerationRequest(**SMALL)).images[0].png)).convert("RGB")
+    expected = engine.post.upscalers.upscale_to(first, "R-ESRGAN 4x+", 96, 96)
+    assert len(encoded) == 1 and encoded[0].size == (96, 96)
+    assert np.array_equal(np.asarray(encoded[0]), np.asarray(expected))
+    lanczos = engine.generate(request.replace(hr_upscaler="Lanczos"))
+    assert not np.array_equal(pixels(lanczos.images[0].png), pixels(result.images[0].png))
+    # The infotext names the upscaler as A1111 does, and reading it back asks for the same image.
+    text = result.images[0].infotext
+    assert "Hires upscaler: R-ESRGAN 4x+" in text
+    fields = settings_from_infotext(text).fields
+    assert fields["hr_upscaler"] == "R-ESRGAN 4x+"
+    again = engine.generate(GenerationRequest(**{**SMALL, **fields}))
+    assert again.images[0].png == result.images[0].png
+
+
+def test_an_unknown_hires_upscaler_names_itself_and_what_exists(engine) -> None:
+    request = GenerationRequest(**SMALL).replace(enable_hr=True, hr_upscaler="4x-UltraSharp")
+    with pytest.raises(
+        GenerationError, match=r"unknown hires upscaler '4x-UltraSharp'.*Lanczos.*R-ESRGAN 4x\+"
+    ):
+        engine.generate(request)
