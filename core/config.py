@@ -137,8 +137,10 @@ class PostprocessSettings:
     face_restorer_dirs: tuple[str, ...] = ("models/GFPGAN", "models/Codeformer")
     face_restoration_model: str = "GFPGAN"  # GFPGAN | CodeFormer (A1111's names) or a file stem
     codeformer_weight: float = 0.5  # A1111 "CodeFormer weight": 0 = strongest effect, 1 = weakest
+    face_restoration_visibility: float = 1.0  # A1111 "GFPGAN visibility": 1 = the restored face, 0 = the original
     face_detector: str = "face_detection_yunet_2023mar"  # detector (file stem) that finds faces to restore
     detector_dirs: tuple[str, ...] = ("models/adetailer",)
+    detailer_model: str = "face_detection_yunet_2023mar"  # the detector a job's "detailer" option uses
     tagger_dirs: tuple[str, ...] = ("models/interrogators",)
     tagger: str = "wd-vit-tagger-v3"  # default /describe tagger: a folder with model.onnx + selected_tags.csv
     tagger_general_threshold: float = 0.35
@@ -308,6 +310,8 @@ CHECKS: dict[type, dict[str, Check]] = {
         "face_restorer_dirs": DIRS,
         "face_restoration_model": text(what="a face restorer name"),
         "codeformer_weight": between(ranges.MIN_VISIBILITY, ranges.MAX_VISIBILITY),
+        "face_restoration_visibility": between(ranges.MIN_VISIBILITY, ranges.MAX_VISIBILITY),
+        "detailer_model": text(what="a detector name"),
         "face_detector": text(what="a detector name"),
         "detector_dirs": DIRS,
         "tagger_dirs": DIRS,

@@ -60,6 +60,12 @@ class GenerationRequest:
     hr_denoising_strength: float = 0.7
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    # After decoding (issue 15), per job: A1111's "Restore faces" and ADetailer's idea. Not in the batch
+    # key: they run on each job's images after the shared loop.
+    face_restoration: str = ""  # "" = off; GFPGAN | CodeFormer (A1111's names) or a restorer's file stem
+    detailer: str = ""  # "" = off; a detector's name (file stem in postprocess.detector_dirs)
+    detailer_prompt: str = ""  # "" = the job's prompt
+    detailer_strength: float = 0.4  # ADetailer's default denoising strength
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)

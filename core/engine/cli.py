@@ -302,6 +302,14 @@ def check_request(request, postprocess=None) -> None:
         known = hires_upscaler_names(postprocess or PostprocessSettings())
         if r.hr_upscaler not in known:
             raise ValueError(f"--hr-upscaler must be one of {', '.join(known)}, not {r.hr_upscaler!r}")
+    if (r.face_restoration or r.detailer) and postprocess is not None:
+        from core.engine.postprocess.files import PostprocessError
+        from core.engine.postprocess.names import check_after_decoding
+
+        try:
+            check_after_decoding(postprocess, r.face_restoration, r.detailer)
+        except PostprocessError as exc:
+            raise ValueError(str(exc)) from None
     if not r.sampler.strip():
         raise ValueError('--sampler must name an A1111 sampler, e.g. "Euler a"')
     hires_steps = (r.hr_second_pass_steps or r.steps) if r.enable_hr else None

@@ -48,6 +48,7 @@ class Plan:
     empty: Cond | None = None  # the empty prompt's encoding, when pad_cond_uncond is on
     image_cond: torch.Tensor | None = None  # inpainting UNets: [mask, masked-image latents] per image
     hashes: dict = field(default_factory=dict)  # infotext "Lora hashes" / "TI hashes" (A1111 1.10)
+    after: dict = field(default_factory=dict)  # infotext of face restoration and the detailer (after decoding)
 
 
 @dataclass

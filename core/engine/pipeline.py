@@ -28,7 +28,7 @@ import torch
 from core.engine import checks, hires, loop, models, output, prompts, vae
 from core.engine.job import Job, Outcome, RunStats, Start
 from core.engine.runtime import Runtime
-from core.types import GenerationError, GenerationRequest, GenerationResult, Progress
+from core.types import GenerationCancelled, GenerationError, GenerationRequest, GenerationResult, Progress
 
 NAN_LATENTS = (
     "the image came out broken (NaN/infinite values while sampling): usually a LoRA, embedding or "
@@ -107,6 +107,11 @@ class Pipeline:
         images = output.apply_overlays(finished, images)
         runtime.sync()
         stats.decode = time.perf_counter() - t
+        # 9b. Face restoration, then the detailer (each job's own options; a failure fails that job)
+        if any(job.request.face_restoration or job.request.detailer for job in finished):
+            finished, images = self.after_decoding(finished, images)
+            if not finished:
+                return
         # 10. PNGs with A1111's parameters
         self.write_results(model, finished, images, start, loop_jobs=len(jobs) if batch else None)
 
@@ -261,6 +266,76 @@ class Pipeline:
         for job in done:  # the first pass's plans write the PNGs
             first[job.index].latents = job.latents
         return [first[job.index] for job in done]
+
+    def after_decoding(self, jobs: list[Job], images: list) -> tuple[list[Job], list]:
+        """Each image of a job with face restoration or the detailer through them (``postprocess.run``);
+        the jobs that got through, and their images."""
+        from core.engine.postprocess.run import after_decoding
+
+        kept_jobs, kept_images, row = [], [], 0
+        for job in jobs:
+            mine = list(images[row : row + job.count])
+            row += job.count
+            if not (job.request.face_restoration or job.request.detailer):
+                kept_jobs.append(job)
+                kept_images.extend(mine)
+                continue
+            try:
+                for i, image in enumerate(mine):
+                    inpaint = self.detailer_inpaint(job, i)
+                    mine[i], params = after_decoding(self.runtime.post, job.request, image, inpaint)
+                    job.plan.after.update(params)
+            except (GenerationError, GenerationCancelled) as exc:
+                self.outcomes[job.index] = exc
+                continue
+            kept_jobs.append(job)
+            kept_images.extend(mine)
+        return kept_jobs, kept_images
+
+    def detailer_inpaint(self, job: Job, image_index: int):
+        """The detailer's inpaint for image ``image_index`` of ``job``: this engine's inpaint "only masked"
+        (A1111's inpaint_full_res), a run of its own with the job's model, prompt (or the detailer's),
+        sampler, CFG and that image's seed, at the image's size (the working size of the region)."""
+        import io
+
+        from PIL import Image
+
+        from core.engine.infotext import png_with_infotext
+        from core.types import Mode
+
+        request, plan = job.request, job.plan
+        cancel = (lambda _: self.should_cancel(job.index)) if self.should_cancel else None
+
+        def inpaint(image, mask, options):
+            r = request.replace(
+                mode=Mode.INPAINT,
+                init_image=png_with_infotext(image, "", compress_level=1),
+                mask_image=png_with_infotext(mask.convert("RGB"), "", compress_level=1),
+                prompt=options.prompt or request.prompt,
+                negative_prompt=options.negative_prompt or request.negative_prompt,
+                denoising_strength=options.denoising_strength,
+                steps=options.steps or request.steps,
+                cfg_scale=request.cfg_scale if options.cfg_scale is None else options.cfg_scale,
+                width=options.width or image.width // 8 * 8,
+                height=options.height or image.height // 8 * 8,
+                resize_mode=0,
+                mask_blur=options.mask_blur,
+                inpainting_fill=1,  # original
+                inpaint_full_res=options.inpaint_full_res,
+                inpaint_full_res_padding=options.inpaint_full_res_padding,
+                enable_hr=False,
+                count=1,
+                seed=plan.seeds[image_index],
+                subseed=plan.subseeds[image_index],
+                face_restoration="",
+                detailer="",
+            )
+            (outcome,) = Pipeline(self.runtime, None, cancel)([r], [0])
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return Image.open(io.BytesIO(outcome.images[0].png)).convert("RGB")
+
+        return inpaint
 
     def write_results(
         self, model: models.LoadedModel, jobs: list[Job], images: list, start: float, *, loop_jobs: int | None

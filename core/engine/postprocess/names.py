@@ -75,3 +75,63 @@ def check_hires_upscaler(settings: PostprocessSettings, name: str) -> None:
         return
     known = hires_upscaler_names(settings)
     raise PostprocessError(f"unknown hires upscaler {name!r}; this server has: {', '.join(known)}")
+
+
+# -- face restorers and detectors ----------------------------------------------------------------------
+
+A1111_RESTORERS = {"GFPGAN": "gfpgan", "CodeFormer": "codeformer"}  # A1111 name -> file stem prefix
+EXTRA_ARCHES_PACKAGE = "spandrel_extra_arches"
+
+
+def has_extra_arches() -> bool:
+    """Whether spandrel's extra architectures (CodeFormer and others, some non-commercial) are installed."""
+    import importlib.util
+
+    return importlib.util.find_spec(EXTRA_ARCHES_PACKAGE) is not None
+
+
+def face_restorer_names(settings: PostprocessSettings) -> list[str]:
+    try:
+        return sorted(list_model_files(settings.face_restorer_dirs, WEIGHT_SUFFIXES), key=str.lower)
+    except OSError:
+        return []
+
+
+def resolve_face_restorer(folders: tuple[str, ...], name: str) -> Path:
+    """The weights file of face restorer ``name``: A1111's name (the newest-looking file of its family,
+    GFPGANv1.4 before GFPGANv1.3) or a file stem, inside ``folders``."""
+    files = list_model_files(folders, WEIGHT_SUFFIXES)
+    if name in A1111_RESTORERS:
+        family = sorted((s for s in files if s.lower().startswith(A1111_RESTORERS[name])), reverse=True)
+        if family:
+            return files[family[0]]
+        if name == "CodeFormer" and not has_extra_arches():
+            raise PostprocessError(
+                "CodeFormer is not installed on this server (it needs its weights in models/Codeformer and "
+                "the spandrel-extra-arches package, whose CodeFormer licence is non-commercial)"
+            )
+    if name not in files:
+        raise unknown_name_error("face restoration model", name, sorted(files, key=str.lower), folders)
+    return files[name]
+
+
+def detector_names(settings: PostprocessSettings) -> list[str]:
+    try:
+        return sorted(list_model_files(settings.detector_dirs, (".onnx",)), key=str.lower)
+    except OSError:
+        return []
+
+
+def check_detector(settings: PostprocessSettings, name: str) -> None:
+    if name not in detector_names(settings):
+        raise unknown_name_error("detector", name, detector_names(settings), settings.detector_dirs)
+
+
+def check_after_decoding(settings: PostprocessSettings, face_restoration: str, detailer: str) -> None:
+    """A ``PostprocessError`` naming what the server lacks for a job's face restoration or detailer: the
+    restorer's weights, and the ONNX face detector both need."""
+    if face_restoration:
+        resolve_face_restorer(settings.face_restorer_dirs, face_restoration)
+        check_detector(settings, settings.face_detector)
+    if detailer:
+        check_detector(settings, detailer)

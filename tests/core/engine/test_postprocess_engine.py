@@ -85,3 +85,80 @@ def test_an_unknown_hires_upscaler_names_itself_and_what_exists(engine) -> None:
         GenerationError, match=r"unknown hires upscaler '4x-UltraSharp'.*Lanczos.*R-ESRGAN 4x\+"
     ):
         engine.generate(request)
+
+
+class StubDetector:
+    """One face at a fixed box (with YuNet's five landmarks), whatever the image."""
+
+    name = "stub"
+
+    def __init__(self, box=(16.0, 16.0, 32.0, 32.0)) -> None:
+        from core.engine.postprocess.detect import Detection
+
+        x0, y0, x1, _ = box
+        w = x1 - x0
+        marks = ((x0 + 0.3 * w, y0 + 0.4 * w), (x0 + 0.7 * w, y0 + 0.4 * w), (x0 + 0.5 * w, y0 + 0.55 * w),
+                 (x0 + 0.35 * w, y0 + 0.75 * w), (x0 + 0.65 * w, y0 + 0.75 * w))  # fmt: skip
+        self.found = [Detection(box, 0.9, marks)]
+        self.calls = 0
+
+    def detect(self, image, confidence):
+        self.calls += 1
+        return [d for d in self.found if d.score >= confidence]
+
+
+def test_the_detailer_repaints_only_the_detected_region_through_the_engines_inpaint(
+    engine, monkeypatch
+) -> None:
+    detector = StubDetector()
+    monkeypatch.setattr(engine.post.detectors, "get", lambda name: detector)
+    plain = GenerationRequest(**SMALL)
+    detailed = plain.replace(detailer="stub", detailer_strength=0.5)
+    before = pixels(engine.generate(plain).images[0].png)
+    result = engine.generate(detailed)
+    after = pixels(result.images[0].png)
+    assert detector.calls == 1
+    changed = np.any(before != after, axis=-1)
+    # The box (16..32) grown by ADetailer's dilate (4), feathered by the mask blur (4): nothing outside.
+    from core.engine.image_modes import blur_mask
+    from core.engine.postprocess.detailer import region_mask
+
+    inside = np.asarray(blur_mask(region_mask((64, 64), detector.found[0], 4), 4, 4)) > 0
+    assert not inside[:, 48:].any()
+    assert changed[16:32, 16:32].mean() > 0.5 and not (changed & ~inside).any()
+    text = result.images[0].infotext
+    assert "ADetailer model: stub" in text and "ADetailer denoising strength: 0.5" in text
+    read = settings_from_infotext(text)
+    assert read.fields["detailer"] == "stub" and read.fields["detailer_strength"] == 0.5
+    assert not [k for k in read.ignored if k.startswith("ADetailer")]
+    assert engine.generate(detailed).images[0].png == result.images[0].png  # the image's seed: reproducible
+
+
+def test_face_restoration_restores_the_detected_faces_and_writes_a1111s_infotext(engine, monkeypatch) -> None:
+    from core.engine.postprocess.faces import FaceRestorer
+
+    detector = StubDetector()
+    monkeypatch.setattr(engine.post.detectors, "get", lambda name: detector)
+
+    class Restorer(FaceRestorer):  # a GFPGAN that paints the aligned face white
+        def restore(self, face, *, codeformer_weight=0.5):
+            return Image.new("RGB", face.size, (255, 255, 255))
+
+    monkeypatch.setattr(
+        engine.post.faces, "load", lambda name: Restorer("GFPGANv1.4", "GFPGAN", None, None, None)
+    )
+    plain = GenerationRequest(**SMALL)
+    before = pixels(engine.generate(plain).images[0].png)
+    result = engine.generate(plain.replace(face_restoration="GFPGAN"))
+    after = pixels(result.images[0].png)
+    changed = np.any(before != after, axis=-1)
+    assert changed[20:28, 20:28].all() and not changed[:, 48:].any()
+    assert "Face restoration: GFPGAN" in result.images[0].infotext
+    assert settings_from_infotext(result.images[0].infotext).fields["face_restoration"] == "GFPGAN"
+
+
+def test_missing_face_restorer_or_detector_fails_the_job_naming_what_the_server_lacks(engine) -> None:
+    with pytest.raises(GenerationError, match="has no face restoration model models installed"):
+        engine.generate(GenerationRequest(**SMALL).replace(face_restoration="GFPGAN"))
+    with pytest.raises(GenerationError, match="has no detector models installed"):
+        engine.generate(GenerationRequest(**SMALL).replace(detailer="face_detection_yunet_2023mar"))
