@@ -11,6 +11,8 @@ image, so 512², 20 steps is one standard image. What multiplies it:
 * second-order samplers call the model twice per step (the last step once).
 * img2img and inpaint run the strength's tail of the steps; hires fix adds its second pass at its
   own size, steps and strength (and its own prompt, if it has one).
+* the detailer: one inpaint pass per image (one region: the usual face) at its strength's tail of the
+  steps; face restoration is not counted (one small network per face).
 * the text encoder: each chunk of every distinct scheduled text beyond a plain prompt's two.
 
 The jobs table stores it (``jobs.cost``); the fair scheduler charges guilds with it, the queue measures
@@ -124,6 +126,9 @@ def job_cost(r: GenerationRequest) -> float:
             encoded += prompt.encoded + negative.encoded
         calls = model_calls(r.sampler, _tail(second, r.hr_denoising_strength))
         unet += w * h * calls * _rows(prompt, negative)
+    if r.detailer:  # one region per image (the usual face), inpainted at the image's size
+        pixels = w * h if r.enable_hr else r.width * r.height
+        unet += pixels * model_calls(r.sampler, _tail(r.steps, r.detailer_strength)) * _rows(prompt, negative)
     text = TEXT_CHUNK_PIXEL_STEPS * max(0, encoded - PLAIN_ENCODED)
     return float(unet * r.count + text)
 

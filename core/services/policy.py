@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from core import moderation, ranges
-from core.config import EngineSettings, Settings
+from core.config import EngineSettings, PostprocessSettings, Settings
 from core.cost import prompt_shape
 from core.engine.image_modes import hires_target  # torch-free: the engine's own hires target
 from core.prompt import Interpretation, PromptError, interpret
@@ -369,6 +369,23 @@ def check_hires(r: GenerationRequest, lim: Limits, upscalers: Sequence[str] = ra
             f"Hires fix would make {w}×{h}, larger than this server allows "
             f"({lim['max_pixels']:,} pixels). Lower hires_scale or the size.",
         )
+
+
+def check_after_decoding(r: GenerationRequest, post: PostprocessSettings) -> None:
+    """Face restoration and the detailer need their models here: refused before queueing (nothing
+    charged), naming what the server lacks (``core.engine.postprocess.names``, torch-free)."""
+    if not (r.face_restoration or r.detailer):
+        return
+    from core.engine.postprocess.files import PostprocessError
+    from core.engine.postprocess.names import check_after_decoding as check
+
+    if not ranges.MIN_STRENGTH < r.detailer_strength <= ranges.MAX_STRENGTH:
+        raise UserError("invalid", f"The detailer strength must be above 0 and at most 1 (not {r.detailer_strength:g}).")
+    try:
+        check(post, r.face_restoration, r.detailer)
+    except PostprocessError as exc:
+        what = "Face restoration" if r.face_restoration and not r.detailer else "The detailer"
+        raise UserError("postprocess", f"{what} is not available here: {exc}. Ask a server admin.") from None
 
 
 # ------------------------------------------------------------------------------------ the prompt text

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core import ranges
+from core.config import PostprocessSettings
 from core.engine.catalog import ModelDefaults
 from core.services.images import Upload, fit_size
 from core.services.policy import check_strength
@@ -164,6 +165,16 @@ def _hires_changes(o: ImagineOptions, has_source: bool) -> dict[str, Any]:
     if has_source:
         raise UserError("invalid", "Hires fix is for text-to-image; leave it off with a source image.")
     return {"enable_hr": True, **{field: getattr(o, option) for option, field in HIRES if option in given}}
+
+
+def after_decoding_changes(o: ImagineOptions, post: PostprocessSettings) -> dict[str, Any]:
+    """Face restoration and the detailer as the options (or the preset) ask: the server's models."""
+    changes: dict[str, Any] = {}
+    if o.face_restore is not None:
+        changes["face_restoration"] = post.face_restoration_model if o.face_restore else ""
+    if o.detailer is not None:
+        changes["detailer"] = post.detailer_model if o.detailer else ""
+    return changes
 
 
 def preset_of(r: GenerationRequest) -> dict[str, Any]:

@@ -63,6 +63,7 @@ async def submit_imagine(
         max_pixels=policy.limits(ctx.settings, guild)["max_pixels"],
         defaults=ctx.catalog.defaults(model),
     )
+    request = request.replace(**requests.after_decoding_changes(merged, ctx.settings.postprocess))
     return await submit_checked(
         ctx, actor, guild, request, kind="imagine", expand=True, status_message_id=status_message_id
     )
@@ -171,6 +172,7 @@ def _check_limits(ctx: Context, request: GenerationRequest, guild: Guild | None)
         models=ctx.catalog.models(),
         upscalers=ctx.catalog.hires_upscalers(),
     )
+    policy.check_after_decoding(request, ctx.settings.postprocess)
 
 
 async def _job_source(ctx: Context, s, actor: Actor, guild: Guild | None, job_id: int) -> bytes:

@@ -80,7 +80,10 @@ class ImagineOptions:
     hires_scale: float | None = None
     hires_steps: int | None = None  # 0 = as many as the first pass
     hires_strength: float | None = None
-    upscaler: str | None = None  # Latent, Lanczos, ... (core.ranges.UPSCALERS)
+    upscaler: str | None = None  # Latent, Lanczos, ... (core.ranges.UPSCALERS) or an upscaler model
+    # after decoding (issue 15): the server's face restorer and detailer model ([postprocess])
+    face_restore: bool | None = None
+    detailer: bool | None = None
 
 
 @dataclass(frozen=True)

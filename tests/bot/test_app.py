@@ -87,6 +87,8 @@ async def test_startup_identifies_syncs_commands_and_never_logs_the_token(bot: R
         "hires_steps",
         "hires_strength",
         "upscaler",
+        "face_restore",
+        "detailer",
     ]
     count = next(o for o in imagine_cmd["options"] if o["name"] == "count")
     assert (count["min_value"], count["max_value"]) == (1, 4)

@@ -71,6 +71,8 @@ class ImagineCog(commands.Cog):
         hires_steps="hires fix: second-pass steps (0 = as many as the first pass)",
         hires_strength="hires fix: denoising strength of the second pass (default 0.7)",
         upscaler="hires fix: Latent, Lanczos or an upscaler model (R-ESRGAN 4x+, 4x-UltraSharp, …)",
+        face_restore="restore faces after generating (A1111's Restore faces: GFPGAN or CodeFormer)",
+        detailer="detailer: find each face and repaint it at full resolution (ADetailer's idea)",
     )
     @app_commands.autocomplete(preset=preset_autocomplete, prompt=prompt_autocomplete)
     async def imagine(
@@ -94,6 +96,8 @@ class ImagineCog(commands.Cog):
         hires_steps: HiresSteps | None = None,
         hires_strength: Strength | None = None,
         upscaler: Upscaler | None = None,
+        face_restore: bool | None = None,
+        detailer: bool | None = None,
     ) -> None:
         # 1. Acknowledge at once: everything after this may take as long as it needs.
         await self._defer(interaction)
@@ -117,6 +121,8 @@ class ImagineCog(commands.Cog):
             hires_steps=hires_steps,
             hires_strength=hires_strength,
             upscaler=upscaler,
+            face_restore=face_restore,
+            detailer=detailer,
         )
         await self._submit(interaction, options)
 

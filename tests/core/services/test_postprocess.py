@@ -1,0 +1,76 @@
+"""Upscaler models, face restoration and the detailer at submit (issue 15): the server's models by name,
+refused before queueing and charging when the server lacks them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from core.cost import job_cost
+from core.services import ImagineOptions, UserError
+from core.types import GenerationRequest
+from tests.core.services.conftest import Harness, actor
+
+
+def _with_post(h: Harness, **changes) -> None:
+    h.settings = dataclasses.replace(
+        h.settings, postprocess=dataclasses.replace(h.settings.postprocess, **changes)
+    )
+
+
+def _models(root: Path) -> dict:
+    (root / "GFPGAN").mkdir(parents=True)
+    (root / "GFPGAN" / "GFPGANv1.4.safetensors").write_bytes(b"{}")  # listed by name; loaded by the worker
+    (root / "adetailer").mkdir()
+    (root / "adetailer" / "face_detection_yunet_2023mar.onnx").write_bytes(b"x")
+    return {"face_restorer_dirs": (str(root / "GFPGAN"),), "detector_dirs": (str(root / "adetailer"),)}
+
+
+async def test_face_restore_and_detailer_options_use_the_servers_models(tmp_path) -> None:
+    h = Harness(tmp_path)
+    _with_post(h, **_models(tmp_path / "models"))
+    try:
+        service = await h.open(start=False)
+        receipt = await service.submit_imagine(
+            actor(), ImagineOptions(prompt="x", face_restore=True, detailer=True)
+        )
+        job = await service.show(actor(), receipt.job_id)
+        assert job.request.face_restoration == "GFPGAN"
+        assert job.request.detailer == "face_detection_yunet_2023mar"
+        plain = await service.submit_imagine(actor(), ImagineOptions(prompt="x", face_restore=False))
+        assert (await service.show(actor(), plain.job_id)).request.face_restoration == ""
+    finally:
+        await h.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"face_restore": True}, "has no face restoration model models installed"),
+        ({"detailer": True}, "has no detector models installed"),
+    ],
+)
+async def test_missing_models_are_refused_privately_before_anything_is_charged(
+    tmp_path, options, words
+) -> None:
+    h = Harness(tmp_path)
+    _with_post(h, face_restorer_dirs=(str(tmp_path / "none"),), detector_dirs=(str(tmp_path / "none"),))
+    try:
+        service = await h.open(start=False)
+        with pytest.raises(UserError) as err:
+            await service.submit_imagine(actor(), ImagineOptions(prompt="x", **options))
+        assert err.value.code == "postprocess" and words in str(err.value), str(err.value)
+        assert (await service.quota_status(actor())).used_images == 0  # nothing charged
+        assert await service.history(actor()) == ([], 0)  # nothing stored
+    finally:
+        await h.close()
+
+
+def test_the_detailer_costs_one_inpaint_pass_per_image() -> None:
+    plain = GenerationRequest(prompt="x", width=512, height=512, steps=20, count=2)
+    detailed = plain.replace(detailer="face", detailer_strength=0.4)
+    # 0.4 × 20 = 8 more steps per image at the image's size.
+    assert job_cost(detailed) == pytest.approx(job_cost(plain) * (20 + 8) / 20)
+    assert job_cost(plain.replace(face_restoration="GFPGAN")) == job_cost(plain)
