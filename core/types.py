@@ -17,6 +17,7 @@ class Mode(StrEnum):
     TXT2IMG = "txt2img"
     IMG2IMG = "img2img"
     INPAINT = "inpaint"
+    UPSCALE = "upscale"  # init_image to width × height by ``upscaler``, then optionally SD upscale's detail pass
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ class GenerationRequest:
     detailer: str = ""  # "" = off; a detector's name (file stem in postprocess.detector_dirs)
     detailer_prompt: str = ""  # "" = the job's prompt
     detailer_strength: float = 0.4  # ADetailer's default denoising strength
+    # Upscale jobs (mode "upscale"): the upscaler (a model's name, or Lanczos / Nearest) and the strength of
+    # A1111's SD upscale detail pass over tiles of the result (0 = none: nothing random, no SD model).
+    upscaler: str = ""
+    upscale_detail: float = 0.0
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)

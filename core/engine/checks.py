@@ -60,8 +60,11 @@ def check_inputs(
 def check_image_inputs(request: GenerationRequest, postprocess: PostprocessSettings | None = None) -> None:
     """img2img / inpaint / hires fix options (the images themselves are decoded by ``prepare_init``)."""
     r = request
-    if r.mode not in (Mode.TXT2IMG, Mode.IMG2IMG, Mode.INPAINT):
+    if r.mode not in (Mode.TXT2IMG, Mode.IMG2IMG, Mode.INPAINT, Mode.UPSCALE):
         raise GenerationError(f"unknown mode {r.mode!r}")
+    if r.mode == Mode.UPSCALE:
+        _check_upscale(r)
+        return
     if r.mode != Mode.TXT2IMG:
         if r.init_image is None:
             raise GenerationError(f"{r.mode} needs a source image")
@@ -82,6 +85,17 @@ def check_image_inputs(request: GenerationRequest, postprocess: PostprocessSetti
         _check_inpaint(r)
     if r.enable_hr:
         _check_hires(r, postprocess)
+
+
+def _check_upscale(r: GenerationRequest) -> None:
+    if r.init_image is None:
+        raise GenerationError("an upscale needs a source image")
+    if not r.upscaler.strip():
+        raise GenerationError("an upscale needs an upscaler (a model's name, or Lanczos)")
+    if not ranges.MIN_STRENGTH <= r.upscale_detail <= ranges.MAX_STRENGTH:
+        raise GenerationError(f"the detail strength must be between 0 and 1, not {r.upscale_detail}")
+    if r.enable_hr or r.mask_image is not None:
+        raise GenerationError("an upscale takes no hires fix and no mask")
 
 
 def _check_inpaint(r: GenerationRequest) -> None:

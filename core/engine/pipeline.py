@@ -28,7 +28,15 @@ import torch
 from core.engine import checks, hires, loop, models, output, prompts, vae
 from core.engine.job import Job, Outcome, RunStats, Start
 from core.engine.runtime import Runtime
-from core.types import GenerationCancelled, GenerationError, GenerationRequest, GenerationResult, Progress
+from core.types import (
+    GeneratedImage,
+    GenerationCancelled,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    Mode,
+    Progress,
+)
 
 NAN_LATENTS = (
     "the image came out broken (NaN/infinite values while sampling): usually a LoRA, embedding or "
@@ -60,6 +68,9 @@ class Pipeline:
 
     def __call__(self, requests: Sequence[GenerationRequest], indices: Sequence[int]) -> list[Outcome]:
         start = time.perf_counter()
+        everyone = list(indices)
+        # 0. Upscale jobs, each on its own: an upscaler model, then optionally SD upscale's tiled img2img
+        requests, indices = self.upscale_jobs(requests, indices)
         # 1. Check inputs; decode and prepare each job's source image and mask (img2img, inpaint)
         jobs = self.check_inputs(requests, indices)
         try:
@@ -68,7 +79,7 @@ class Pipeline:
         except GenerationError as exc:  # shared by all: the model, the LoRA set, the sampler
             for job in jobs:
                 self.outcomes.setdefault(job.index, exc)
-        return [self.outcomes[index] for index in indices]
+        return [self.outcomes[index] for index in everyone]
 
     def run(self, jobs: list[Job], start: float, *, batch: bool) -> None:
         stats, runtime = self.stats, self.runtime
@@ -267,6 +278,94 @@ class Pipeline:
             first[job.index].latents = job.latents
         return [first[job.index] for job in done]
 
+    def upscale_jobs(
+        self, requests: Sequence[GenerationRequest], indices: Sequence[int]
+    ) -> tuple[list[GenerationRequest], list[int]]:
+        """Run the upscale jobs among ``requests``; the others (and their indices) go on to the loop."""
+        rest_requests, rest_indices = [], []
+        for index, request in zip(indices, requests, strict=True):
+            if request.mode != Mode.UPSCALE:
+                rest_requests.append(request)
+                rest_indices.append(index)
+                continue
+            try:
+                self.outcomes[index] = self.upscale(index, request)
+            except (GenerationError, GenerationCancelled) as exc:
+                self.outcomes[index] = exc
+        return rest_requests, rest_indices
+
+    def upscale(self, index: int, request: GenerationRequest) -> GenerationResult:
+        """One upscale job (``core.engine.postprocess.upscale_job``); its detail pass is this engine's
+        img2img on each tile, at the job's seed plus the tile's index (A1111's SD upscale seeds a batch so)."""
+        import io
+        import random
+
+        from PIL import Image
+
+        from core.engine import image_modes, infotext
+        from core.engine.postprocess import upscale_job
+        from core.ranges import RANDOM_SEED, RANDOM_SEED_BOUND
+
+        start = time.perf_counter()
+        checks.check_inputs(request, self.settings, self.runtime.postprocess)
+        try:
+            source = image_modes.load_image(
+                request.init_image, max_megapixels=self.settings.max_input_megapixels, what="image to upscale"
+            )
+        except ValueError as exc:
+            raise GenerationError(str(exc)) from None
+        seed = random.randrange(RANDOM_SEED_BOUND) if request.seed == RANDOM_SEED else request.seed
+        subseed = seed + 1 if request.subseed == RANDOM_SEED else request.subseed
+        post = self.runtime.postprocess
+
+        def progress(done: int, total: int) -> None:
+            if self.should_cancel is not None and self.should_cancel(index):
+                raise GenerationCancelled("cancelled while upscaling")
+            if self.on_progress is not None:
+                self.on_progress(index, Progress(done, total))
+
+        image = upscale_job.upscale_image(self.runtime.post, request, source, progress)
+        model_name, model_hash = request.upscaler, ""
+        if request.upscale_detail > 0:
+            tiles = upscale_job.detail_tiles(image.width, image.height, post.detail_tile, post.detail_tile_overlap)
+            cancel = (lambda _: self.should_cancel(index)) if self.should_cancel else None
+
+            def img2img(tile, i: int):
+                progress(i, len(tiles))
+                r = request.replace(
+                    mode=Mode.IMG2IMG,
+                    init_image=infotext.png_with_infotext(tile, "", compress_level=1),
+                    width=tile.width,
+                    height=tile.height,
+                    resize_mode=0,
+                    denoising_strength=request.upscale_detail,
+                    count=1,
+                    seed=seed + i,
+                    subseed=subseed + i,
+                    upscaler="",
+                    upscale_detail=0.0,
+                    face_restoration="",
+                    detailer="",
+                )
+                (outcome,) = Pipeline(self.runtime, None, cancel)([r], [0])
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                nonlocal model_name, model_hash
+                model_name, model_hash = outcome.model_name, outcome.model_hash
+                return Image.open(io.BytesIO(outcome.images[0].png)).convert("RGB")
+
+            image = upscale_job.detail_pass(image, post.detail_tile, post.detail_tile_overlap, img2img)
+        params = upscale_job.infotext_params(request, post.detail_tile_overlap)
+        text = upscale_job.append_params(infotext.infotext_of_file(request.init_image) or "", params)
+        png = infotext.png_with_infotext(image, text)
+        total = time.perf_counter() - start
+        return GenerationResult(
+            images=(GeneratedImage(png=png, seed=seed, subseed=subseed, infotext=text),),
+            model_name=model_name,
+            model_hash=model_hash,
+            timings={"upscale": total, "total": total},
+        )
+
     def after_decoding(self, jobs: list[Job], images: list) -> tuple[list[Job], list]:
         """Each image of a job with face restoration or the detailer through them (``postprocess.run``);
         the jobs that got through, and their images."""
@@ -301,7 +400,6 @@ class Pipeline:
         from PIL import Image
 
         from core.engine.infotext import png_with_infotext
-        from core.types import Mode
 
         request, plan = job.request, job.plan
         cancel = (lambda _: self.should_cancel(job.index)) if self.should_cancel else None

@@ -162,3 +162,74 @@ def test_missing_face_restorer_or_detector_fails_the_job_naming_what_the_server_
         engine.generate(GenerationRequest(**SMALL).replace(face_restoration="GFPGAN"))
     with pytest.raises(GenerationError, match="has no detector models installed"):
         engine.generate(GenerationRequest(**SMALL).replace(detailer="face_detection_yunet_2023mar"))
+
+
+def _png(image: Image.Image, text: str = "") -> bytes:
+    from core.engine.infotext import png_with_infotext
+
+    return png_with_infotext(image, text)
+
+
+def upscale_request(source: bytes, **changes) -> GenerationRequest:
+    from core.types import Mode
+
+    values = {
+        "mode": Mode.UPSCALE,
+        "init_image": source,
+        "width": 128,
+        "height": 128,
+        "upscaler": "R-ESRGAN 4x+",
+    }
+    return GenerationRequest(**{**SMALL, **values, **changes})
+
+
+def test_an_upscale_job_is_the_upscaler_models_output_and_keeps_the_sources_infotext(engine) -> None:
+    made = engine.generate(GenerationRequest(**SMALL)).images[0]
+    result = engine.generate(upscale_request(made.png))
+    (image,) = result.images
+    # Reference: the upscaler library on the stored image (×4 model, then Lanczos down to 128).
+    source = Image.open(io.BytesIO(made.png)).convert("RGB")
+    expected = engine.post.upscalers.upscale_to(source, "R-ESRGAN 4x+", 128, 128)
+    assert np.array_equal(pixels(image.png), np.asarray(expected))
+    assert image.infotext.startswith(made.infotext + ", ")  # the source's parameters, then the upscale's
+    assert "Postprocess upscale to: 128x128, Postprocess upscaler: R-ESRGAN 4x+" in image.infotext
+    assert result.model_name == "R-ESRGAN 4x+"
+    # Nothing random: the same job gives the same bytes.
+    assert engine.generate(upscale_request(made.png)).images[0].png == image.png
+    lanczos = engine.generate(upscale_request(made.png, upscaler="Lanczos")).images[0]
+    assert np.array_equal(
+        pixels(lanczos.png), np.asarray(source.resize((128, 128), Image.Resampling.LANCZOS))
+    )
+
+
+def test_the_detail_pass_repaints_tiles_with_the_engines_img2img(engine, monkeypatch) -> None:
+    import dataclasses
+
+    from core.engine.postprocess.upscale_job import detail_tiles
+
+    made = engine.generate(GenerationRequest(**SMALL)).images[0]
+    monkeypatch.setattr(
+        engine, "postprocess", dataclasses.replace(engine.postprocess, detail_tile=64, detail_tile_overlap=16)
+    )
+    assert len(detail_tiles(128, 128, 64, 16)) == 9  # 3 × 3 tiles of 64 over 128, sharing >= 16 pixels
+    plain = pixels(engine.generate(upscale_request(made.png)).images[0].png)
+    request = upscale_request(made.png, upscale_detail=0.3, seed=11)
+    detailed = engine.generate(request)
+    assert not np.array_equal(pixels(detailed.images[0].png), plain)
+    assert engine.generate(request).images[0].png == detailed.images[0].png  # a seed: reproducible
+    assert engine.generate(request.replace(seed=12)).images[0].png != detailed.images[0].png
+    assert "SD upscale overlap: 16" in detailed.images[0].infotext and detailed.model_name == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"upscaler": "4x-Nothing"}, r"unknown upscaler '4x-Nothing' \(known: 2x-Tiny, R-ESRGAN 4x\+\)"),
+        ({"init_image": b"not an image"}, "not a PNG, JPEG or WebP"),
+        ({"upscale_detail": 1.5}, "detail strength must be between 0 and 1"),
+    ],
+)
+def test_bad_upscale_jobs_fail_with_clear_errors(engine, changes, message) -> None:
+    source = _png(Image.new("RGB", (32, 32), (10, 20, 30)))
+    with pytest.raises(GenerationError, match=message):
+        engine.generate(upscale_request(source, **changes))
