@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 EXTENSIONS = (
     "bot.exts.imagine",
     "bot.exts.controls",
+    "bot.exts.upscale",
     "bot.exts.presets",
     "bot.exts.history",
     "bot.exts.quotas",

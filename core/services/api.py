@@ -119,7 +119,29 @@ class CoreAPI(Protocol):
     def lora_names(self) -> list[str]: ...
 
     def upscaler_names(self, *, hires: bool = False) -> list[str]:
-        """The installed upscaler models (``hires``: the hires fix's latent and image upscalers first)."""
+        """Upscale jobs' upscalers: the installed models, then Lanczos and Nearest (``hires``: the hires
+        fix's latent and image upscalers, then the models)."""
+        ...
+
+    async def upscale(
+        self,
+        actor: Actor,
+        *,
+        job_id: int | None = None,
+        index: int = 0,
+        image: bytes | None = None,
+        scale: float | None = None,
+        upscaler: str | None = None,
+        detail: float | None = None,
+        status_message_id: int | None = None,
+    ) -> Receipt:
+        """Upscale image ``index`` (0-based) of a job, or an uploaded image (``core.services.upscale``)."""
+        ...
+
+    async def upscale_message(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt:
+        """⬆️ on a result: its first image ×2 with the default upscaler."""
         ...
 
     def complete_prompt(self, text: str) -> list[tuple[str, str]]: ...

@@ -371,6 +371,26 @@ def check_hires(r: GenerationRequest, lim: Limits, upscalers: Sequence[str] = ra
         )
 
 
+def check_upscale(r: GenerationRequest, lim: Limits, upscalers: Sequence[str]) -> None:
+    """An upscale job: its upscaler, its size (within the guild's pixel limit), its detail pass."""
+    if r.init_image is None:
+        raise UserError("invalid", "This upscale needs its source image, which is no longer stored.")
+    if r.upscaler not in upscalers:
+        raise UserError(
+            "upscaler", f"I do not know the upscaler {r.upscaler!r}; this server has: {', '.join(upscalers)}."
+        )
+    check_sides(r.width, r.height)
+    if r.width * r.height > lim["max_pixels"]:
+        raise UserError(
+            "limit.pixels",
+            f"The upscale would be {r.width}×{r.height}, larger than this server allows "
+            f"({lim['max_pixels']:,} pixels). Choose a smaller scale.",
+        )
+    check_strength("detail", r.upscale_detail)
+    if r.upscale_detail > 0 and not ranges.MIN_STEPS <= r.steps <= lim["max_steps"]:
+        raise UserError("limit.steps", f"The detail pass's steps must be at most {lim['max_steps']} here.")
+
+
 def check_after_decoding(r: GenerationRequest, post: PostprocessSettings) -> None:
     """Face restoration and the detailer need their models here: refused before queueing (nothing
     charged), naming what the server lacks (``core.engine.postprocess.names``, torch-free)."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from core.config import Settings
 from core.queue.worker import Worker
-from core.services import admin, cancel, controls, presets, prompts, reads, results, submit
+from core.services import admin, cancel, controls, presets, prompts, reads, results, submit, upscale
 from core.services.api import EventStream
 from core.services.context import Context
 from core.services.runtime import Runtime
@@ -162,7 +162,29 @@ class ChantService:
         return self._ctx.catalog.loras()
 
     def upscaler_names(self, *, hires: bool = False) -> list[str]:
-        return self._ctx.catalog.hires_upscalers() if hires else self._ctx.catalog.upscalers()
+        return self._ctx.catalog.hires_upscalers() if hires else upscale.upscaler_names(self._ctx)
+
+    async def upscale(
+        self,
+        actor: Actor,
+        *,
+        job_id: int | None = None,
+        index: int = 0,
+        image: bytes | None = None,
+        scale: float | None = None,
+        upscaler: str | None = None,
+        detail: float | None = None,
+        status_message_id: int | None = None,
+    ) -> Receipt:
+        return await upscale.upscale(
+            self._ctx, actor, job_id=job_id, index=index, image=image, scale=scale, upscaler=upscaler,
+            detail=detail, status_message_id=status_message_id,
+        )  # fmt: skip
+
+    async def upscale_message(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await upscale.upscale_message(self._ctx, actor, message_id, status_message_id=status_message_id)
 
     def complete_prompt(self, text: str) -> list[tuple[str, str]]:
         return prompts.complete_prompt(self._ctx, text)

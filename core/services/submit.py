@@ -21,11 +21,16 @@ from core.services.reads import images_of, visible_job
 from core.services.types import Actor, ImagineOptions, Receipt, UserError
 from core.storage.models import Guild, Job
 from core.storage.repositories import QuotaExceeded, Repositories
-from core.types import GenerationRequest
+from core.types import GenerationRequest, Mode
 
 log = logging.getLogger(__name__)
 
 NO_MODEL = "This bot has no model yet — ask a server admin."
+
+NOTHING_TO_REROLL = (
+    "An upscale without a detail pass has nothing random: 🔁 would make the very same image. "
+    "For new details, use /upscale with detail (e.g. 0.3)."
+)
 
 # 🔀: the same request and seed, plus a random A1111 variation seed mixed in at this strength: close
 # to the original (composition kept), visibly different in the details.
@@ -81,6 +86,8 @@ async def reroll_source(
     ctx: Context, actor: Actor, src: Source, *, status_message_id: int | None = None
 ) -> Receipt:
     src.check_not_blocked(ctx, actor)
+    if src.request.mode == Mode.UPSCALE and not src.request.upscale_detail:
+        raise UserError("reroll.same", NOTHING_TO_REROLL)
     request = src.request.replace(seed=requests.random_seed(ctx.rng), subseed=-1)
     templates = src.job.prompt_templates
     return await submit_checked(
@@ -95,6 +102,8 @@ async def variation(
     """🔀: the same request and seed (and so the same expansion), a variation seed mixed in."""
     src = await load_source(ctx, actor, message_id=message_id)
     src.check_not_blocked(ctx, actor)
+    if src.request.mode == Mode.UPSCALE and not src.request.upscale_detail:
+        raise UserError("reroll.same", NOTHING_TO_REROLL)
     request = src.request.replace(subseed=requests.random_seed(ctx.rng), subseed_strength=VARIATION_STRENGTH)
     return await submit_checked(
         ctx, actor, src.guild, request, kind="variation", parent_id=src.job.id,
@@ -164,6 +173,10 @@ def _default_model(ctx: Context, actor: Actor, guild: Guild | None) -> str:
 
 def _check_limits(ctx: Context, request: GenerationRequest, guild: Guild | None) -> None:
     """The request against today's limits (a reroll's too: an admin may have lowered them since)."""
+    if request.mode == Mode.UPSCALE:
+        upscalers = [*ctx.catalog.upscalers(), "Lanczos", "Nearest"]
+        policy.check_upscale(request, policy.limits(ctx.settings, guild), upscalers)
+        return
     policy.check_request(
         request,
         policy.limits(ctx.settings, guild),

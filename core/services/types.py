@@ -137,7 +137,7 @@ class JobView:
     created_at: datetime
     finished_at: datetime | None
     parent_id: int | None
-    kind: str  # imagine | reroll | variation | show | vary | remix | zoom | pan
+    kind: str  # imagine | reroll | variation | show | vary | remix | zoom | pan | upscale
     status_message_id: int | None
     result_message_ids: tuple[int, ...]
     # Per image, its moderation: where the job was asked (as stored by the worker), or for /show and the

@@ -47,7 +47,7 @@ DM_GUILD = 0
 
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 # vary / remix / zoom / pan: the result controls (buttons) under a result, each from one of its images.
-JOB_KINDS = ("imagine", "reroll", "variation", "show", "vary", "remix", "zoom", "pan")
+JOB_KINDS = ("imagine", "reroll", "variation", "show", "vary", "remix", "zoom", "pan", "upscale")
 MODERATION_POLICIES = tuple(str(p) for p in Policy)
 AGE_RESTRICTED_POLICIES = tuple(str(a) for a in AgeRestricted)
 FINISHED_STATES = ("done", "failed", "cancelled")

@@ -38,7 +38,7 @@ from core.services import (
     RemixForm,
     UserError,
 )
-from core.types import GeneratedImage, GenerationRequest
+from core.types import GeneratedImage, GenerationRequest, Mode
 
 
 def png_with_parameters(text: str, seed: int, size: int = 16, noise: bool = False) -> bytes:
@@ -259,6 +259,32 @@ class FakeService:
             raise UserError("not_found", "that message is not a chant result")
         request = job.request.replace(seed=random.randrange(2**32))
         return self._new_job(actor, request, "reroll", job.id, status_message_id)
+
+    async def upscale(
+        self,
+        actor: Actor,
+        *,
+        job_id: int | None = None,
+        index: int = 0,
+        image: bytes | None = None,
+        scale: float | None = None,
+        upscaler: str | None = None,
+        detail: float | None = None,
+        status_message_id: int | None = None,
+    ) -> Receipt:
+        self.calls.append(("upscale", (actor, job_id, index, image, scale, upscaler, detail)))
+        request = GenerationRequest(prompt="", mode=Mode.UPSCALE, init_image=image or b"png", upscaler=upscaler or "")
+        return self._new_job(actor, request, "upscale", job_id, status_message_id)
+
+    async def upscale_message(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt:
+        self.calls.append(("upscale_message", (actor, message_id)))
+        job = await self.job_for_message(message_id)
+        if job is None:
+            raise UserError("not_found", "that message is not a chant result")
+        request = job.request.replace(mode=Mode.UPSCALE, upscaler="R-ESRGAN 4x+")
+        return self._new_job(actor, request, "upscale", job.id, status_message_id)
 
     async def variation(
         self, actor: Actor, message_id: int, *, status_message_id: int | None = None

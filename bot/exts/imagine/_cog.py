@@ -10,7 +10,7 @@ from discord.ext import commands
 from bot import render
 from bot.actors import actor_from_interaction, actor_from_reaction
 from bot.app import ChantBot
-from bot.delivery import DELETE, INFO_EMOJIS, REROLL, VARIATION
+from bot.delivery import DELETE, INFO_EMOJIS, REROLL, UPSCALE, VARIATION
 from bot.errors import new_error_id, user_error_text
 from bot.options import (
     DESCRIBE,
@@ -251,7 +251,7 @@ class ImagineCog(commands.Cog):
         if self.bot.user is not None and payload.user_id == self.bot.user.id:
             return
         name = payload.emoji.name if payload.emoji.id is None else None
-        if name not in (REROLL, VARIATION, DELETE, *INFO_EMOJIS):
+        if name not in (REROLL, VARIATION, DELETE, UPSCALE, UPSCALE.rstrip("\ufe0f"), *INFO_EMOJIS):
             return
         actor = actor_from_reaction(payload, self.bot)
         try:
@@ -262,6 +262,8 @@ class ImagineCog(commands.Cog):
                 await self._reroll(actor, payload)
             elif name == VARIATION:
                 await self._reroll(actor, payload, variation=True)
+            elif name in (UPSCALE, UPSCALE.rstrip("\ufe0f")):
+                await self._reroll(actor, payload, upscale=True)
             elif name == DELETE:
                 await self._delete(actor, payload)
             else:
@@ -274,11 +276,16 @@ class ImagineCog(commands.Cog):
             await self._dm(payload.user_id, f"Something went wrong on our side (error id `{error_id}`).")
 
     async def _reroll(
-        self, actor: Actor, payload: discord.RawReactionActionEvent, *, variation: bool = False
+        self,
+        actor: Actor,
+        payload: discord.RawReactionActionEvent,
+        *,
+        variation: bool = False,
+        upscale: bool = False,
     ) -> None:
-        """🔁 a new seed, or 🔀 a variation (same seed, a variation seed mixed in); a reply either way,
-        posted first: its id goes in with the job, as /imagine's status does."""
-        emoji = VARIATION if variation else REROLL
+        """🔁 a new seed, 🔀 a variation (same seed, a variation seed mixed in), or ⬆️ an upscale of the first
+        image; a reply either way, posted first: its id goes in with the job, as /imagine's status does."""
+        emoji = UPSCALE if upscale else VARIATION if variation else REROLL
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
         reference = discord.MessageReference(
             message_id=payload.message_id, channel_id=payload.channel_id, fail_if_not_exists=False
@@ -296,7 +303,9 @@ class ImagineCog(commands.Cog):
                 "A server admin can give it to me; until then /imagine works elsewhere.",
             ) from None
         try:
-            submit = self.service.variation if variation else self.service.reroll
+            submit = (
+                self.service.upscale_message if upscale else self.service.variation if variation else self.service.reroll
+            )
             receipt = await submit(actor, payload.message_id, status_message_id=status.id)
         except BaseException:
             with contextlib.suppress(discord.HTTPException):

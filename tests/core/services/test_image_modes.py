@@ -251,7 +251,7 @@ async def test_hires_accepts_the_installed_upscaler_models_and_names_the_unknown
     )
     try:
         service = await h.open(start=False)
-        assert service.upscaler_names() == ["4x-UltraSharp", "R-ESRGAN 4x+"]
+        assert service.upscaler_names() == ["4x-UltraSharp", "R-ESRGAN 4x+", "Lanczos", "Nearest"]
         assert service.upscaler_names(hires=True)[-2:] == ["4x-UltraSharp", "R-ESRGAN 4x+"]
         for name in ("R-ESRGAN 4x+", "4x-UltraSharp", "Lanczos"):
             await service.submit_imagine(actor(), ImagineOptions(prompt="x", hires=True, upscaler=name))
