@@ -39,6 +39,8 @@ ACTIONS: dict[str, Action] = {
     "pr": Action(None, "➡️"),
     "pu": Action(None, "⬆️"),
     "pd": Action(None, "⬇️"),
+    "up2": Action("Upscale 2×", "✨"),  # an upscale job of the image (issue 15), the server's default upscaler
+    "up4": Action("Upscale 4×", "✨"),
     "u": Action("U"),  # pick image n of several: posted alone, with the controls above
     "v": Action("V"),  # Vary (Strong) of image n of several (Midjourney's V1–V4)
 }
@@ -85,9 +87,9 @@ class ResultControl(
 
 
 def single_view(job_id: int, index: int) -> discord.ui.View:
-    """Under one image: Vary, Remix and 🔁; Zoom Out; Pan. (Issue 15's upscale goes into the second row.)"""
+    """Under one image: Vary, Remix and 🔁; Zoom Out and Upscale; Pan."""
     view = discord.ui.View(timeout=None)
-    rows = (("vsub", "vstr", "rmx", "rr"), ("z15", "z2"), ("pl", "pr", "pu", "pd"))
+    rows = (("vsub", "vstr", "rmx", "rr"), ("z15", "z2", "up2", "up4"), ("pl", "pr", "pu", "pd"))
     for row, actions in enumerate(rows):
         for action in actions:
             view.add_item(ResultControl(job_id, index, action, row=row))
