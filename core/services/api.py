@@ -11,6 +11,7 @@ from typing import Protocol
 
 from core.services.types import (
     Actor,
+    Description,
     GuildLimits,
     ImagineOptions,
     JobEvent,
@@ -136,6 +137,12 @@ class CoreAPI(Protocol):
         status_message_id: int | None = None,
     ) -> Receipt:
         """Upscale image ``index`` (0-based) of a job, or an uploaded image (``core.services.upscale``)."""
+        ...
+
+    async def describe(
+        self, actor: Actor, *, image: bytes | None = None, job_id: int | None = None, index: int = 0
+    ) -> Description:
+        """/describe: up to four prompts for an image (a WD14 tagger's tags; ``core.services.describe``)."""
         ...
 
     async def upscale_message(

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 
 from core.config import Settings
 from core.queue.worker import Worker
-from core.services import admin, cancel, controls, presets, prompts, reads, results, submit, upscale
+from core.services import admin, cancel, controls, describe, presets, prompts, reads, results, submit, upscale
 from core.services.api import EventStream
 from core.services.context import Context
 from core.services.runtime import Runtime
 from core.services.types import (
     Actor,
+    Description,
     GuildLimits,
     ImagineOptions,
     JobView,
@@ -180,6 +181,11 @@ class ChantService:
             self._ctx, actor, job_id=job_id, index=index, image=image, scale=scale, upscaler=upscaler,
             detail=detail, status_message_id=status_message_id,
         )  # fmt: skip
+
+    async def describe(
+        self, actor: Actor, *, image: bytes | None = None, job_id: int | None = None, index: int = 0
+    ) -> Description:
+        return await describe.describe(self._ctx, actor, image=image, job_id=job_id, index=index)
 
     async def upscale_message(
         self, actor: Actor, message_id: int, *, status_message_id: int | None = None

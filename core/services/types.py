@@ -232,3 +232,12 @@ class JobCancelled:
 
 
 JobEvent = JobQueued | JobStarted | JobProgress | JobDone | JobFailed | JobCancelled
+
+
+@dataclass(frozen=True)
+class Description:
+    """/describe's answer: up to four prompts (long to short) from a tagger's tags."""
+
+    tagger: str
+    prompts: tuple[str, ...]
+    tags: tuple[tuple[str, float], ...]  # characters then general tags, with their probabilities
