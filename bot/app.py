@@ -30,6 +30,7 @@ EXTENSIONS = (
     "bot.exts.imagine",
     "bot.exts.controls",
     "bot.exts.upscale",
+    "bot.exts.describe",
     "bot.exts.presets",
     "bot.exts.history",
     "bot.exts.quotas",

@@ -20,6 +20,7 @@ from PIL import Image, PngImagePlugin
 from core import ranges
 from core.services import (
     Actor,
+    Description,
     GuildLimits,
     ImageModeration,
     ImagineOptions,
@@ -275,6 +276,12 @@ class FakeService:
         self.calls.append(("upscale", (actor, job_id, index, image, scale, upscaler, detail)))
         request = GenerationRequest(prompt="", mode=Mode.UPSCALE, init_image=image or b"png", upscaler=upscaler or "")
         return self._new_job(actor, request, "upscale", job_id, status_message_id)
+
+    async def describe(
+        self, actor: Actor, *, image: bytes | None = None, job_id: int | None = None, index: int = 0
+    ) -> Description:
+        self.calls.append(("describe", (actor, image, job_id, index)))
+        return Description("fake-tagger", ("1girl, smile, long hair", "1girl, smile"), (("1girl", 0.9),))
 
     async def upscale_message(
         self, actor: Actor, message_id: int, *, status_message_id: int | None = None
