@@ -44,6 +44,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default from config)")
     p.add_argument("-o", "--output", default=None, metavar="FILE", help="default: IMAGE-upscaled.png")
     p.set_defaults(func=_upscale)
+    d = sub.add_parser(
+        "describe",
+        help="turn an image (a file, or a stored job's) into prompts with the WD14 tagger, as /describe does",
+        description="Print up to four prompts for IMAGE (or --job N's image): the tags of postprocess.tagger "
+        "above the thresholds, characters first, long to short; with --tags, every tag and its probability.",
+    )
+    d.add_argument("image", nargs="?", default=None, help="PNG, JPEG or WebP file")
+    d.add_argument(
+        "--job", type=int, default=None, metavar="N", help="a stored job's image instead of a file"
+    )
+    d.add_argument(
+        "--index", type=int, default=1, metavar="I", help="which image of --job (1-based; default 1)"
+    )
+    d.add_argument("--tagger", default=None, metavar="NAME", help="default: postprocess.tagger")
+    d.add_argument("--tags", action="store_true", help="also print each tag with its probability")
+    d.set_defaults(func=_describe)
 
 
 def _fail(command: str, message: str, code: int = 2) -> int:
@@ -129,4 +145,34 @@ def _upscale(args: argparse.Namespace, settings) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(result.images[0].png)
     print(out)
+    return 0
+
+
+def _describe(args: argparse.Namespace, settings) -> int:
+    from core.engine.image_modes import load_image
+    from core.engine.postprocess.files import PostprocessError
+    from core.services.describe import describe_image
+
+    try:
+        data, _ = source_bytes(args, settings)
+        load_image(data, max_megapixels=settings.engine.max_input_megapixels, what="image")
+    except (OSError, ValueError) as exc:
+        return _fail("describe", str(exc))
+    post = (
+        settings.postprocess
+        if args.tagger is None
+        else dataclasses.replace(settings.postprocess, tagger=args.tagger)
+    )
+    try:
+        found = describe_image(data, post)
+    except PostprocessError as exc:
+        return _fail("describe", str(exc), 1)
+    if not found.prompts:
+        print("chant describe: no tags above the thresholds", file=sys.stderr)
+        return 1
+    for n, prompt in enumerate(found.prompts, start=1):
+        print(f"{n}. {prompt}")
+    if args.tags:
+        for name, probability in found.tags:
+            print(f"{probability:.3f}  {name}")
     return 0

@@ -51,3 +51,21 @@ def test_chant_upscale_refuses_bad_arguments_clearly(tmp_path: Path, capsys) -> 
     (tmp_path / "bad.png").write_bytes(b"nope")
     assert main(["--config", str(config), "upscale", str(tmp_path / "bad.png")]) == 2
     assert "not a PNG, JPEG or WebP" in capsys.readouterr().err
+
+
+def test_chant_describe_prints_the_prompts_and_tags(tmp_path: Path, capsys) -> None:
+    from tests.core.services.test_describe import white_png, write_tagger
+
+    write_tagger(tmp_path / "interrogators" / "wd-tiny-tagger-v3")
+    config = tmp_path / "chant.toml"
+    config.write_text(
+        f'[postprocess]\ntagger_dirs = ["{tmp_path / "interrogators"}"]\ntagger = "wd-tiny-tagger-v3"\n'
+    )
+    image = tmp_path / "white.png"
+    image.write_bytes(white_png())
+    assert main(["--config", str(config), "describe", str(image), "--tags"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "1. hatsune miku, smile, long hair"
+    assert [line.split()[1] for line in lines[1:]] == ["hatsune_miku", "smile", "long_hair"]
+    assert main(["--config", str(config), "describe", str(image), "--tagger", "wd-nothing"]) == 1
+    assert "unknown tagger 'wd-nothing'" in capsys.readouterr().err
