@@ -195,6 +195,10 @@ class CoreAPI(Protocol):
 
     async def admin_set_default_model(self, actor: Actor, model: str) -> None: ...
 
+    async def admin_set_detailer_default(self, actor: Actor, on: bool) -> None:
+        """/imagine's detailer in this guild when the option is left out."""
+        ...
+
     async def admin_set_reroll_policy(self, actor: Actor, policy: str) -> None: ...
 
     async def admin_banned_words(

@@ -259,6 +259,9 @@ class ChantService:
     async def admin_set_default_model(self, actor: Actor, model: str) -> None:
         await admin.set_default_model(self._ctx, actor, model)
 
+    async def admin_set_detailer_default(self, actor: Actor, on: bool) -> None:
+        await admin.set_detailer_default(self._ctx, actor, on)
+
     async def admin_set_reroll_policy(self, actor: Actor, policy: str) -> None:
         await admin.set_reroll_policy(self._ctx, actor, policy)
 

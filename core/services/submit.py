@@ -8,6 +8,7 @@ workers — so two submits never both pass a cap, and a refused submit leaves no
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,8 @@ async def submit_imagine(
         max_pixels=policy.limits(ctx.settings, guild)["max_pixels"],
         defaults=ctx.catalog.defaults(model),
     )
+    if merged.detailer is None and guild is not None and guild.detailer_default:
+        merged = dataclasses.replace(merged, detailer=True)  # the guild's default
     request = request.replace(**requests.after_decoding_changes(merged, ctx.settings.postprocess))
     return await submit_checked(
         ctx, actor, guild, request, kind="imagine", expand=True, status_message_id=status_message_id

@@ -135,6 +135,8 @@ class Guild(Base):
     moderation_policy: Mapped[str | None] = mapped_column(String(16))
     moderation_threshold: Mapped[float | None]
     age_restricted_policy: Mapped[str | None] = mapped_column(String(16))
+    # /imagine's detailer when the option is left out (issue 15); NULL = off.
+    detailer_default: Mapped[bool | None]
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp] = mapped_column(onupdate=utcnow)
 

@@ -1,7 +1,7 @@
-"""upscale jobs (issue 15)
+"""upscale jobs and the guild's detailer default (issue 15)
 
-The job kind of /upscale, ⬆️ and the upscale button. (Face restoration, the detailer and the upscale's
-own settings live in the request JSON, ``jobs.params``: no column.)
+The job kind of /upscale, ⬆️ and the upscale button; a guild's default for /imagine's detailer option.
+(Face restoration, the detailer and the upscale's own settings live in the request JSON, ``jobs.params``.)
 
 Revision ID: 0005
 Revises: 0004
@@ -11,6 +11,7 @@ Create Date: 2026-12-03
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 
@@ -25,6 +26,9 @@ NEW_KINDS = "kind IN ('imagine', 'reroll', 'variation', 'show', 'vary', 'remix',
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('guilds', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('detailer_default', sa.Boolean(), nullable=True))
+
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_constraint(op.f('ck_jobs_kind'), type_='check')
         batch_op.create_check_constraint(op.f('ck_jobs_kind'), NEW_KINDS)
@@ -36,3 +40,5 @@ def downgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_constraint(op.f('ck_jobs_kind'), type_='check')
         batch_op.create_check_constraint(op.f('ck_jobs_kind'), OLD_KINDS)
+    with op.batch_alter_table('guilds', schema=None) as batch_op:
+        batch_op.drop_column('detailer_default')

@@ -74,3 +74,34 @@ def test_the_detailer_costs_one_inpaint_pass_per_image() -> None:
     # 0.4 × 20 = 8 more steps per image at the image's size.
     assert job_cost(detailed) == pytest.approx(job_cost(plain) * (20 + 8) / 20)
     assert job_cost(plain.replace(face_restoration="GFPGAN")) == job_cost(plain)
+
+
+async def test_a_guild_can_turn_the_detailer_on_by_default(tmp_path) -> None:
+    h = Harness(tmp_path)
+    _with_post(h, **_models(tmp_path / "models"))
+    admin = actor(user=1, manage_guild=True)
+    try:
+        service = await h.open(start=False)
+        await service.admin_set_detailer_default(admin, True)
+        on = await service.submit_imagine(actor(), ImagineOptions(prompt="x"))
+        assert (await service.show(actor(), on.job_id)).request.detailer == "face_detection_yunet_2023mar"
+        off = await service.submit_imagine(actor(), ImagineOptions(prompt="x", detailer=False))
+        assert (await service.show(actor(), off.job_id)).request.detailer == ""  # the option still decides
+        elsewhere = await service.submit_imagine(actor(guild=2), ImagineOptions(prompt="x"))
+        assert (await service.show(actor(guild=2), elsewhere.job_id)).request.detailer == ""
+        await service.admin_set_detailer_default(admin, False)
+        again = await service.submit_imagine(actor(), ImagineOptions(prompt="x"))
+        assert (await service.show(actor(), again.job_id)).request.detailer == ""
+    finally:
+        await h.close()
+
+
+async def test_the_detailer_default_needs_the_detector(tmp_path) -> None:
+    h = Harness(tmp_path)
+    _with_post(h, detector_dirs=(str(tmp_path / "none"),))
+    try:
+        service = await h.open(start=False)
+        with pytest.raises(UserError, match="has no detector models installed"):
+            await service.admin_set_detailer_default(actor(user=1, manage_guild=True), True)
+    finally:
+        await h.close()
