@@ -65,7 +65,7 @@ async def test_startup_identifies_syncs_commands_and_never_logs_the_token(bot: R
     assert not intents & (1 << 1), "no members intent"
     (sync,) = fake.find("PUT", r"/applications/\d+/commands")
     names = {c["name"] for c in sync.json}
-    assert {"imagine", "preset", "history", "show", "queue", "cancel", "quota", "admin"} <= names
+    assert {"imagine", "preset", "history", "show", "queue", "cancel", "quota", "admin", "upscale", "describe"} <= names
     imagine_cmd = next(c for c in sync.json if c["name"] == "imagine")
     option_names = [o["name"] for o in imagine_cmd["options"]]
     assert option_names == [
