@@ -28,6 +28,7 @@ class RunStats:
     png: float = 0.0
     total: float = 0.0
     load: float = 0.0
+    after: float = 0.0  # face restoration and the detailer, after decoding
 
 
 @dataclass

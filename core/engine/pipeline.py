@@ -120,7 +120,9 @@ class Pipeline:
         stats.decode = time.perf_counter() - t
         # 9b. Face restoration, then the detailer (each job's own options; a failure fails that job)
         if any(job.request.face_restoration or job.request.detailer for job in finished):
+            t = time.perf_counter()
             finished, images = self.after_decoding(finished, images)
+            stats.after = time.perf_counter() - t
             if not finished:
                 return
         # 10. PNGs with A1111's parameters
@@ -454,6 +456,8 @@ class Pipeline:
             "png": stats.png,
             "total": stats.total,
         }
+        if stats.after:  # face restoration and the detailer (its inpaint runs included)
+            timings["after_decoding"] = stats.after
         if loop_jobs is not None:  # a batch of several jobs: how many shared the loop
             timings["batch_jobs"] = float(loop_jobs)
         for job, generated in zip(jobs, pngs, strict=True):
