@@ -96,7 +96,7 @@ class DiffusersEngine(Runtime):
         that runs out of memory or fails unexpectedly is run again one job at a time.
         """
         results: list[Outcome | None] = [None] * len(requests)
-        for group in grouping.group_requests(self.settings, requests, self.batch_capacity):
+        for group in grouping.group_requests(self.settings, requests, self.batch_capacity, self.postprocess):
             if len(group) > 1:
                 try:
                     with self._lock:
