@@ -91,6 +91,9 @@ async def test_upscale_reaction_replies_with_the_upscale_charged_and_in_history(
         bob = Actor(user_id=BOB, guild_id=GUILD_A, channel_id=CHANNEL_A)
         history, _ = await service.history(bob)
         assert [j.kind for j in history] == ["upscale"]
+        # Under an upscale: Zoom Out, Upscale again and Pan (Vary, Remix and 🔁 would make the same image).
+        ids = [b["custom_id"] for row in posts[1].json["components"] for b in row["components"]]
+        assert [i.rsplit(":", 1)[1] for i in ids] == ["z15", "z2", "up2", "up4", "pl", "pr", "pu", "pd"]
         # 🔁 on the upscale: nothing random in it, so nothing queued; said privately.
         upscaled = int(posts[1].response["id"])
         await fake.wait_call("PUT", r"/channels/\d+/messages/\d+/reactions/.+", count=4)

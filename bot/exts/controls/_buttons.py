@@ -96,6 +96,15 @@ def single_view(job_id: int, index: int) -> discord.ui.View:
     return view
 
 
+def upscale_view(job_id: int, index: int) -> discord.ui.View:
+    """Under an upscale: Zoom Out and Upscale again; Pan (Vary, Remix and 🔁 would make the same image)."""
+    view = discord.ui.View(timeout=None)
+    for row, actions in enumerate((("z15", "z2", "up2", "up4"), ("pl", "pr", "pu", "pd"))):
+        for action in actions:
+            view.add_item(ResultControl(job_id, index, action, row=row))
+    return view
+
+
 def grid_view(job_id: int, shown: Sequence[int]) -> discord.ui.View:
     """Under several images: U1–U4 (that image alone, with its own controls), V1–V4 (Vary (Strong) of it),
     then 🔁 and Remix (from the first image)."""
@@ -113,4 +122,6 @@ def result_view(job: JobView, shown: Sequence[int]) -> discord.ui.View | None:
     """The controls under a posted result (``shown``: the positions of the images posted)."""
     if job.state != "done" or not shown:
         return None
+    if job.kind == "upscale":
+        return upscale_view(job.id, shown[0])
     return single_view(job.id, shown[0]) if len(job.seeds) == 1 else grid_view(job.id, shown)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from core.cost import job_cost
-from core.services import ImagineOptions, UserError
+from core.services import ImagineOptions, JobDone, UserError
 from core.types import GenerationRequest
-from tests.core.services.conftest import Harness, actor
+from tests.core.services.conftest import Harness, actor, wait_for
 
 
 def _with_post(h: Harness, **changes) -> None:
@@ -103,5 +103,40 @@ async def test_the_detailer_default_needs_the_detector(tmp_path) -> None:
         service = await h.open(start=False)
         with pytest.raises(UserError, match="has no detector models installed"):
             await service.admin_set_detailer_default(actor(user=1, manage_guild=True), True)
+    finally:
+        await h.close()
+
+
+async def test_an_upscale_job_is_charged_by_its_cost_and_vary_or_reroll_of_it_are_refused(tmp_path) -> None:
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path / "ESRGAN"
+    folder.mkdir()
+    (folder / "RealESRGAN_x4plus.safetensors").write_bytes(b"{}")
+    h = Harness(tmp_path)
+    _with_post(h, upscaler_dirs=(str(folder),))
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 64), (1, 2, 3)).save(buf, format="PNG")
+    try:
+        service = await h.open()
+        events = service.events()
+        receipt = await service.upscale(actor(), image=buf.getvalue(), scale=4.0)
+        await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == receipt.job_id)
+        assert (await service.quota_status(actor())).used_images == 1  # charged
+        view = await service.show(actor(), receipt.job_id)
+        assert view.kind == "upscale" and (view.request.width, view.request.height) == (384, 256)
+        assert view.request.upscaler == "R-ESRGAN 4x+" and view.request.upscale_detail == 0.0
+        assert job_cost(view.request) == 384 * 256 * 1.25  # the model pass over the output pixels
+        detailed = view.request.replace(upscale_detail=0.3, steps=20)
+        assert job_cost(detailed) == pytest.approx(384 * 256 * (1.25 + 6))  # + 0.3 × 20 steps
+        for refused in (
+            service.vary(actor(), receipt.job_id, 0, "subtle"),
+            service.reroll_job(actor(), receipt.job_id),
+        ):
+            with pytest.raises(UserError) as err:
+                await refused
+            assert "upscale" in str(err.value)
     finally:
         await h.close()
