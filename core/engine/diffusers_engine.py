@@ -22,6 +22,7 @@ from core.types import (
     GenerationError,
     GenerationRequest,
     GenerationResult,
+    Mode,
     OutOfMemory,
     Progress,
 )
@@ -132,8 +133,12 @@ class DiffusersEngine(Runtime):
         """Most images one denoising loop of jobs like ``request`` takes: ``engine.max_batch``, or (0) what
         the free VRAM holds at that size (``core.engine.memory``; measured once per model and size).
 
-        Any failure here (an unknown model, a failed probe) gives 1: the job then fails or runs alone.
+        Any failure here (an unknown model, a failed probe) gives 1: the job then fails or runs alone. An
+        upscale job runs alone (1): it has no denoising loop of its own to share, and its size (the
+        upscaled one) is no size to probe the UNet's memory at.
         """
+        if request.mode == Mode.UPSCALE:
+            return 1
         if self.settings.max_batch > 0:
             return self.settings.max_batch
         if self.device.type != "cuda":

@@ -247,3 +247,9 @@ def test_hires_jobs_with_an_upscaler_model_share_a_loop_and_equal_each_alone(eng
         # can turn a float32 rounding difference of the batched first pass into one pixel level.
         alone = pixels(engine.generate(request).images[0].png).astype(int)
         assert np.abs(pixels(result.images[0].png).astype(int) - alone).max() <= 1
+
+
+def test_an_upscale_job_runs_alone(engine) -> None:
+    source = _png(Image.new("RGB", (32, 32), (10, 20, 30)))
+    assert engine.batch_capacity(upscale_request(source)) == 1
+    assert engine.batch_capacity(GenerationRequest(**SMALL)) > 1
