@@ -79,7 +79,9 @@ async def describe(
     try:
         found = await ctx.images.run(describe_image, checked.data, ctx.settings.postprocess)
     except PostprocessError as exc:
-        raise UserError("postprocess", f"/describe is not available here: {exc}. Ask a server admin.") from None
+        raise UserError(
+            "postprocess", f"/describe is not available here: {exc}. Ask a server admin."
+        ) from None
     if not found.prompts:
         raise UserError("describe.empty", "I found no tags above the threshold in that image.")
     return found

@@ -71,7 +71,9 @@ async def test_upscale_reaction_replies_with_the_upscale_charged_and_in_history(
         await imagine(fake, "a cat", opt("seed", 7, 4))
         (first,) = await fake.wait_call("POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files))
         original = int(first.response["id"])
-        await fake.wait_call("PUT", r"/channels/\d+/messages/\d+/reactions/.+", count=2)  # 🔁 🔀 go on after the result is recorded
+        await fake.wait_call(
+            "PUT", r"/channels/\d+/messages/\d+/reactions/.+", count=2
+        )  # 🔁 🔀 go on after the result is recorded
         await fake.react(original, "⬆️", user_id=BOB, channel_id=CHANNEL_A, guild_id=GUILD_A)
         posts = await fake.wait_call(
             "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), count=2

@@ -29,7 +29,9 @@ def upscale_image(post: Any, request: GenerationRequest, source: Image.Image, pr
     width, height = request.width, request.height
     if request.upscaler in image_modes.IMAGE_UPSCALERS:
         return image_modes.upscale_image(source.convert("RGB"), width, height, request.upscaler)
-    return post.upscalers.upscale_to(source.convert("RGB"), request.upscaler, width, height, progress=progress)
+    return post.upscalers.upscale_to(
+        source.convert("RGB"), request.upscaler, width, height, progress=progress
+    )
 
 
 def detail_tiles(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
