@@ -69,3 +69,43 @@ def test_chant_describe_prints_the_prompts_and_tags(tmp_path: Path, capsys) -> N
     assert [line.split()[1] for line in lines[1:]] == ["hatsune_miku", "smile", "long_hair"]
     assert main(["--config", str(config), "describe", str(image), "--tagger", "wd-nothing"]) == 1
     assert "unknown tagger 'wd-nothing'" in capsys.readouterr().err
+
+
+async def test_chant_upscale_of_a_stored_jobs_image(tmp_path: Path, capsys) -> None:
+    import asyncio
+
+    from core.services import ImagineOptions, JobDone
+    from core.testing.fake_engine import FakeEngine
+    from tests.core.services.conftest import Harness, actor, wait_for
+
+    config, _ = _setup(tmp_path)
+    h = Harness(tmp_path)  # the same database file as the config's
+    h.engine = FakeEngine(image_size=64)
+    try:
+        service = await h.open()
+        events = service.events()
+        receipt = await service.submit_imagine(actor(), ImagineOptions(prompt="a cat", count=2, seed=3))
+        await wait_for(events, lambda e: isinstance(e, JobDone) and e.job.id == receipt.job_id)
+        args = [
+            "--config",
+            str(config),
+            "upscale",
+            "--job",
+            str(receipt.job_id),
+            "--index",
+            "2",
+            "--upscaler",
+            "Lanczos",
+            "-o",
+            str(tmp_path / "out.png"),
+        ]
+        assert await asyncio.to_thread(main, args) == 0
+        out = Path(capsys.readouterr().out.strip())
+        assert out == tmp_path / "out.png"
+        made = Image.open(out)
+        assert made.size == (128, 128) and "Seed: 4" in made.info["parameters"]  # image 2: seed 3 + 1
+        missing = ["--config", str(config), "upscale", "--job", str(receipt.job_id), "--index", "3"]
+        assert await asyncio.to_thread(main, missing) == 2
+        assert "has no stored image 3" in capsys.readouterr().err
+    finally:
+        await h.close()
