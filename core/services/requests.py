@@ -51,7 +51,8 @@ HIRES = (  # hires fix ("hires" itself is enable_hr)
 DEFAULTS = {"width": 512, "height": 512, "steps": 20, "cfg": 7.0, "sampler": "Euler a", "count": 1}
 HIRES_OPTIONS = ("hires", *(option for option, _ in HIRES))
 # What a preset keeps: strength applies when the preset is used with a source image (/img2img).
-PRESET_FIELDS = ("prompt", *(option for option, _ in BASIC), *HIRES_OPTIONS, "strength")
+AFTER_DECODING = ("face_restore", "detailer")  # on/off; the server's models (issue 15)
+PRESET_FIELDS = ("prompt", *(option for option, _ in BASIC), *HIRES_OPTIONS, "strength", *AFTER_DECODING)
 
 
 def random_seed(rng: random.Random) -> int:
@@ -77,6 +78,7 @@ def merge(options: ImagineOptions, preset: Mapping[str, Any]) -> ImagineOptions:
         prompt = fragment.replace("{prompt}", prompt) if "{prompt}" in fragment else f"{prompt}, {fragment}"
     has_source = options.init_image is not None or options.source_job is not None
     names = [option for option, _ in BASIC] + (["strength"] if has_source else list(HIRES_OPTIONS))
+    names += AFTER_DECODING
     taken = {n: preset[n] for n in names if getattr(options, n) is None and preset.get(n) is not None}
     return dataclasses.replace(options, prompt=prompt, **taken)
 
@@ -184,6 +186,10 @@ def preset_of(r: GenerationRequest) -> dict[str, Any]:
         params.update(hires=True, **{option: getattr(r, field) for option, field in HIRES})
     if r.mode != Mode.TXT2IMG:
         params["strength"] = r.denoising_strength
+    if r.face_restoration:
+        params["face_restore"] = True
+    if r.detailer:
+        params["detailer"] = True
     return params
 
 

@@ -140,3 +140,21 @@ async def test_an_upscale_job_is_charged_by_its_cost_and_vary_or_reroll_of_it_ar
             assert "upscale" in str(err.value)
     finally:
         await h.close()
+
+
+async def test_a_preset_keeps_face_restoration_and_the_detailer(tmp_path) -> None:
+    h = Harness(tmp_path)
+    _with_post(h, **_models(tmp_path / "models"))
+    try:
+        service = await h.open(start=False)
+        await service.submit_imagine(actor(), ImagineOptions(prompt="x", face_restore=True, detailer=True))
+        await service.save_preset(actor(), "faces", None, from_last_job=True)
+        used = await service.submit_imagine(actor(), ImagineOptions(prompt="y", preset="faces"))
+        request = (await service.show(actor(), used.job_id)).request
+        assert (request.face_restoration, request.detailer) == ("GFPGAN", "face_detection_yunet_2023mar")
+        off = await service.submit_imagine(
+            actor(), ImagineOptions(prompt="y", preset="faces", detailer=False)
+        )
+        assert (await service.show(actor(), off.job_id)).request.detailer == ""  # the option wins
+    finally:
+        await h.close()
