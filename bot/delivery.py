@@ -268,7 +268,7 @@ class Delivery:
                 return
             self._finish(job.id)
             if isinstance(event, JobDone):
-                self._spawn(self._deliver_done(job, event.images))
+                self._spawn(self._deliver_done(job, event.images, event.control_maps))
             else:
                 self._spawn(
                     self._deliver_failed(
@@ -335,14 +335,16 @@ class Delivery:
                 t.editable = False  # it stays so: the end of the job finishes it another way
 
     # -- results -------------------------------------------------------------------------------------
-    async def _deliver_done(self, job: JobView, images: tuple[GeneratedImage, ...]) -> None:
+    async def _deliver_done(
+        self, job: JobView, images: tuple[GeneratedImage, ...], maps: tuple[bytes, ...] = ()
+    ) -> None:
         t = self.tracked.get(job.id)
         async with t.lock if t is not None else contextlib.nullcontext():
             if job.id in self._posted:
                 return
             self._posted.add(job.id)
             try:
-                await self.post_images(job, images, reply_to=t.reply_to if t else None)
+                await self.post_images(job, images, reply_to=t.reply_to if t else None, maps=maps)
             except discord.Forbidden as exc:
                 await self._undeliverable(t, job, images, exc)
             except Exception:
@@ -374,6 +376,7 @@ class Delivery:
         record: bool = True,
         controls: bool = True,
         view: discord.ui.View | None = None,
+        maps: tuple[bytes, ...] = (),
     ) -> discord.Message | None:
         """Post the job's images as their moderation says (``job.moderation``, aligned with ``images``):
         blocked ones are left out, spoilered ones sent as ``SPOILER_`` attachments; with every image
@@ -389,6 +392,11 @@ class Delivery:
             return None
         fitted = await self._fitted(job, images, decisions, self.upload_limit(job.guild_id))
         files = _files(fitted)
+        # The preprocessed ControlNet maps after the images, as sd-webui-controlnet shows them.
+        files += _files(await asyncio.to_thread(
+            lambda: [render.fit_to_limit(m, self.upload_limit(job.guild_id), stem=f"chant-{job.id}-control-{n}")
+                     for n, m in enumerate(maps)]
+        ))  # fmt: skip
         if any(f.resized for f in fitted):
             note = ((note + " · ") if note else "") + "re-encoded to fit this server's upload limit"
         if len(shown) < len(images):

@@ -16,6 +16,7 @@ from bot.actors import actor_from_interaction
 from bot.app import ChantBot
 from core import ranges
 from core.services import ImagineOptions, UserError
+from core.services.guides import CONTROL_TYPES
 
 # Common aspect ratios at SD1.5 and SDXL scales (all multiples of 64).
 SIZES: tuple[tuple[str, int, int], ...] = (
@@ -181,6 +182,18 @@ FILLS = {name: number for number, name in ranges.FILL_MODES.items()}
 ResizeMode = Literal[tuple(RESIZE_MODES)]
 Fill = Literal[tuple(FILLS)]
 Upscaler = app_commands.Transform[str, HiresUpscalerTransformer]
+# Guiding images (issue 16): what runs on the control attachment (or that it is a ready map), weights.
+ControlType = Literal[tuple(CONTROL_TYPES)]
+ControlWeight = app_commands.Range[float, ranges.MIN_CONTROL_WEIGHT, ranges.MAX_CONTROL_WEIGHT]
+ReferenceScale = app_commands.Range[float, ranges.MIN_REFERENCE_SCALE, ranges.MAX_REFERENCE_SCALE]
+Guidance = app_commands.Range[float, ranges.MIN_GUIDANCE, ranges.MAX_GUIDANCE]
+GUIDE_DESCRIBE = {
+    "control_image": "ControlNet: an image whose edges/depth/pose guide the composition",
+    "control_type": "ControlNet: what to take from control_image (default canny; '… map': it already is one)",
+    "control_weight": "ControlNet: how strongly it guides (default 1; start/end: save them in a preset)",
+    "reference_image": "reference image (IP-Adapter): borrow its look, style or subject",
+    "reference_scale": "reference image: how strongly (default 1)",
+}
 
 # What the options every generating command shares mean (``@app_commands.describe(**DESCRIBE, ...)``).
 DESCRIBE = {

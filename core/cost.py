@@ -16,6 +16,7 @@ image, so 512², 20 steps is one standard image. What multiplies it:
 * the detailer: one inpaint pass per image (one region: the usual face) at its strength's tail of the
   steps; face restoration is not counted (one small network per face).
 * the text encoder: each chunk of every distinct scheduled text beyond a plain prompt's two.
+* ControlNet units (half a UNet row each, over their guidance window) and reference images.
 
 The jobs table stores it (``jobs.cost``); the fair scheduler charges guilds with it, the queue measures
 its throughput in it (cost per GPU second over the jobs finished last, so the measured run time
@@ -43,6 +44,11 @@ CHUNK_SHARE = 0.01
 # row of one model call: half of a plain step's 512 × 512 pixel-steps).
 TEXT_CHUNK_PIXEL_STEPS = 512 * 512 / 2 / 36
 PLAIN_ENCODED = 2  # chunks a plain prompt encodes (its text and the negative): part of the standard
+# A ControlNet is a copy of the UNet's encoder and middle block: about half a UNet row's work, on the
+# rows and steps it acts on (its guidance window; weight 0 runs nothing). An IP-Adapter adds one short
+# cross-attention per layer (its image tokens): a few percent.
+CONTROLNET_SHARE = 0.5
+REFERENCE_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,17 @@ def _tail(steps: int, strength: float) -> int:
     return max(1, int(steps * strength))
 
 
+def _guide_factor(r: GenerationRequest) -> float:
+    """The UNet work's factor for the job's ControlNet units and reference images (1: none)."""
+    factor = 1.0
+    for unit in r.controls:
+        if unit.weight > 0:
+            factor += CONTROLNET_SHARE * max(0.0, min(1.0, unit.guidance_end) - max(0.0, unit.guidance_start))
+    if r.references and any(ref.scale > 0 for ref in r.references):
+        factor += REFERENCE_SHARE
+    return factor
+
+
 def job_cost(r: GenerationRequest) -> float:
     """The job's GPU work in pixel-steps of a plain prompt (see the module docstring)."""
     if r.mode == Mode.UPSCALE:
@@ -130,6 +147,7 @@ def job_cost(r: GenerationRequest) -> float:
             encoded += prompt.encoded + negative.encoded
         calls = model_calls(r.sampler, _tail(second, r.hr_denoising_strength))
         unet += w * h * calls * _rows(prompt, negative)
+    unet *= _guide_factor(r)
     if r.detailer:  # one region per image (the usual face), inpainted at the image's size
         pixels = w * h if r.enable_hr else r.width * r.height
         unet += pixels * model_calls(r.sampler, _tail(r.steps, r.detailer_strength)) * _rows(prompt, negative)

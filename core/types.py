@@ -8,6 +8,7 @@ These are the contract between the parts of chant: the bot builds a :class:`Gene
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -18,6 +19,55 @@ class Mode(StrEnum):
     IMG2IMG = "img2img"
     INPAINT = "inpaint"
     UPSCALE = "upscale"  # init_image to width × height by ``upscaler``, then optionally SD upscale's detail pass
+
+
+@dataclass(frozen=True)
+class ControlInput:
+    """One ControlNet unit of a job, with sd-webui-controlnet's fields, and its image (the attachment).
+
+    ``module`` is the preprocessor ("none": the image is a ready control map); ``model`` a ControlNet
+    name in the configured folders, "" = the first one there that fits ``control_type`` (or the
+    module's type) and the job's model family. ``resize_mode`` and ``control_mode`` take
+    sd-webui-controlnet's names; None thresholds / resolution = the preprocessor's defaults.
+    Checked by ``core.engine.control.units.ControlUnit.check``.
+    """
+
+    image: bytes | None = None
+    module: str = "none"
+    model: str = ""
+    weight: float = 1.0
+    resize_mode: str = "Crop and Resize"
+    processor_res: int | None = None
+    threshold_a: float | None = None
+    threshold_b: float | None = None
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    pixel_perfect: bool = False
+    control_mode: str = "Balanced"
+    control_type: str | None = None  # sd-webui-controlnet's "Control Type" (Canny, Depth, …) for "" models
+
+
+@dataclass(frozen=True)
+class ReferenceInput:
+    """A reference image (IP-Adapter) of a job: ``model`` an IP-Adapter name, "" = the first that fits
+    the job's model family; ``style``: only the style layers (sd-webui-controlnet's "style transfer")."""
+
+    image: bytes | None = None
+    model: str = ""
+    scale: float = 1.0
+    style: bool = False
+
+
+def _guides_from_json(data: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, cls in (("controls", ControlInput), ("references", ReferenceInput)):
+        if name in data:
+            known = {f.name for f in dataclasses.fields(cls)}
+            out[name] = tuple(
+                item if isinstance(item, cls) else cls(**{k: v for k, v in item.items() if k in known})
+                for item in data[name]
+            )
+    return out
 
 
 @dataclass(frozen=True)
@@ -71,6 +121,9 @@ class GenerationRequest:
     # A1111's SD upscale detail pass over tiles of the result (0 = none: nothing random, no SD model).
     upscaler: str = ""
     upscale_detail: float = 0.0
+    # ControlNet units and reference images (IP-Adapter); their images are stored apart, as sources.
+    controls: tuple[ControlInput, ...] = ()
+    references: tuple[ReferenceInput, ...] = ()
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)
@@ -81,16 +134,38 @@ class GenerationRequest:
         data["mode"] = str(self.mode)
         data.pop("init_image")
         data.pop("mask_image")
+        for name in ("controls", "references"):  # their images are stored apart (``guide_images``)
+            data[name] = [{k: v for k, v in item.items() if k != "image"} for item in data[name]]
         return data
 
+    @property
+    def guide_images(self) -> tuple[bytes | None, ...]:
+        """The control images, then the reference images, in order (how storage keeps them)."""
+        return tuple(c.image for c in self.controls) + tuple(r.image for r in self.references)
+
+    def with_guide_images(self, images: Sequence[bytes | None]) -> GenerationRequest:
+        """This request with ``guide_images`` put back (as stored; missing ones stay None)."""
+        images = list(images) + [None] * (len(self.controls) + len(self.references) - len(images))
+        n = len(self.controls)
+        return self.replace(
+            controls=tuple(dataclasses.replace(c, image=images[i]) for i, c in enumerate(self.controls)),
+            references=tuple(
+                dataclasses.replace(r, image=images[n + i]) for i, r in enumerate(self.references)
+            ),
+        )
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **images: bytes | None) -> GenerationRequest:
+    def from_dict(cls, data: dict[str, Any], **images: Any) -> GenerationRequest:
+        """From ``to_dict()``, with the stored ``init_image``/``mask_image`` and ``guide_images``."""
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         if "mode" in kwargs:
             kwargs["mode"] = Mode(kwargs["mode"])
+        kwargs.update(_guides_from_json(kwargs))
+        guide_images = images.pop("guide_images", ())
         kwargs.update(images)
-        return cls(**kwargs)
+        request = cls(**kwargs)
+        return request.with_guide_images(guide_images) if guide_images else request
 
     def batch_key(self) -> tuple[Any, ...]:
         """Jobs with equal keys may share one denoising loop: what shapes the shared loop is equal.
@@ -112,6 +187,11 @@ class GenerationRequest:
             size = resize if any(resize) else self.hr_scale  # a resize box overrides the scale
             key += (size, self.hr_upscaler, self.hr_second_pass_steps or self.steps,
                     self.hr_denoising_strength)
+        if self.controls or self.references:  # the ControlNet and IP-Adapter models the loop runs
+            key += (
+                tuple(sorted({(c.model, c.model or c.control_type or c.module) for c in self.controls})),
+                tuple(sorted({(r.model, r.style) for r in self.references})),
+            )
         return key
 
 
@@ -137,6 +217,7 @@ class GenerationResult:
     model_name: str
     model_hash: str  # A1111 short hash: first 10 hex digits of the file's sha256
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    control_maps: tuple[bytes, ...] = ()  # PNGs of the preprocessed control maps (shown with the result)
 
 
 class GenerationCancelled(Exception):

@@ -170,6 +170,12 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Server 
         await self.service.admin_set_reroll_policy(actor, policy)
         await self._done(interaction, f"Reroll policy: {policy}.")
 
+    @app_commands.command(name="guides", description="Allow control and reference images (ControlNet, IP-Adapter)")
+    async def guides(self, interaction: discord.Interaction, allowed: bool) -> None:
+        actor = await self._admin(interaction)
+        await self.service.admin_set_guides(actor, allowed)
+        await self._done(interaction, f"Control and reference images are now {'on' if allowed else 'off'}.")
+
     @app_commands.command(name="role", description="Add or remove a chant admin role")
     async def role(
         self, interaction: discord.Interaction, action: Literal["add", "remove"], role: discord.Role

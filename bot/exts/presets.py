@@ -11,10 +11,14 @@ from bot.app import ChantBot
 from bot.options import (
     Cfg,
     ClipSkip,
+    ControlType,
+    ControlWeight,
     Count,
+    Guidance,
     HiresScale,
     HiresSteps,
     Model,
+    ReferenceScale,
     Sampler,
     Seed,
     Size,
@@ -50,6 +54,11 @@ def describe_options(options: ImagineOptions) -> str:
         "hires_strength",
         "upscaler",
         "strength",
+        "control_type",
+        "control_weight",
+        "control_start",
+        "control_end",
+        "reference_scale",
     ):
         value = getattr(options, name)
         if value not in (None, ""):
@@ -73,7 +82,12 @@ class PresetCog(commands.GroupCog, group_name="preset", group_description="Your 
     @app_commands.command(
         name="save", description="Save options as a preset (or, with no options, your last job's)"
     )
-    @app_commands.describe(name="preset name", from_last_job="copy every option of your most recent job")
+    @app_commands.describe(
+        name="preset name",
+        from_last_job="copy every option of your most recent job",
+        control_start="ControlNet: the fraction of the steps where it starts guiding (0-1)",
+        control_end="ControlNet: the fraction of the steps where it stops guiding (0-1)",
+    )
     async def save(
         self,
         interaction: discord.Interaction,
@@ -95,8 +109,17 @@ class PresetCog(commands.GroupCog, group_name="preset", group_description="Your 
         hires_strength: Strength | None = None,
         upscaler: Upscaler | None = None,
         strength: Strength | None = None,
+        control_type: ControlType | None = None,
+        control_weight: ControlWeight | None = None,
+        control_start: Guidance | None = None,
+        control_end: Guidance | None = None,
+        reference_scale: ReferenceScale | None = None,
     ) -> None:
         await interaction.response.defer(ephemeral=True)
+        guide = {
+            "control_type": control_type, "control_weight": control_weight, "control_start": control_start,
+            "control_end": control_end, "reference_scale": reference_scale,
+        }  # fmt: skip
         explicit = command_options(
             prompt or "",
             size,
@@ -114,8 +137,9 @@ class PresetCog(commands.GroupCog, group_name="preset", group_description="Your 
             hires_strength=hires_strength,
             upscaler=upscaler,
             strength=strength,
+            **guide,
         )
-        has_options = any(
+        has_options = any(v is not None for v in guide.values()) or any(
             v is not None
             for v in (prompt, negative, size, steps, cfg, sampler, seed, count, model, clip_skip)
         ) or any(v is not None for v in (hires, hires_scale, hires_steps, hires_strength, upscaler, strength))

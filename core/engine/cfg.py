@@ -44,26 +44,35 @@ class UNetModel:
     up for.
     """
 
-    def __init__(self, unet: Any, buckets: Sequence[int] = ()) -> None:
+    def __init__(self, unet: Any, buckets: Sequence[int] = (), guide: Any = None) -> None:
         self.unet = unet
         self.dtype = unet.dtype
         self.buckets = tuple(sorted(buckets))
+        self.guide = guide  # core.engine.guide.BatchGuide: ControlNet residuals, IP-Adapter rows
 
-    def __call__(self, x, t, *, embeds, added=None, image_cond=None) -> torch.Tensor:
+    def __call__(self, x, t, *, embeds, added=None, image_cond=None, rows=None) -> torch.Tensor:
+        """``rows``: each row's (job position, conditional), for the guide."""
         x = x.to(self.dtype)
-        if image_cond is not None:  # inpainting UNet: [latents, mask, masked-image latents]
-            x = torch.cat([x, image_cond.to(self.dtype)], dim=1)
-        rows = x.shape[0]
-        target = next((b for b in self.buckets if b >= rows), rows)
-        if target > rows:
+        count = x.shape[0]
+        target = next((b for b in self.buckets if b >= count), count)
+        if target > count:
 
             def pad(tensor):
-                return torch.cat([tensor, tensor[-1:].expand(target - rows, *tensor.shape[1:])])
+                return torch.cat([tensor, tensor[-1:].expand(target - count, *tensor.shape[1:])])
 
             x, embeds, t = pad(x), pad(embeds), pad(t)
+            image_cond = None if image_cond is None else pad(image_cond)
             added = None if added is None else {name: pad(value) for name, value in added.items()}
-        out = self.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
-        return out[:rows].float()
+            rows = None if rows is None else [*rows, *[rows[-1]] * (target - count)]
+        extra = {}
+        if self.guide is not None and rows is not None:  # on the latents alone, as the UNet gets them
+            extra = self.guide.unet_kwargs(x, t, embeds, added, rows)
+        if image_cond is not None:  # inpainting UNet: [latents, mask, masked-image latents]
+            x = torch.cat([x, image_cond.to(self.dtype)], dim=1)
+        out = self.unet(
+            x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **extra
+        )[0]
+        return out[:count].float()
 
 
 @dataclass
@@ -212,20 +221,24 @@ class CFGDenoiser:
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, counter: int) -> list[torch.Tensor]:
         """Each job's raw outputs, [uncond, cond₁ … condₙ]: row blocks of equal token length share a call."""
         blocks: list[
-            tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, dict | None]
+            tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, dict | None, list]
         ] = []
         owner: list[int] = []  # the job of each block
         for position, (job, rows, sigmas) in enumerate(
             zip(self.jobs, self.rows(x), self.rows(sigma), strict=True)
         ):
-            for repeats, embeds, added in job.row_blocks(counter):
+            job_blocks = job.row_blocks(counter)
+            for k, (repeats, embeds, added) in enumerate(job_blocks):
                 image_cond = job.image_cond
                 if repeats > 1:
                     rows_in, sigmas_in = torch.cat([rows] * repeats), torch.cat([sigmas] * repeats)
                     image_cond = None if image_cond is None else torch.cat([image_cond] * repeats)
                 else:
                     rows_in, sigmas_in = rows, sigmas
-                blocks.append((embeds.shape[1], rows_in, sigmas_in, image_cond, embeds, added))
+                # Each row's (job, carries a prompt): [uncond, conds…] in one block, or uncond then conds.
+                uncond = job.count if k == 0 else 0
+                meta = [(position, r >= uncond) for r in range(repeats * job.count)]
+                blocks.append((embeds.shape[1], rows_in, sigmas_in, image_cond, embeds, added, meta))
                 owner.append(position)
         outputs: list[torch.Tensor | None] = [None] * len(blocks)
         for length in dict.fromkeys(block[0] for block in blocks):
@@ -251,8 +264,10 @@ class CFGDenoiser:
         if blocks[0][5] is not None:
             added = {name: torch.cat([block[5][name] for block in blocks]) for name in blocks[0][5]}
 
+        rows = [meta for block in blocks for meta in block[6]]
+
         def unet(x_in, t):
-            return self.model(x_in, t, embeds=embeds, added=added, image_cond=image_cond)
+            return self.model(x_in, t, embeds=embeds, added=added, image_cond=image_cond, rows=rows)
 
         schedule = self.schedule
         if self.timesteps:

@@ -86,6 +86,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     image.add_argument("--masked-only", action="store_true", default=None, help='"Only masked" inpaint area')
     image.add_argument("--padding", type=int, default=None, metavar="N", help="masked-only padding (32)")
+    guide = p.add_argument_group("ControlNet and reference images (sd-webui-controlnet's unit fields)")
+    guide.add_argument("--control", action="append", default=None, metavar="FILE",
+                       help="a control image (repeat for more units; with --infotext: its units' images)")  # fmt: skip
+    guide.add_argument("--control-type", default=None, metavar="NAME",
+                       help="preprocessor: canny, depth_anything_v2, dw_openpose_full, lineart_standard, "
+                            "scribble_xdog, tile_resample, none (a ready map; default)")  # fmt: skip
+    guide.add_argument("--control-model", default=None, metavar="NAME", help="ControlNet name (default: one that fits)")
+    guide.add_argument("--control-weight", type=float, default=None, metavar="X", help="default 1")
+    guide.add_argument("--control-start", type=float, default=None, metavar="X", help="guidance start (0)")
+    guide.add_argument("--control-end", type=float, default=None, metavar="X", help="guidance end (1)")
+    guide.add_argument("--control-mode", default=None, metavar="MODE",
+                       help='"Balanced", "My prompt is more important", "ControlNet is more important"')  # fmt: skip
+    guide.add_argument("--reference", action="append", default=None, metavar="FILE", help="a reference image (IP-Adapter)")
+    guide.add_argument("--reference-model", default=None, metavar="NAME", help="IP-Adapter name (default: one that fits)")
+    guide.add_argument("--reference-scale", type=float, default=None, metavar="X", help="default 1")
     hires = p.add_argument_group("hires fix (txt2img)")
     hires.add_argument("--hires", action="store_true", default=None, help="enable hires fix")
     hires.add_argument("--hr-scale", type=float, default=None, metavar="X", help="default 2")
@@ -225,8 +240,51 @@ def request_from_args(args: argparse.Namespace, settings) -> tuple[object, tuple
     mask_image = Path(args.mask).read_bytes() if args.mask else None
     mode = Mode.INPAINT if (mask_image or args.inpaint) else Mode.IMG2IMG if init_image else Mode.TXT2IMG
     fields.setdefault("prompt", "")
+    fields.update(_guides_from_args(args, fields.get("controls", ()), fields.get("references", ())))
     request = GenerationRequest(**fields, mode=mode, init_image=init_image, mask_image=mask_image)
     return request, ignored
+
+
+def _guides_from_args(args: argparse.Namespace, controls, references) -> dict:
+    """``--control``/``--reference`` images on the infotext's units (in order), or on new ones with the
+    ``--control-*``/``--reference-*`` values. A unit read from an infotext needs its image."""
+    from core.types import ControlInput, ReferenceInput
+
+    images = [Path(f).read_bytes() for f in args.control or ()]
+    given = {
+        "module": args.control_type, "model": args.control_model, "weight": args.control_weight,
+        "guidance_start": args.control_start, "guidance_end": args.control_end, "control_mode": args.control_mode,
+    }  # fmt: skip
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.control_type is not None:  # a preprocessor, or a control type (its default preprocessor)
+        from core.engine.control.preprocessors import CONTROL_TYPES, PREPROCESSORS
+
+        if args.control_type not in PREPROCESSORS:
+            match = {k.lower(): k for k in CONTROL_TYPES}.get(args.control_type.lower())
+            if match is None:
+                raise ValueError(
+                    f"--control-type {args.control_type!r}: not a preprocessor ({', '.join(PREPROCESSORS)}) "
+                    f"or control type ({', '.join(CONTROL_TYPES)})"
+                )
+            given["module"], given["control_type"] = CONTROL_TYPES[match][0], match
+    units = list(controls) or [ControlInput() for _ in images]
+    if len(images) != len(units):
+        raise ValueError(f"the infotext has {len(units)} ControlNet units: give as many --control images")
+    out: dict = {}
+    if units:
+        out["controls"] = tuple(dataclasses.replace(u, image=i, **given) for u, i in zip(units, images, strict=True))
+    elif given:
+        raise ValueError("--control-type/--control-model/--control-weight/... need a --control image")
+    ref_images = [Path(f).read_bytes() for f in args.reference or ()]
+    refs = list(references)[:1] or [ReferenceInput()]
+    if ref_images:
+        base = refs[0]
+        values = {"model": args.reference_model, "scale": args.reference_scale}
+        base = dataclasses.replace(base, **{k: v for k, v in values.items() if v is not None})
+        out["references"] = tuple(dataclasses.replace(base, image=data) for data in ref_images)
+    elif references:
+        raise ValueError("the infotext has a reference image (IP-Adapter): give it with --reference")
+    return out
 
 
 def _model_defaults(settings, model: str | None):

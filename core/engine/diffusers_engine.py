@@ -168,7 +168,11 @@ class DiffusersEngine(Runtime):
             log.info("batch capacity unknown for this job (%s); it runs alone", exc)
             return 1
         buckets = self.settings.batch_buckets if self.settings.compile != "off" else ()
-        return memory.capacity(free, footprint, buckets=buckets)
+        images = memory.capacity(free, footprint, buckets=buckets)
+        if request.controls:  # each ControlNet runs the UNet's encoder again on the same rows: measured
+            # footprints are the UNet's alone, so leave each unit an image's share (an OOM still falls back)
+            images = max(1, images // (1 + len(request.controls)))
+        return images
 
     def preload(self) -> dict[str, Any]:
         """Load the default model before the first job (the worker calls this when it starts): with

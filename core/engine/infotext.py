@@ -342,6 +342,7 @@ def settings_from_infotext(text: str) -> InfotextSettings:
         f["enable_hr"] = hires
         f["hr_denoising_strength" if hires else "denoising_strength"] = _number(p, "Denoising strength")
     handled |= {"RNG", "Denoising strength", "Hires resize"}
+    handled |= _guides_from_infotext(p, f)
     ignored = tuple(
         k for k in p if k not in handled and k not in _INFORMATIONAL and not k.endswith(("-1", "-2"))
     )
@@ -366,6 +367,30 @@ def _after_decoding(p: Mapping[str, str], handled: set[str]) -> dict[str, Any]:
             f["detailer_strength"] = _number(p, "ADetailer denoising strength")
         handled.update(k for k in p if k.startswith("ADetailer ") and not k.endswith((" 2nd", " 3rd")))
     return f
+def _guides_from_infotext(params: Mapping[str, str], fields: dict[str, Any]) -> set[str]:
+    """sd-webui-controlnet's ``ControlNet N`` units as ``controls`` (and IP-Adapter units as ``references``),
+    without their images (an infotext has none); returns the keys read."""
+    from core.engine.control.infotext import PREFIX, units_from_infotext
+    from core.types import ControlInput, ReferenceInput
+
+    units = units_from_infotext(params)
+    controls, references = [], []
+    for found in units:
+        u = found.unit
+        if u.module.startswith("ip-adapter"):
+            references.append(ReferenceInput(model=u.model, scale=u.weight))
+            continue
+        controls.append(ControlInput(
+            module=u.module, model=u.model, weight=u.weight, resize_mode=u.resize_mode,
+            processor_res=u.processor_res, threshold_a=u.threshold_a, threshold_b=u.threshold_b,
+            guidance_start=u.guidance_start, guidance_end=u.guidance_end, pixel_perfect=u.pixel_perfect,
+            control_mode=u.control_mode,
+        ))  # fmt: skip
+    if controls:
+        fields["controls"] = tuple(controls)
+    if references:
+        fields["references"] = tuple(references)
+    return {k for k in params if k.startswith(PREFIX) and k[len(PREFIX) :].isdigit()}
 
 
 def infotext_of_file(data: bytes) -> str | None:

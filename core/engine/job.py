@@ -50,6 +50,7 @@ class Plan:
     image_cond: torch.Tensor | None = None  # inpainting UNets: [mask, masked-image latents] per image
     hashes: dict = field(default_factory=dict)  # infotext "Lora hashes" / "TI hashes" (A1111 1.10)
     after: dict = field(default_factory=dict)  # infotext of face restoration and the detailer (after decoding)
+    guide_params: dict = field(default_factory=dict)  # infotext "ControlNet N" (sd-webui-controlnet)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Job:
     image_rng: Any = None  # rng.ImageRNG
     init_latents: torch.Tensor | None = None  # inpaint: the source latents (masked content applied) it keeps
     nmask: torch.Tensor | None = None  # inpaint: 1 where the image is repainted (A1111's nmask), (1, 1, h, w)
+    guide: Any = None  # core.engine.guide.JobGuide: ControlNet units and reference images
 
     @property
     def count(self) -> int:

@@ -16,13 +16,14 @@ Sigmas stay on the CPU, so nothing in the loop waits for the GPU.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 
-from core.engine import cfg, models, rng, samplers
+from core.engine import cfg, guide, models, rng, samplers
 from core.engine.job import Job, Outcome, RunStats, Start
 from core.engine.runtime import Runtime
 from core.engine.sampling import ScheduleOptions, Step
@@ -93,8 +94,12 @@ def denoise(
     x = torch.cat([first_x(plan, job, runtime.device) for job in active])
     time_ids = cfg.time_ids(model, shape, runtime.device)
     kind = plan.spec.sampler.kind
+    # ControlNet units and reference images: what they add to each UNet call, per row (None: no job has any)
+    size = (shape[2] * model.vae_scale_factor, shape[1] * model.vae_scale_factor)
+    hires_pass = start is not None and start.steps is not None
+    batch_guide = guide.batch_guide(active, size, plan.steps_run, runtime.device, hires_pass=hires_pass)
     denoiser = cfg.CFGDenoiser(
-        cfg.UNetModel(model.pipe.unet, runtime.unet_row_buckets),
+        cfg.UNetModel(model.pipe.unet, runtime.unet_row_buckets, guide=batch_guide),
         [cfg.JobCond.of(job.plan, time_ids, init=job.init_latents, nmask=job.nmask) for job in active],
         plan.schedule.to(runtime.device),
         timesteps=kind == "timesteps",
@@ -104,9 +109,11 @@ def denoise(
     steps = Steps(
         runtime, model, active, denoiser, plan, stats, outcomes, should_cancel, on_progress, progress
     )
+    steps.guide = batch_guide
     image_rng = BatchRNG([job.image_rng for job in active])
     try:
-        latents = samplers.sample(plan, denoiser, x, rng=image_rng, callback=steps, eta=request.eta)
+        with batch_guide.attached(model.pipe.unet) if batch_guide else contextlib.nullcontext():
+            latents = samplers.sample(plan, denoiser, x, rng=image_rng, callback=steps, eta=request.eta)
     except _AllCancelled:
         return []
     for job, rows in zip(active, split_rows(active, latents), strict=True):
@@ -210,8 +217,11 @@ class Steps:
         self.total = plan.callbacks or plan.steps_run  # DPM adaptive: steps not known ahead
         self.done_before, self.report_total = progress or (0, self.run_steps)
         self.last = time.perf_counter()
+        self.guide = None  # core.engine.guide.BatchGuide: counts A1111's sampling steps, drops rows
 
     def __call__(self, step: Step) -> list[int] | None:
+        if self.guide is not None:  # the next model calls belong to the next step
+            self.guide.step = step.i + 1
         self.runtime.sync()
         now = time.perf_counter()
         self.stats.steps.append(now - self.last)
@@ -240,6 +250,8 @@ class Steps:
                 positions.append(position)
             row += job.count
         self.denoiser.keep(positions)
+        if self.guide is not None:
+            self.guide.keep(positions)
         active[:] = stay
         return rows
 

@@ -64,6 +64,7 @@ def png(settings: EngineSettings, plan: Plan, index: int, image) -> GeneratedIma
             "CFG Rescale": request.cfg_rescale or None,
             "Noise Schedule": "Zero Terminal SNR" if plan.model.noise.zero_terminal_snr else None,
             "Emphasis": None if settings.emphasis == "Original" else settings.emphasis,
+            **plan.guide_params,
         },
     )
     return GeneratedImage(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from core.engine import checks, hires, loop, models, output, prompts, vae
+from core.engine import checks, guide, hires, loop, models, output, prompts, vae
 from core.engine.job import Job, Outcome, RunStats, Start
 from core.engine.runtime import Runtime
 from core.types import (
@@ -86,6 +86,9 @@ class Pipeline:
         # 2. Load the model (LRU) with its VAE; it must take the jobs' images
         model = runtime.load_model(jobs[0].request)
         self.check_model(model, jobs)
+        jobs = self.load_guides(model, jobs)  # ControlNets, IP-Adapter and image tokens (each job's)
+        if not jobs:
+            return
         stats.load = time.perf_counter() - start
         # 3. Interpret the prompts; apply the extra networks (<lora:…>, <hypernet:…>: the batch's set)
         #    until the last step; encode each prompt (A1111 schedules, AND, emphasis, CLIP skip, embeddings)
@@ -137,7 +140,9 @@ class Pipeline:
             try:
                 checks.check_inputs(request, self.settings, self.runtime.postprocess)
                 init = checks.prepare_init(request, self.settings)  # img2img / inpaint: the source (and mask)
-                jobs.append(Job(index, request, init=init))
+                # ControlNet units (preprocessed) and reference images
+                job_guide = guide.prepare(request, self.settings, str(self.runtime.device))
+                jobs.append(Job(index, request, init=init, guide=job_guide))
             except GenerationError as exc:
                 self.outcomes[index] = exc
         return jobs
@@ -150,6 +155,16 @@ class Pipeline:
                 f"this model's UNet takes {in_channels} input channels; img2img and inpaint work with "
                 "regular (4) and inpainting (9) models"
             )
+
+    def load_guides(self, model: models.LoadedModel, jobs: list[Job]) -> list[Job]:
+        """Each guided job's ControlNets and IP-Adapter (``core.engine.guide.load``); one that fails fails alone."""
+        runtime = self.runtime
+
+        def load(job: Job) -> None:
+            if job.guide is not None:
+                guide.load(runtime.guide_models(), model.pipe.unet, job.guide, runtime.device, runtime.dtype)
+
+        return self._each(jobs, load)
 
     def interpret(self, jobs: list[Job]) -> list[Job]:
         """Each job's (positive, negative) interpretations; a job whose prompt is unusable fails alone."""
@@ -173,6 +188,8 @@ class Pipeline:
                 embeddings=self.runtime.embeddings,
                 first_pass=plan,
             )
+            if job.guide is not None:
+                job.plan.guide_params = job.guide.infotext()
 
         return self._each(jobs, encode)
 
@@ -238,7 +255,9 @@ class Pipeline:
         def interpret(job: Job) -> None:
             job.interpretations = hires.interpret(job.request, self.settings)
 
-        second = self._each([Job(job.index, job.request, init=job.init) for job in jobs], interpret)
+        second = self._each(
+            [Job(job.index, job.request, init=job.init, guide=job.guide) for job in jobs], interpret
+        )
         if not second:
             return []
         runtime = self.runtime
@@ -348,6 +367,8 @@ class Pipeline:
                     upscale_detail=0.0,
                     face_restoration="",
                     detailer="",
+                    controls=(),  # SD upscale's tiles: the job's prompt and model, no guide images
+                    references=(),
                 )
                 (outcome,) = Pipeline(self.runtime, None, cancel)([r], [0])
                 if isinstance(outcome, BaseException):
@@ -429,6 +450,8 @@ class Pipeline:
                 subseed=plan.subseeds[image_index],
                 face_restoration="",
                 detailer="",
+                controls=(),  # ADetailer repaints without the job's ControlNets unless told to
+                references=(),
             )
             (outcome,) = Pipeline(self.runtime, None, cancel)([r], [0])
             if isinstance(outcome, BaseException):
@@ -462,7 +485,11 @@ class Pipeline:
             timings["batch_jobs"] = float(loop_jobs)
         for job, generated in zip(jobs, pngs, strict=True):
             self.outcomes[job.index] = GenerationResult(
-                images=generated, model_name=model.name, model_hash=model.hash, timings=dict(timings)
+                images=generated,
+                model_name=model.name,
+                model_hash=model.hash,
+                timings=dict(timings),
+                control_maps=job.guide.detected_maps() if job.guide is not None else (),
             )
 
     # -- helpers -------------------------------------------------------------------------------------------

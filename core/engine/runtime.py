@@ -44,6 +44,7 @@ class Runtime:
         self.unet_row_buckets: tuple[int, ...] = ()  # a compiled UNet's warmed-up row counts (accel)
         self._lock = threading.Lock()
         self._network_cache = None
+        self._guide_models = None  # core.engine.guide.GuideModels (ControlNets, IP-Adapters), on first use
         self._pool: ThreadPoolExecutor | None = None  # PNG encoding threads, created on first use
 
     def load_model(self, request: GenerationRequest) -> models.LoadedModel:
@@ -88,6 +89,13 @@ class Runtime:
                 self.postprocess, allow_pickle=self.settings.allow_pickle, device=self.device
             )
         return self._post
+    def guide_models(self):
+        """The ControlNet and IP-Adapter caches (made on first use)."""
+        if self._guide_models is None:
+            from core.engine.guide import GuideModels
+
+            self._guide_models = GuideModels(self.settings)
+        return self._guide_models
 
     # -- the VAE, with the engine's settings ---------------------------------------------------------
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Integer, and_, case, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -212,8 +213,9 @@ class JobStore:
         rows = sorted(rows, key=lambda row: where[row[0]])
         out = []
         for job_id, params, attempts in rows:
-            images: dict[str, bytes | None] = {}
-            if params.get("mode", "txt2img") != "txt2img":  # img2img / inpaint: their input images
+            images: dict[str, Any] = {}
+            guided = params.get("controls") or params.get("references")  # control / reference images
+            if params.get("mode", "txt2img") != "txt2img" or guided:  # img2img / inpaint: their input images
                 async with self.db.session() as s:
                     images = await Repositories(s).jobs.inputs(job_id)
             out.append(Claimed(job_id, GenerationRequest.from_dict(params, **images), attempts))
@@ -292,6 +294,7 @@ class JobStore:
         repos = Repositories(s)
         decisions = await self._moderate(s, job_id, result)
         await repos.jobs.add_images(job_id, result.images, [stored for _, stored in decisions])
+        await repos.jobs.add_control_maps(job_id, result.control_maps)
         actual = {"gpu_seconds": gpu_seconds}
         charged = sum(decision.charged for decision, _ in decisions)
         if charged < len(decisions):  # blocked only because it could not be checked: refunded

@@ -104,6 +104,11 @@ async def set_reroll_policy(ctx: Context, actor: Actor, policy_name: str) -> Non
     await _update(ctx, actor, "reroll.policy", policy_name, reroll_policy=policy_name)
 
 
+async def set_guides(ctx: Context, actor: Actor, allowed: bool) -> None:
+    """Turn control and reference images (ControlNet, IP-Adapter) on or off in the actor's guild."""
+    await _update(ctx, actor, "guides", "on" if allowed else "off", allow_guides=bool(allowed))
+
+
 async def set_moderation(
     ctx: Context,
     actor: Actor,

@@ -73,8 +73,9 @@ class Announcer:
                 return
             view = await view_of(s, job)
             images = await images_of(s, job_id) if view.state == "done" else ()
+            maps = await Repositories(s).jobs.control_maps(job_id) if view.state == "done" else ()
         if view.state == "done":
-            self.ledger.ended(JobDone(view, images))
+            self.ledger.ended(JobDone(view, images, maps))
         elif view.state == "failed":
             self.ledger.ended(JobFailed(view, view.error or "The job failed."))
         else:

@@ -16,6 +16,7 @@ from typing import Any
 from core import ranges
 from core.config import PostprocessSettings
 from core.engine.catalog import ModelDefaults
+from core.services import guides
 from core.services.images import Upload, fit_size
 from core.services.policy import check_strength
 from core.services.types import ImagineOptions, UserError
@@ -52,7 +53,10 @@ DEFAULTS = {"width": 512, "height": 512, "steps": 20, "cfg": 7.0, "sampler": "Eu
 HIRES_OPTIONS = ("hires", *(option for option, _ in HIRES))
 # What a preset keeps: strength applies when the preset is used with a source image (/img2img).
 AFTER_DECODING = ("face_restore", "detailer")  # on/off; the server's models (issue 15)
-PRESET_FIELDS = ("prompt", *(option for option, _ in BASIC), *HIRES_OPTIONS, "strength", *AFTER_DECODING)
+PRESET_FIELDS = (
+    "prompt", *(option for option, _ in BASIC), *HIRES_OPTIONS, "strength", *guides.PRESET_OPTIONS,
+    *AFTER_DECODING,
+)  # fmt: skip
 
 
 def random_seed(rng: random.Random) -> int:
@@ -79,6 +83,7 @@ def merge(options: ImagineOptions, preset: Mapping[str, Any]) -> ImagineOptions:
     has_source = options.init_image is not None or options.source_job is not None
     names = [option for option, _ in BASIC] + (["strength"] if has_source else list(HIRES_OPTIONS))
     names += AFTER_DECODING
+    names += guides.PRESET_OPTIONS  # guidance start/end have no command option: presets hold them
     taken = {n: preset[n] for n in names if getattr(options, n) is None and preset.get(n) is not None}
     return dataclasses.replace(options, prompt=prompt, **taken)
 
@@ -190,6 +195,7 @@ def preset_of(r: GenerationRequest) -> dict[str, Any]:
         params["face_restore"] = True
     if r.detailer:
         params["detailer"] = True
+    params.update(guides.preset_of(r))
     return params
 
 

@@ -265,6 +265,9 @@ class ChantService:
     async def admin_set_reroll_policy(self, actor: Actor, policy: str) -> None:
         await admin.set_reroll_policy(self._ctx, actor, policy)
 
+    async def admin_set_guides(self, actor: Actor, allowed: bool) -> None:
+        await admin.set_guides(self._ctx, actor, allowed)
+
     async def admin_banned_words(
         self, actor: Actor, *, add: Sequence[str] = (), remove: Sequence[str] = ()
     ) -> list[str]:

@@ -9,15 +9,17 @@ workers — so two submits never both pass a cap, and a refused submit leaves no
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from core.queue import notify
 from core.queue.notify import JOBS, Note
-from core.services import policy, presets, prompts, requests
+from core.services import guides, policy, presets, prompts, requests
 from core.services.context import Context, default_model, guild_of
-from core.services.images import load_upload
+from core.services.images import SourceImage, load_upload
+from core.services.images import load_source as checked_image
 from core.services.reads import images_of, visible_job
 from core.services.types import Actor, ImagineOptions, Receipt, UserError
 from core.storage.models import Guild, Job
@@ -46,8 +48,12 @@ async def submit_imagine(
         guild = await guild_of(s, actor)
         policy.check_channel(ctx.settings, actor, guild)
         preset = await presets.params_for(s, actor, options.preset) if options.preset else {}
+        guides.check_given(options)
         merged = requests.merge(options, preset)
         requests.check_sources(merged)
+        if guides.wanted(merged):  # control / reference images: values and the guild's switch, cheaply first
+            guides.check_options(merged)
+            guides.check_allowed(guild)
         source = (
             merged.init_image
             if merged.source_job is None
@@ -72,6 +78,14 @@ async def submit_imagine(
     if merged.detailer is None and guild is not None and guild.detailer_default:
         merged = dataclasses.replace(merged, detailer=True)  # the guild's default
     request = request.replace(**requests.after_decoding_changes(merged, ctx.settings.postprocess))
+    if guides.wanted(merged):  # checked as img2img sources are, in the ImageWork pool
+        named = guides.changes(  # the models it needs, before its images are worked on
+            merged, _NAMED if merged.control_image else None, _NAMED if merged.reference_image else None
+        )
+        guides.check_available(ctx.settings.engine, request.replace(**named))
+        control = await _guide_image(ctx, merged.control_image, "control image")
+        reference = await _guide_image(ctx, merged.reference_image, "reference image")
+        request = request.replace(**guides.changes(merged, control, reference))
     return await submit_checked(
         ctx, actor, guild, request, kind="imagine", expand=True, status_message_id=status_message_id
     )
@@ -139,12 +153,24 @@ async def submit_checked(
         expanded = prompts.expand_request(ctx, request, templates)
         request, templates = expanded.request, expanded.templates
     _check_limits(ctx, request, guild)
+    if request.controls or request.references:  # 🔁 and 🔀 too: an admin may have turned them off since
+        guides.check_allowed(guild)
+        guides.check_available(ctx.settings.engine, request)
     policy.check_text(request, list(guild.banned_words) if guild is not None else [], ctx.settings.engine)
     place = policy.age_restricted_here(actor) if age_restricted is None else age_restricted
     return await enqueue(
         ctx, actor, guild, request, kind=kind, parent_id=parent_id, templates=templates, age_restricted=place,
         status_message_id=status_message_id,
     )  # fmt: skip
+
+
+_NAMED = SourceImage(b"", 0, 0, False)  # a stand-in: what a request needs is checked before its images
+
+
+async def _guide_image(ctx: Context, data: bytes | None, what: str) -> SourceImage | None:
+    if data is None:
+        return None
+    return await ctx.images.run(functools.partial(checked_image, max_pixels=ctx.max_input_pixels, what=what), data)
 
 
 def require_a_model(ctx: Context, actor: Actor) -> None:

@@ -84,6 +84,15 @@ class ImagineOptions:
     # after decoding (issue 15): the server's face restorer and detailer model ([postprocess])
     face_restore: bool | None = None
     detailer: bool | None = None
+    # Guiding images (issue 16, core.services.guides): a ControlNet unit from an attachment and a reference
+    # image (IP-Adapter). control_start/control_end come from presets (no command option).
+    control_image: bytes | None = None
+    control_type: str | None = None  # a key of core.services.guides.CONTROL_TYPES ("canny", "canny map", …)
+    control_weight: float | None = None
+    control_start: float | None = None
+    control_end: float | None = None
+    reference_image: bytes | None = None
+    reference_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +227,7 @@ class JobProgress:
 class JobDone:
     job: JobView
     images: tuple[GeneratedImage, ...]
+    control_maps: tuple[bytes, ...] = ()  # preprocessed ControlNet maps (PNG), posted with the images
 
 
 @dataclass(frozen=True)

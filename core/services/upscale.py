@@ -115,7 +115,7 @@ async def upscale(
     request = base.replace(
         mode=Mode.UPSCALE, init_image=png, mask_image=None, width=w, height=h, count=1, enable_hr=False,
         upscaler=name, upscale_detail=detail, denoising_strength=detail or base.denoising_strength,
-        face_restoration="", detailer="", subseed_strength=0.0,
+        face_restoration="", detailer="", subseed_strength=0.0, controls=(), references=(),
     )  # fmt: skip
     return await submit_checked(
         ctx, actor, guild, request, kind="upscale", parent_id=parent_id, templates=templates,

@@ -35,6 +35,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -137,6 +138,8 @@ class Guild(Base):
     age_restricted_policy: Mapped[str | None] = mapped_column(String(16))
     # /imagine's detailer when the option is left out (issue 15); NULL = off.
     detailer_default: Mapped[bool | None]
+    # Whether /imagine and /img2img take control images and reference images here (issue 16).
+    allow_guides: Mapped[bool] = mapped_column(default=True, server_default=true())
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp] = mapped_column(onupdate=utcnow)
 
@@ -247,6 +250,19 @@ class JobInput(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     init_image_id: Mapped[int | None] = mapped_column(ForeignKey("source_images.id"), index=True)
     mask_image_id: Mapped[int | None] = mapped_column(ForeignKey("source_images.id"), index=True)
+
+
+class JobGuideImage(Base):
+    """A control or reference image of a job (kind "input": ``GenerationRequest.guide_images``, the
+    ControlNet units' images then the reference images, by position), or a preprocessed control map the
+    engine made (kind "map", shown with the result), stored once in ``source_images`` like img2img sources."""
+
+    __tablename__ = "job_guide_images"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # input | map
+    position: Mapped[int] = mapped_column(primary_key=True)
+    source_image_id: Mapped[int] = mapped_column(ForeignKey("source_images.id"), index=True)
 
 
 class JobImage(Base):

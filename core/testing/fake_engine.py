@@ -186,8 +186,10 @@ class FakeEngine:
             subseed = request.subseed if request.subseed != -1 else seed + k + 1
             info = fake_infotext(request, seed + k, subseed, model, model_hash)
             images.append(GeneratedImage(self._png(seed + k, info), seed + k, subseed, info))
+        # A preprocessed map per unit that runs a preprocessor (as the real engine returns them).
+        maps = tuple(self._png(seed + 1000 + n, "") for n, c in enumerate(request.controls) if c.module != "none")
         return GenerationResult(
-            tuple(images), model, model_hash, {"total": request.steps * self.step_delay_s}
+            tuple(images), model, model_hash, {"total": request.steps * self.step_delay_s}, control_maps=maps
         )
 
     def _png(self, seed: int, infotext: str) -> bytes:

@@ -39,7 +39,7 @@ from core.services import (
     RemixForm,
     UserError,
 )
-from core.types import GeneratedImage, GenerationRequest, Mode
+from core.types import ControlInput, GeneratedImage, GenerationRequest, Mode
 
 
 def png_with_parameters(text: str, seed: int, size: int = 16, noise: bool = False) -> bytes:
@@ -165,7 +165,8 @@ class FakeService:
                 model_hash="0123456789",
                 moderation=tuple(self._decide(job, index=n) for n in range(len(images))),
             )
-            self._emit(JobDone(view, images))
+            maps = tuple(png_with_parameters("", n, 8) for n, _ in enumerate(job.request.controls))
+            self._emit(JobDone(view, images, maps))
 
     def _decide(self, job: JobView, age_restricted: bool | None = None, index: int = 0) -> ImageModeration:
         """``moderation[word]``: one action for every image, or a tuple of actions, one per image."""
@@ -244,6 +245,7 @@ class FakeService:
             count=options.count or 1,
             model=options.model,
             clip_skip=options.clip_skip,
+            controls=(ControlInput(image=options.control_image, module="canny"),) if options.control_image else (),
         )
         return self._new_job(actor, request, "imagine", None, status_message_id)
 

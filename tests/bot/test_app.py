@@ -89,7 +89,16 @@ async def test_startup_identifies_syncs_commands_and_never_logs_the_token(bot: R
         "upscaler",
         "face_restore",
         "detailer",
+        "control_image",
+        "control_type",
+        "control_weight",
+        "reference_image",
+        "reference_scale",
     ]
+    guide_types = {o["name"]: o["type"] for o in imagine_cmd["options"]}
+    assert guide_types["control_image"] == guide_types["reference_image"] == 11  # attachments
+    control_type = next(o for o in imagine_cmd["options"] if o["name"] == "control_type")
+    assert [c["value"] for c in control_type["choices"]][:2] == ["canny", "depth"]
     count = next(o for o in imagine_cmd["options"] if o["name"] == "count")
     assert (count["min_value"], count["max_value"]) == (1, 4)
     assert next(o for o in imagine_cmd["options"] if o["name"] == "lora")["autocomplete"] is True

@@ -188,3 +188,24 @@ def test_the_bot_and_lora_listing_load_no_torch(tmp_path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+async def test_imagine_passes_control_and_reference_images_and_posts_the_map(bot: RunningBot) -> None:
+    fake, service = bot.fake, bot.service
+    edges, face = png(color=(0, 0, 0)), png(color=(9, 9, 9))
+    a_edges = fake.add_attachment("edges.png", edges)
+    a_face = fake.add_attachment("face.png", face)
+    await fake.interaction(
+        "imagine",
+        [
+            opt("prompt", "a fox"), opt("control_image", a_edges["id"], 11), opt("control_type", "depth map"),
+            opt("control_weight", 0.6, 10), opt("reference_image", a_face["id"], 11), opt("reference_scale", 1.5, 10),
+        ],
+        guild_id=GUILD_A, channel_id=CHANNEL_A, user_id=ALICE, attachments=[a_edges, a_face],
+    )  # fmt: skip
+    (post,) = await fake.wait_call("POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files))
+    (options,) = submitted(service)
+    assert (options.control_image, options.control_type, options.control_weight) == (edges, "depth map", 0.6)
+    assert (options.reference_image, options.reference_scale) == (face, 1.5)
+    names = [name for name, _ in post.files]
+    assert len(names) == 2 and names[1].endswith("control-0.png")  # the result, then its control map

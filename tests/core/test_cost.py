@@ -97,3 +97,18 @@ def test_an_unreadable_prompt_is_costed_as_literal_text() -> None:
 
 def test_no_job_is_free() -> None:
     assert standard_images(0.0) == pytest.approx(1e-6)
+
+
+def test_control_units_and_references_count() -> None:
+    from core.types import ControlInput, ReferenceInput
+
+    plain = GenerationRequest(prompt="a cat", width=512, height=512, steps=20)
+    unit = ControlInput(image=b"x", model="canny")
+    one = job_cost(plain.replace(controls=(unit,)))
+    assert one > job_cost(plain)
+    two = job_cost(plain.replace(controls=(unit, unit)))
+    assert two - job_cost(plain) == pytest.approx(2 * (one - job_cost(plain)))
+    half = job_cost(plain.replace(controls=(ControlInput(image=b"x", model="canny", guidance_end=0.5),)))
+    assert job_cost(plain) < half < one
+    assert job_cost(plain.replace(controls=(ControlInput(image=b"x", model="c", weight=0.0),))) == job_cost(plain)
+    assert job_cost(plain.replace(references=(ReferenceInput(image=b"x"),))) > job_cost(plain)

@@ -15,10 +15,13 @@ from bot.errors import new_error_id, user_error_text
 from bot.options import (
     DESCRIBE,
     FILLS,
+    GUIDE_DESCRIBE,
     RESIZE_MODES,
     Cfg,
     CfgRescale,
     ClipSkip,
+    ControlType,
+    ControlWeight,
     Count,
     Fill,
     HiresScale,
@@ -29,6 +32,7 @@ from bot.options import (
     Model,
     Negative,
     Prompt,
+    ReferenceScale,
     ResizeMode,
     Sampler,
     Seed,
@@ -53,6 +57,16 @@ def refuse_dm_if_configured(bot: ChantBot, guild_id: int | None) -> None:
         )
 
 
+async def read_guides(
+    control: discord.Attachment | None, reference: discord.Attachment | None
+) -> tuple[bytes | None, bytes | None]:
+    """The control and reference attachments' bytes (core checks them as it checks img2img sources)."""
+    return (
+        await read_attachment(control, "control image") if control is not None else None,
+        await read_attachment(reference, "reference image") if reference is not None else None,
+    )
+
+
 class ImagineCog(commands.Cog):
     def __init__(self, bot: ChantBot) -> None:
         self.bot = bot
@@ -73,6 +87,7 @@ class ImagineCog(commands.Cog):
         upscaler="hires fix: Latent, Lanczos or an upscaler model (R-ESRGAN 4x+, 4x-UltraSharp, …)",
         face_restore="restore faces after generating (A1111's Restore faces: GFPGAN or CodeFormer)",
         detailer="detailer: find each face and repaint it at full resolution (ADetailer's idea)",
+        **GUIDE_DESCRIBE,
     )
     @app_commands.autocomplete(preset=preset_autocomplete, prompt=prompt_autocomplete)
     async def imagine(
@@ -98,9 +113,15 @@ class ImagineCog(commands.Cog):
         upscaler: Upscaler | None = None,
         face_restore: bool | None = None,
         detailer: bool | None = None,
+        control_image: discord.Attachment | None = None,
+        control_type: ControlType | None = None,
+        control_weight: ControlWeight | None = None,
+        reference_image: discord.Attachment | None = None,
+        reference_scale: ReferenceScale | None = None,
     ) -> None:
         # 1. Acknowledge at once: everything after this may take as long as it needs.
         await self._defer(interaction)
+        control, reference = await read_guides(control_image, reference_image)
         # 2. Translate and submit; core validates limits, banned words, the prompt and the quota.
         options = command_options(
             prompt,
@@ -123,6 +144,11 @@ class ImagineCog(commands.Cog):
             upscaler=upscaler,
             face_restore=face_restore,
             detailer=detailer,
+            control_image=control,
+            control_type=control_type,
+            control_weight=control_weight,
+            reference_image=reference,
+            reference_scale=reference_scale,
         )
         await self._submit(interaction, options)
 
@@ -141,6 +167,9 @@ class ImagineCog(commands.Cog):
         size="output size (default: the source's, within this server's limit)",
         lora="add a LoRA to the prompt (<lora:name:1>)",
         **DESCRIBE,
+        control_image=GUIDE_DESCRIBE["control_image"],
+        control_type=GUIDE_DESCRIBE["control_type"],
+        reference_image=GUIDE_DESCRIBE["reference_image"],
     )
     @app_commands.autocomplete(preset=preset_autocomplete)
     async def img2img(
@@ -167,8 +196,12 @@ class ImagineCog(commands.Cog):
         model: Model | None = None,
         clip_skip: ClipSkip | None = None,
         lora: Lora | None = None,
+        control_image: discord.Attachment | None = None,
+        control_type: ControlType | None = None,
+        reference_image: discord.Attachment | None = None,
     ) -> None:
         await self._defer(interaction)
+        control, reference = await read_guides(control_image, reference_image)
         if image is None and job is None:
             raise UserError("invalid", "Attach a source image (image:) or name a job to start from (job:).")
         # Only the interaction's own attachments are read (Discord's CDN URLs), never a typed URL.
@@ -196,6 +229,9 @@ class ImagineCog(commands.Cog):
             mask_blur=mask_blur,
             masked_only=masked_only,
             fill=FILLS[fill] if fill else None,
+            control_image=control,
+            control_type=control_type,
+            reference_image=reference,
         )
         await self._submit(interaction, options)
 

@@ -22,12 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FOLDER_NAMES = (
-    "depth_anything_v2",
-    "Depth-Anything-V2-Small-hf",
-    "Depth-Anything-V2-Base-hf",
-    "Depth-Anything-V2-Large-hf",
-)
+from core.engine.control.available import DEPTH_FOLDER_NAMES as FOLDER_NAMES  # noqa: F401
+from core.engine.control.available import find_depth_model as find_model
+from core.engine.control.available import find_preprocessor_model  # noqa: F401
+
 INPUT_SIZE = 518
 MULTIPLE = 14
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -46,18 +44,6 @@ def network_size(height: int, width: int) -> tuple[int, int]:
         return y if y >= INPUT_SIZE else int(np.ceil(x / MULTIPLE) * MULTIPLE)
 
     return constrain(scale * height), constrain(scale * width)
-
-
-def find_model(folders: tuple[str, ...]) -> Path:
-    for name in FOLDER_NAMES:
-        try:
-            return find_preprocessor_model(name, folders)
-        except ValueError:
-            continue
-    raise ValueError(
-        f"depth_anything_v2 needs a Depth Anything V2 model folder ({' or '.join(FOLDER_NAMES[:2])}) "
-        f"in {', '.join(folders) or 'engine.preprocessor_dirs'}"
-    )
 
 
 def _model(path: Path, device: str) -> torch.nn.Module:
@@ -91,12 +77,3 @@ def depth_anything_v2(image: np.ndarray, folders: tuple[str, ...], device: str =
     if float(high - low) == 0.0:
         return np.zeros((height, width), dtype=np.uint8)
     return ((depth - low) / (high - low) * 255.0).cpu().numpy().astype(np.uint8)
-
-
-def find_preprocessor_model(name: str, folders: tuple[str, ...]) -> Path:
-    """A preprocessor model folder by name, inside the configured preprocessor folders only."""
-    for folder in folders:
-        candidate = Path(folder) / name
-        if candidate.is_dir() and candidate.resolve().is_relative_to(Path(folder).resolve()):
-            return candidate.resolve()
-    raise ValueError(f"preprocessor model {name!r} not found in {', '.join(folders) or 'no folder'} (engine.preprocessor_dirs)")

@@ -17,7 +17,6 @@ SDXL) is checked against the model's before anything runs.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -30,6 +29,12 @@ from typing import Any
 import torch
 
 from core.config import EngineSettings
+from core.engine.control.available import (  # noqa: F401 (listed here for the engine's callers)
+    IP_ADAPTER_WORDS,
+    is_diffusers_folder,
+    list_controlnets,
+    list_ip_adapters,
+)
 from core.engine.control.infotext import legacy_model_hash, model_label
 from core.engine.models import PICKLE_SUFFIXES, SAFE_SUFFIXES, ModelError, check_file_allowed, find_in_folders
 
@@ -69,8 +74,7 @@ class LoadedControlNet:
 # --- names ---------------------------------------------------------------------------------------
 
 
-def _is_diffusers_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
+_is_diffusers_folder = is_diffusers_folder
 
 
 def resolve_controlnet(settings: EngineSettings, name: str) -> Path:
@@ -85,37 +89,6 @@ def resolve_controlnet(settings: EngineSettings, name: str) -> Path:
     if found.is_file():
         check_file_allowed(found, settings.allow_pickle)
     return found
-
-
-IP_ADAPTER_WORDS = ("ip-adapter", "ip_adapter")  # how sd-webui-controlnet tells them apart in the same folder
-
-
-def list_controlnets(settings: EngineSettings) -> list[str]:
-    """Every ControlNet name a request may use: files and diffusers folders, searched recursively
-    (IP-Adapter files, which share the folder, are listed by :func:`list_ip_adapters`)."""
-    return [n for n in _list_models(settings) if not any(w in n.lower() for w in IP_ADAPTER_WORDS)]
-
-
-def list_ip_adapters(settings: EngineSettings) -> list[str]:
-    """Every IP-Adapter name (files named ``ip-adapter…``) in the ControlNet folders."""
-    return [n for n in _list_models(settings) if any(w in n.lower() for w in IP_ADAPTER_WORDS)]
-
-
-def _list_models(settings: EngineSettings) -> list[str]:
-    suffixes = SAFE_SUFFIXES + (PICKLE_SUFFIXES if settings.allow_pickle else ())
-    names: set[str] = set()
-    for folder in settings.controlnet_dirs:
-        base = Path(folder)
-        for root, dirs, files in os.walk(base):
-            here = Path(root)
-            if here != base and _is_diffusers_folder(here):
-                names.add(here.relative_to(base).as_posix())
-                dirs.clear()  # its weights are not models of their own
-                continue
-            for file in files:
-                if Path(file).suffix.lower() in suffixes:
-                    names.add((here / file).relative_to(base).with_suffix("").as_posix())
-    return sorted(names)
 
 
 # --- reading the file ----------------------------------------------------------------------------

@@ -26,9 +26,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-DETECTOR_FILE = "yolox_l.onnx"
-POSE_FILE = "dw-ll_ucoco_384.onnx"
-SUBFOLDERS = ("", "openpose", "dwpose")
+from core.engine.control.available import POSE_FILES, POSE_SUBFOLDERS, find_pose_file
+
+DETECTOR_FILE, POSE_FILE = POSE_FILES
+SUBFOLDERS = POSE_SUBFOLDERS
 DET_SIZE = 640
 POSE_SIZE = (288, 384)  # (width, height)
 SIMCC_SPLIT = 2.0
@@ -58,16 +59,7 @@ _lock = threading.Lock()
 _nets: dict[str, cv2.dnn.Net] = {}
 
 
-def find_model_file(name: str, folders: tuple[str, ...]) -> Path:
-    for folder in folders:
-        for sub in SUBFOLDERS:
-            candidate = Path(folder) / sub / name
-            if candidate.is_file() and candidate.resolve().is_relative_to(Path(folder).resolve()):
-                return candidate.resolve()
-    raise ValueError(
-        f"dw_openpose_full needs {name} in {', '.join(folders) or 'engine.preprocessor_dirs'} "
-        "(or an openpose/ subfolder)"
-    )
+find_model_file = find_pose_file
 
 
 def _net(path: Path) -> cv2.dnn.Net:

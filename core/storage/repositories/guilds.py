@@ -101,6 +101,9 @@ class GuildRepo:
             elif name == "detailer_default":
                 if value is not None and not isinstance(value, bool):
                     raise ValueError(f"detailer default must be on, off or unset, got {value!r}")
+            elif name == "allow_guides":
+                if not isinstance(value, bool):
+                    raise ValueError(f"allow_guides must be true or false, got {value!r}")
             else:
                 raise ValueError(f"unknown guild setting {name!r}")
             before[name] = getattr(guild, name)

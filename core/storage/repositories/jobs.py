@@ -18,6 +18,7 @@ from core.storage.models import (
     FINISHED_STATES,
     JOB_KINDS,
     Job,
+    JobGuideImage,
     JobImage,
     JobInput,
     JobMessage,
@@ -118,6 +119,15 @@ class JobRepo:
             mask = None if request.mask_image is None else await sources.put(request.mask_image)
             self.session.add(JobInput(job_id=job.id, init_image_id=init, mask_image_id=mask))
             await self.session.flush()
+        if any(image is not None for image in request.guide_images):  # control / reference images
+            sources = SourceRepo(self.session)
+            for position, image in enumerate(request.guide_images):
+                if image is not None:
+                    source = await sources.put(image)
+                    self.session.add(
+                        JobGuideImage(job_id=job.id, kind="input", position=position, source_image_id=source)
+                    )
+            await self.session.flush()
         return job
 
     async def get(self, job_id: int, *, for_update: bool = False) -> Job | None:
@@ -128,24 +138,59 @@ class JobRepo:
 
     async def request(self, job: Job) -> GenerationRequest:
         """The stored request, with its input images if it has any (None where they were pruned)."""
-        images = await self.inputs(job.id) if job.params.get("mode", "txt2img") != Mode.TXT2IMG else {}
+        guided = job.params.get("controls") or job.params.get("references")
+        images = await self.inputs(job.id) if job.params.get("mode", "txt2img") != Mode.TXT2IMG or guided else {}
         return GenerationRequest.from_dict(job.params, **images)
 
-    async def inputs(self, job_id: int) -> dict[str, bytes | None]:
-        """``init_image`` and ``mask_image`` of an img2img / inpaint job (None: none, or pruned)."""
+    async def inputs(self, job_id: int) -> dict[str, Any]:
+        """``init_image`` and ``mask_image`` of an img2img / inpaint job, and ``guide_images`` (control and
+        reference images by position) of a guided one (None: none, or pruned)."""
         row = await self.session.get(JobInput, job_id)
-        if row is None:
-            return {}
-        data = await SourceRepo(self.session).data([row.init_image_id, row.mask_image_id])
-        return {"init_image": data.get(row.init_image_id), "mask_image": data.get(row.mask_image_id)}
+        guides = (await self.session.execute(
+            select(JobGuideImage.position, JobGuideImage.source_image_id)
+            .where(JobGuideImage.job_id == job_id, JobGuideImage.kind == "input")
+        )).all()  # fmt: skip
+        ids = [row.init_image_id, row.mask_image_id] if row is not None else []
+        data = await SourceRepo(self.session).data([*ids, *(source for _, source in guides)])
+        out: dict[str, Any] = {}
+        if row is not None:
+            out.update(init_image=data.get(row.init_image_id), mask_image=data.get(row.mask_image_id))
+        if guides:
+            images: list[bytes | None] = [None] * (max(position for position, _ in guides) + 1)
+            for position, source in guides:
+                images[position] = data.get(source)
+            out["guide_images"] = tuple(images)
+        return out
 
     async def inputs_pruned(self, job_id: int) -> bool:
-        """Whether an input image of this job was pruned (the job cannot run again)."""
+        """Whether an input image of this job (source, mask, control or reference) was pruned."""
         row = await self.session.get(JobInput, job_id)
-        if row is None:
-            return False
-        data = await SourceRepo(self.session).data([row.init_image_id, row.mask_image_id])
-        return any(data.get(i) is None for i in (row.init_image_id, row.mask_image_id) if i is not None)
+        ids = [row.init_image_id, row.mask_image_id] if row is not None else []
+        ids += list(await self.session.scalars(
+            select(JobGuideImage.source_image_id)
+            .where(JobGuideImage.job_id == job_id, JobGuideImage.kind == "input")
+        ))  # fmt: skip
+        data = await SourceRepo(self.session).data(ids)
+        return any(data.get(i) is None for i in ids if i is not None)
+
+    async def add_control_maps(self, job_id: int, maps: Sequence[bytes]) -> None:
+        """The preprocessed control maps the engine made for a job (PNGs, shown with its result)."""
+        sources = SourceRepo(self.session)
+        for position, data in enumerate(maps):
+            source = await sources.put(data)
+            self.session.add(JobGuideImage(job_id=job_id, kind="map", position=position, source_image_id=source))
+        if maps:
+            await self.session.flush()
+
+    async def control_maps(self, job_id: int) -> tuple[bytes, ...]:
+        """A finished job's control maps, in order (pruned ones left out)."""
+        rows = (await self.session.execute(
+            select(JobGuideImage.source_image_id)
+            .where(JobGuideImage.job_id == job_id, JobGuideImage.kind == "map")
+            .order_by(JobGuideImage.position)
+        )).scalars().all()  # fmt: skip
+        data = await SourceRepo(self.session).data(rows)
+        return tuple(data[i] for i in rows if data.get(i) is not None)
 
     async def by_message(self, message_id: int) -> Job | None:
         """The job shown by a status or result message (🔁, ❌, ℹ️ on any message we posted)."""

@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.storage.models import Job, JobImage, JobInput, SourceImage, utcnow
+from core.storage.models import Job, JobGuideImage, JobImage, JobInput, SourceImage, utcnow
 from core.storage.repositories._sql import insert
 
 ACTIVE_STATES = ("queued", "running")
@@ -63,11 +63,13 @@ class SourceRepo:
         running, created since ``older_than``, or with result images not yet pruned. Returns how many."""
         uses = or_(JobInput.init_image_id == SourceImage.id, JobInput.mask_image_id == SourceImage.id)
         unpruned_result = exists().where(JobImage.job_id == Job.id, JobImage.png.is_not(None))
-        needed = (
-            select(JobInput.job_id)
-            .join(Job, Job.id == JobInput.job_id)
-            .where(uses, or_(Job.state.in_(ACTIVE_STATES), Job.created_at >= older_than, unpruned_result))
-            .exists()
+        still = or_(Job.state.in_(ACTIVE_STATES), Job.created_at >= older_than, unpruned_result)
+        needed = or_(
+            select(JobInput.job_id).join(Job, Job.id == JobInput.job_id).where(uses, still).exists(),
+            select(JobGuideImage.job_id)  # control and reference images, likewise
+            .join(Job, Job.id == JobGuideImage.job_id)
+            .where(JobGuideImage.source_image_id == SourceImage.id, still)
+            .exists(),
         )
         result = await self.session.execute(
             update(SourceImage)

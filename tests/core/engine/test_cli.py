@@ -272,3 +272,52 @@ def test_infotext_reproduces_a1111_samplers_schedules_eta_ensd_rescale_and_varia
     assert main([*config, "generate", "--infotext", "a-1.png", "-o", "b.png"]) == 0
     again, first = (np.asarray(Image.open(tmp_path / f), dtype=np.int16) for f in ("b.png", "a-1.png"))
     assert np.abs(again - first).max() <= 1 and (again != first).mean() < 0.01
+
+
+def test_control_and_reference_images_and_their_infotext_round_trip(
+    tiny_sd15, tmp_path, capsys, monkeypatch
+) -> None:
+    """``--control IMAGE --control-type canny``: the unit's infotext is written; ``--infotext`` with the
+    same ``--control`` image reproduces the PNG bit for bit; a unit read from an infotext needs its image."""
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+
+    from core.cli import main
+    from core.testing.tiny_control import tiny_controlnet
+
+    monkeypatch.chdir(tmp_path)
+    controlnets = tmp_path / "ControlNet"
+    unet = StableDiffusionPipeline.from_pretrained(str(tiny_sd15.folder), local_files_only=True).unet
+    tiny_controlnet(unet, seed=1).save_pretrained(str(controlnets / "control_tiny_canny"))
+    config = _config(tmp_path, tiny_sd15)
+    config.write_text(
+        config.read_text().replace("[engine]\n", f'[engine]\ncontrolnet_dirs = ["{controlnets}"]\n', 1)
+    )
+    square = np.zeros((64, 64, 3), dtype=np.uint8)
+    square[16:48, 16:48] = 255
+    Image.fromarray(square).save(tmp_path / "square.png")
+    common = ["--config", str(config), "generate"]
+    first = ["a boat", "--steps", "3", "--sampler", "Euler", "--seed", "5", "--size", "64x64", "--rng", "cpu"]
+    control = [
+        "--control",
+        "square.png",
+        "--control-type",
+        "canny",
+        "--control-weight",
+        "0.7",
+        "--control-end",
+        "0.5",
+    ]
+    assert main([*common, *first, *control, "-o", "a.png"]) == 0
+    text = Image.open(tmp_path / "a.png").info["parameters"]
+    assert 'ControlNet 0: "Module: canny, Model: control_tiny_canny [' in text, text
+    assert "Weight: 0.7" in text and "Guidance End: 0.5" in text
+    assert main([*common, *first, "-o", "plain.png"]) == 0
+    assert (tmp_path / "plain.png").read_bytes() != (tmp_path / "a.png").read_bytes()
+    assert main([*common, "--infotext", "a.png", "--control", "square.png", "-o", "b.png"]) == 0
+    assert (tmp_path / "b.png").read_bytes() == (tmp_path / "a.png").read_bytes()
+    capsys.readouterr()
+    assert main([*common, "--infotext", "a.png", "-o", "c.png"]) == 2
+    assert "give as many --control images" in capsys.readouterr().err
+    assert main([*common, *first, "--control", "square.png", "--control-type", "sketchy"]) == 2
+    assert "--control-type 'sketchy'" in capsys.readouterr().err

@@ -362,3 +362,27 @@ def test_cfg_rescale_is_read_under_every_tools_key(key) -> None:
     back, and Forge writes "Rescale CFG"."""
     found = settings_from_infotext(f"a cat\nSteps: 20, Sampler: Euler, Seed: 1, {key}: 0.7")
     assert found.fields["cfg_rescale"] == 0.7 and found.ignored == ()
+
+
+def test_controlnet_units_are_read_back_as_controls_and_references() -> None:
+    """sd-webui-controlnet's keys, as A1111 writes them: units become ``controls`` (without their images),
+    an IP-Adapter unit a reference; neither is listed as ignored."""
+    from core.engine.infotext import settings_from_infotext
+    from core.types import ControlInput, ReferenceInput
+
+    text = (
+        "a castle\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, "
+        'ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 0.8, '
+        "Resize Mode: Crop and Resize, Processor Res: 512, Threshold A: 100.0, Threshold B: 200.0, "
+        'Guidance Start: 0.0, Guidance End: 0.6, Pixel Perfect: False, Control Mode: Balanced", '
+        'ControlNet 1: "Module: ip-adapter_clip_h, Model: ip-adapter_sd15 [6a3f6166], Weight: 0.7, '
+        "Resize Mode: Crop and Resize, Processor Res: 512, Threshold A: 0.5, Threshold B: 0.5, "
+        'Guidance Start: 0.0, Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced", Version: v1.10.1'
+    )
+    found = settings_from_infotext(text)
+    assert found.fields["controls"] == (
+        ControlInput(module="canny", model="control_v11p_sd15_canny", weight=0.8, processor_res=512,
+                     threshold_a=100.0, threshold_b=200.0, guidance_end=0.6),
+    )  # fmt: skip
+    assert found.fields["references"] == (ReferenceInput(model="ip-adapter_sd15", scale=0.7),)
+    assert not any(k.startswith("ControlNet") for k in found.ignored)

@@ -303,3 +303,52 @@ async def test_sources_are_pruned_once_no_job_still_needs_them(db: Database) -> 
         assert await repo.inputs_pruned(jobs["expired"].id) and not await repo.inputs_pruned(
             jobs["recent"].id
         )
+
+
+async def test_control_and_reference_images_are_stored_once_and_come_back(db: Database) -> None:
+    """A guided job's images go to ``source_images`` (shared with img2img sources), its units stay in the
+    JSON; the stored request equals the submitted one, images included, and the queue's claim reads them."""
+    from sqlalchemy import func, select
+
+    from core.storage.models import SourceImage
+    from core.types import ControlInput, ReferenceInput
+
+    edges, face = b"\x89PNG-edges", b"\xff\xd8face"
+    request = _request(
+        controls=(
+            ControlInput(image=edges, module="canny", model="control_sd15_canny", weight=0.7, guidance_end=0.5),
+            ControlInput(image=face, module="none", control_type="Depth"),
+        ),
+        references=(ReferenceInput(image=face, scale=0.6),),
+    )
+    async with db.transaction(write=True) as s:
+        job = await JobRepo(s).add(user_id=10, channel_id=5, guild_id=1, request=request)
+        job_id = job.id
+    async with db.transaction() as s:
+        repo = JobRepo(s)
+        job = await repo.get(job_id)
+        assert "image" not in job.params["controls"][0] and job.params["controls"][0]["weight"] == 0.7
+        assert await repo.request(job) == request
+        assert await s.scalar(select(func.count()).select_from(SourceImage)) == 2  # face once
+        assert not await repo.inputs_pruned(job_id)
+
+
+async def test_a_pruned_control_image_marks_the_job_as_unrepeatable(db: Database) -> None:
+    from core.storage.repositories.sources import SourceRepo
+    from core.types import ControlInput
+
+    old = utcnow() - timedelta(days=40)
+    request = _request(controls=(ControlInput(image=b"\x89PNG-old-map", model="x"),))
+    async with db.transaction(write=True) as s:
+        job = await JobRepo(s).add(user_id=10, channel_id=5, guild_id=1, request=request, created_at=old)
+        job.state = "done"
+        job_id = job.id
+    async with db.transaction(write=True) as s:
+        from core.storage.models import SourceImage
+
+        await s.execute(SourceImage.__table__.update().values(created_at=old))
+        assert await SourceRepo(s).prune(utcnow() - timedelta(days=30)) == 1
+    async with db.transaction() as s:
+        repo = JobRepo(s)
+        assert await repo.inputs_pruned(job_id)
+        assert (await repo.request(await repo.get(job_id))).controls[0].image is None

@@ -167,3 +167,11 @@ def test_cache_keeps_the_most_recently_used(tmp_path: Path, sd15_pipe, sd15_cont
     cache.get(paths[0], base, "cpu", torch.float32)
     cache.get(paths[2], base, "cpu", torch.float32)
     assert cache.loaded_names() == ["n0", "n2"]
+
+
+def test_the_torch_free_listing_uses_the_engine_suffixes() -> None:
+    from core.engine import models
+    from core.engine.control import available
+
+    assert available.SAFE_SUFFIXES == models.SAFE_SUFFIXES
+    assert available.PICKLE_SUFFIXES == models.PICKLE_SUFFIXES

@@ -3,8 +3,8 @@
 The job kind of /upscale, ⬆️ and the upscale button; a guild's default for /imagine's detailer option.
 (Face restoration, the detailer and the upscale's own settings live in the request JSON, ``jobs.params``.)
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-03
 
 """
@@ -16,8 +16,8 @@ from alembic import op
 
 
 # revision identifiers, used by Alembic.
-revision: str = '0005'
-down_revision: str | Sequence[str] | None = '0004'
+revision: str = '0007'
+down_revision: str | Sequence[str] | None = '0006'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
