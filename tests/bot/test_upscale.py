@@ -140,3 +140,23 @@ async def test_upscale_command_on_an_attachment_posts_the_result(fake: FakeDisco
         async with db.session() as s:
             job = await s.scalar(select(Job))
         assert (job.kind, job.width, job.height, job.params["upscaler"]) == ("upscale", 384, 256, "Lanczos")
+
+
+async def test_upscale_options_reach_the_service_and_the_upscaler_autocompletes(bot) -> None:
+    fake, service = bot.fake, bot.service
+    iid, token = await fake.interaction(
+        "upscale", [{"name": "upscaler", "type": 3, "value": "ultra", "focused": True}],
+        guild_id=GUILD_A, channel_id=CHANNEL_A, user_id=ALICE, type=4,
+    )  # fmt: skip
+    (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+    assert [c["value"] for c in cb.json["data"]["choices"]] == ["4x-UltraSharp"]
+    await fake.interaction(
+        "upscale",
+        [opt("job", 7, 4), opt("index", 3, 4), opt("scale", "4"), opt("upscaler", "4x-UltraSharp"), opt("detail", 0.3, 10)],
+        guild_id=GUILD_A, channel_id=CHANNEL_A, user_id=ALICE,
+    )  # fmt: skip
+    await fake.wait_until(
+        lambda: any(c[0] == "upscale" for c in service.calls), 5, "the upscale reached core"
+    )
+    (call,) = [c for c in service.calls if c[0] == "upscale"]
+    assert call[1][1:] == (7, 2, None, 4.0, "4x-UltraSharp", 0.3)  # index 3 is the job's third image (2)
