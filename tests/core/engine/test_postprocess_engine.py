@@ -253,3 +253,43 @@ def test_an_upscale_job_runs_alone(engine) -> None:
     source = _png(Image.new("RGB", (32, 32), (10, 20, 30)))
     assert engine.batch_capacity(upscale_request(source)) == 1
     assert engine.batch_capacity(GenerationRequest(**SMALL)) > 1
+
+
+def test_the_detailer_with_a_real_onnx_detector_repaints_only_what_it_finds(tiny_sd15, tmp_path) -> None:
+    """The YuNet path end to end: onnxruntime on a tiny YuNet-shaped graph (a cell's score is its mean
+    brightness), the engine's inpaint; every changed pixel lies inside a found region's feathered mask.
+    The job is an inpaint of one corner of a black image with one white "face", so the decoded result
+    is that image (A1111's overlay) outside the corner and the detector finds little else."""
+    from core.engine.image_modes import blur_mask
+    from core.engine.postprocess.detailer import DetailerOptions, region_mask, select
+    from core.engine.postprocess.detect import Detectors
+    from core.types import Mode
+    from tests.core.engine.postprocess.onnx_graphs import yunet_like
+
+    yunet_like(tmp_path / "adetailer" / "yunet.onnx", side=64)
+    post = PostprocessSettings(detector_dirs=(str(tmp_path / "adetailer"),))
+    engine = DiffusersEngine(engine_settings(tiny_sd15), postprocess=post)
+    source = Image.new("RGB", (64, 64), (0, 0, 0))
+    source.paste((255, 255, 255), (16, 16, 24, 24))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (56, 56, 64, 64))
+    try:
+        plain = GenerationRequest(**SMALL).replace(
+            mode=Mode.INPAINT, init_image=_png(source), mask_image=_png(mask.convert("RGB")), mask_blur=0
+        )
+        before = pixels(engine.generate(plain).images[0].png)
+        found = select(
+            Detectors([str(tmp_path / "adetailer")]).get("yunet").detect(Image.fromarray(before), 0.3),
+            DetailerOptions(model="yunet"),
+        )
+        support = np.zeros(before.shape[:2], bool)
+        for detection in found:
+            support |= np.asarray(blur_mask(region_mask((64, 64), detection, 4), 4, 4)) > 0
+        assert found and support[20, 20] and support.mean() < 0.8  # the face, not the whole image
+        result = engine.generate(plain.replace(detailer="yunet"))
+        after = pixels(result.images[0].png)
+        changed = np.any(before != after, axis=-1)
+        assert changed[16:24, 16:24].any() and not (changed & ~support).any()
+        assert "ADetailer model: yunet" in result.images[0].infotext
+    finally:
+        engine.close()
