@@ -14,7 +14,7 @@ from bot import render
 from bot.actors import actor_from_interaction
 from bot.app import ChantBot
 from bot.exts.imagine._cog import refuse_dm_if_configured
-from bot.options import JobId, Strength, _choices, read_attachment
+from bot.options import JobId, Strength, _choices, parse_size, read_attachment
 from core.services import Receipt
 
 Scale = Literal["2", "4"]
@@ -47,6 +47,7 @@ class UpscaleCog(commands.Cog):
         scale="how much larger (default 2; within this server's pixel limit)",
         upscaler="upscaler model (default: the server's); Lanczos needs none",
         detail="detail pass strength 0-1: repaint the upscaled tiles with the job's prompt (default 0: none)",
+        size="instead of scale: the output's width x height, e.g. 2048x2048 (within this server's limit)",
     )
     async def upscale(
         self,
@@ -57,6 +58,7 @@ class UpscaleCog(commands.Cog):
         scale: Scale | None = None,
         upscaler: app_commands.Transform[str, UpscalerTransformer] | None = None,
         detail: Strength | None = None,
+        size: str | None = None,
     ) -> None:
         await interaction.response.defer(thinking=True)
         interaction.extras["public_defer"] = True
@@ -72,6 +74,7 @@ class UpscaleCog(commands.Cog):
             scale=float(scale) if scale else None,
             upscaler=upscaler,
             detail=detail,
+            size=parse_size(size) if size else None,
             status_message_id=status.id,
         )
         await self.delivery.until_done(self._post_queued(interaction, receipt, status.id))

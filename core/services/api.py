@@ -134,9 +134,11 @@ class CoreAPI(Protocol):
         scale: float | None = None,
         upscaler: str | None = None,
         detail: float | None = None,
+        size: tuple[int, int] | None = None,
         status_message_id: int | None = None,
     ) -> Receipt:
-        """Upscale image ``index`` (0-based) of a job, or an uploaded image (``core.services.upscale``)."""
+        """Upscale image ``index`` (0-based) of a job, or an uploaded image, by ``scale`` or to ``size``
+        (``core.services.upscale``)."""
         ...
 
     async def describe(

@@ -175,11 +175,12 @@ class ChantService:
         scale: float | None = None,
         upscaler: str | None = None,
         detail: float | None = None,
+        size: tuple[int, int] | None = None,
         status_message_id: int | None = None,
     ) -> Receipt:
         return await upscale.upscale(
             self._ctx, actor, job_id=job_id, index=index, image=image, scale=scale, upscaler=upscaler,
-            detail=detail, status_message_id=status_message_id,
+            detail=detail, size=size, status_message_id=status_message_id,
         )  # fmt: skip
 
     async def describe(

@@ -67,6 +67,22 @@ def target_size(width: int, height: int, scale: float, max_pixels: int) -> tuple
     return w, h
 
 
+def check_target(width: int, height: int, size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """A target size: larger than the image on some side, within the limits (sides multiples of 8)."""
+    w, h = size
+    policy.check_sides(w, h)
+    if w <= width and h <= height:
+        raise UserError(
+            "invalid", f"{w}×{h} is no larger than the image ({width}×{height}): nothing to upscale."
+        )
+    if w * h > max_pixels:
+        raise UserError(
+            "limit.pixels",
+            f"{w}×{h} is larger than this server allows ({max_pixels:,} pixels). Choose a smaller size.",
+        )
+    return w, h
+
+
 async def upscale(
     ctx: Context,
     actor: Actor,
@@ -77,9 +93,12 @@ async def upscale(
     scale: float | None = None,
     upscaler: str | None = None,
     detail: float | None = None,
+    size: tuple[int, int] | None = None,
     status_message_id: int | None = None,
 ) -> Receipt:
-    """Upscale image ``index`` (0-based) of job ``job_id``, or an uploaded ``image``: one of them."""
+    """Upscale image ``index`` (0-based) of job ``job_id``, or an uploaded ``image``: one of them. ``size``
+    (instead of ``scale``): the output's width and height, as A1111's extras "Scale to" (the image is
+    upscaled to cover it, then resized to it exactly)."""
     if (job_id is None) == (image is None):
         raise UserError("invalid", "Attach an image (image:) or name a job (job:) to upscale — one of them.")
     detail = 0.0 if detail is None else float(detail)
@@ -111,7 +130,12 @@ async def upscale(
         model = _default_model(ctx, actor, guild) if detail > 0 else None
         base = GenerationRequest(prompt="", model=model, seed=requests.random_seed(ctx.rng))
     max_pixels = policy.limits(ctx.settings, guild)["max_pixels"]
-    w, h = target_size(width, height, DEFAULT_SCALE if scale is None else float(scale), max_pixels)
+    if size is not None:
+        if scale is not None:
+            raise UserError("invalid", "Give a scale or a size, not both.")
+        w, h = check_target(width, height, size, max_pixels)
+    else:
+        w, h = target_size(width, height, DEFAULT_SCALE if scale is None else float(scale), max_pixels)
     request = base.replace(
         mode=Mode.UPSCALE, init_image=png, mask_image=None, width=w, height=h, count=1, enable_hr=False,
         upscaler=name, upscale_detail=detail, denoising_strength=detail or base.denoising_strength,

@@ -273,9 +273,10 @@ class FakeService:
         scale: float | None = None,
         upscaler: str | None = None,
         detail: float | None = None,
+        size: tuple[int, int] | None = None,
         status_message_id: int | None = None,
     ) -> Receipt:
-        self.calls.append(("upscale", (actor, job_id, index, image, scale, upscaler, detail)))
+        self.calls.append(("upscale", (actor, job_id, index, image, scale, upscaler, detail, size)))
         request = GenerationRequest(prompt="", mode=Mode.UPSCALE, init_image=image or b"png", upscaler=upscaler or "")
         return self._new_job(actor, request, "upscale", job_id, status_message_id)
 

@@ -61,7 +61,7 @@ async def test_a_result_carries_persistent_controls_and_each_asks_core_for_its_j
         "z2": ("zoom_out", (job, 0, 2.0)),
         "pl": ("pan", (job, 0, "left")),
         "pd": ("pan", (job, 0, "down")),
-        "up4": ("upscale", (job, 0, None, 4.0, None, None)),
+        "up4": ("upscale", (job, 0, None, 4.0, None, None, None)),
         "rr": ("reroll_job", (job,)),
     }
     for n, (action, (name, args)) in enumerate(expected.items(), start=2):

@@ -159,4 +159,11 @@ async def test_upscale_options_reach_the_service_and_the_upscaler_autocompletes(
         lambda: any(c[0] == "upscale" for c in service.calls), 5, "the upscale reached core"
     )
     (call,) = [c for c in service.calls if c[0] == "upscale"]
-    assert call[1][1:] == (7, 2, None, 4.0, "4x-UltraSharp", 0.3)  # index 3 is the job's third image (2)
+    assert call[1][1:] == (7, 2, None, 4.0, "4x-UltraSharp", 0.3, None)  # index 3: the job's third image (2)
+    await fake.interaction(
+        "upscale", [opt("job", 7, 4), opt("size", "2048x1536")], guild_id=GUILD_A, channel_id=CHANNEL_A, user_id=ALICE
+    )  # fmt: skip
+    await fake.wait_until(
+        lambda: len([c for c in service.calls if c[0] == "upscale"]) == 2, 5, "the sized upscale"
+    )
+    assert [c for c in service.calls if c[0] == "upscale"][-1][1][-1] == (2048, 1536)

@@ -158,3 +158,29 @@ async def test_a_preset_keeps_face_restoration_and_the_detailer(tmp_path) -> Non
         assert (await service.show(actor(), off.job_id)).request.detailer == ""  # the option wins
     finally:
         await h.close()
+
+
+async def test_an_upscale_to_a_target_size_within_the_limit(tmp_path) -> None:
+    import io
+
+    from PIL import Image
+
+    h = Harness(tmp_path, max_pixels=512 * 512)
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 64), (1, 2, 3)).save(buf, format="PNG")
+    try:
+        service = await h.open(start=False)
+        receipt = await service.upscale(actor(), image=buf.getvalue(), size=(384, 256), upscaler="Lanczos")
+        request = (await service.show(actor(), receipt.job_id)).request
+        assert (request.width, request.height, request.upscaler) == (384, 256, "Lanczos")
+        for kwargs, words in (
+            ({"size": (96, 64)}, "no larger than the image"),
+            ({"size": (1024, 1024)}, "larger than this server allows"),
+            ({"size": (384, 256), "scale": 2.0}, "not both"),
+            ({"scale": 8.0}, "at most ×6.53 here"),
+        ):
+            with pytest.raises(UserError, match=words):
+                await service.upscale(actor(), image=buf.getvalue(), upscaler="Lanczos", **kwargs)
+        assert (await service.quota_status(actor())).used_images == 1  # the first one only
+    finally:
+        await h.close()
