@@ -16,6 +16,7 @@ from core import moderation, ranges
 from core.config import EngineSettings, PostprocessSettings, Settings
 from core.cost import prompt_shape
 from core.engine.image_modes import hires_target  # torch-free: the engine's own hires target
+from core.engine.postprocess.names import listing
 from core.prompt import Interpretation, PromptError, interpret
 from core.services.types import Actor, ImageModeration, UserError
 from core.storage.models import Guild, Job
@@ -330,7 +331,7 @@ def check_hires(r: GenerationRequest, lim: Limits, upscalers: Sequence[str] = ra
     if r.hr_upscaler not in upscalers:
         raise UserError(
             "invalid",
-            f"I do not know the upscaler {r.hr_upscaler!r}; this server has: {', '.join(upscalers)}.",
+            f"I do not know the upscaler {r.hr_upscaler!r}; this server has: {listing(upscalers)}.",
         )
     if not ranges.MIN_HIRES_SCALE <= r.hr_scale <= ranges.MAX_HIRES_SCALE:
         raise UserError(
@@ -377,7 +378,7 @@ def check_upscale(r: GenerationRequest, lim: Limits, upscalers: Sequence[str]) -
         raise UserError("invalid", "This upscale needs its source image, which is no longer stored.")
     if r.upscaler not in upscalers:
         raise UserError(
-            "upscaler", f"I do not know the upscaler {r.upscaler!r}; this server has: {', '.join(upscalers)}."
+            "upscaler", f"I do not know the upscaler {r.upscaler!r}; this server has: {listing(upscalers)}."
         )
     check_sides(r.width, r.height)
     if r.width * r.height > lim["max_pixels"]:

@@ -18,6 +18,7 @@ import functools
 
 from core import ranges
 from core.engine.image_modes import IMAGE_UPSCALERS  # torch-free: the engine's PIL resamplers
+from core.engine.postprocess.names import listing
 from core.services import policy, requests
 from core.services.context import Context, guild_of
 from core.services.controls import _image, _source
@@ -109,7 +110,7 @@ async def upscale(
     names = upscaler_names(ctx)
     if name not in names:
         raise UserError(
-            "upscaler", f"I do not know the upscaler {name!r}; this server has: {', '.join(names)}."
+            "upscaler", f"I do not know the upscaler {name!r}; this server has: {listing(names)}."
         )
     parent_id, templates, age_restricted = None, None, None
     if job_id is not None:

@@ -39,6 +39,13 @@ A1111_NAMES = {
 }
 
 
+def listing(names: list[str] | tuple[str, ...], most: int = 30) -> str:
+    """Names for a message: the first ``most``, then how many more (a server may hold hundreds)."""
+    names = list(names)
+    more = f", … ({len(names) - most} more)" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
 def upscaler_files(settings: PostprocessSettings) -> dict[str, Path]:
     return list_model_files(settings.upscaler_dirs, WEIGHT_SUFFIXES)
 
@@ -74,7 +81,7 @@ def check_hires_upscaler(settings: PostprocessSettings, name: str) -> None:
     if A1111_NAMES.get(name, name) in upscaler_files(settings):
         return
     known = hires_upscaler_names(settings)
-    raise PostprocessError(f"unknown hires upscaler {name!r}; this server has: {', '.join(known)}")
+    raise PostprocessError(f"unknown hires upscaler {name!r}; this server has: {listing(known)}")
 
 
 # -- face restorers and detectors ----------------------------------------------------------------------
