@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 EXTENSIONS = (
     "bot.exts.imagine",
     "bot.exts.controls",
+    "bot.exts.upscale",
+    "bot.exts.describe",
     "bot.exts.presets",
     "bot.exts.history",
     "bot.exts.quotas",

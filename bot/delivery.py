@@ -51,6 +51,7 @@ T = TypeVar("T")
 REROLL = "🔁"
 VARIATION = "🔀"
 DELETE = "❌"
+UPSCALE = "⬆️"  # a reaction users add (the bot adds 🔁 and 🔀): the result's first image ×2
 INFO = "ℹ️"
 INFO_EMOJIS = ("ℹ️", "ℹ")  # with and without the variation selector
 POSTED = ImageModeration("post", None, "not moderated")

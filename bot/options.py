@@ -145,6 +145,18 @@ class LoraTransformer(app_commands.Transformer):
         return _choices(interaction.client.service.lora_names(), str(value))
 
 
+class HiresUpscalerTransformer(app_commands.Transformer):
+    """Hires fix's upscalers: the latent and image ones, then the installed models (A1111's names)."""
+
+    async def transform(self, interaction: discord.Interaction, value: Any) -> str:
+        return str(value)  # core checks the name and answers with the ones this server has
+
+    async def autocomplete(
+        self, interaction: discord.Interaction[ChantBot], value: Any
+    ) -> list[app_commands.Choice[str]]:
+        return _choices(interaction.client.service.upscaler_names(hires=True), str(value))
+
+
 Size = app_commands.Transform[tuple[int, int], SizeTransformer]
 Lora = app_commands.Transform[str, LoraTransformer]
 Sampler = app_commands.Transform[str, SamplerTransformer]
@@ -169,7 +181,7 @@ FILLS = {name: number for number, name in ranges.FILL_MODES.items()}
 # Choices built from those tables at import (discord.py reads the Literal's values).
 ResizeMode = Literal[tuple(RESIZE_MODES)]
 Fill = Literal[tuple(FILLS)]
-Upscaler = Literal[ranges.UPSCALERS]
+Upscaler = app_commands.Transform[str, HiresUpscalerTransformer]
 # Guiding images (issue 16): what runs on the control attachment (or that it is a ready map), weights.
 ControlType = Literal[tuple(CONTROL_TYPES)]
 ControlWeight = app_commands.Range[float, ranges.MIN_CONTROL_WEIGHT, ranges.MAX_CONTROL_WEIGHT]

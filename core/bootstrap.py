@@ -64,7 +64,7 @@ def build_engine(settings: Settings, env: Mapping[str, str] | None = None) -> En
 
     # A model on first run, as A1111: none at all -> download the default (or stop with what to do).
     ensure_model(settings.engine, env)
-    return create_engine(settings.engine)
+    return create_engine(settings.engine, postprocess=settings.postprocess)
 
 
 def build_scorer(settings: Settings, env: Mapping[str, str] | None = None) -> ImageScorer | None:

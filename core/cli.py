@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def _registrars() -> list[Register]:
+    from core import post_cli
     from core.bench import cli as bench_cli
     from core.engine import cli as engine_cli
     from core.prompt import cli as prompt_cli
@@ -41,6 +42,7 @@ def _registrars() -> list[Register]:
         _register_worker,
         queue_cli.register,
         bench_cli.register,
+        post_cli.register,
     ]
 
 

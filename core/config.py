@@ -134,11 +134,16 @@ class PostprocessSettings:
     )
     upscale_tile: int = 192  # A1111 "Tile size for ESRGAN upscalers"; 0 = the whole image at once
     upscale_tile_overlap: int = 8  # A1111 "Tile overlap for ESRGAN upscalers" (input pixels)
+    upscaler: str = "R-ESRGAN 4x+"  # /upscale's and ⬆️'s default (else the first installed model, else Lanczos)
+    detail_tile: int = 512  # SD upscale's tile side (pixels) for an upscale's detail pass
+    detail_tile_overlap: int = 64  # SD upscale's tile overlap (pixels)
     face_restorer_dirs: tuple[str, ...] = ("models/GFPGAN", "models/Codeformer")
     face_restoration_model: str = "GFPGAN"  # GFPGAN | CodeFormer (A1111's names) or a file stem
     codeformer_weight: float = 0.5  # A1111 "CodeFormer weight": 0 = strongest effect, 1 = weakest
+    face_restoration_visibility: float = 1.0  # A1111 "GFPGAN visibility": 1 = the restored face, 0 = the original
     face_detector: str = "face_detection_yunet_2023mar"  # detector (file stem) that finds faces to restore
     detector_dirs: tuple[str, ...] = ("models/adetailer",)
+    detailer_model: str = "face_detection_yunet_2023mar"  # the detector a job's "detailer" option uses
     tagger_dirs: tuple[str, ...] = ("models/interrogators",)
     tagger: str = "wd-vit-tagger-v3"  # default /describe tagger: a folder with model.onnx + selected_tags.csv
     tagger_general_threshold: float = 0.35
@@ -305,9 +310,14 @@ CHECKS: dict[type, dict[str, Check]] = {
         "upscaler_dirs": DIRS,
         "upscale_tile": between(0, 4096),  # 0 = the whole image at once
         "upscale_tile_overlap": between(0, 1024),
+        "upscaler": text(what="an upscaler name"),
+        "detail_tile": between(ranges.MIN_SIDE, ranges.MAX_SIDE),
+        "detail_tile_overlap": between(0, 1024),
         "face_restorer_dirs": DIRS,
         "face_restoration_model": text(what="a face restorer name"),
         "codeformer_weight": between(ranges.MIN_VISIBILITY, ranges.MAX_VISIBILITY),
+        "face_restoration_visibility": between(ranges.MIN_VISIBILITY, ranges.MAX_VISIBILITY),
+        "detailer_model": text(what="a detector name"),
         "face_detector": text(what="a detector name"),
         "detector_dirs": DIRS,
         "tagger_dirs": DIRS,

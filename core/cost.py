@@ -11,6 +11,10 @@ image, so 512², 20 steps is one standard image. What multiplies it:
 * second-order samplers call the model twice per step (the last step once).
 * img2img and inpaint run the strength's tail of the steps; hires fix adds its second pass at its
   own size, steps and strength (and its own prompt, if it has one).
+* an upscale job: :data:`UPSCALE_PIXEL_STEPS` per output pixel for the upscaler model, plus its detail
+  pass as img2img over the output.
+* the detailer: one inpaint pass per image (one region: the usual face) at its strength's tail of the
+  steps; face restoration is not counted (one small network per face).
 * the text encoder: each chunk of every distinct scheduled text beyond a plain prompt's two.
 * ControlNet units (half a UNet row each, over their guidance window) and reference images.
 
@@ -124,6 +128,8 @@ def _guide_factor(r: GenerationRequest) -> float:
 
 def job_cost(r: GenerationRequest) -> float:
     """The job's GPU work in pixel-steps of a plain prompt (see the module docstring)."""
+    if r.mode == Mode.UPSCALE:
+        return upscale_cost(r)
     prompt = prompt_shape(r.prompt, r.steps)
     negative = prompt_shape(r.negative_prompt, r.steps, negative=True)
     steps = r.steps if r.mode == Mode.TXT2IMG else _tail(r.steps, r.denoising_strength)
@@ -142,8 +148,28 @@ def job_cost(r: GenerationRequest) -> float:
         calls = model_calls(r.sampler, _tail(second, r.hr_denoising_strength))
         unet += w * h * calls * _rows(prompt, negative)
     unet *= _guide_factor(r)
+    if r.detailer:  # one region per image (the usual face), inpainted at the image's size
+        pixels = w * h if r.enable_hr else r.width * r.height
+        unet += pixels * model_calls(r.sampler, _tail(r.steps, r.detailer_strength)) * _rows(prompt, negative)
     text = TEXT_CHUNK_PIXEL_STEPS * max(0, encoded - PLAIN_ENCODED)
     return float(unet * r.count + text)
+
+
+# An upscaler model pass (R-ESRGAN 4x+, 512² -> 2048²) takes about as long on a GPU as one standard
+# image: 512² × 20 pixel-steps over 2048² output pixels, 1.25 pixel-steps per output pixel.
+UPSCALE_PIXEL_STEPS = 1.25
+
+
+def upscale_cost(r: GenerationRequest) -> float:
+    """An upscale job: the model pass over the output pixels, plus the detail pass (img2img over the
+    output in tiles: the strength's tail of the steps on every output pixel, overlaps not counted)."""
+    work = r.width * r.height * UPSCALE_PIXEL_STEPS
+    if r.upscale_detail > 0:
+        prompt = prompt_shape(r.prompt, r.steps)
+        negative = prompt_shape(r.negative_prompt, r.steps, negative=True)
+        calls = model_calls(r.sampler, _tail(r.steps, r.upscale_detail))
+        work += r.width * r.height * calls * _rows(prompt, negative)
+    return float(work)
 
 
 def standard_images(work: float) -> float:

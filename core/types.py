@@ -18,6 +18,7 @@ class Mode(StrEnum):
     TXT2IMG = "txt2img"
     IMG2IMG = "img2img"
     INPAINT = "inpaint"
+    UPSCALE = "upscale"  # init_image to width × height by ``upscaler``, then optionally SD upscale's detail pass
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,16 @@ class GenerationRequest:
     hr_denoising_strength: float = 0.7
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    # After decoding (issue 15), per job: A1111's "Restore faces" and ADetailer's idea. Not in the batch
+    # key: they run on each job's images after the shared loop.
+    face_restoration: str = ""  # "" = off; GFPGAN | CodeFormer (A1111's names) or a restorer's file stem
+    detailer: str = ""  # "" = off; a detector's name (file stem in postprocess.detector_dirs)
+    detailer_prompt: str = ""  # "" = the job's prompt
+    detailer_strength: float = 0.4  # ADetailer's default denoising strength
+    # Upscale jobs (mode "upscale"): the upscaler (a model's name, or Lanczos / Nearest) and the strength of
+    # A1111's SD upscale detail pass over tiles of the result (0 = none: nothing random, no SD model).
+    upscaler: str = ""
+    upscale_detail: float = 0.0
     # ControlNet units and reference images (IP-Adapter); their images are stored apart, as sources.
     controls: tuple[ControlInput, ...] = ()
     references: tuple[ReferenceInput, ...] = ()

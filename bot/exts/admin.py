@@ -156,6 +156,12 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Server 
             interaction, "chant now answers in " + (" ".join(f"<#{i}>" for i in ids) or "every channel")
         )
 
+    @app_commands.command(name="detailer", description="Repaint faces (the detailer) in /imagine by default")
+    async def detailer(self, interaction: discord.Interaction, default: Literal["on", "off"]) -> None:
+        actor = await self._admin(interaction)
+        await self.service.admin_set_detailer_default(actor, default == "on")
+        await self._done(interaction, f"The detailer is {default} by default (the detailer option still decides).")
+
     @app_commands.command(name="reroll-policy", description="Who may 🔁 a result")
     async def reroll_policy(
         self, interaction: discord.Interaction, policy: Literal["everyone", "owner"]

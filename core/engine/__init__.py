@@ -10,7 +10,7 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from core.config import EngineSettings
+    from core.config import EngineSettings, PostprocessSettings
     from core.engine.api import Engine
 
 
@@ -27,10 +27,13 @@ def uses_hub(settings: EngineSettings) -> bool:
     return False
 
 
-def create_engine(settings: EngineSettings, *, allow_paths: bool = False) -> Engine:
+def create_engine(
+    settings: EngineSettings, *, allow_paths: bool = False, postprocess: PostprocessSettings | None = None
+) -> Engine:
     """The real engine (torch + diffusers), configured by ``settings``.
 
-    ``allow_paths`` lets requests name model files by path: for the operator's CLI only.
+    ``allow_paths`` lets requests name model files by path: for the operator's CLI only. ``postprocess``:
+    the upscaler / face restorer / detector folders (``[postprocess]``).
     """
     if not uses_hub(settings):
         # Must be set before huggingface_hub is imported: it reads the variable once.
@@ -44,7 +47,7 @@ def create_engine(settings: EngineSettings, *, allow_paths: bool = False) -> Eng
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()  # "Loading pipeline components…" bars between log lines
-    return DiffusersEngine(settings, allow_paths=allow_paths)
+    return DiffusersEngine(settings, allow_paths=allow_paths, postprocess=postprocess)
 
 
 __all__ = ["create_engine", "uses_hub"]

@@ -5,14 +5,17 @@ decoded and prepared (img2img, inpaint). Every problem is a ``GenerationError`` 
 from __future__ import annotations
 
 from core import ranges
-from core.config import EngineSettings
+from core.config import EngineSettings, PostprocessSettings
 from core.engine import image_modes
 from core.types import GenerationError, GenerationRequest, Mode
 
 
-def check_inputs(request: GenerationRequest, settings: EngineSettings) -> None:
+def check_inputs(
+    request: GenerationRequest, settings: EngineSettings, postprocess: PostprocessSettings | None = None
+) -> None:
+    """``postprocess``: the installed upscaler models hires fix may name besides ``ranges.UPSCALERS``."""
     r = request
-    check_image_inputs(r)
+    check_image_inputs(r, postprocess)
     for name, side in (("width", r.width), ("height", r.height)):
         if not ranges.MIN_SIDE <= side <= ranges.MAX_SIDE or side % ranges.SIDE_MULTIPLE:
             raise GenerationError(
@@ -54,11 +57,14 @@ def check_inputs(request: GenerationRequest, settings: EngineSettings) -> None:
         )
 
 
-def check_image_inputs(request: GenerationRequest) -> None:
+def check_image_inputs(request: GenerationRequest, postprocess: PostprocessSettings | None = None) -> None:
     """img2img / inpaint / hires fix options (the images themselves are decoded by ``prepare_init``)."""
     r = request
-    if r.mode not in (Mode.TXT2IMG, Mode.IMG2IMG, Mode.INPAINT):
+    if r.mode not in (Mode.TXT2IMG, Mode.IMG2IMG, Mode.INPAINT, Mode.UPSCALE):
         raise GenerationError(f"unknown mode {r.mode!r}")
+    if r.mode == Mode.UPSCALE:
+        _check_upscale(r)
+        return
     if r.mode != Mode.TXT2IMG:
         if r.init_image is None:
             raise GenerationError(f"{r.mode} needs a source image")
@@ -78,7 +84,18 @@ def check_image_inputs(request: GenerationRequest) -> None:
     if r.mode == Mode.INPAINT:
         _check_inpaint(r)
     if r.enable_hr:
-        _check_hires(r)
+        _check_hires(r, postprocess)
+
+
+def _check_upscale(r: GenerationRequest) -> None:
+    if r.init_image is None:
+        raise GenerationError("an upscale needs a source image")
+    if not r.upscaler.strip():
+        raise GenerationError("an upscale needs an upscaler (a model's name, or Lanczos)")
+    if not ranges.MIN_STRENGTH <= r.upscale_detail <= ranges.MAX_STRENGTH:
+        raise GenerationError(f"the detail strength must be between 0 and 1, not {r.upscale_detail}")
+    if r.enable_hr or r.mask_image is not None:
+        raise GenerationError("an upscale takes no hires fix and no mask")
 
 
 def _check_inpaint(r: GenerationRequest) -> None:
@@ -98,8 +115,12 @@ def _check_inpaint(r: GenerationRequest) -> None:
         )
 
 
-def _check_hires(r: GenerationRequest) -> None:
-    if r.hr_upscaler not in ranges.UPSCALERS:
+def _check_hires(r: GenerationRequest, postprocess: PostprocessSettings | None) -> None:
+    if postprocess is not None:
+        from core.engine.postprocess.names import check_hires_upscaler
+
+        check_hires_upscaler(postprocess, r.hr_upscaler)  # a PostprocessError (a GenerationError)
+    elif r.hr_upscaler not in ranges.UPSCALERS:
         raise GenerationError(
             f"unknown hires upscaler {r.hr_upscaler!r}; use one of: {', '.join(ranges.UPSCALERS)}"
         )

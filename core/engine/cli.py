@@ -322,8 +322,9 @@ def _in(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"{name} must be from {low:.15g} to {high:.15g}, not {value:.15g}")
 
 
-def check_request(request) -> None:
-    """Every value of ``request`` that can be checked without torch; ValueError naming the option."""
+def check_request(request, postprocess=None) -> None:
+    """Every value of ``request`` that can be checked without torch; ValueError naming the option.
+    ``postprocess``: the settings whose installed upscaler models ``--hr-upscaler`` may name."""
     from core import ranges
     from core.prompt import PromptError, interpret
 
@@ -353,7 +354,20 @@ def check_request(request) -> None:
     if r.eta_noise_seed_delta is not None:
         _in("--ensd", r.eta_noise_seed_delta, 0, ranges.MAX_SEED)
     if r.enable_hr and r.hr_upscaler not in ranges.UPSCALERS:
-        raise ValueError(f"--hr-upscaler must be one of {', '.join(ranges.UPSCALERS)}, not {r.hr_upscaler!r}")
+        from core.config import PostprocessSettings
+        from core.engine.postprocess.names import hires_upscaler_names
+
+        known = hires_upscaler_names(postprocess or PostprocessSettings())
+        if r.hr_upscaler not in known:
+            raise ValueError(f"--hr-upscaler must be one of {', '.join(known)}, not {r.hr_upscaler!r}")
+    if (r.face_restoration or r.detailer) and postprocess is not None:
+        from core.engine.postprocess.files import PostprocessError
+        from core.engine.postprocess.names import check_after_decoding
+
+        try:
+            check_after_decoding(postprocess, r.face_restoration, r.detailer)
+        except PostprocessError as exc:
+            raise ValueError(str(exc)) from None
     if not r.sampler.strip():
         raise ValueError('--sampler must name an A1111 sampler, e.g. "Euler a"')
     hires_steps = (r.hr_second_pass_steps or r.steps) if r.enable_hr else None
@@ -376,7 +390,7 @@ def _check_sampler(request) -> None:
     samplers.resolve(request.sampler, request.schedule_type)
 
 
-def _with_a_model(args: argparse.Namespace, settings, request):
+def _with_a_model(args: argparse.Namespace, settings, request, postprocess=None):
     """``request``, after downloading the default model when it asks for the default and there is no
     model at all (``engine.auto_download``)."""
     if request.model is not None:
@@ -386,7 +400,7 @@ def _with_a_model(args: argparse.Namespace, settings, request):
     if ensure_model(settings) is None:
         return request
     request, _ = request_from_args(args, settings)  # the downloaded model's defaults apply now
-    check_request(request)
+    check_request(request, postprocess)
     return request
 
 
@@ -395,7 +409,7 @@ def _generate(args: argparse.Namespace, settings) -> int:
 
     try:
         request, ignored = request_from_args(args, settings.engine)
-        check_request(request)
+        check_request(request, settings.postprocess)
     except OSError as exc:
         print(f"chant generate: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
@@ -425,7 +439,7 @@ def _generate(args: argparse.Namespace, settings) -> int:
         print(f"chant generate: --sampler/--schedule: {exc}", file=sys.stderr)
         return 2
     try:
-        request = _with_a_model(args, engine_settings, request)
+        request = _with_a_model(args, engine_settings, request, settings.postprocess)
     except GenerationError as exc:
         print(f"chant generate: {exc}", file=sys.stderr)
         return 1
@@ -448,7 +462,7 @@ def _generate(args: argparse.Namespace, settings) -> int:
     model = request.model or default_model_name(engine_settings) or "the default model"
     print(f"chant generate: loading {model}…", file=sys.stderr)
     try:
-        engine = create_engine(engine_settings, allow_paths=True)
+        engine = create_engine(engine_settings, allow_paths=True, postprocess=settings.postprocess)
         result = engine.generate(request, on_progress=on_progress)
     except (GenerationError, GenerationCancelled) as exc:
         close_bar()

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from core.config import EngineSettings
+from core.config import EngineSettings, PostprocessSettings
 from core.engine import grouping, memory, models
 from core.engine.job import Outcome
 from core.engine.pipeline import Pipeline
@@ -22,6 +22,7 @@ from core.types import (
     GenerationError,
     GenerationRequest,
     GenerationResult,
+    Mode,
     OutOfMemory,
     Progress,
 )
@@ -32,8 +33,14 @@ log = logging.getLogger(__name__)
 class DiffusersEngine(Runtime):
     """The real engine. Thread-safe: one generation at a time per engine (a lock)."""
 
-    def __init__(self, settings: EngineSettings, *, allow_paths: bool = False) -> None:
-        super().__init__(settings, allow_paths=allow_paths)
+    def __init__(
+        self,
+        settings: EngineSettings,
+        *,
+        allow_paths: bool = False,
+        postprocess: PostprocessSettings | None = None,
+    ) -> None:
+        super().__init__(settings, allow_paths=allow_paths, postprocess=postprocess)
         self._footprints: dict[tuple, memory.Footprint] = {}  # (model, width, height) -> batch memory
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -90,7 +97,7 @@ class DiffusersEngine(Runtime):
         that runs out of memory or fails unexpectedly is run again one job at a time.
         """
         results: list[Outcome | None] = [None] * len(requests)
-        for group in grouping.group_requests(self.settings, requests, self.batch_capacity):
+        for group in grouping.group_requests(self.settings, requests, self.batch_capacity, self.postprocess):
             if len(group) > 1:
                 try:
                     with self._lock:
@@ -126,8 +133,12 @@ class DiffusersEngine(Runtime):
         """Most images one denoising loop of jobs like ``request`` takes: ``engine.max_batch``, or (0) what
         the free VRAM holds at that size (``core.engine.memory``; measured once per model and size).
 
-        Any failure here (an unknown model, a failed probe) gives 1: the job then fails or runs alone.
+        Any failure here (an unknown model, a failed probe) gives 1: the job then fails or runs alone. An
+        upscale job runs alone (1): it has no denoising loop of its own to share, and its size (the
+        upscaled one) is no size to probe the UNet's memory at.
         """
+        if request.mode == Mode.UPSCALE:
+            return 1
         if self.settings.max_batch > 0:
             return self.settings.max_batch
         if self.device.type != "cuda":

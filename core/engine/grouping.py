@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core.config import EngineSettings
+from core.config import EngineSettings, PostprocessSettings
 from core.engine import checks, hires, prompts
 from core.types import GenerationError, GenerationRequest
 
 
-def batch_key(settings: EngineSettings, request: GenerationRequest) -> tuple | None:
+def batch_key(
+    settings: EngineSettings, request: GenerationRequest, postprocess: PostprocessSettings | None = None
+) -> tuple | None:
     """Jobs with equal keys share one loop; None: this job runs alone (bad options or a bad prompt).
 
     ``request.batch_key()`` (mode, size, steps, …, img2img's strength, the hires geometry) plus the LoRA
@@ -29,7 +31,7 @@ def batch_key(settings: EngineSettings, request: GenerationRequest) -> tuple | N
     from core.engine.networks import networks_key
 
     try:
-        checks.check_inputs(request, settings)
+        checks.check_inputs(request, settings, postprocess)  # postprocess: hires fix's upscaler models
         if not prompts.resolve_sampler(request).sampler.batchable:
             return None  # DPM adaptive: its step sizes come from the whole batch, so it runs alone
         positive, _ = prompts.interpret(request, settings)
@@ -45,6 +47,7 @@ def group_requests(
     settings: EngineSettings,
     requests: Sequence[GenerationRequest],
     max_images: int | Callable[[GenerationRequest], int] | None = None,
+    postprocess: PostprocessSettings | None = None,
 ) -> list[list[int]]:
     """Indices of ``requests`` in groups of compatible jobs, first-seen order.
 
@@ -56,7 +59,7 @@ def group_requests(
     limits: dict[Any, int] = {}
     images: dict[int, int] = {}  # id(group) -> images in it
     for index, request in enumerate(requests):
-        key = batch_key(settings, request)
+        key = batch_key(settings, request, postprocess)
         if key is None:
             order.append([index])
             continue

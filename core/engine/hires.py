@@ -1,7 +1,8 @@
 """A1111's hires fix, around the second pass: the hires prompt, the upscale, the second pass's start.
 
 "Latent*" upscalers interpolate the latents; "Lanczos"/"Nearest"/"None" decode, resize with PIL and encode
-again. The second pass is img2img at the hires size with the hires prompt (or the prompt) scheduled with
+again; any other name is an upscaler model (``core.engine.postprocess``: ESRGAN, DAT, … by A1111's names),
+run on the decoded image as A1111 does, then encoded again. The second pass is img2img at the hires size with the hires prompt (or the prompt) scheduled with
 A1111's hires rebasing, the first pass's seeds (fresh noise at the new size), ``hr_second_pass_steps``
 (0 = steps) steps at ``hr_denoising_strength``. ``Pipeline.hires_fix`` runs it for every job of a batch.
 """
@@ -16,7 +17,7 @@ import torch
 from core.config import EngineSettings
 from core.engine import image_modes, models, prompts, samplers
 from core.engine.job import Start
-from core.types import GenerationRequest
+from core.types import GenerationError, GenerationRequest
 
 
 def hires_request(request: GenerationRequest) -> GenerationRequest:
@@ -47,10 +48,12 @@ def upscale(
     *,
     decode: Callable[[models.LoadedModel, torch.Tensor], list],
     encode: Callable[[models.LoadedModel, Sequence[Any]], torch.Tensor],
+    upscale_model: Callable[[Any, str, int, int], Any] | None = None,
 ) -> torch.Tensor:
     """The first pass's latents (any number of rows of jobs with ``request``'s hires geometry and
     upscaler) upscaled to the hires size and cropped to the hires resize box. ``decode`` / ``encode``:
-    the engine's VAE (image upscalers)."""
+    the engine's VAE (image upscalers); ``upscale_model(image, name, width, height)``: an upscaler model
+    (``Upscalers.upscale_to``, A1111's ``resize_image`` with a model)."""
     factor = model.vae_scale_factor
     to_x, to_y, tx, ty = image_modes.hires_target(
         request.width, request.height, request.hr_scale, request.hr_resize_x, request.hr_resize_y
@@ -61,9 +64,15 @@ def upscale(
         upscaled = torch.nn.functional.interpolate(
             latents.float(), size=(to_y // factor, to_x // factor), mode=mode, **kwargs
         ).to(latents.dtype)
-    else:
+    elif request.hr_upscaler in image_modes.IMAGE_UPSCALERS:
         images = decode(model, latents)
         images = [image_modes.upscale_image(image, to_x, to_y, request.hr_upscaler) for image in images]
+        upscaled = encode(model, images)
+    else:
+        if upscale_model is None:
+            raise GenerationError(f"unknown hires upscaler {request.hr_upscaler!r}")
+        images = decode(model, latents)
+        images = [upscale_model(image, request.hr_upscaler, to_x, to_y) for image in images]
         upscaled = encode(model, images)
     if tx or ty:
         h, w = upscaled.shape[2], upscaled.shape[3]

@@ -332,6 +332,7 @@ def settings_from_infotext(text: str) -> InfotextSettings:
         if key in p:
             f[field] = p[key]
             handled.add(key)
+    f.update(_after_decoding(p, handled))
     rng = p["RNG"].strip().lower()
     if rng not in RNG_SOURCES:
         raise ValueError(f"infotext RNG: {p['RNG']!r} is not one of GPU, CPU, NV")
@@ -350,6 +351,22 @@ def settings_from_infotext(text: str) -> InfotextSettings:
     )
 
 
+def _after_decoding(p: Mapping[str, str], handled: set[str]) -> dict[str, Any]:
+    """Face restoration (A1111's key; its visibility/weight are the server's settings) and the detailer
+    (ADetailer's first pass: its model, prompt and strength; the other ADetailer keys are its defaults)."""
+    f: dict[str, Any] = {}
+    if p.get("Face restoration"):
+        f["face_restoration"] = p["Face restoration"].strip()
+        handled.update(("Face restoration", "GFPGAN visibility", "CodeFormer visibility", "CodeFormer weight"))
+    model = p.get("ADetailer model", "").strip()
+    if model and model != "None":
+        f["detailer"] = model
+        if p.get("ADetailer prompt"):
+            f["detailer_prompt"] = p["ADetailer prompt"]
+        if "ADetailer denoising strength" in p:
+            f["detailer_strength"] = _number(p, "ADetailer denoising strength")
+        handled.update(k for k in p if k.startswith("ADetailer ") and not k.endswith((" 2nd", " 3rd")))
+    return f
 def _guides_from_infotext(params: Mapping[str, str], fields: dict[str, Any]) -> set[str]:
     """sd-webui-controlnet's ``ControlNet N`` units as ``controls`` (and IP-Adapter units as ``references``),
     without their images (an infotext has none); returns the keys read."""

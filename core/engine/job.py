@@ -28,6 +28,7 @@ class RunStats:
     png: float = 0.0
     total: float = 0.0
     load: float = 0.0
+    after: float = 0.0  # face restoration and the detailer, after decoding
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Plan:
     empty: Cond | None = None  # the empty prompt's encoding, when pad_cond_uncond is on
     image_cond: torch.Tensor | None = None  # inpainting UNets: [mask, masked-image latents] per image
     hashes: dict = field(default_factory=dict)  # infotext "Lora hashes" / "TI hashes" (A1111 1.10)
+    after: dict = field(default_factory=dict)  # infotext of face restoration and the detailer (after decoding)
     guide_params: dict = field(default_factory=dict)  # infotext "ControlNet N" (sd-webui-controlnet)
 
 

@@ -59,6 +59,7 @@ def png(settings: EngineSettings, plan: Plan, index: int, image) -> GeneratedIma
         extra={
             **image_mode_infotext(request),
             **plan.hashes,
+            **plan.after,
             **samplers.eta_infotext(spec, request.eta),
             "CFG Rescale": request.cfg_rescale or None,
             "Noise Schedule": "Zero Terminal SNR" if plan.model.noise.zero_terminal_snr else None,

@@ -28,7 +28,15 @@ import torch
 from core.engine import checks, guide, hires, loop, models, output, prompts, vae
 from core.engine.job import Job, Outcome, RunStats, Start
 from core.engine.runtime import Runtime
-from core.types import GenerationError, GenerationRequest, GenerationResult, Progress
+from core.types import (
+    GeneratedImage,
+    GenerationCancelled,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    Mode,
+    Progress,
+)
 
 NAN_LATENTS = (
     "the image came out broken (NaN/infinite values while sampling): usually a LoRA, embedding or "
@@ -60,6 +68,9 @@ class Pipeline:
 
     def __call__(self, requests: Sequence[GenerationRequest], indices: Sequence[int]) -> list[Outcome]:
         start = time.perf_counter()
+        everyone = list(indices)
+        # 0. Upscale jobs, each on its own: an upscaler model, then optionally SD upscale's tiled img2img
+        requests, indices = self.upscale_jobs(requests, indices)
         # 1. Check inputs; decode and prepare each job's source image and mask (img2img, inpaint)
         jobs = self.check_inputs(requests, indices)
         try:
@@ -68,7 +79,7 @@ class Pipeline:
         except GenerationError as exc:  # shared by all: the model, the LoRA set, the sampler
             for job in jobs:
                 self.outcomes.setdefault(job.index, exc)
-        return [self.outcomes[index] for index in indices]
+        return [self.outcomes[index] for index in everyone]
 
     def run(self, jobs: list[Job], start: float, *, batch: bool) -> None:
         stats, runtime = self.stats, self.runtime
@@ -110,6 +121,13 @@ class Pipeline:
         images = output.apply_overlays(finished, images)
         runtime.sync()
         stats.decode = time.perf_counter() - t
+        # 9b. Face restoration, then the detailer (each job's own options; a failure fails that job)
+        if any(job.request.face_restoration or job.request.detailer for job in finished):
+            t = time.perf_counter()
+            finished, images = self.after_decoding(finished, images)
+            stats.after = time.perf_counter() - t
+            if not finished:
+                return
         # 10. PNGs with A1111's parameters
         self.write_results(model, finished, images, start, loop_jobs=len(jobs) if batch else None)
 
@@ -120,7 +138,7 @@ class Pipeline:
         jobs = []
         for index, request in zip(indices, requests, strict=True):
             try:
-                checks.check_inputs(request, self.settings)
+                checks.check_inputs(request, self.settings, self.runtime.postprocess)
                 init = checks.prepare_init(request, self.settings)  # img2img / inpaint: the source (and mask)
                 # ControlNet units (preprocessed) and reference images
                 job_guide = guide.prepare(request, self.settings, str(self.runtime.device))
@@ -252,7 +270,14 @@ class Pipeline:
 
         def upscale(job: Job) -> None:  # each as alone: a pixel upscaler decodes, resizes and encodes
             latents = first[job.index].latents
-            upscaled = hires.upscale(model, job.request, latents, decode=decode, encode=runtime.encode_images)
+            upscaled = hires.upscale(
+                model,
+                job.request,
+                latents,
+                decode=decode,
+                encode=runtime.encode_images,
+                upscale_model=runtime.post.upscalers.upscale_to,
+            )
             job.start = hires.start(job.request, upscaled)
 
         second = self._each(second, upscale)
@@ -274,6 +299,167 @@ class Pipeline:
             first[job.index].latents = job.latents
         return [first[job.index] for job in done]
 
+    def upscale_jobs(
+        self, requests: Sequence[GenerationRequest], indices: Sequence[int]
+    ) -> tuple[list[GenerationRequest], list[int]]:
+        """Run the upscale jobs among ``requests``; the others (and their indices) go on to the loop."""
+        rest_requests, rest_indices = [], []
+        for index, request in zip(indices, requests, strict=True):
+            if request.mode != Mode.UPSCALE:
+                rest_requests.append(request)
+                rest_indices.append(index)
+                continue
+            try:
+                self.outcomes[index] = self.upscale(index, request)
+            except (GenerationError, GenerationCancelled) as exc:
+                self.outcomes[index] = exc
+        return rest_requests, rest_indices
+
+    def upscale(self, index: int, request: GenerationRequest) -> GenerationResult:
+        """One upscale job (``core.engine.postprocess.upscale_job``); its detail pass is this engine's
+        img2img on each tile, at the job's seed plus the tile's index (A1111's SD upscale seeds a batch so)."""
+        import io
+        import random
+
+        from PIL import Image
+
+        from core.engine import image_modes, infotext
+        from core.engine.postprocess import upscale_job
+        from core.ranges import RANDOM_SEED, RANDOM_SEED_BOUND
+
+        start = time.perf_counter()
+        checks.check_inputs(request, self.settings, self.runtime.postprocess)
+        try:
+            source = image_modes.load_image(
+                request.init_image, max_megapixels=self.settings.max_input_megapixels, what="image to upscale"
+            )
+        except ValueError as exc:
+            raise GenerationError(str(exc)) from None
+        seed = random.randrange(RANDOM_SEED_BOUND) if request.seed == RANDOM_SEED else request.seed
+        subseed = seed + 1 if request.subseed == RANDOM_SEED else request.subseed
+        post = self.runtime.postprocess
+
+        def progress(done: int, total: int) -> None:
+            if self.should_cancel is not None and self.should_cancel(index):
+                raise GenerationCancelled("cancelled while upscaling")
+            if self.on_progress is not None:
+                self.on_progress(index, Progress(done, total))
+
+        image = upscale_job.upscale_image(self.runtime.post, request, source, progress)
+        model_name, model_hash = request.upscaler, ""
+        if request.upscale_detail > 0:
+            tiles = upscale_job.detail_tiles(image.width, image.height, post.detail_tile, post.detail_tile_overlap)
+            cancel = (lambda _: self.should_cancel(index)) if self.should_cancel else None
+
+            def img2img(tile, i: int):
+                progress(i, len(tiles))
+                r = request.replace(
+                    mode=Mode.IMG2IMG,
+                    init_image=infotext.png_with_infotext(tile, "", compress_level=1),
+                    width=tile.width,
+                    height=tile.height,
+                    resize_mode=0,
+                    denoising_strength=request.upscale_detail,
+                    count=1,
+                    seed=seed + i,
+                    subseed=subseed + i,
+                    upscaler="",
+                    upscale_detail=0.0,
+                    face_restoration="",
+                    detailer="",
+                    controls=(),  # SD upscale's tiles: the job's prompt and model, no guide images
+                    references=(),
+                )
+                (outcome,) = Pipeline(self.runtime, None, cancel)([r], [0])
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                nonlocal model_name, model_hash
+                model_name, model_hash = outcome.model_name, outcome.model_hash
+                return Image.open(io.BytesIO(outcome.images[0].png)).convert("RGB")
+
+            image = upscale_job.detail_pass(image, post.detail_tile, post.detail_tile_overlap, img2img)
+        params = upscale_job.infotext_params(request, post.detail_tile_overlap)
+        text = upscale_job.append_params(infotext.infotext_of_file(request.init_image) or "", params)
+        png = infotext.png_with_infotext(image, text)
+        total = time.perf_counter() - start
+        return GenerationResult(
+            images=(GeneratedImage(png=png, seed=seed, subseed=subseed, infotext=text),),
+            model_name=model_name,
+            model_hash=model_hash,
+            timings={"upscale": total, "total": total},
+        )
+
+    def after_decoding(self, jobs: list[Job], images: list) -> tuple[list[Job], list]:
+        """Each image of a job with face restoration or the detailer through them (``postprocess.run``);
+        the jobs that got through, and their images."""
+        from core.engine.postprocess.run import after_decoding
+
+        kept_jobs, kept_images, row = [], [], 0
+        for job in jobs:
+            mine = list(images[row : row + job.count])
+            row += job.count
+            if not (job.request.face_restoration or job.request.detailer):
+                kept_jobs.append(job)
+                kept_images.extend(mine)
+                continue
+            try:
+                for i, image in enumerate(mine):
+                    inpaint = self.detailer_inpaint(job, i)
+                    mine[i], params = after_decoding(self.runtime.post, job.request, image, inpaint)
+                    job.plan.after.update(params)
+            except (GenerationError, GenerationCancelled) as exc:
+                self.outcomes[job.index] = exc
+                continue
+            kept_jobs.append(job)
+            kept_images.extend(mine)
+        return kept_jobs, kept_images
+
+    def detailer_inpaint(self, job: Job, image_index: int):
+        """The detailer's inpaint for image ``image_index`` of ``job``: this engine's inpaint "only masked"
+        (A1111's inpaint_full_res), a run of its own with the job's model, prompt (or the detailer's),
+        sampler, CFG and that image's seed, at the image's size (the working size of the region)."""
+        import io
+
+        from PIL import Image
+
+        from core.engine.infotext import png_with_infotext
+
+        request, plan = job.request, job.plan
+        cancel = (lambda _: self.should_cancel(job.index)) if self.should_cancel else None
+
+        def inpaint(image, mask, options):
+            r = request.replace(
+                mode=Mode.INPAINT,
+                init_image=png_with_infotext(image, "", compress_level=1),
+                mask_image=png_with_infotext(mask.convert("RGB"), "", compress_level=1),
+                prompt=options.prompt or request.prompt,
+                negative_prompt=options.negative_prompt or request.negative_prompt,
+                denoising_strength=options.denoising_strength,
+                steps=options.steps or request.steps,
+                cfg_scale=request.cfg_scale if options.cfg_scale is None else options.cfg_scale,
+                width=options.width or image.width // 8 * 8,
+                height=options.height or image.height // 8 * 8,
+                resize_mode=0,
+                mask_blur=options.mask_blur,
+                inpainting_fill=1,  # original
+                inpaint_full_res=options.inpaint_full_res,
+                inpaint_full_res_padding=options.inpaint_full_res_padding,
+                enable_hr=False,
+                count=1,
+                seed=plan.seeds[image_index],
+                subseed=plan.subseeds[image_index],
+                face_restoration="",
+                detailer="",
+                controls=(),  # ADetailer repaints without the job's ControlNets unless told to
+                references=(),
+            )
+            (outcome,) = Pipeline(self.runtime, None, cancel)([r], [0])
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return Image.open(io.BytesIO(outcome.images[0].png)).convert("RGB")
+
+        return inpaint
+
     def write_results(
         self, model: models.LoadedModel, jobs: list[Job], images: list, start: float, *, loop_jobs: int | None
     ) -> None:
@@ -293,6 +479,8 @@ class Pipeline:
             "png": stats.png,
             "total": stats.total,
         }
+        if stats.after:  # face restoration and the detailer (its inpaint runs included)
+            timings["after_decoding"] = stats.after
         if loop_jobs is not None:  # a batch of several jobs: how many shared the loop
             timings["batch_jobs"] = float(loop_jobs)
         for job, generated in zip(jobs, pngs, strict=True):

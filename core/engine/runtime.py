@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from core.config import EngineSettings
+from core.config import EngineSettings, PostprocessSettings
 from core.engine import models, vae
 from core.engine.conditioning import EmbeddingLibrary
 from core.engine.job import RunStats
@@ -25,8 +25,16 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: EngineSettings, *, allow_paths: bool = False) -> None:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        *,
+        allow_paths: bool = False,
+        postprocess: PostprocessSettings | None = None,
+    ) -> None:
         self.settings = settings
+        self.postprocess = postprocess or PostprocessSettings()
+        self._post = None  # core.engine.postprocess.run.PostModels, made on first use
         self.allow_paths = allow_paths
         self.models = models.ModelCache(settings.max_loaded_models, allow_pickle=settings.allow_pickle)
         self.embeddings = EmbeddingLibrary(settings.embedding_dirs)
@@ -71,6 +79,16 @@ class Runtime:
         with stack:
             yield
 
+    @property
+    def post(self):
+        """The post-processing models (upscalers, face restorers, detectors) on the engine's device."""
+        if self._post is None:
+            from core.engine.postprocess.run import PostModels
+
+            self._post = PostModels(
+                self.postprocess, allow_pickle=self.settings.allow_pickle, device=self.device
+            )
+        return self._post
     def guide_models(self):
         """The ControlNet and IP-Adapter caches (made on first use)."""
         if self._guide_models is None:

@@ -4,6 +4,7 @@
 from core.services.service import ChantService
 from core.services.types import (
     Actor,
+    Description,
     GuildLimits,
     ImageModeration,
     ImagineOptions,
@@ -26,6 +27,7 @@ from core.services.types import (
 __all__ = [
     "Actor",
     "ChantService",
+    "Description",
     "GuildLimits",
     "ImageModeration",
     "ImagineOptions",

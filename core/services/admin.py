@@ -85,6 +85,19 @@ async def set_default_model(ctx: Context, actor: Actor, model: str) -> None:
     await _update(ctx, actor, "model.default", model, default_model=model)
 
 
+async def set_detailer_default(ctx: Context, actor: Actor, on: bool) -> None:
+    """/imagine's detailer when the option is left out, for this guild (the model must be installed)."""
+    if on:
+        from core.engine.postprocess.files import PostprocessError
+        from core.engine.postprocess.names import check_detector
+
+        try:
+            check_detector(ctx.settings.postprocess, ctx.settings.postprocess.detailer_model)
+        except PostprocessError as exc:
+            raise UserError("postprocess", f"The detailer is not available here: {exc}.") from None
+    await _update(ctx, actor, "detailer.default", "on" if on else "off", detailer_default=on or None)
+
+
 async def set_reroll_policy(ctx: Context, actor: Actor, policy_name: str) -> None:
     if policy_name not in ("everyone", "owner"):
         raise UserError("invalid", "The reroll policy must be 'everyone' or 'owner'.")

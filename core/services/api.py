@@ -11,6 +11,7 @@ from typing import Protocol
 
 from core.services.types import (
     Actor,
+    Description,
     GuildLimits,
     ImagineOptions,
     JobEvent,
@@ -118,6 +119,40 @@ class CoreAPI(Protocol):
 
     def lora_names(self) -> list[str]: ...
 
+    def upscaler_names(self, *, hires: bool = False) -> list[str]:
+        """Upscale jobs' upscalers: the installed models, then Lanczos and Nearest (``hires``: the hires
+        fix's latent and image upscalers, then the models)."""
+        ...
+
+    async def upscale(
+        self,
+        actor: Actor,
+        *,
+        job_id: int | None = None,
+        index: int = 0,
+        image: bytes | None = None,
+        scale: float | None = None,
+        upscaler: str | None = None,
+        detail: float | None = None,
+        size: tuple[int, int] | None = None,
+        status_message_id: int | None = None,
+    ) -> Receipt:
+        """Upscale image ``index`` (0-based) of a job, or an uploaded image, by ``scale`` or to ``size``
+        (``core.services.upscale``)."""
+        ...
+
+    async def describe(
+        self, actor: Actor, *, image: bytes | None = None, job_id: int | None = None, index: int = 0
+    ) -> Description:
+        """/describe: up to four prompts for an image (a WD14 tagger's tags; ``core.services.describe``)."""
+        ...
+
+    async def upscale_message(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt:
+        """⬆️ on a result: its first image ×2 with the default upscaler."""
+        ...
+
     def complete_prompt(self, text: str) -> list[tuple[str, str]]: ...
 
     # results and their messages
@@ -161,6 +196,10 @@ class CoreAPI(Protocol):
     async def admin_set_limit(self, actor: Actor, name: str, value: int) -> None: ...
 
     async def admin_set_default_model(self, actor: Actor, model: str) -> None: ...
+
+    async def admin_set_detailer_default(self, actor: Actor, on: bool) -> None:
+        """/imagine's detailer in this guild when the option is left out."""
+        ...
 
     async def admin_set_reroll_policy(self, actor: Actor, policy: str) -> None: ...
 

@@ -70,6 +70,18 @@ class Catalog:
             return list(self.engine.sampler_names())
         return list(ranges.SAMPLERS)  # no engine in this process (`chant run --no-worker`): A1111's names
 
+    def upscalers(self) -> list[str]:
+        """The installed upscaler models (A1111's names for its built-ins; file stems otherwise)."""
+        from core.engine.postprocess.names import upscaler_names  # torch-free
+
+        return upscaler_names(self.settings.postprocess)
+
+    def hires_upscalers(self) -> list[str]:
+        """What hires fix offers: the engine's latent and image upscalers, then the installed models."""
+        from core.engine.postprocess.names import hires_upscaler_names  # torch-free
+
+        return hires_upscaler_names(self.settings.postprocess)
+
     def loras(self) -> list[str]:
         """LoRA names for autocomplete and /loras (file stems in the configured folders)."""
         from core.engine.networks.resolve import list_networks  # torch-free

@@ -30,7 +30,7 @@ from core.services.submit import Source, load_source, require_a_model, reroll_so
 from core.services.types import Actor, JobView, Receipt, RemixForm, UserError
 from core.storage.models import JobImage
 from core.storage.repositories import Repositories
-from core.types import GeneratedImage, GenerationRequest
+from core.types import GeneratedImage, GenerationRequest, Mode
 
 PANS = tuple(str(d) for d in outpaint.Direction)
 
@@ -50,6 +50,8 @@ async def vary(
     if strength not in vary_control.STRENGTHS:
         raise UserError("invalid", f"Vary is subtle or strong, not {strength!r}.")
     src = await _source(ctx, actor, job_id, index)
+    if src.request.mode == Mode.UPSCALE:
+        raise UserError("invalid", NOT_ON_UPSCALES)
     request = vary_control.vary(
         src.request,
         image_seed=src.seeds[index],
@@ -61,6 +63,8 @@ async def vary(
 
 async def remix_form(ctx: Context, actor: Actor, job_id: int, index: int) -> RemixForm:
     src = await _source(ctx, actor, job_id, index)
+    if src.request.mode == Mode.UPSCALE:
+        raise UserError("invalid", NOT_ON_UPSCALES)
     templates = src.job.prompt_templates or {}
     return RemixForm(
         prompt=templates.get("prompt", src.request.prompt),
@@ -83,6 +87,8 @@ async def remix(
     """Remix image ``index``: the job with the edited prompt, negative prompt and seed (None or -1: a new
     one), through every check of /imagine (dynamic prompts expanded with that seed)."""
     src = await _source(ctx, actor, job_id, index)
+    if src.request.mode == Mode.UPSCALE:
+        raise UserError("invalid", NOT_ON_UPSCALES)
     if seed is None or seed == RANDOM_SEED:
         seed = requests.random_seed(ctx.rng)
     if not 0 <= seed <= MAX_SEED:
@@ -135,6 +141,12 @@ async def pick(ctx: Context, actor: Actor, job_id: int, index: int) -> tuple[Job
 
 
 # ------------------------------------------------------------------------------------------- internals
+
+
+NOT_ON_UPSCALES = (
+    "Vary and Remix repaint a generated image; this one is an upscale. Use them on the image it came from, "
+    "or /upscale with detail for new details."
+)
 
 
 async def _source(ctx: Context, actor: Actor, job_id: int, index: int) -> Source:

@@ -13,9 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from core import moderation, ranges
-from core.config import EngineSettings, Settings
+from core.config import EngineSettings, PostprocessSettings, Settings
 from core.cost import prompt_shape
 from core.engine.image_modes import hires_target  # torch-free: the engine's own hires target
+from core.engine.postprocess.names import listing
 from core.prompt import Interpretation, PromptError, interpret
 from core.services.types import Actor, ImageModeration, UserError
 from core.storage.models import Guild, Job
@@ -206,9 +207,11 @@ def check_request(
     max_prompt_chars: int,
     samplers: Sequence[str],
     models: Sequence[str],
+    upscalers: Sequence[str] = ranges.UPSCALERS,
 ) -> None:
     """Every value of the request against the ranges and today's limits (again on reroll: an admin may
-    have lowered them since)."""
+    have lowered them since). ``upscalers``: what hires fix may name (the engine's own and the installed
+    upscaler models)."""
     if not r.prompt.strip():
         raise UserError("prompt", "The prompt is empty: describe the image you want.")
     if len(r.prompt) > max_prompt_chars:
@@ -252,7 +255,7 @@ def check_request(
             f"CLIP skip must be between {ranges.MIN_CLIP_SKIP} and {ranges.MAX_CLIP_SKIP} "
             f"(you asked for {r.clip_skip}).",
         )
-    check_image_options(r, lim)
+    check_image_options(r, lim, upscalers)
     if samplers and r.sampler not in samplers:
         raise UserError("sampler", f"I do not know the sampler {r.sampler!r}. Pick one from the list.")
     if models and r.model is not None and r.model not in models:
@@ -300,7 +303,9 @@ def check_strength(name: str, value: float | None) -> None:
         raise UserError("invalid", f"{name} must be between 0 and 1 (you gave {value:g}).")
 
 
-def check_image_options(r: GenerationRequest, lim: Limits) -> None:
+def check_image_options(
+    r: GenerationRequest, lim: Limits, upscalers: Sequence[str] = ranges.UPSCALERS
+) -> None:
     """img2img / inpaint / hires values."""
     if r.mode != Mode.TXT2IMG:
         if r.init_image is None:
@@ -319,14 +324,14 @@ def check_image_options(r: GenerationRequest, lim: Limits) -> None:
                 f"(you gave {r.mask_blur}).",
             )
     if r.enable_hr:
-        check_hires(r, lim)
+        check_hires(r, lim, upscalers)
 
 
-def check_hires(r: GenerationRequest, lim: Limits) -> None:
-    if r.hr_upscaler not in ranges.UPSCALERS:
+def check_hires(r: GenerationRequest, lim: Limits, upscalers: Sequence[str] = ranges.UPSCALERS) -> None:
+    if r.hr_upscaler not in upscalers:
         raise UserError(
             "invalid",
-            f"I do not know the upscaler {r.hr_upscaler!r}; choose one of: {', '.join(ranges.UPSCALERS)}.",
+            f"I do not know the upscaler {r.hr_upscaler!r}; this server has: {listing(upscalers)}.",
         )
     if not ranges.MIN_HIRES_SCALE <= r.hr_scale <= ranges.MAX_HIRES_SCALE:
         raise UserError(
@@ -365,6 +370,43 @@ def check_hires(r: GenerationRequest, lim: Limits) -> None:
             f"Hires fix would make {w}×{h}, larger than this server allows "
             f"({lim['max_pixels']:,} pixels). Lower hires_scale or the size.",
         )
+
+
+def check_upscale(r: GenerationRequest, lim: Limits, upscalers: Sequence[str]) -> None:
+    """An upscale job: its upscaler, its size (within the guild's pixel limit), its detail pass."""
+    if r.init_image is None:
+        raise UserError("invalid", "This upscale needs its source image, which is no longer stored.")
+    if r.upscaler not in upscalers:
+        raise UserError(
+            "upscaler", f"I do not know the upscaler {r.upscaler!r}; this server has: {listing(upscalers)}."
+        )
+    check_sides(r.width, r.height)
+    if r.width * r.height > lim["max_pixels"]:
+        raise UserError(
+            "limit.pixels",
+            f"The upscale would be {r.width}×{r.height}, larger than this server allows "
+            f"({lim['max_pixels']:,} pixels). Choose a smaller scale.",
+        )
+    check_strength("detail", r.upscale_detail)
+    if r.upscale_detail > 0 and not ranges.MIN_STEPS <= r.steps <= lim["max_steps"]:
+        raise UserError("limit.steps", f"The detail pass's steps must be at most {lim['max_steps']} here.")
+
+
+def check_after_decoding(r: GenerationRequest, post: PostprocessSettings) -> None:
+    """Face restoration and the detailer need their models here: refused before queueing (nothing
+    charged), naming what the server lacks (``core.engine.postprocess.names``, torch-free)."""
+    if not (r.face_restoration or r.detailer):
+        return
+    from core.engine.postprocess.files import PostprocessError
+    from core.engine.postprocess.names import check_after_decoding as check
+
+    if not ranges.MIN_STRENGTH < r.detailer_strength <= ranges.MAX_STRENGTH:
+        raise UserError("invalid", f"The detailer strength must be above 0 and at most 1 (not {r.detailer_strength:g}).")
+    try:
+        check(post, r.face_restoration, r.detailer)
+    except PostprocessError as exc:
+        what = "Face restoration" if r.face_restoration and not r.detailer else "The detailer"
+        raise UserError("postprocess", f"{what} is not available here: {exc}. Ask a server admin.") from None
 
 
 # ------------------------------------------------------------------------------------ the prompt text

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core import ranges
+from core.config import PostprocessSettings
 from core.engine.catalog import ModelDefaults
 from core.services import guides
 from core.services.images import Upload, fit_size
@@ -51,7 +52,11 @@ HIRES = (  # hires fix ("hires" itself is enable_hr)
 DEFAULTS = {"width": 512, "height": 512, "steps": 20, "cfg": 7.0, "sampler": "Euler a", "count": 1}
 HIRES_OPTIONS = ("hires", *(option for option, _ in HIRES))
 # What a preset keeps: strength applies when the preset is used with a source image (/img2img).
-PRESET_FIELDS = ("prompt", *(option for option, _ in BASIC), *HIRES_OPTIONS, "strength", *guides.PRESET_OPTIONS)
+AFTER_DECODING = ("face_restore", "detailer")  # on/off; the server's models (issue 15)
+PRESET_FIELDS = (
+    "prompt", *(option for option, _ in BASIC), *HIRES_OPTIONS, "strength", *guides.PRESET_OPTIONS,
+    *AFTER_DECODING,
+)  # fmt: skip
 
 
 def random_seed(rng: random.Random) -> int:
@@ -77,6 +82,7 @@ def merge(options: ImagineOptions, preset: Mapping[str, Any]) -> ImagineOptions:
         prompt = fragment.replace("{prompt}", prompt) if "{prompt}" in fragment else f"{prompt}, {fragment}"
     has_source = options.init_image is not None or options.source_job is not None
     names = [option for option, _ in BASIC] + (["strength"] if has_source else list(HIRES_OPTIONS))
+    names += AFTER_DECODING
     names += guides.PRESET_OPTIONS  # guidance start/end have no command option: presets hold them
     taken = {n: preset[n] for n in names if getattr(options, n) is None and preset.get(n) is not None}
     return dataclasses.replace(options, prompt=prompt, **taken)
@@ -168,6 +174,16 @@ def _hires_changes(o: ImagineOptions, has_source: bool) -> dict[str, Any]:
     return {"enable_hr": True, **{field: getattr(o, option) for option, field in HIRES if option in given}}
 
 
+def after_decoding_changes(o: ImagineOptions, post: PostprocessSettings) -> dict[str, Any]:
+    """Face restoration and the detailer as the options (or the preset) ask: the server's models."""
+    changes: dict[str, Any] = {}
+    if o.face_restore is not None:
+        changes["face_restoration"] = post.face_restoration_model if o.face_restore else ""
+    if o.detailer is not None:
+        changes["detailer"] = post.detailer_model if o.detailer else ""
+    return changes
+
+
 def preset_of(r: GenerationRequest) -> dict[str, Any]:
     """A stored request as preset options (``/preset save`` from the last job)."""
     params: dict[str, Any] = {"prompt": r.prompt, **{option: getattr(r, field) for option, field in BASIC}}
@@ -175,6 +191,10 @@ def preset_of(r: GenerationRequest) -> dict[str, Any]:
         params.update(hires=True, **{option: getattr(r, field) for option, field in HIRES})
     if r.mode != Mode.TXT2IMG:
         params["strength"] = r.denoising_strength
+    if r.face_restoration:
+        params["face_restore"] = True
+    if r.detailer:
+        params["detailer"] = True
     params.update(guides.preset_of(r))
     return params
 

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 
 from core.config import Settings
 from core.queue.worker import Worker
-from core.services import admin, cancel, controls, presets, prompts, reads, results, submit
+from core.services import admin, cancel, controls, describe, presets, prompts, reads, results, submit, upscale
 from core.services.api import EventStream
 from core.services.context import Context
 from core.services.runtime import Runtime
 from core.services.types import (
     Actor,
+    Description,
     GuildLimits,
     ImagineOptions,
     JobView,
@@ -161,6 +162,37 @@ class ChantService:
     def lora_names(self) -> list[str]:
         return self._ctx.catalog.loras()
 
+    def upscaler_names(self, *, hires: bool = False) -> list[str]:
+        return self._ctx.catalog.hires_upscalers() if hires else upscale.upscaler_names(self._ctx)
+
+    async def upscale(
+        self,
+        actor: Actor,
+        *,
+        job_id: int | None = None,
+        index: int = 0,
+        image: bytes | None = None,
+        scale: float | None = None,
+        upscaler: str | None = None,
+        detail: float | None = None,
+        size: tuple[int, int] | None = None,
+        status_message_id: int | None = None,
+    ) -> Receipt:
+        return await upscale.upscale(
+            self._ctx, actor, job_id=job_id, index=index, image=image, scale=scale, upscaler=upscaler,
+            detail=detail, size=size, status_message_id=status_message_id,
+        )  # fmt: skip
+
+    async def describe(
+        self, actor: Actor, *, image: bytes | None = None, job_id: int | None = None, index: int = 0
+    ) -> Description:
+        return await describe.describe(self._ctx, actor, image=image, job_id=job_id, index=index)
+
+    async def upscale_message(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt:
+        return await upscale.upscale_message(self._ctx, actor, message_id, status_message_id=status_message_id)
+
     def complete_prompt(self, text: str) -> list[tuple[str, str]]:
         return prompts.complete_prompt(self._ctx, text)
 
@@ -227,6 +259,9 @@ class ChantService:
 
     async def admin_set_default_model(self, actor: Actor, model: str) -> None:
         await admin.set_default_model(self._ctx, actor, model)
+
+    async def admin_set_detailer_default(self, actor: Actor, on: bool) -> None:
+        await admin.set_detailer_default(self._ctx, actor, on)
 
     async def admin_set_reroll_policy(self, actor: Actor, policy: str) -> None:
         await admin.set_reroll_policy(self._ctx, actor, policy)

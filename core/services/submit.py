@@ -8,6 +8,7 @@ workers — so two submits never both pass a cap, and a refused submit leaves no
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -23,11 +24,16 @@ from core.services.reads import images_of, visible_job
 from core.services.types import Actor, ImagineOptions, Receipt, UserError
 from core.storage.models import Guild, Job
 from core.storage.repositories import QuotaExceeded, Repositories
-from core.types import GenerationRequest
+from core.types import GenerationRequest, Mode
 
 log = logging.getLogger(__name__)
 
 NO_MODEL = "This bot has no model yet — ask a server admin."
+
+NOTHING_TO_REROLL = (
+    "An upscale without a detail pass has nothing random: 🔁 would make the very same image. "
+    "For new details, use /upscale with detail (e.g. 0.3)."
+)
 
 # 🔀: the same request and seed, plus a random A1111 variation seed mixed in at this strength: close
 # to the original (composition kept), visibly different in the details.
@@ -69,6 +75,9 @@ async def submit_imagine(
         max_pixels=policy.limits(ctx.settings, guild)["max_pixels"],
         defaults=ctx.catalog.defaults(model),
     )
+    if merged.detailer is None and guild is not None and guild.detailer_default:
+        merged = dataclasses.replace(merged, detailer=True)  # the guild's default
+    request = request.replace(**requests.after_decoding_changes(merged, ctx.settings.postprocess))
     if guides.wanted(merged):  # checked as img2img sources are, in the ImageWork pool
         named = guides.changes(  # the models it needs, before its images are worked on
             merged, _NAMED if merged.control_image else None, _NAMED if merged.reference_image else None
@@ -94,6 +103,8 @@ async def reroll_source(
     ctx: Context, actor: Actor, src: Source, *, status_message_id: int | None = None
 ) -> Receipt:
     src.check_not_blocked(ctx, actor)
+    if src.request.mode == Mode.UPSCALE and not src.request.upscale_detail:
+        raise UserError("reroll.same", NOTHING_TO_REROLL)
     request = src.request.replace(seed=requests.random_seed(ctx.rng), subseed=-1)
     templates = src.job.prompt_templates
     return await submit_checked(
@@ -108,6 +119,8 @@ async def variation(
     """🔀: the same request and seed (and so the same expansion), a variation seed mixed in."""
     src = await load_source(ctx, actor, message_id=message_id)
     src.check_not_blocked(ctx, actor)
+    if src.request.mode == Mode.UPSCALE and not src.request.upscale_detail:
+        raise UserError("reroll.same", NOTHING_TO_REROLL)
     request = src.request.replace(subseed=requests.random_seed(ctx.rng), subseed_strength=VARIATION_STRENGTH)
     return await submit_checked(
         ctx, actor, src.guild, request, kind="variation", parent_id=src.job.id,
@@ -189,13 +202,19 @@ def _default_model(ctx: Context, actor: Actor, guild: Guild | None) -> str:
 
 def _check_limits(ctx: Context, request: GenerationRequest, guild: Guild | None) -> None:
     """The request against today's limits (a reroll's too: an admin may have lowered them since)."""
+    if request.mode == Mode.UPSCALE:
+        upscalers = [*ctx.catalog.upscalers(), "Lanczos", "Nearest"]
+        policy.check_upscale(request, policy.limits(ctx.settings, guild), upscalers)
+        return
     policy.check_request(
         request,
         policy.limits(ctx.settings, guild),
         max_prompt_chars=ctx.settings.limits.max_prompt_chars,
         samplers=ctx.catalog.samplers(),
         models=ctx.catalog.models(),
+        upscalers=ctx.catalog.hires_upscalers(),
     )
+    policy.check_after_decoding(request, ctx.settings.postprocess)
 
 
 async def _job_source(ctx: Context, s, actor: Actor, guild: Guild | None, job_id: int) -> bytes:

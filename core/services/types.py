@@ -80,7 +80,10 @@ class ImagineOptions:
     hires_scale: float | None = None
     hires_steps: int | None = None  # 0 = as many as the first pass
     hires_strength: float | None = None
-    upscaler: str | None = None  # Latent, Lanczos, ... (core.ranges.UPSCALERS)
+    upscaler: str | None = None  # Latent, Lanczos, ... (core.ranges.UPSCALERS) or an upscaler model
+    # after decoding (issue 15): the server's face restorer and detailer model ([postprocess])
+    face_restore: bool | None = None
+    detailer: bool | None = None
     # Guiding images (issue 16, core.services.guides): a ControlNet unit from an attachment and a reference
     # image (IP-Adapter). control_start/control_end come from presets (no command option).
     control_image: bytes | None = None
@@ -143,7 +146,7 @@ class JobView:
     created_at: datetime
     finished_at: datetime | None
     parent_id: int | None
-    kind: str  # imagine | reroll | variation | show | vary | remix | zoom | pan
+    kind: str  # imagine | reroll | variation | show | vary | remix | zoom | pan | upscale
     status_message_id: int | None
     result_message_ids: tuple[int, ...]
     # Per image, its moderation: where the job was asked (as stored by the worker), or for /show and the
@@ -239,3 +242,12 @@ class JobCancelled:
 
 
 JobEvent = JobQueued | JobStarted | JobProgress | JobDone | JobFailed | JobCancelled
+
+
+@dataclass(frozen=True)
+class Description:
+    """/describe's answer: up to four prompts (long to short) from a tagger's tags."""
+
+    tagger: str
+    prompts: tuple[str, ...]
+    tags: tuple[tuple[str, float], ...]  # characters then general tags, with their probabilities

@@ -48,7 +48,7 @@ DM_GUILD = 0
 
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 # vary / remix / zoom / pan: the result controls (buttons) under a result, each from one of its images.
-JOB_KINDS = ("imagine", "reroll", "variation", "show", "vary", "remix", "zoom", "pan")
+JOB_KINDS = ("imagine", "reroll", "variation", "show", "vary", "remix", "zoom", "pan", "upscale")
 MODERATION_POLICIES = tuple(str(p) for p in Policy)
 AGE_RESTRICTED_POLICIES = tuple(str(a) for a in AgeRestricted)
 FINISHED_STATES = ("done", "failed", "cancelled")
@@ -136,6 +136,8 @@ class Guild(Base):
     moderation_policy: Mapped[str | None] = mapped_column(String(16))
     moderation_threshold: Mapped[float | None]
     age_restricted_policy: Mapped[str | None] = mapped_column(String(16))
+    # /imagine's detailer when the option is left out (issue 15); NULL = off.
+    detailer_default: Mapped[bool | None]
     # Whether /imagine and /img2img take control images and reference images here (issue 16).
     allow_guides: Mapped[bool] = mapped_column(default=True, server_default=true())
     created_at: Mapped[Timestamp]

@@ -17,8 +17,10 @@ from datetime import UTC, datetime, timedelta
 
 from PIL import Image, PngImagePlugin
 
+from core import ranges
 from core.services import (
     Actor,
+    Description,
     GuildLimits,
     ImageModeration,
     ImagineOptions,
@@ -37,7 +39,7 @@ from core.services import (
     RemixForm,
     UserError,
 )
-from core.types import ControlInput, GeneratedImage, GenerationRequest
+from core.types import ControlInput, GeneratedImage, GenerationRequest, Mode
 
 
 def png_with_parameters(text: str, seed: int, size: int = 16, noise: bool = False) -> bytes:
@@ -261,6 +263,39 @@ class FakeService:
         request = job.request.replace(seed=random.randrange(2**32))
         return self._new_job(actor, request, "reroll", job.id, status_message_id)
 
+    async def upscale(
+        self,
+        actor: Actor,
+        *,
+        job_id: int | None = None,
+        index: int = 0,
+        image: bytes | None = None,
+        scale: float | None = None,
+        upscaler: str | None = None,
+        detail: float | None = None,
+        size: tuple[int, int] | None = None,
+        status_message_id: int | None = None,
+    ) -> Receipt:
+        self.calls.append(("upscale", (actor, job_id, index, image, scale, upscaler, detail, size)))
+        request = GenerationRequest(prompt="", mode=Mode.UPSCALE, init_image=image or b"png", upscaler=upscaler or "")
+        return self._new_job(actor, request, "upscale", job_id, status_message_id)
+
+    async def describe(
+        self, actor: Actor, *, image: bytes | None = None, job_id: int | None = None, index: int = 0
+    ) -> Description:
+        self.calls.append(("describe", (actor, image, job_id, index)))
+        return Description("fake-tagger", ("1girl, smile, long hair", "1girl, smile"), (("1girl", 0.9),))
+
+    async def upscale_message(
+        self, actor: Actor, message_id: int, *, status_message_id: int | None = None
+    ) -> Receipt:
+        self.calls.append(("upscale_message", (actor, message_id)))
+        job = await self.job_for_message(message_id)
+        if job is None:
+            raise UserError("not_found", "that message is not a chant result")
+        request = job.request.replace(mode=Mode.UPSCALE, upscaler="R-ESRGAN 4x+")
+        return self._new_job(actor, request, "upscale", job.id, status_message_id)
+
     async def variation(
         self, actor: Actor, message_id: int, *, status_message_id: int | None = None
     ) -> Receipt:
@@ -467,6 +502,10 @@ class FakeService:
 
     def lora_names(self) -> list[str]:
         return list(self.loras)
+
+    def upscaler_names(self, *, hires: bool = False) -> list[str]:
+        models = ["R-ESRGAN 4x+", "4x-UltraSharp"]
+        return [*ranges.UPSCALERS, *models] if hires else models
 
     def model_names(self) -> list[str]:
         return ["fake", "fake-xl"]

@@ -65,7 +65,7 @@ async def test_startup_identifies_syncs_commands_and_never_logs_the_token(bot: R
     assert not intents & (1 << 1), "no members intent"
     (sync,) = fake.find("PUT", r"/applications/\d+/commands")
     names = {c["name"] for c in sync.json}
-    assert {"imagine", "preset", "history", "show", "queue", "cancel", "quota", "admin"} <= names
+    assert {"imagine", "preset", "history", "show", "queue", "cancel", "quota", "admin", "upscale", "describe"} <= names
     imagine_cmd = next(c for c in sync.json if c["name"] == "imagine")
     option_names = [o["name"] for o in imagine_cmd["options"]]
     assert option_names == [
@@ -87,6 +87,8 @@ async def test_startup_identifies_syncs_commands_and_never_logs_the_token(bot: R
         "hires_steps",
         "hires_strength",
         "upscaler",
+        "face_restore",
+        "detailer",
         "control_image",
         "control_type",
         "control_weight",
@@ -407,6 +409,18 @@ async def test_sampler_model_and_size_autocomplete(bot: RunningBot) -> None:
     )
     (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
     assert [c["value"] for c in cb.json["data"]["choices"]] == ["fake-xl"]
+    # Hires upscalers: the engine's own (latent, image) then the installed models by A1111's names.
+    iid, token = await imagine(
+        fake, "x", {"name": "upscaler", "type": 3, "value": "r-es", "focused": True}, type=4
+    )
+    (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+    assert [c["value"] for c in cb.json["data"]["choices"]] == ["R-ESRGAN 4x+"]
+    iid, token = await imagine(
+        fake, "x", {"name": "upscaler", "type": 3, "value": "", "focused": True}, type=4
+    )
+    (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
+    upscalers = [c["value"] for c in cb.json["data"]["choices"]]
+    assert upscalers[0] == "Latent" and upscalers[-2:] == ["R-ESRGAN 4x+", "4x-UltraSharp"]
     iid, token = await imagine(fake, "x", {"name": "size", "type": 3, "value": "", "focused": True}, type=4)
     (cb,) = await fake.wait_call("POST", rf"/interactions/{iid}/{token}/callback")
     sizes = [c["value"] for c in cb.json["data"]["choices"]]

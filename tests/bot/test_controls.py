@@ -14,7 +14,7 @@ from tests.bot.test_app import EPHEMERAL, imagine, opt
 
 NSFW_CHANNEL = 222_000_000_000_000_009
 THREAD = 222_000_000_000_000_010  # a thread of the age-restricted channel
-SINGLE = ["vsub", "vstr", "rmx", "rr", "z15", "z2", "pl", "pr", "pu", "pd"]
+SINGLE = ["vsub", "vstr", "rmx", "rr", "z15", "z2", "up2", "up4", "pl", "pr", "pu", "pd"]
 
 
 @pytest.fixture
@@ -61,6 +61,7 @@ async def test_a_result_carries_persistent_controls_and_each_asks_core_for_its_j
         "z2": ("zoom_out", (job, 0, 2.0)),
         "pl": ("pan", (job, 0, "left")),
         "pd": ("pan", (job, 0, "down")),
+        "up4": ("upscale", (job, 0, None, 4.0, None, None, None)),
         "rr": ("reroll_job", (job,)),
     }
     for n, (action, (name, args)) in enumerate(expected.items(), start=2):

@@ -47,7 +47,7 @@ async def fake() -> AsyncIterator[FakeDiscord]:
     await server.close()
 
 
-def write_engine_config(tmp_path: Path, tiny) -> Path:
+def write_engine_config(tmp_path: Path, tiny, extra: str = "") -> Path:
     config = tmp_path / "chant.toml"
     config.write_text(
         f"""log_level = "INFO"
@@ -67,16 +67,19 @@ hypernetwork_dirs = []
 [engine.models.tiny]
 source = "{tiny.single_file}"
 config = "{tiny.config}"
-""",
+"""
+        + extra,
         encoding="utf-8",
     )
     return config
 
 
 @contextlib.asynccontextmanager
-async def real_chant(tmp_path: Path, fake: FakeDiscord, tiny_model) -> AsyncIterator[ChantProcess]:
+async def real_chant(
+    tmp_path: Path, fake: FakeDiscord, tiny_model, extra: str = ""
+) -> AsyncIterator[ChantProcess]:
     tiny, cache = tiny_model
-    config = write_engine_config(tmp_path, tiny)
+    config = write_engine_config(tmp_path, tiny, extra)
     proc = ChantProcess(
         config, fake, 0.0, TOKEN, fake_engine=False, env={"CHANT_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     )
@@ -241,3 +244,36 @@ async def test_real_engine_img2img_and_inpaint_from_attachments(
             and "Hires steps: 2" in params
             and "Hires upscaler: Lanczos" in params
         )
+
+
+async def test_real_engine_upscale_reaction_posts_the_models_upscale(
+    tmp_path: Path, fake: FakeDiscord, tiny_model
+):
+    """⬆️ on a real result: a tiny random-weight ESRGAN (as R-ESRGAN 4x+) upscales it ×2, posted as a reply
+    with the source's parameters and A1111's Postprocess keys."""
+    from core.testing.tiny_upscalers import build_tiny_upscaler
+
+    folder = tmp_path / "ESRGAN"
+    build_tiny_upscaler("Compact", folder / "RealESRGAN_x4plus.safetensors", scale=4)
+    extra = f'[postprocess]\nupscaler_dirs = ["{folder}"]\n'
+    async with real_chant(tmp_path, fake, tiny_model, extra):
+        await fake.interaction(
+            "imagine",
+            [opt("prompt", "a fox"), opt("seed", 5, 4), opt("steps", 2, 4), opt("size", "64x64")],
+            guild_id=GUILD_A, channel_id=CHANNEL_A, user_id=ALICE,
+        )  # fmt: skip
+        (first,) = await fake.wait_call(
+            "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), timeout=60
+        )
+        original = int(first.response["id"])
+        await fake.wait_call("PUT", rf"/channels/{CHANNEL_A}/messages/{original}/reactions/🔀/@me")
+        await fake.react(original, "⬆️", user_id=BOB, channel_id=CHANNEL_A, guild_id=GUILD_A)
+        posts = await fake.wait_call(
+            "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), count=2, timeout=60
+        )
+        upscaled = posts[1]
+        assert int(upscaled.json["message_reference"]["message_id"]) == original
+        assert Image.open(io.BytesIO(upscaled.files[0][1])).size == (128, 128)
+        params = parameters(upscaled)
+        assert params.startswith(parameters(first) + ", ")
+        assert "Postprocess upscale to: 128x128, Postprocess upscaler: R-ESRGAN 4x+" in params

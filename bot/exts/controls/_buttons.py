@@ -39,6 +39,8 @@ ACTIONS: dict[str, Action] = {
     "pr": Action(None, "➡️"),
     "pu": Action(None, "⬆️"),
     "pd": Action(None, "⬇️"),
+    "up2": Action("Upscale 2×", "✨"),  # an upscale job of the image (issue 15), the server's default upscaler
+    "up4": Action("Upscale 4×", "✨"),
     "u": Action("U"),  # pick image n of several: posted alone, with the controls above
     "v": Action("V"),  # Vary (Strong) of image n of several (Midjourney's V1–V4)
 }
@@ -85,10 +87,19 @@ class ResultControl(
 
 
 def single_view(job_id: int, index: int) -> discord.ui.View:
-    """Under one image: Vary, Remix and 🔁; Zoom Out; Pan. (Issue 15's upscale goes into the second row.)"""
+    """Under one image: Vary, Remix and 🔁; Zoom Out and Upscale; Pan."""
     view = discord.ui.View(timeout=None)
-    rows = (("vsub", "vstr", "rmx", "rr"), ("z15", "z2"), ("pl", "pr", "pu", "pd"))
+    rows = (("vsub", "vstr", "rmx", "rr"), ("z15", "z2", "up2", "up4"), ("pl", "pr", "pu", "pd"))
     for row, actions in enumerate(rows):
+        for action in actions:
+            view.add_item(ResultControl(job_id, index, action, row=row))
+    return view
+
+
+def upscale_view(job_id: int, index: int) -> discord.ui.View:
+    """Under an upscale: Zoom Out and Upscale again; Pan (Vary, Remix and 🔁 would make the same image)."""
+    view = discord.ui.View(timeout=None)
+    for row, actions in enumerate((("z15", "z2", "up2", "up4"), ("pl", "pr", "pu", "pd"))):
         for action in actions:
             view.add_item(ResultControl(job_id, index, action, row=row))
     return view
@@ -111,4 +122,6 @@ def result_view(job: JobView, shown: Sequence[int]) -> discord.ui.View | None:
     """The controls under a posted result (``shown``: the positions of the images posted)."""
     if job.state != "done" or not shown:
         return None
+    if job.kind == "upscale":
+        return upscale_view(job.id, shown[0])
     return single_view(job.id, shown[0]) if len(job.seeds) == 1 else grid_view(job.id, shown)

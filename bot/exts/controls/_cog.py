@@ -30,6 +30,7 @@ REMIX_ID = re.compile(r"chant:remix:(?P<job>\d{1,20}):(?P<index>\d{1,2})")
 VARY = {"vsub": "subtle", "vstr": "strong", "v": "strong"}
 ZOOM = {"z15": 1.5, "z2": 2.0}
 PAN = {"pl": "left", "pr": "right", "pu": "up", "pd": "down"}
+UPSCALE = {"up2": 2.0, "up4": 4.0}
 
 
 class RemixModal(discord.ui.Modal):
@@ -87,6 +88,8 @@ async def run_control(
             submit = partial(service.zoom_out, actor, job_id, index, ZOOM[action])
         elif action in PAN:
             submit = partial(service.pan, actor, job_id, index, PAN[action])
+        elif action in UPSCALE:
+            submit = partial(service.upscale, actor, job_id=job_id, index=index, scale=UPSCALE[action])
         else:
             raise UserError("invalid", "This button is from a newer chant; it does nothing here.")
         await submit_with_status(interaction, actor, _what(action, index), submit)

@@ -10,7 +10,7 @@ from discord.ext import commands
 from bot import render
 from bot.actors import actor_from_interaction, actor_from_reaction
 from bot.app import ChantBot
-from bot.delivery import DELETE, INFO_EMOJIS, REROLL, VARIATION
+from bot.delivery import DELETE, INFO_EMOJIS, REROLL, UPSCALE, VARIATION
 from bot.errors import new_error_id, user_error_text
 from bot.options import (
     DESCRIBE,
@@ -84,7 +84,9 @@ class ImagineCog(commands.Cog):
         hires_scale="hires fix: upscale factor (default 2)",
         hires_steps="hires fix: second-pass steps (0 = as many as the first pass)",
         hires_strength="hires fix: denoising strength of the second pass (default 0.7)",
-        upscaler="hires fix: Latent or Lanczos (image) upscaling",
+        upscaler="hires fix: Latent, Lanczos or an upscaler model (R-ESRGAN 4x+, 4x-UltraSharp, …)",
+        face_restore="restore faces after generating (A1111's Restore faces: GFPGAN or CodeFormer)",
+        detailer="detailer: find each face and repaint it at full resolution (ADetailer's idea)",
         **GUIDE_DESCRIBE,
     )
     @app_commands.autocomplete(preset=preset_autocomplete, prompt=prompt_autocomplete)
@@ -109,6 +111,8 @@ class ImagineCog(commands.Cog):
         hires_steps: HiresSteps | None = None,
         hires_strength: Strength | None = None,
         upscaler: Upscaler | None = None,
+        face_restore: bool | None = None,
+        detailer: bool | None = None,
         control_image: discord.Attachment | None = None,
         control_type: ControlType | None = None,
         control_weight: ControlWeight | None = None,
@@ -138,6 +142,8 @@ class ImagineCog(commands.Cog):
             hires_steps=hires_steps,
             hires_strength=hires_strength,
             upscaler=upscaler,
+            face_restore=face_restore,
+            detailer=detailer,
             control_image=control,
             control_type=control_type,
             control_weight=control_weight,
@@ -281,7 +287,7 @@ class ImagineCog(commands.Cog):
         if self.bot.user is not None and payload.user_id == self.bot.user.id:
             return
         name = payload.emoji.name if payload.emoji.id is None else None
-        if name not in (REROLL, VARIATION, DELETE, *INFO_EMOJIS):
+        if name not in (REROLL, VARIATION, DELETE, UPSCALE, UPSCALE.rstrip("\ufe0f"), *INFO_EMOJIS):
             return
         actor = actor_from_reaction(payload, self.bot)
         try:
@@ -292,6 +298,8 @@ class ImagineCog(commands.Cog):
                 await self._reroll(actor, payload)
             elif name == VARIATION:
                 await self._reroll(actor, payload, variation=True)
+            elif name in (UPSCALE, UPSCALE.rstrip("\ufe0f")):
+                await self._reroll(actor, payload, upscale=True)
             elif name == DELETE:
                 await self._delete(actor, payload)
             else:
@@ -304,11 +312,16 @@ class ImagineCog(commands.Cog):
             await self._dm(payload.user_id, f"Something went wrong on our side (error id `{error_id}`).")
 
     async def _reroll(
-        self, actor: Actor, payload: discord.RawReactionActionEvent, *, variation: bool = False
+        self,
+        actor: Actor,
+        payload: discord.RawReactionActionEvent,
+        *,
+        variation: bool = False,
+        upscale: bool = False,
     ) -> None:
-        """🔁 a new seed, or 🔀 a variation (same seed, a variation seed mixed in); a reply either way,
-        posted first: its id goes in with the job, as /imagine's status does."""
-        emoji = VARIATION if variation else REROLL
+        """🔁 a new seed, 🔀 a variation (same seed, a variation seed mixed in), or ⬆️ an upscale of the first
+        image; a reply either way, posted first: its id goes in with the job, as /imagine's status does."""
+        emoji = UPSCALE if upscale else VARIATION if variation else REROLL
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
         reference = discord.MessageReference(
             message_id=payload.message_id, channel_id=payload.channel_id, fail_if_not_exists=False
@@ -326,7 +339,9 @@ class ImagineCog(commands.Cog):
                 "A server admin can give it to me; until then /imagine works elsewhere.",
             ) from None
         try:
-            submit = self.service.variation if variation else self.service.reroll
+            submit = (
+                self.service.upscale_message if upscale else self.service.variation if variation else self.service.reroll
+            )
             receipt = await submit(actor, payload.message_id, status_message_id=status.id)
         except BaseException:
             with contextlib.suppress(discord.HTTPException):

@@ -31,8 +31,8 @@ from core.engine.postprocess.files import (
     WEIGHT_SUFFIXES,
     PostprocessError,
     list_model_files,
-    unknown_name_error,
 )
+from core.engine.postprocess.names import resolve_face_restorer
 from core.engine.postprocess.spandrel_loader import (
     descriptor_from_state_dict,
     has_extra_arches,
@@ -49,7 +49,6 @@ FFHQ_TEMPLATE_512 = np.array(
 )
 BORDER = (135, 133, 132)  # facexlib's fill for crop pixels outside the image
 DETECT_CONFIDENCE = 0.8  # facexlib's RetinaFace threshold
-A1111_RESTORERS = {"GFPGAN": "gfpgan", "CodeFormer": "codeformer"}  # A1111 name -> file stem prefix
 RestoreCrop = Callable[[Image.Image], Image.Image]  # 512×512 aligned face -> restored face
 
 
@@ -173,20 +172,7 @@ class FaceRestorers:
         return sorted(list_model_files(self.folders, WEIGHT_SUFFIXES), key=str.lower)
 
     def resolve(self, name: str) -> Path:
-        files = list_model_files(self.folders, WEIGHT_SUFFIXES)
-        if name in A1111_RESTORERS:
-            # A1111 picks the newest-looking file of the family (GFPGANv1.4 before GFPGANv1.3).
-            family = sorted((s for s in files if s.lower().startswith(A1111_RESTORERS[name])), reverse=True)
-            if family:
-                return files[family[0]]
-            if name == "CodeFormer" and not has_extra_arches():
-                raise PostprocessError(
-                    "CodeFormer is not installed on this server (it needs its weights in models/Codeformer and "
-                    "the spandrel-extra-arches package, whose CodeFormer licence is non-commercial)"
-                )
-        if name not in files:
-            raise unknown_name_error("face restoration model", name, self.names(), self.folders)
-        return files[name]
+        return resolve_face_restorer(self.folders, name)
 
     def load(self, name: str) -> FaceRestorer:
         path = self.resolve(name)

@@ -26,31 +26,10 @@ from PIL import Image
 
 from core import ranges
 from core.config import PostprocessSettings
-from core.engine.postprocess.files import (
-    WEIGHT_SUFFIXES,
-    list_model_files,
-    unknown_name_error,
-)
+from core.engine.postprocess.names import resolve_upscaler, upscaler_files, upscaler_names
 from core.engine.postprocess.spandrel_loader import load_descriptor, pick_dtype
 from core.engine.postprocess.tiling import TileProgress, run_tiled
 
-# A1111's built-in upscalers: the name A1111 shows (and writes as "Hires upscaler") -> the file stem
-# A1111 saves its download under (the URL's file name, or the name it renames the download to).
-A1111_NAMES = {
-    "R-ESRGAN 4x+": "RealESRGAN_x4plus",
-    "R-ESRGAN 4x+ Anime6B": "RealESRGAN_x4plus_anime_6B",
-    "R-ESRGAN 2x+": "RealESRGAN_x2plus",
-    "R-ESRGAN General 4xV3": "realesr-general-x4v3",
-    "R-ESRGAN General WDN 4xV3": "realesr-general-wdn-x4v3",
-    "R-ESRGAN AnimeVideo": "realesr-animevideov3",
-    "ESRGAN_4x": "ESRGAN_4x",
-    "SwinIR 4x": "SwinIR_4x",
-    "DAT x2": "DAT_x2",
-    "DAT x3": "DAT_x3",
-    "DAT x4": "DAT_x4",
-    "ScuNET GAN": "scunet_color_real_gan",
-    "ScuNET PSNR": "scunet_color_real_psnr",
-}
 MAX_PASSES = 3  # A1111's Upscaler.upscale runs the model at most three times to reach the target
 
 
@@ -112,21 +91,15 @@ class Upscalers:
     # -- names -------------------------------------------------------------------------------------
 
     def _files(self) -> dict[str, Path]:
-        return list_model_files(self.settings.upscaler_dirs, WEIGHT_SUFFIXES)
+        return upscaler_files(self.settings)
 
     def names(self) -> list[str]:
         """Every installed upscaler, A1111's built-ins under their A1111 names, sorted."""
-        files = self._files()
-        aliased = {stem: name for name, stem in A1111_NAMES.items() if stem in files}
-        return sorted((aliased.get(stem, stem) for stem in files), key=str.lower)
+        return upscaler_names(self.settings)
 
     def resolve(self, name: str) -> Path:
         """The file of upscaler ``name`` (an A1111 name or a file stem), inside the configured folders."""
-        files = self._files()
-        path = files.get(A1111_NAMES.get(name, name))
-        if path is None:
-            raise unknown_name_error("upscaler", name, self.names(), self.settings.upscaler_dirs)
-        return path
+        return resolve_upscaler(self.settings, name)
 
     # -- loading -----------------------------------------------------------------------------------
 

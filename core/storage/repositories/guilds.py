@@ -77,7 +77,8 @@ class GuildRepo:
 
         Fields: the limits in :data:`GUILD_LIMIT_FIELDS` (positive int or None = config default),
         ``default_model`` (name or None), ``reroll_policy`` ("everyone" | "owner"), ``weight`` (> 0),
-        :data:`MODERATION_FIELDS` (``core.moderation`` values, or None = the operator's default).
+        :data:`MODERATION_FIELDS` (``core.moderation`` values, or None = the operator's default),
+        ``detailer_default`` (bool or None = off).
         """
         guild = await self.get_or_create(guild_id)
         before: dict[str, Any] = {}
@@ -97,6 +98,9 @@ class GuildRepo:
                 value = float(value)
             elif name in MODERATION_FIELDS:
                 value = _moderation_value(name, value)
+            elif name == "detailer_default":
+                if value is not None and not isinstance(value, bool):
+                    raise ValueError(f"detailer default must be on, off or unset, got {value!r}")
             elif name == "allow_guides":
                 if not isinstance(value, bool):
                     raise ValueError(f"allow_guides must be true or false, got {value!r}")

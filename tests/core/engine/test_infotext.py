@@ -274,7 +274,9 @@ def test_variation_seed_rng_eta_and_other_tools_keys() -> None:
     assert f["prompt"] == "a castle on a hill,\nat sunset" and f["negative_prompt"] == ""
     assert (f["subseed"], f["subseed_strength"], f["rng"], f["eta"]) == (99, 0.3, "cpu", 0.67)
     assert (f["sampler"], f["schedule_type"]) == ("DDIM", "Uniform")
-    assert found.ignored == ("ADetailer model", "ADetailer prompt")
+    # ADetailer's first pass is read as the job's detailer (issue 15); the server checks its model.
+    assert found.ignored == ()
+    assert f["detailer"] and f["detailer_prompt"]
 
 
 def test_hires_resize_box() -> None:

@@ -234,13 +234,35 @@ async def test_guild_limits_follow_admin_changes(harness) -> None:
 
 
 def test_upscaler_names_match_the_engine() -> None:
-    from typing import get_args
-
-    from bot.options import Upscaler
     from core.engine.image_modes import upscaler_names
     from core.ranges import UPSCALERS
 
-    assert list(UPSCALERS) == upscaler_names() == list(get_args(Upscaler))
+    assert list(UPSCALERS) == upscaler_names()
+
+
+async def test_hires_accepts_the_installed_upscaler_models_and_names_the_unknown_one(tmp_path) -> None:
+    folder = tmp_path / "ESRGAN"
+    folder.mkdir()
+    (folder / "RealESRGAN_x4plus.safetensors").write_bytes(b"{}")  # listed by name; loaded by the worker
+    (folder / "4x-UltraSharp.safetensors").write_bytes(b"{}")
+    h = Harness(tmp_path)
+    h.settings = dataclasses.replace(
+        h.settings, postprocess=dataclasses.replace(h.settings.postprocess, upscaler_dirs=(str(folder),))
+    )
+    try:
+        service = await h.open(start=False)
+        assert service.upscaler_names() == ["4x-UltraSharp", "R-ESRGAN 4x+", "Lanczos", "Nearest"]
+        assert service.upscaler_names(hires=True)[-2:] == ["4x-UltraSharp", "R-ESRGAN 4x+"]
+        for name in ("R-ESRGAN 4x+", "4x-UltraSharp", "Lanczos"):
+            await service.submit_imagine(actor(), ImagineOptions(prompt="x", hires=True, upscaler=name))
+        with pytest.raises(UserError) as err:
+            await service.submit_imagine(
+                actor(), ImagineOptions(prompt="x", hires=True, upscaler="4x-Foolhardy")
+            )
+        assert "'4x-Foolhardy'" in str(err.value) and "R-ESRGAN 4x+" in str(err.value)
+        assert "Latent" in str(err.value)
+    finally:
+        await h.close()
 
 
 def test_hires_and_img2img_are_estimated_by_the_work_they_do() -> None:
