@@ -92,14 +92,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     guide.add_argument("--control-type", default=None, metavar="NAME",
                        help="preprocessor: canny, depth_anything_v2, dw_openpose_full, lineart_standard, "
                             "scribble_xdog, tile_resample, none (a ready map; default)")  # fmt: skip
-    guide.add_argument("--control-model", default=None, metavar="NAME", help="ControlNet name (default: one that fits)")
+    guide.add_argument(
+        "--control-model", default=None, metavar="NAME", help="ControlNet name (default: one that fits)"
+    )
     guide.add_argument("--control-weight", type=float, default=None, metavar="X", help="default 1")
     guide.add_argument("--control-start", type=float, default=None, metavar="X", help="guidance start (0)")
     guide.add_argument("--control-end", type=float, default=None, metavar="X", help="guidance end (1)")
     guide.add_argument("--control-mode", default=None, metavar="MODE",
                        help='"Balanced", "My prompt is more important", "ControlNet is more important"')  # fmt: skip
-    guide.add_argument("--reference", action="append", default=None, metavar="FILE", help="a reference image (IP-Adapter)")
-    guide.add_argument("--reference-model", default=None, metavar="NAME", help="IP-Adapter name (default: one that fits)")
+    guide.add_argument(
+        "--reference", action="append", default=None, metavar="FILE", help="a reference image (IP-Adapter)"
+    )
+    guide.add_argument(
+        "--reference-model", default=None, metavar="NAME", help="IP-Adapter name (default: one that fits)"
+    )
     guide.add_argument("--reference-scale", type=float, default=None, metavar="X", help="default 1")
     hires = p.add_argument_group("hires fix (txt2img)")
     hires.add_argument("--hires", action="store_true", default=None, help="enable hires fix")
@@ -110,6 +116,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     hires.add_argument("--hr-strength", type=float, default=None, metavar="X", help="default 0.7")
     hires.add_argument("--hr-prompt", default=None, metavar="TEXT")
     hires.add_argument("--hr-negative", default=None, metavar="TEXT")
+    after = p.add_argument_group("after decoding")
+    after.add_argument(
+        "--face-restore",
+        default=None,
+        metavar="NAME|none",
+        help="face restoration model (GFPGAN ...); none = off, also when an --infotext asks for it",
+    )
+    after.add_argument(
+        "--detailer",
+        default=None,
+        metavar="MODEL|none",
+        help="the detailer's face detector model; none = off, also when an --infotext asks for it",
+    )
     p.set_defaults(func=_generate)
 
 
@@ -225,6 +244,10 @@ def request_from_args(args: argparse.Namespace, settings) -> tuple[object, tuple
     fields.update(
         {field: getattr(args, opt) for field, opt in _FIELDS.items() if getattr(args, opt) is not None}
     )
+    for field, opt in (("face_restoration", "face_restore"), ("detailer", "detailer")):
+        value = getattr(args, opt, None)
+        if value is not None:
+            fields[field] = "" if value.strip().lower() in ("", "none", "off") else value.strip()
     if not fields.get("prompt") and args.infotext is None:
         raise ValueError("give a prompt (or --infotext)")
     if args.size is not None:
@@ -272,7 +295,9 @@ def _guides_from_args(args: argparse.Namespace, controls, references) -> dict:
         raise ValueError(f"the infotext has {len(units)} ControlNet units: give as many --control images")
     out: dict = {}
     if units:
-        out["controls"] = tuple(dataclasses.replace(u, image=i, **given) for u, i in zip(units, images, strict=True))
+        out["controls"] = tuple(
+            dataclasses.replace(u, image=i, **given) for u, i in zip(units, images, strict=True)
+        )
     elif given:
         raise ValueError("--control-type/--control-model/--control-weight/... need a --control image")
     ref_images = [Path(f).read_bytes() for f in args.reference or ()]
@@ -364,10 +389,14 @@ def check_request(request, postprocess=None) -> None:
         from core.engine.postprocess.files import PostprocessError
         from core.engine.postprocess.names import check_after_decoding
 
-        try:
-            check_after_decoding(postprocess, r.face_restoration, r.detailer)
-        except PostprocessError as exc:
-            raise ValueError(str(exc)) from None
+        for restorer, detailer, off in (
+            (r.face_restoration, "", "--face-restore"),
+            ("", r.detailer, "--detailer"),
+        ):
+            try:
+                check_after_decoding(postprocess, restorer, detailer)
+            except PostprocessError as exc:
+                raise ValueError(f"{exc} (or generate without it: {off} none)") from None
     if not r.sampler.strip():
         raise ValueError('--sampler must name an A1111 sampler, e.g. "Euler a"')
     hires_steps = (r.hr_second_pass_steps or r.steps) if r.enable_hr else None

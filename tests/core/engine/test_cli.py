@@ -156,6 +156,8 @@ sys.exit(rc)
         (["--seed", "-5"], "--seed (-1 = random) must be from 0 to 4294967295"),
         (["--cfg-rescale", "1.5"], "--cfg-rescale must be from 0 to 1, not 1.5"),
         (["--eta", "-1"], "--eta must be from 0 to 1"),
+        (["--detailer", "face_yolov8n.pt"], "(or generate without it: --detailer none)"),
+        (["--face-restore", "GFPGAN"], "(or generate without it: --face-restore none)"),
     ],
 )
 def test_bad_arguments_fail_before_torch_is_imported(tmp_path: Path, args, message) -> None:
@@ -190,7 +192,9 @@ def test_bad_prompt_syntax_fails_before_torch(tmp_path: Path) -> None:
 def test_an_unknown_sampler_fails_before_the_model_loads(tmp_path: Path) -> None:
     """The sampler table lives with the schedulers (torch), so it is checked after the import and
     before any model is read: a model path that does not exist is never reached."""
-    proc = _run(["generate", "a cat", "--sampler", "Euler z", "--model", str(tmp_path / "nope.safetensors")], tmp_path)
+    proc = _run(
+        ["generate", "a cat", "--sampler", "Euler z", "--model", str(tmp_path / "nope.safetensors")], tmp_path
+    )
     assert proc.returncode == 2
     assert "unknown sampler 'Euler z'" in proc.stderr
     assert "nope" not in proc.stderr
@@ -215,7 +219,7 @@ def test_the_models_defaults_fill_what_the_options_leave_out(tiny_sd15, tmp_path
         '[engine]\ndevice = "cpu"\nthreads = 1\nembedding_dirs = []\n'
         f'[engine.models.tiny]\nsource = "{tiny_sd15.single_file}"\nconfig = "{tiny_sd15.config}"\n'
         'size = "64x64"\nsteps = 2\ncfg = 5.0\ncfg_rescale = 0.5\nsampler = "Euler"\nschedule = "Karras"\n'
-        'clip_skip = 2\n'
+        "clip_skip = 2\n"
         'negative = "fog"\nprompt_prefix = "masterpiece"\nprompt_suffix = "sharp"\n'
     )
     assert main(["--config", str(config), "generate", "a cat", "--seed", "1", "-o", "a.png"]) == 0
@@ -224,7 +228,18 @@ def test_the_models_defaults_fill_what_the_options_leave_out(tiny_sd15, tmp_path
     for part in ("Schedule type: Karras", "CFG scale: 5", "CFG Rescale: 0.5", "Size: 64x64", "Clip skip: 2"):
         assert part in text, part
     # Options given win over the model's defaults.
-    given = ["--steps", "3", "--cfg", "6", "--schedule", "Automatic", "--negative", "rain", "--size", "64x128"]
+    given = [
+        "--steps",
+        "3",
+        "--cfg",
+        "6",
+        "--schedule",
+        "Automatic",
+        "--negative",
+        "rain",
+        "--size",
+        "64x128",
+    ]
     given += ["--cfg-rescale", "0"]
     assert main(["--config", str(config), "generate", "a cat", "--seed", "1", *given, "-o", "b.png"]) == 0
     text = Image.open(tmp_path / "b.png").info["parameters"]
@@ -321,3 +336,30 @@ def test_control_and_reference_images_and_their_infotext_round_trip(
     assert "give as many --control images" in capsys.readouterr().err
     assert main([*common, *first, "--control", "square.png", "--control-type", "sketchy"]) == 2
     assert "--control-type 'sketchy'" in capsys.readouterr().err
+
+
+def test_an_infotexts_detailer_and_face_restoration_are_kept_or_turned_off(tmp_path: Path) -> None:
+    """A pasted A1111 infotext with ADetailer / face restoration asks for them (and is refused, naming
+    the option, when this machine lacks the models); ``none`` generates without them."""
+    from core.cli import build_parser
+    from core.config import Settings
+    from core.engine.cli import request_from_args
+
+    text = (
+        "a cat\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, "
+        "Face restoration: GFPGAN, ADetailer model: face_yolov8n.pt, ADetailer denoising strength: 0.3"
+    )
+    settings = Settings()
+
+    def request(*extra: str):
+        args = build_parser().parse_args(["generate", "--infotext", text, *extra])
+        return request_from_args(args, settings.engine)[0]
+
+    kept = request()
+    assert (kept.face_restoration, kept.detailer, kept.detailer_strength) == (
+        "GFPGAN",
+        "face_yolov8n.pt",
+        0.3,
+    )
+    off = request("--detailer", "none", "--face-restore", "None")
+    assert (off.face_restoration, off.detailer) == ("", "")
