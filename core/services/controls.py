@@ -49,7 +49,7 @@ async def vary(
     """Vary (Subtle / Strong) image ``index``: its seed, a new variation seed at that strength."""
     if strength not in vary_control.STRENGTHS:
         raise UserError("invalid", f"Vary is subtle or strong, not {strength!r}.")
-    src = await _source(ctx, actor, job_id, index)
+    src = await job_source(ctx, actor, job_id, index)
     if src.request.mode == Mode.UPSCALE:
         raise UserError("invalid", NOT_ON_UPSCALES)
     request = vary_control.vary(
@@ -62,7 +62,7 @@ async def vary(
 
 
 async def remix_form(ctx: Context, actor: Actor, job_id: int, index: int) -> RemixForm:
-    src = await _source(ctx, actor, job_id, index)
+    src = await job_source(ctx, actor, job_id, index)
     if src.request.mode == Mode.UPSCALE:
         raise UserError("invalid", NOT_ON_UPSCALES)
     templates = src.job.prompt_templates or {}
@@ -86,7 +86,7 @@ async def remix(
 ) -> Receipt:
     """Remix image ``index``: the job with the edited prompt, negative prompt and seed (None or -1: a new
     one), through every check of /imagine (dynamic prompts expanded with that seed)."""
-    src = await _source(ctx, actor, job_id, index)
+    src = await job_source(ctx, actor, job_id, index)
     if src.request.mode == Mode.UPSCALE:
         raise UserError("invalid", NOT_ON_UPSCALES)
     if seed is None or seed == RANDOM_SEED:
@@ -108,8 +108,8 @@ async def zoom_out(
     """Zoom Out image ``index`` by ``factor`` (1.5 or 2): outpainted around it."""
     if factor not in outpaint.ZOOM_FACTORS:
         raise UserError("invalid", f"Zoom out is {' or '.join(f'{f:g}×' for f in outpaint.ZOOM_FACTORS)}.")
-    src = await _source(ctx, actor, job_id, index)
-    png = (await _image(ctx, src, index)).png
+    src = await job_source(ctx, actor, job_id, index)
+    png = (await job_image(ctx, src, index)).png
     return await _outpaint(
         ctx, actor, src, "zoom", lambda base, lim: outpaint.zoom_out(base, png, factor, lim), status_message_id
     )
@@ -121,8 +121,8 @@ async def pan(
     """Pan image ``index`` left, right, up or down: outpainted on that side."""
     if direction not in PANS:
         raise UserError("invalid", f"Pan is one of {', '.join(PANS)}, not {direction!r}.")
-    src = await _source(ctx, actor, job_id, index)
-    png = (await _image(ctx, src, index)).png
+    src = await job_source(ctx, actor, job_id, index)
+    png = (await job_image(ctx, src, index)).png
     return await _outpaint(
         ctx, actor, src, "pan", lambda base, lim: outpaint.pan(base, png, direction, lim), status_message_id
     )
@@ -131,8 +131,8 @@ async def pan(
 async def pick(ctx: Context, actor: Actor, job_id: int, index: int) -> tuple[JobView, GeneratedImage]:
     """U1–U4: one image of a job, to post on its own (with its own controls) where the actor is; its
     ``view.moderation`` holds that one image's decision here."""
-    src = await _source(ctx, actor, job_id, index)
-    row = await _image(ctx, src, index)
+    src = await job_source(ctx, actor, job_id, index)
+    row = await job_image(ctx, src, index)
     async with ctx.db.session() as s:
         view = await view_of(s, src.job)
     image = GeneratedImage(row.png, row.seed, row.subseed, row.infotext, row.moderation_score)
@@ -149,7 +149,7 @@ NOT_ON_UPSCALES = (
 )
 
 
-async def _source(ctx: Context, actor: Actor, job_id: int, index: int) -> Source:
+async def job_source(ctx: Context, actor: Actor, job_id: int, index: int) -> Source:
     src = await load_source(ctx, actor, job_id=job_id)
     if src.job.state != "done":
         raise UserError("not_done", f"Job #{job_id} is {src.job.state}; the controls work on finished jobs.")
@@ -168,7 +168,7 @@ async def _derived(
     )  # fmt: skip
 
 
-async def _image(ctx: Context, src: Source, index: int) -> JobImage:
+async def job_image(ctx: Context, src: Source, index: int) -> JobImage:
     """Image ``index`` of the job, with its PNG (a UserError once retention pruned it)."""
     async with ctx.db.session() as s:
         rows = await Repositories(s).jobs.images(src.job.id)

@@ -59,7 +59,7 @@ async def submit_imagine(
             if merged.source_job is None
             else await _job_source(ctx, s, actor, guild, merged.source_job)
         )
-    model = merged.model or _default_model(ctx, actor, guild)  # before the upload's work: refused cheaply
+    model = merged.model or model_for_new_job(ctx, actor, guild)  # before the upload's work: refused cheaply
     # Off the event loop and outside the session: a phone photo takes seconds to check and re-encode.
     upload = (
         await ctx.images.run(load_upload, source, merged.mask_image, ctx.max_input_pixels)
@@ -183,7 +183,7 @@ def require_a_model(ctx: Context, actor: Actor) -> None:
     raise UserError("no_model", NO_MODEL)
 
 
-def _default_model(ctx: Context, actor: Actor, guild: Guild | None) -> str:
+def model_for_new_job(ctx: Context, actor: Actor, guild: Guild | None) -> str:
     """The model of a job that names none (:func:`~core.services.context.default_model`); a default
     naming a model that is gone is refused, and the operator's log says which."""
     name, whose = default_model(ctx, guild)

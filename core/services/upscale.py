@@ -21,9 +21,9 @@ from core.engine.image_modes import IMAGE_UPSCALERS  # torch-free: the engine's 
 from core.engine.postprocess.names import listing
 from core.services import policy, requests
 from core.services.context import Context, guild_of
-from core.services.controls import _image, _source
+from core.services.controls import job_image, job_source
 from core.services.images import load_source as load_image
-from core.services.submit import _default_model, require_a_model, submit_checked
+from core.services.submit import model_for_new_job, require_a_model, submit_checked
 from core.services.types import Actor, Receipt, UserError
 from core.storage.repositories import Repositories
 from core.types import GenerationRequest, Mode
@@ -114,8 +114,8 @@ async def upscale(
         )
     parent_id, templates, age_restricted = None, None, None
     if job_id is not None:
-        src = await _source(ctx, actor, job_id, index)
-        row = await _image(ctx, src, index)
+        src = await job_source(ctx, actor, job_id, index)
+        row = await job_image(ctx, src, index)
         guild, png = src.guild, row.png
         base = src.request.replace(seed=row.seed, subseed=row.subseed)
         parent_id, templates, age_restricted = src.job.id, src.job.prompt_templates, src.age_restricted
@@ -128,7 +128,7 @@ async def upscale(
             functools.partial(load_image, max_pixels=ctx.max_input_pixels, what="image to upscale"), image
         )
         png, width, height = checked.data, checked.width, checked.height
-        model = _default_model(ctx, actor, guild) if detail > 0 else None
+        model = model_for_new_job(ctx, actor, guild) if detail > 0 else None
         base = GenerationRequest(prompt="", model=model, seed=requests.random_seed(ctx.rng))
     max_pixels = policy.limits(ctx.settings, guild)["max_pixels"]
     if size is not None:
