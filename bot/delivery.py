@@ -51,7 +51,7 @@ T = TypeVar("T")
 REROLL = "🔁"
 VARIATION = "🔀"
 DELETE = "❌"
-UPSCALE = "⬆️"  # a reaction users add (the bot adds 🔁 and 🔀): the result's first image ×2
+UPSCALE = "⬆️"  # the result's first image ×2 (the bot adds it under results that are not upscales)
 INFO = "ℹ️"
 INFO_EMOJIS = ("ℹ️", "ℹ")  # with and without the variation selector
 POSTED = ImageModeration("post", None, "not moderated")
@@ -422,7 +422,8 @@ class Delivery:
         )
         if record:
             await self.service.record_result_messages(job.id, [message.id])
-        for emoji in (REROLL, VARIATION):
+        # ⬆️ offered on what is not itself an upscale (an upscale's own 🔁 / ⬆️ still work when a user adds them)
+        for emoji in (REROLL, VARIATION) if job.kind == "upscale" else (REROLL, VARIATION, UPSCALE):
             with contextlib.suppress(discord.HTTPException):
                 await message.add_reaction(emoji)
         return message

@@ -72,8 +72,9 @@ async def test_upscale_reaction_replies_with_the_upscale_charged_and_in_history(
         (first,) = await fake.wait_call("POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files))
         original = int(first.response["id"])
         await fake.wait_call(
-            "PUT", r"/channels/\d+/messages/\d+/reactions/.+", count=2
-        )  # 🔁 🔀 go on after the result is recorded
+            "PUT", r"/channels/\d+/messages/\d+/reactions/.+", count=3
+        )  # 🔁 🔀 ⬆️ go on after the result is recorded
+        assert [c.path.rsplit("/", 2)[1] for c in fake.calls if "/reactions/" in c.path] == ["🔁", "🔀", "⬆️"]
         await fake.react(original, "⬆️", user_id=BOB, channel_id=CHANNEL_A, guild_id=GUILD_A)
         posts = await fake.wait_call(
             "POST", rf"/channels/{CHANNEL_A}/messages", lambda c: bool(c.files), count=2
@@ -98,7 +99,8 @@ async def test_upscale_reaction_replies_with_the_upscale_charged_and_in_history(
         assert [i.rsplit(":", 1)[1] for i in ids] == ["z15", "z2", "up2", "up4", "pl", "pr", "pu", "pd"]
         # 🔁 on the upscale: nothing random in it, so nothing queued; said privately.
         upscaled = int(posts[1].response["id"])
-        await fake.wait_call("PUT", r"/channels/\d+/messages/\d+/reactions/.+", count=4)
+        # the bot's own reactions under the upscale (🔁 🔀, no ⬆️) are put once it is recorded
+        await fake.wait_call("PUT", r"/channels/\d+/messages/\d+/reactions/.+", count=5)
         before = await _counts(db)
         await fake.react(upscaled, "🔁", user_id=BOB, channel_id=CHANNEL_A, guild_id=GUILD_A)
         dm = await fake.wait_call(
