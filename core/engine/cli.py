@@ -86,6 +86,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     image.add_argument("--masked-only", action="store_true", default=None, help='"Only masked" inpaint area')
     image.add_argument("--padding", type=int, default=None, metavar="N", help="masked-only padding (32)")
+    _guide_options(p)
+    hires = p.add_argument_group("hires fix (txt2img)")
+    hires.add_argument("--hires", action="store_true", default=None, help="enable hires fix")
+    hires.add_argument("--hr-scale", type=float, default=None, metavar="X", help="default 2")
+    hires.add_argument("--hr-size", default=None, metavar="WxH", help="resize to (0 keeps the aspect)")
+    hires.add_argument("--hr-upscaler", default=None, metavar="NAME", help="Latent (default), Lanczos, ...")
+    hires.add_argument("--hr-steps", type=int, default=None, metavar="N", help="0 = same as --steps")
+    hires.add_argument("--hr-strength", type=float, default=None, metavar="X", help="default 0.7")
+    hires.add_argument("--hr-prompt", default=None, metavar="TEXT")
+    hires.add_argument("--hr-negative", default=None, metavar="TEXT")
+    _after_decoding_options(p)
+    p.set_defaults(func=_generate)
+
+
+def _guide_options(p: argparse.ArgumentParser) -> None:
     guide = p.add_argument_group("ControlNet and reference images (sd-webui-controlnet's unit fields)")
     guide.add_argument("--control", action="append", default=None, metavar="FILE",
                        help="a control image (repeat for more units; with --infotext: its units' images)")  # fmt: skip
@@ -107,15 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reference-model", default=None, metavar="NAME", help="IP-Adapter name (default: one that fits)"
     )
     guide.add_argument("--reference-scale", type=float, default=None, metavar="X", help="default 1")
-    hires = p.add_argument_group("hires fix (txt2img)")
-    hires.add_argument("--hires", action="store_true", default=None, help="enable hires fix")
-    hires.add_argument("--hr-scale", type=float, default=None, metavar="X", help="default 2")
-    hires.add_argument("--hr-size", default=None, metavar="WxH", help="resize to (0 keeps the aspect)")
-    hires.add_argument("--hr-upscaler", default=None, metavar="NAME", help="Latent (default), Lanczos, ...")
-    hires.add_argument("--hr-steps", type=int, default=None, metavar="N", help="0 = same as --steps")
-    hires.add_argument("--hr-strength", type=float, default=None, metavar="X", help="default 0.7")
-    hires.add_argument("--hr-prompt", default=None, metavar="TEXT")
-    hires.add_argument("--hr-negative", default=None, metavar="TEXT")
+
+
+def _after_decoding_options(p: argparse.ArgumentParser) -> None:
     after = p.add_argument_group("after decoding")
     after.add_argument(
         "--face-restore",
@@ -129,7 +138,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="MODEL|none",
         help="the detailer's face detector model; none = off, also when an --infotext asks for it",
     )
-    p.set_defaults(func=_generate)
 
 
 # GenerationRequest field <- option, for the options that are one field each.
