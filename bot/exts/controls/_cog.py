@@ -5,7 +5,6 @@ works when it is sent after."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import re
@@ -21,6 +20,7 @@ from bot.actors import actor_from_interaction
 from bot.app import ChantBot
 from bot.errors import report_error
 from bot.exts.controls._buttons import ACTIONS, single_view
+from bot.status import send_queueing, submitted
 from core.services import Actor, Receipt, RemixForm, UserError
 
 log = logging.getLogger(__name__)
@@ -151,32 +151,15 @@ async def submit_with_status(
     /imagine's and 🔁's are), so a bot killed in between still finishes it after a restart. A refused
     submit deletes it again (the refusal is told privately)."""
     bot = interaction.client
-    channel_id = interaction.channel_id or 0
     reply_to = interaction.message.id if interaction.message is not None else None
-    channel = bot.get_partial_messageable(channel_id, guild_id=interaction.guild_id)
-    reference = (
-        discord.MessageReference(message_id=reply_to, channel_id=channel_id, fail_if_not_exists=False)
-        if reply_to
-        else None
+    status = await send_queueing(
+        bot,
+        interaction.channel_id or 0,
+        interaction.guild_id,
+        reply_to,
+        f"<@{actor.user_id}> {what} queueing…",
     )
-    try:
-        status = await channel.send(
-            f"<@{actor.user_id}> {what} queueing…",
-            reference=reference,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
-    except discord.Forbidden:
-        raise UserError(
-            "permission",
-            f"I cannot post in <#{channel_id}>: I am missing a permission there (Send Messages). "
-            "A server admin can give it to me; until then /imagine works elsewhere.",
-        ) from None
-    try:
-        receipt = await submit(status_message_id=status.id)
-    except BaseException:
-        with contextlib.suppress(discord.HTTPException):
-            await status.delete()  # refused or cut short: nothing queued
-        raise
+    receipt = await submitted(status, submit(status_message_id=status.id))
     await bot.delivery.until_done(post_status(interaction, actor, receipt, status, what, reply_to))
 
 

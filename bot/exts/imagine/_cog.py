@@ -45,6 +45,7 @@ from bot.options import (
     prompt_autocomplete,
     read_attachment,
 )
+from bot.status import send_queueing, submitted
 from core.services import Actor, ImagineOptions, JobView, Receipt, UserError
 
 log = logging.getLogger(__name__)
@@ -322,31 +323,22 @@ class ImagineCog(commands.Cog):
         """🔁 a new seed, 🔀 a variation (same seed, a variation seed mixed in), or ⬆️ an upscale of the first
         image; a reply either way, posted first: its id goes in with the job, as /imagine's status does."""
         emoji = UPSCALE if upscale else VARIATION if variation else REROLL
-        channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
-        reference = discord.MessageReference(
-            message_id=payload.message_id, channel_id=payload.channel_id, fail_if_not_exists=False
+        status = await send_queueing(
+            self.bot,
+            payload.channel_id,
+            payload.guild_id,
+            payload.message_id,
+            f"<@{actor.user_id}> {emoji} queueing…",
         )
-        try:
-            status = await channel.send(
-                f"<@{actor.user_id}> {emoji} queueing…",
-                reference=reference,
-                allowed_mentions=discord.AllowedMentions.none(),
-            )
-        except discord.Forbidden:
-            raise UserError(
-                "permission",
-                f"I cannot post in <#{payload.channel_id}>: I am missing a permission there (Send Messages). "
-                "A server admin can give it to me; until then /imagine works elsewhere.",
-            ) from None
-        try:
-            submit = (
-                self.service.upscale_message if upscale else self.service.variation if variation else self.service.reroll
-            )
-            receipt = await submit(actor, payload.message_id, status_message_id=status.id)
-        except BaseException:
-            with contextlib.suppress(discord.HTTPException):
-                await status.delete()  # refused (the reactor is told by DM) or cut short: nothing queued
-            raise
+        submit = (
+            self.service.upscale_message
+            if upscale
+            else self.service.variation
+            if variation
+            else self.service.reroll
+        )
+        # refused: the reactor is told by DM, and the status goes again
+        receipt = await submitted(status, submit(actor, payload.message_id, status_message_id=status.id))
         await self.delivery.until_done(self._post_requeued(actor, payload, receipt, status, emoji))
 
     async def _post_requeued(
